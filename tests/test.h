@@ -1,0 +1,123 @@
+/* A small test harness: each tests/unit/test_*.c is one executable whose main() runs
+ * TEST functions with RUN(). Checks print file:line and the values, then count a failure.
+ * Reference data comes from $BERTSTREAM_DATA (../shared/data); when it is absent the
+ * test skips (exit 77), except under CI=true where a missing file is a failure. */
+#ifndef BS_TEST_H
+#define BS_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int bs_test_failures = 0;
+static int bs_test_checks = 0;
+static const char *bs_test_current = "";
+
+#define CHECK(cond)                                                                         \
+    do {                                                                                    \
+        bs_test_checks++;                                                                   \
+        if (!(cond)) {                                                                      \
+            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__,            \
+                    bs_test_current, #cond);                                                \
+            bs_test_failures++;                                                             \
+        }                                                                                   \
+    } while (0)
+
+#define CHECK_INT(a, b)                                                                     \
+    do {                                                                                    \
+        long long _a = (long long)(a), _b = (long long)(b);                                 \
+        bs_test_checks++;                                                                   \
+        if (_a != _b) {                                                                     \
+            fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__,   \
+                    bs_test_current, #a, _a, _b);                                           \
+            bs_test_failures++;                                                             \
+        }                                                                                   \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                                     \
+    do {                                                                                    \
+        const char *_a = (a), *_b = (b);                                                    \
+        bs_test_checks++;                                                                   \
+        if (!_a || !_b || strcmp(_a, _b) != 0) {                                            \
+            fprintf(stderr, "%s:%d: %s: %s == \"%s\", expected \"%s\"\n", __FILE__,         \
+                    __LINE__, bs_test_current, #a, _a ? _a : "(null)", _b ? _b : "(null)"); \
+            bs_test_failures++;                                                             \
+        }                                                                                   \
+    } while (0)
+
+/* |a - b| <= tol */
+#define CHECK_NEAR(a, b, tol)                                                               \
+    do {                                                                                    \
+        double _a = (double)(a), _b = (double)(b);                                          \
+        bs_test_checks++;                                                                   \
+        if (!(fabs(_a - _b) <= (tol))) {                                                    \
+            fprintf(stderr, "%s:%d: %s: %s == %.9g, expected %.9g (tol %g)\n", __FILE__,    \
+                    __LINE__, bs_test_current, #a, _a, _b, (double)(tol));                  \
+            bs_test_failures++;                                                             \
+        }                                                                                   \
+    } while (0)
+
+/* err buffer must contain the substring */
+#define CHECK_CONTAINS(s, sub)                                                              \
+    do {                                                                                    \
+        const char *_s = (s);                                                               \
+        bs_test_checks++;                                                                   \
+        if (!_s || !strstr(_s, (sub))) {                                                    \
+            fprintf(stderr, "%s:%d: %s: \"%s\" does not contain \"%s\"\n", __FILE__,        \
+                    __LINE__, bs_test_current, _s ? _s : "(null)", (sub));                  \
+            bs_test_failures++;                                                             \
+        }                                                                                   \
+    } while (0)
+
+#define RUN(fn)                                                                             \
+    do {                                                                                    \
+        int _before = bs_test_failures;                                                     \
+        bs_test_current = #fn;                                                              \
+        fn();                                                                               \
+        fprintf(stderr, "%s %s\n", bs_test_failures == _before ? "ok  " : "FAIL", #fn);     \
+    } while (0)
+
+static inline int bs_test_done(void) {
+    fprintf(stderr, "%d checks, %d failed\n", bs_test_checks, bs_test_failures);
+    return bs_test_failures ? 1 : 0;
+}
+
+static inline int bs_test_in_ci(void) {
+    const char *ci = getenv("CI");
+    return ci && (strcmp(ci, "true") == 0 || strcmp(ci, "1") == 0);
+}
+
+/* Path of a file under the reference data dir. Missing: skip the whole test (77), or fail in CI. */
+static inline const char *bs_test_data(const char *rel) {
+    static char paths[8][1024];
+    static int next = 0;
+    const char *root = getenv("BERTSTREAM_DATA");
+    if (!root || !*root) root = BS_SOURCE_DIR "/../shared/data";
+    char *p = paths[next++ % 8];
+    snprintf(p, 1024, "%s/%s", root, rel);
+    struct stat st;
+    if (stat(p, &st) != 0) {
+        if (bs_test_in_ci()) {
+            fprintf(stderr, "FAIL: reference file %s is missing (CI=true: a missing file is a failure)\n", p);
+            exit(1);
+        }
+        fprintf(stderr, "SKIP: reference file %s is missing (clone ../shared/data beside the repo)\n", p);
+        exit(77);
+    }
+    return p;
+}
+
+/* A fresh temporary directory (mkdtemp). */
+static inline const char *bs_test_tmpdir(void) {
+    static char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/bertstream-test-XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    return dir;
+}
+
+#endif

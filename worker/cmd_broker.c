@@ -1,0 +1,11 @@
+/* Placeholder until this command is implemented (see its issue). */
+#include <stdio.h>
+
+#include "commands.h"
+
+int cmd_broker(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "bertstream: 'broker' is not implemented yet\n");
+    return 2;
+}

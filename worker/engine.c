@@ -1,0 +1,107 @@
+/* Engine selection and the parts every implementation shares: option parsing,
+ * batch validation and the FLOP count used by benchmarks. */
+#include "engine.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+
+static const char *prec_names[] = {"auto", "fp32", "fp16", "bf16", "fp8"};
+static const char *feature_names[] = {"pooler", "cls", "mean"};
+
+int bs_precision_parse(const char *s, bs_precision *out, char *err) {
+    for (int i = 0; i < 5; i++)
+        if (strcmp(s, prec_names[i]) == 0) {
+            *out = (bs_precision)i;
+            return BS_OK;
+        }
+    return bs_err(err, "unknown precision '%s' (auto, fp32, fp16, bf16, fp8)", s);
+}
+
+const char *bs_precision_name(bs_precision p) { return prec_names[p]; }
+
+int bs_feature_parse(const char *s, bs_feature *out, char *err) {
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, feature_names[i]) == 0) {
+            *out = (bs_feature)i;
+            return BS_OK;
+        }
+    return bs_err(err, "unknown feature '%s' (pooler, cls, mean)", s);
+}
+
+const char *bs_feature_name(bs_feature f) { return feature_names[f]; }
+
+bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
+    const char *dev = opts->device ? opts->device : "auto";
+    if (opts->max_seqs < 1 || opts->max_tokens < 1 || opts->max_seq_len < 2) {
+        bs_err(err, "engine: max_seqs, max_tokens and max_seq_len must be positive");
+        return NULL;
+    }
+    if (opts->max_seq_len > m->cfg.max_positions) {
+        bs_err(err, "engine: max_seq_len %d exceeds the model's max_position_embeddings %d", opts->max_seq_len,
+               m->cfg.max_positions);
+        return NULL;
+    }
+    if (strcmp(dev, "cpu") == 0) {
+        if (opts->precision != BS_PREC_AUTO && opts->precision != BS_PREC_FP32) {
+            bs_err(err, "the CPU engine runs fp32 only (asked for %s)", bs_precision_name(opts->precision));
+            return NULL;
+        }
+        return engine_cpu_new(m, opts, err);
+    }
+    if (strncmp(dev, "cuda", 4) == 0) return engine_cuda_new(m, opts, err);
+    if (strcmp(dev, "auto") == 0) {
+        if (engine_cuda_device_count() > 0) return engine_cuda_new(m, opts, err);
+        if (opts->precision != BS_PREC_AUTO && opts->precision != BS_PREC_FP32) {
+            bs_err(err, "no CUDA device: the CPU engine runs fp32 only (asked for %s)",
+                   bs_precision_name(opts->precision));
+            return NULL;
+        }
+        return engine_cpu_new(m, opts, err);
+    }
+    bs_err(err, "unknown device '%s' (auto, cpu, cuda, cuda:N)", dev);
+    return NULL;
+}
+
+int engine_forward(bs_engine *e, const bs_batch *b, const bs_outputs *out, char *err) {
+    if (engine_check_batch(e->model, &e->opts, b, err) != BS_OK) return BS_ERR;
+    return e->forward(e, b, out, err);
+}
+
+void engine_free(bs_engine *e) {
+    if (e) e->destroy(e);
+}
+
+const char *engine_describe(const bs_engine *e) { return e->desc; }
+bs_precision engine_precision(const bs_engine *e) { return e->precision; }
+int engine_is_cuda(const bs_engine *e) { return e->is_cuda; }
+
+int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batch *b, char *err) {
+    if (b->n_seq < 1 || b->n_seq > o->max_seqs)
+        return bs_err(err, "batch of %d sequences (engine limit %d)", b->n_seq, o->max_seqs);
+    if (b->cu_seqlens[0] != 0) return bs_err(err, "cu_seqlens[0] must be 0");
+    for (int i = 0; i < b->n_seq; i++) {
+        int len = b->cu_seqlens[i + 1] - b->cu_seqlens[i];
+        if (len < 1 || len > o->max_seq_len)
+            return bs_err(err, "sequence %d has %d tokens (1..%d allowed)", i, len, o->max_seq_len);
+    }
+    int T = b->cu_seqlens[b->n_seq];
+    if (T > o->max_tokens) return bs_err(err, "batch of %d tokens (engine limit %d)", T, o->max_tokens);
+    for (int t = 0; t < T; t++)
+        if (b->ids[t] < 0 || b->ids[t] >= m->cfg.vocab_size)
+            return bs_err(err, "token id %d at position %d is outside the vocabulary (%d)", b->ids[t], t,
+                          m->cfg.vocab_size);
+    return BS_OK;
+}
+
+double engine_flops(const bs_bert_config *c, const bs_batch *b) {
+    double C = c->hidden, I = c->intermediate, T = b->cu_seqlens[b->n_seq];
+    double attn = 0;
+    for (int i = 0; i < b->n_seq; i++) {
+        double n = b->cu_seqlens[i + 1] - b->cu_seqlens[i];
+        attn += 2.0 * 2.0 * n * n * C; /* Q K^T and P V over all heads */
+    }
+    double per_layer = 2.0 * T * C * (3 * C) + 2.0 * T * C * C + 2.0 * 2.0 * T * C * I + attn;
+    return per_layer * c->layers + 2.0 * b->n_seq * C * C; /* + pooler */
+}
