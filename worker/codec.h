@@ -1,5 +1,5 @@
 /* The Kafka wire layer: Avro binary (Avro-C) encode/decode of bertstream's four records
- * (schemas/*.avsc, embedded at build time) in the framings of DESIGN.md, and the stable
+ * (schemas/<name>.avsc, embedded at build time) in the framings of DESIGN.md, and the stable
  * dead-letter codes a decode failure maps to. One bs_codec per thread; reused per message. */
 #ifndef BS_CODEC_H
 #define BS_CODEC_H
