@@ -1,11 +1,161 @@
-/* Placeholder until this command is implemented (see its issue). */
+/* `bertstream bench`: encoder throughput on random token ids. Prints one JSON line:
+ * device, precision, batch, seq_len, seq_per_s, ms_per_batch, tokens_per_s, gflops, and on
+ * the CPU sgemm_gflops (cblas_sgemm alone on the model's GEMM shapes) and their ratio. */
+#include <cblas.h>
+#undef I
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "cli.h"
 #include "commands.h"
+#include "common.h"
+#include "engine.h"
+#include "model.h"
+
+static const char *usage =
+    "usage: bertstream bench [--model DIR | --preset base|tiny] [--device auto|cpu|cuda[:N]]\n"
+    "                        [--precision auto|fp32|fp16|bf16|fp8] [--batch 16] [--seq-len 128]\n"
+    "                        [--lengths fixed|uniform:MIN:MAX] [--seconds 10] [--seed 1]\n"
+    "Runs the encoder on random ids (random weights with --preset) and prints one JSON line.\n";
+
+/* GFLOP/s of cblas_sgemm alone on the four GEMM shapes of one encoder layer over T tokens. */
+static double sgemm_peak(int T, int C, int FF, double seconds) {
+    float *a = calloc((size_t)T * FF, sizeof(float)), *w = calloc((size_t)FF * C, sizeof(float));
+    float *y = calloc((size_t)T * FF, sizeof(float));
+    if (!a || !w || !y) {
+        free(a);
+        free(w);
+        free(y);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)T * FF; i++) a[i] = (float)(i % 7) * 0.01f;
+    for (size_t i = 0; i < (size_t)FF * C; i++) w[i] = (float)(i % 5) * 0.01f;
+    const int shapes[4][2] = {{3 * C, C}, {C, C}, {FF, C}, {C, FF}}; /* (out, in) */
+    double flops = 0, t0 = bs_now();
+    do {
+        for (int k = 0; k < 4; k++) {
+            int out = shapes[k][0], in = shapes[k][1];
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, a, in, w, in, 0.0f, y, out);
+            flops += 2.0 * T * out * in;
+        }
+    } while (bs_now() - t0 < seconds);
+    double gf = flops / (bs_now() - t0) / 1e9;
+    free(a);
+    free(w);
+    free(y);
+    return gf;
+}
 
 int cmd_bench(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "bertstream: 'bench' is not implemented yet\n");
+    char err[BS_ERRLEN];
+    const char *model_dir = NULL, *preset = "base", *device = "auto", *lengths = "fixed";
+    bs_precision prec = BS_PREC_AUTO;
+    long long batch = 16, seq_len = 128, seed = 1;
+    double seconds = 10;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (!(v = cli_value(argc, argv, &i, err))) goto usage_err;
+        if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--preset")) preset = v;
+        else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--lengths")) lengths = v;
+        else if (!strcmp(a, "--precision")) {
+            if (bs_precision_parse(v, &prec, err) != BS_OK) goto usage_err;
+        } else if (!strcmp(a, "--batch")) {
+            if (cli_int(a, v, 1, 65536, &batch, err) != BS_OK) goto usage_err;
+        } else if (!strcmp(a, "--seq-len")) {
+            if (cli_int(a, v, 2, 8192, &seq_len, err) != BS_OK) goto usage_err;
+        } else if (!strcmp(a, "--seed")) {
+            if (cli_int(a, v, 0, INT64_MAX, &seed, err) != BS_OK) goto usage_err;
+        } else if (!strcmp(a, "--seconds")) {
+            if (cli_double(a, v, 0.0, 3600, &seconds, err) != BS_OK) goto usage_err;
+        } else {
+            bs_err(err, "unknown option '%s' (see --help)", a);
+            goto usage_err;
+        }
+    }
+    int min_len = (int)seq_len, max_len = (int)seq_len;
+    if (strcmp(lengths, "fixed") != 0) {
+        if (sscanf(lengths, "uniform:%d:%d", &min_len, &max_len) != 2 || min_len < 2 || max_len < min_len ||
+            max_len > seq_len) {
+            bs_err(err, "--lengths: expected fixed or uniform:MIN:MAX with 2 <= MIN <= MAX <= --seq-len, got '%s'",
+                   lengths);
+            goto usage_err;
+        }
+    }
+
+    int rc = 1;
+    bs_model *m = NULL;
+    bs_engine *e = NULL;
+    int32_t *ids = NULL, *cu = NULL;
+    float *pool = NULL;
+    if (model_dir) {
+        m = model_load(model_dir, err);
+    } else {
+        bs_bert_config cfg;
+        if (bert_config_preset(preset, &cfg, err) == BS_OK) m = model_init_random(&cfg, (uint64_t)seed, err);
+    }
+    if (!m) goto done;
+    if (seq_len > m->cfg.max_positions) {
+        bs_err(err, "--seq-len %lld exceeds the model's max_position_embeddings %d", seq_len, m->cfg.max_positions);
+        goto done;
+    }
+    bs_engine_opts o = {.device = device, .precision = prec, .max_seqs = (int)batch,
+                        .max_tokens = (int)(batch * seq_len), .max_seq_len = (int)seq_len};
+    if (!(e = engine_new(m, &o, err))) goto done;
+    ids = malloc(sizeof(int32_t) * (size_t)(batch * seq_len));
+    cu = malloc(sizeof(int32_t) * (size_t)(batch + 1));
+    pool = malloc(sizeof(float) * (size_t)(batch * m->cfg.hidden));
+    if (!ids || !cu || !pool) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    bs_rng r = {(uint64_t)seed};
+    cu[0] = 0;
+    for (int s = 0; s < batch; s++) {
+        int n = min_len + (int)(bs_rng_next(&r) % (uint64_t)(max_len - min_len + 1));
+        cu[s + 1] = cu[s] + n;
+        for (int t = cu[s]; t < cu[s + 1]; t++) ids[t] = 1000 + (int32_t)(bs_rng_next(&r) % 20000u);
+        ids[cu[s]] = 101;
+        ids[cu[s + 1] - 1] = 102;
+    }
+    bs_batch b = {.n_seq = (int)batch, .ids = ids, .cu_seqlens = cu};
+    bs_outputs out = {.pooler = pool};
+    if (engine_forward(e, &b, &out, err) != BS_OK) goto done; /* warm-up */
+    int iters = 0;
+    double t0 = bs_now(), dt;
+    do {
+        if (engine_forward(e, &b, &out, err) != BS_OK) goto done;
+        iters++;
+        dt = bs_now() - t0;
+    } while (dt < seconds || iters < 3);
+    double per_batch = dt / iters, T = cu[batch];
+    double gflops = engine_flops(&m->cfg, &b) / per_batch / 1e9;
+    printf("{\"device\": \"%s\", \"engine\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, "
+           "\"lengths\": \"%s\", \"tokens_per_batch\": %.0f, \"iterations\": %d, \"seq_per_s\": %.1f, "
+           "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f",
+           engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
+           seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops);
+    if (!engine_is_cuda(e)) {
+        double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 2 ? seconds : 2);
+        printf(", \"sgemm_gflops\": %.1f, \"ratio_to_sgemm\": %.3f", peak, peak > 0 ? gflops / peak : 0);
+    }
+    printf("}\n");
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "bertstream bench: %s\n", err);
+    free(ids);
+    free(cu);
+    free(pool);
+    engine_free(e);
+    model_free(m);
+    return rc;
+usage_err:
+    fprintf(stderr, "bertstream bench: %s\n", err);
     return 2;
 }

@@ -1,0 +1,188 @@
+/* The CPU engine: the fp32 reference BERT forward with OpenBLAS (cblas_sgemm).
+ * Padding-free: every GEMM runs over the T packed tokens, attention runs per
+ * sequence and head over that sequence's own length, so padding costs nothing.
+ *
+ * Legend: B sequences, T packed tokens, C hidden, NH heads, HS = C/NH, I (FF in code: complex.h owns I) intermediate. */
+#include <cblas.h>
+#undef I /* complex.h, pulled in by openblas_config.h, defines I */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "engine.h"
+
+typedef struct {
+    bs_engine base;
+    float *x;      /* (T, C) running hidden state */
+    float *qkv;    /* (T, 3C) */
+    float *ctx;    /* (T, C) attention output before the dense layer */
+    float *tmp;    /* (T, C) */
+    float *ff;     /* (T, I) */
+    float *scores; /* (S, S) one sequence's attention probabilities, S = max_seq_len */
+    float *pool_in; /* (B, C) CLS rows gathered for the pooler */
+} cpu_engine;
+
+/* out(n, C) = LayerNorm(in)*w + b, row-wise; in and out may alias. */
+static void layernorm_rows(float *out, const float *in, const float *w, const float *b, int n, int C, float eps) {
+    for (int t = 0; t < n; t++) {
+        const float *r = in + (size_t)t * C;
+        float *o = out + (size_t)t * C;
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += r[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) {
+            double d = r[c] - mean;
+            var += d * d;
+        }
+        var /= C;
+        float inv = (float)(1.0 / sqrt(var + (double)eps));
+        float m = (float)mean;
+        for (int c = 0; c < C; c++) o[c] = (r[c] - m) * inv * w[c] + b[c];
+    }
+}
+
+/* y(n, out) = x(n, in) W(out, in)^T + bias(out): the bias is broadcast first, then accumulated into. */
+static void linear(float *y, const float *x, const float *W, const float *bias, int n, int out, int in) {
+    for (int t = 0; t < n; t++) memcpy(y + (size_t)t * out, bias, sizeof(float) * (size_t)out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, W, in, 1.0f, y, out);
+}
+
+static void gelu_erf(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+/* Self-attention of one sequence of n tokens starting at packed row s0, all heads. */
+static void attention_seq(cpu_engine *e, int s0, int n, int C, int NH) {
+    const int HS = C / NH, ld = 3 * C;
+    const float scale = 1.0f / sqrtf((float)HS);
+    float *S = e->scores; /* (n, n) */
+    for (int h = 0; h < NH; h++) {
+        const float *Q = e->qkv + (size_t)s0 * ld + h * HS;
+        const float *K = Q + C;
+        const float *V = Q + 2 * C;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, HS, scale, Q, ld, K, ld, 0.0f, S, n);
+        for (int i = 0; i < n; i++) {
+            float *row = S + (size_t)i * n;
+            float mx = row[0];
+            for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0;
+            for (int j = 0; j < n; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j < n; j++) row[j] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, HS, n, 1.0f, S, n, V, ld, 0.0f,
+                    e->ctx + (size_t)s0 * C + h * HS, C);
+    }
+}
+
+static int cpu_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
+    (void)err;
+    cpu_engine *e = (cpu_engine *)base;
+    const bs_model *m = base->model;
+    const bs_bert_config *cfg = &m->cfg;
+    const int C = cfg->hidden, FF = cfg->intermediate, NH = cfg->heads, B = b->n_seq;
+    const int T = b->cu_seqlens[B];
+
+    /* embeddings: word + position (within the sequence) + token type 0, then LayerNorm */
+    for (int s = 0; s < B; s++) {
+        for (int t = b->cu_seqlens[s]; t < b->cu_seqlens[s + 1]; t++) {
+            const float *we = m->word_emb + (size_t)b->ids[t] * C;
+            const float *pe = m->pos_emb + (size_t)(t - b->cu_seqlens[s]) * C;
+            const float *te = m->type_emb;
+            float *x = e->x + (size_t)t * C;
+            for (int c = 0; c < C; c++) x[c] = we[c] + pe[c] + te[c];
+        }
+    }
+    layernorm_rows(e->x, e->x, m->emb_ln_w, m->emb_ln_b, T, C, cfg->ln_eps);
+
+    for (int l = 0; l < cfg->layers; l++) {
+        const bs_layer_weights *w = &m->layer[l];
+        linear(e->qkv, e->x, w->qkv_w, w->qkv_b, T, 3 * C, C);
+        for (int s = 0; s < B; s++)
+            attention_seq(e, b->cu_seqlens[s], b->cu_seqlens[s + 1] - b->cu_seqlens[s], C, NH);
+        linear(e->tmp, e->ctx, w->ao_w, w->ao_b, T, C, C);
+        for (size_t i = 0; i < (size_t)T * C; i++) e->tmp[i] += e->x[i];
+        layernorm_rows(e->x, e->tmp, w->ln1_w, w->ln1_b, T, C, cfg->ln_eps);
+        linear(e->ff, e->x, w->ff1_w, w->ff1_b, T, FF, C);
+        gelu_erf(e->ff, (size_t)T * FF);
+        linear(e->tmp, e->ff, w->ff2_w, w->ff2_b, T, C, FF);
+        for (size_t i = 0; i < (size_t)T * C; i++) e->tmp[i] += e->x[i];
+        layernorm_rows(e->x, e->tmp, w->ln2_w, w->ln2_b, T, C, cfg->ln_eps);
+    }
+
+    for (int s = 0; s < B; s++)
+        memcpy(e->pool_in + (size_t)s * C, e->x + (size_t)b->cu_seqlens[s] * C, sizeof(float) * (size_t)C);
+    if (out->hidden) memcpy(out->hidden, e->x, sizeof(float) * (size_t)T * C);
+    if (out->cls) memcpy(out->cls, e->pool_in, sizeof(float) * (size_t)B * C);
+    if (out->mean) {
+        for (int s = 0; s < B; s++) {
+            int s0 = b->cu_seqlens[s], n = b->cu_seqlens[s + 1] - s0;
+            float *o = out->mean + (size_t)s * C;
+            for (int c = 0; c < C; c++) {
+                double acc = 0;
+                for (int t = 0; t < n; t++) acc += e->x[(size_t)(s0 + t) * C + c];
+                o[c] = (float)(acc / n);
+            }
+        }
+    }
+    if (out->pooler) {
+        linear(out->pooler, e->pool_in, m->pool_w, m->pool_b, B, C, C);
+        for (size_t i = 0; i < (size_t)B * C; i++) out->pooler[i] = tanhf(out->pooler[i]);
+    }
+    return BS_OK;
+}
+
+static void cpu_destroy(bs_engine *base) {
+    cpu_engine *e = (cpu_engine *)base;
+    free(e->x);
+    free(e->qkv);
+    free(e->ctx);
+    free(e->tmp);
+    free(e->ff);
+    free(e->scores);
+    free(e->pool_in);
+    free(e);
+}
+
+static float *alloc_floats(size_t a, size_t b) {
+    size_t n;
+    if (!bs_mul_ok(a, b, &n) || !bs_mul_ok(n, sizeof(float), &n)) return NULL;
+    return malloc(n ? n : 1);
+}
+
+bs_engine *engine_cpu_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
+    cpu_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        bs_err(err, "cpu engine: out of memory");
+        return NULL;
+    }
+    const size_t C = (size_t)m->cfg.hidden, FF = (size_t)m->cfg.intermediate, T = (size_t)opts->max_tokens;
+    const size_t S = (size_t)opts->max_seq_len;
+    e->x = alloc_floats(T, C);
+    e->qkv = alloc_floats(T, 3 * C);
+    e->ctx = alloc_floats(T, C);
+    e->tmp = alloc_floats(T, C);
+    e->ff = alloc_floats(T, FF);
+    e->scores = alloc_floats(S, S);
+    e->pool_in = alloc_floats((size_t)opts->max_seqs, C);
+    if (!e->x || !e->qkv || !e->ctx || !e->tmp || !e->ff || !e->scores || !e->pool_in) {
+        bs_err(err, "cpu engine: cannot allocate activations for %zu tokens x %zu hidden", T, C);
+        cpu_destroy(&e->base);
+        return NULL;
+    }
+    e->base.forward = cpu_forward;
+    e->base.destroy = cpu_destroy;
+    e->base.model = m;
+    e->base.opts = *opts;
+    e->base.opts.device = "cpu";
+    e->base.precision = BS_PREC_FP32;
+    e->base.is_cuda = 0;
+    snprintf(e->base.desc, sizeof e->base.desc, "cpu fp32 openblas(%s, %d threads)", openblas_get_config(),
+             openblas_get_num_threads());
+    return &e->base;
+}
