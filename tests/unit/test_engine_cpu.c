@@ -3,6 +3,7 @@
  * shape, and independent of how sequences are batched. */
 #include <math.h>
 
+#include "common.h"
 #include "engine.h"
 #include "head.h"
 #include "model.h"
