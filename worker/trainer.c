@@ -44,11 +44,14 @@ int trainer_opts_check(const trainer_opts *o, char *err) {
         return bs_err(err, "trainer: weight_decay must be a finite number >= 0 (got %g)", o->weight_decay);
     if (!(o->beta1 >= 0 && o->beta1 < 1)) return bs_err(err, "trainer: beta1 must be in [0, 1) (got %g)", o->beta1);
     if (!(o->beta2 >= 0 && o->beta2 < 1)) return bs_err(err, "trainer: beta2 must be in [0, 1) (got %g)", o->beta2);
-    if (!(o->eps >= 0 && isfinite(o->eps))) return bs_err(err, "trainer: eps must be a finite number >= 0 (got %g)", o->eps);
+    if (!(o->eps >= 0 && isfinite(o->eps)))
+        return bs_err(err, "trainer: eps must be a finite number >= 0 (got %g)", o->eps);
     return BS_OK;
 }
 
-double trainer_bce(double x, double y) { return (x > 0 ? x : 0) - x * y + log1p(exp(-fabs(x))); }
+double trainer_bce(double x, double y) {
+    return (x > 0 ? x : 0) - x * y + log1p(exp(-fabs(x)));
+}
 
 /* Never evaluates exp of a large positive number. */
 static double sigmoid(double x) {
@@ -114,8 +117,12 @@ void trainer_free(trainer *t) {
     free(t);
 }
 
-int64_t trainer_steps(const trainer *t) { return t->t; }
-const double *trainer_grad(const trainer *t) { return t->grad; }
+int64_t trainer_steps(const trainer *t) {
+    return t->t;
+}
+const double *trainer_grad(const trainer *t) {
+    return t->grad;
+}
 
 /* Logit of one row x (C); pre (Hd) gets fc1's output before ReLU. */
 static double forward_row(const bs_head *h, const float *x, double *pre) {
@@ -331,7 +338,8 @@ static int labels_to_f32(const st_tensor *t, float *dst, const char *path, char 
             v = d == ST_I8 ? (int8_t)p[i] : p[i];
         }
         if (v != 0 && v != 1)
-            return bs_err(err, "%s: tensor 'labels' row %lld is %lld, expected 0 or 1", path, (long long)i, (long long)v);
+            return bs_err(err, "%s: tensor 'labels' row %lld is %lld, expected 0 or 1", path, (long long)i,
+                          (long long)v);
         dst[i] = (float)v;
     }
     return BS_OK;
