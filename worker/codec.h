@@ -118,6 +118,16 @@ typedef struct {
     size_t cap;
 } bs_buf;
 void bs_buf_free(bs_buf *b);
+/* Appenders (used for JSON output): BS_ERR only when memory runs out. The data stays NUL-terminated
+ * (the NUL is not counted in len). */
+int bs_buf_reserve(bs_buf *b, size_t extra);
+int bs_buf_append(bs_buf *b, const void *data, size_t len);
+int bs_buf_printf(bs_buf *b, const char *fmt, ...) BS_PRINTF(2, 3);
+/* A JSON string literal of UTF-8 s[0..len) (quotes, backslash and control characters escaped). */
+int bs_buf_append_json_string(bs_buf *b, const char *s, size_t len);
+/* Shortest decimal that reads back to the same float/double; NaN and Inf become null. */
+int bs_buf_append_json_float(bs_buf *b, float f);
+int bs_buf_append_json_double(bs_buf *b, double d);
 
 /* ---- the codec ---- */
 typedef struct bs_codec bs_codec;
