@@ -455,6 +455,18 @@ fail:
     return NULL;
 }
 
+/* Two standard normals from two bs_rng draws (Box-Muller, both outputs, in float): bert-base has
+ * 110M weights, and this is 2.5x faster than one bs_rng_normal() per weight. 24-bit uniforms cut
+ * the tails at 5.8 sigma, which an init at 0.02 does not miss. */
+static void normal_pair(bs_rng *r, float z[2]) {
+    float u1 = (float)((bs_rng_next(r) >> 40) + 1) * (1.0f / 16777216.0f); /* (0, 1] */
+    float u2 = (float)(bs_rng_next(r) >> 40) * (1.0f / 16777216.0f);       /* [0, 1) */
+    float rad = sqrtf(-2.0f * logf(u1)), s, c;
+    sincosf(6.28318530718f * u2, &s, &c);
+    z[0] = rad * c;
+    z[1] = rad * s;
+}
+
 bs_model *model_init_random(const bs_bert_config *cfg, uint64_t seed, char *err) {
     bs_model *m = model_alloc(cfg, "config", err);
     if (!m) return NULL;
@@ -472,7 +484,12 @@ bs_model *model_init_random(const bs_bert_config *cfg, uint64_t seed, char *err)
         float *d = t[i].dst;
         switch (t[i].kind) {
         case T_WEIGHT:
-            for (size_t j = 0; j < n; j++) d[j] = (float)(0.02 * bs_rng_normal(&rng));
+            for (size_t j = 0; j < n; j += 2) {
+                float z[2];
+                normal_pair(&rng, z);
+                d[j] = 0.02f * z[0];
+                if (j + 1 < n) d[j + 1] = 0.02f * z[1];
+            }
             break;
         case T_LN_W:
             for (size_t j = 0; j < n; j++) d[j] = 1.0f;
