@@ -347,7 +347,8 @@ static const char *num(char *buf, size_t cap, double v) {
 static void render_family(writer *w, bs_metric *m) {
     static const char *const types[] = {"counter", "gauge", "histogram"};
     char a[40], b[40];
-    wr(w, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, types[m->type]);
+    if (m->help[0]) wr(w, "# HELP %s %s\n", m->name, m->help); /* an empty HELP line is left out */
+    wr(w, "# TYPE %s %s\n", m->name, types[m->type]);
     int n = atomic_load_explicit(&m->n_series, memory_order_acquire);
     for (int i = 0; i < n; i++) {
         bs_series *s = m->series[i];
