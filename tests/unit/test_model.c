@@ -11,10 +11,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "commands.h"
 #include "common.h"
 #include "model.h"
 #include "safetensors.h"
 #include "test.h"
+#include "tokenizer.h"
 
 static char tmp[256];
 
@@ -234,6 +236,8 @@ static void model_loads_golden_sharded_tiny_bert(void) {
     CHECK(t && memcmp(t->data, golden->layer[1].ln2_w, t->nbytes) == 0);
     st_close(f);
 }
+
+static int strcmp_ptr(const char **a, const char **b) { return strcmp(*a, *b); }
 
 static int same_params(const bs_model *a, const bs_model *b) {
     return a->n_params == b->n_params && memcmp(a->params, b->params, a->n_params * sizeof(float)) == 0;
@@ -625,6 +629,122 @@ static void model_encoder_id_matches_documented_definition(void) {
     model_free(m);
 }
 
+static int files_equal(const char *a_dir, const char *b_dir, const char *file) {
+    char pa[1024], pb[1024], err[BS_ERRLEN];
+    snprintf(pa, sizeof pa, "%s/%s", a_dir, file);
+    snprintf(pb, sizeof pb, "%s/%s", b_dir, file);
+    size_t la, lb;
+    char *a = bs_read_file(pa, &la, err), *b = bs_read_file(pb, &lb, err);
+    int same = a && b && la == lb && memcmp(a, b, la) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
+static int run_init_model(const char *seed, const char *out) {
+    char *argv[] = {"init-model", "--preset", "tiny", "--seed", (char *)seed, "--out", (char *)out, NULL};
+    return cmd_init_model(7, argv);
+}
+
+static void init_model_command_is_deterministic_and_loadable(void) {
+    char a[512], b[512], c[512], err[BS_ERRLEN] = "";
+    snprintf(a, sizeof a, "%s/init-a/nested", tmp);
+    snprintf(b, sizeof b, "%s/init-b", tmp);
+    snprintf(c, sizeof c, "%s/init-c", tmp);
+    CHECK_INT(run_init_model("42", a), 0);
+    CHECK_INT(run_init_model("42", b), 0);
+    CHECK_INT(run_init_model("43", c), 0);
+    CHECK(files_equal(a, b, "config.json") && files_equal(a, b, "model.safetensors") && files_equal(a, b, "vocab.txt"));
+    CHECK(!files_equal(a, c, "model.safetensors"));
+    bs_model *m = model_load(a, err), *r = NULL;
+    bs_bert_config tiny;
+    bert_config_preset("tiny", &tiny, err);
+    CHECK(m != NULL);
+    if (m) {
+        CHECK(memcmp(&m->cfg, &tiny, sizeof tiny) == 0);
+        r = model_init_random(&tiny, 42, err);
+        CHECK(r && same_params(m, r) && strcmp(m->encoder_id, r->encoder_id) == 0);
+    }
+    model_free(m);
+    model_free(r);
+
+    /* synthetic vocab: vocab_size distinct lines, bert-base's special ids, ASCII spellable */
+    char p[1024];
+    snprintf(p, sizeof p, "%s/vocab.txt", a);
+    size_t len;
+    char *text = bs_read_file(p, &len, err);
+    CHECK(text != NULL);
+    if (!text) return;
+    static char *line[30522 + 1];
+    int n = 0;
+    for (char *s = text, *nl; *s && (nl = strchr(s, '\n')) && n <= 30522; s = nl + 1) {
+        *nl = '\0';
+        line[n++] = s;
+    }
+    CHECK_INT(n, 30522);
+    CHECK_STR(line[0], "[PAD]");
+    CHECK_STR(line[1], "[unused0]");
+    CHECK_STR(line[100], "[UNK]");
+    CHECK_STR(line[101], "[CLS]");
+    CHECK_STR(line[102], "[SEP]");
+    CHECK_STR(line[103], "[MASK]");
+    int has_the = 0, has_s = 0, has_z = 0, has_bang = 0, real = 0;
+    for (int i = 0; i < n; i++) {
+        has_the |= strcmp(line[i], "the") == 0;
+        has_s |= strcmp(line[i], "##s") == 0;
+        has_z |= strcmp(line[i], "##z") == 0;
+        has_bang |= strcmp(line[i], "!") == 0;
+        real += strncmp(line[i], "[unused", 7) != 0;
+    }
+    CHECK(has_the && has_s && has_z && has_bang);
+    CHECK(real > 500);
+    qsort(line, (size_t)n, sizeof line[0], (int (*)(const void *, const void *))strcmp_ptr);
+    int dups = 0;
+    for (int i = 1; i < n; i++) dups += strcmp(line[i - 1], line[i]) == 0;
+    CHECK_INT(dups, 0);
+    free(text);
+
+    /* English becomes whole words and ##-pieces, no [UNK] */
+    bs_tokenizer *tk = tokenizer_new(p, err);
+    CHECK(tk != NULL);
+    if (!tk) return;
+    bs_tokens out = {0};
+    const char *review = "This movie was wonderfully boring, and the actors overacted in 2019!";
+    CHECK_INT(tokenizer_encode(tk, review, strlen(review), 0, &out, err), BS_OK);
+    int unk = 0, movie = 0, wonderful_ly = 0;
+    for (int i = 0; i < out.n; i++) {
+        unk += out.ids[i] == 100;
+        movie += out.ids[i] == tokenizer_token_id(tk, "movie");
+        wonderful_ly += i > 0 && out.ids[i - 1] == tokenizer_token_id(tk, "wonderful") &&
+                        out.ids[i] == tokenizer_token_id(tk, "##ly");
+    }
+    CHECK_INT(unk, 0);
+    CHECK_INT(movie, 1);
+    CHECK_INT(wonderful_ly, 1);
+    CHECK(out.n > 15 && out.n < 40); /* pieces, not one token per character */
+    CHECK_INT(out.ids[0], 101);
+    CHECK_INT(out.ids[out.n - 1], 102);
+    tokens_free(&out);
+    tokenizer_free(tk);
+}
+
+static void init_model_command_rejects_bad_arguments(void) {
+    char out[512];
+    snprintf(out, sizeof out, "%s/init-bad", tmp);
+    char *no_out[] = {"init-model", "--preset", "tiny", "--seed", "1", NULL};
+    CHECK_INT(cmd_init_model(5, no_out), 2);
+    char *bad_preset[] = {"init-model", "--preset", "huge", "--seed", "1", "--out", out, NULL};
+    CHECK_INT(cmd_init_model(7, bad_preset), 2);
+    char *bad_seed[] = {"init-model", "--preset", "tiny", "--seed", "x", "--out", out, NULL};
+    CHECK_INT(cmd_init_model(7, bad_seed), 2);
+    char *bad_vocab[] = {"init-model", "--preset", "tiny", "--seed", "1", "--out", out, "--vocab", "/nonexistent", NULL};
+    CHECK_INT(cmd_init_model(9, bad_vocab), 1);
+    struct stat sb;
+    CHECK(stat(out, &sb) != 0); /* nothing written */
+    char *help[] = {"init-model", "--help", NULL};
+    CHECK_INT(cmd_init_model(2, help), 0);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "%s", bs_test_tmpdir());
     RUN(bert_config_applies_defaults_and_checks_values);
@@ -635,6 +755,8 @@ int main(void) {
     RUN(model_load_reports_config_without_required_key);
     RUN(model_load_reports_unsupported_hidden_act);
     RUN(model_load_reports_dir_without_weights);
+    RUN(init_model_command_is_deterministic_and_loadable);
+    RUN(init_model_command_rejects_bad_arguments);
     RUN(bert_config_reads_the_golden_config);
     RUN(model_loads_golden_sharded_tiny_bert);
     RUN(model_save_then_load_round_trips_bit_exactly);
