@@ -1,0 +1,140 @@
+/* Offset tracker: the commit position moves only over a contiguous run of acknowledged offsets,
+ * whatever order acknowledgements arrive in; gaps in offsets are fine; a reset (revocation)
+ * makes older tickets stale; a full ring refuses pushes; and it is safe across threads. */
+#include <pthread.h>
+
+#include "kafka.h"
+#include "test.h"
+
+static void offsets_advance_only_over_contiguous_acks(void) {
+    bs_offsets *o = offsets_new(8);
+    bs_offset_ticket t[5];
+    for (int i = 0; i < 5; i++) CHECK_INT(offsets_push(o, 100 + i, &t[i]), BS_OK);
+    int64_t next = 0;
+    CHECK_INT(offsets_advance(o, &next), 0);
+    CHECK_INT(next, -1);
+    CHECK_INT(offsets_done(o, t[1]), 1);
+    CHECK_INT(offsets_done(o, t[3]), 1);
+    CHECK_INT(offsets_advance(o, &next), 0); /* 100 still in flight */
+    CHECK_INT(offsets_in_flight(o), 5);
+    CHECK_INT(offsets_done(o, t[0]), 1);
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 102); /* 100 and 101 done; 102 is the next to consume */
+    CHECK_INT(offsets_in_flight(o), 3);
+    CHECK_INT(offsets_done(o, t[2]), 1);
+    CHECK_INT(offsets_done(o, t[4]), 1);
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 105);
+    CHECK_INT(offsets_committable(o), 105);
+    CHECK_INT(offsets_in_flight(o), 0);
+    offsets_free(o);
+}
+
+static void offsets_skip_gaps_between_consumed_offsets(void) {
+    /* Compacted topics and transaction markers leave holes in the offsets a consumer sees. */
+    bs_offsets *o = offsets_new(4);
+    bs_offset_ticket a, b;
+    CHECK_INT(offsets_push(o, 10, &a), BS_OK);
+    CHECK_INT(offsets_push(o, 17, &b), BS_OK);
+    CHECK_INT(offsets_done(o, b), 1);
+    CHECK_INT(offsets_done(o, a), 1);
+    int64_t next;
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 18);
+    CHECK_INT(offsets_position(o), 18);
+    offsets_free(o);
+}
+
+static void offsets_refuse_push_when_full_or_not_increasing(void) {
+    bs_offsets *o = offsets_new(3); /* rounded up to 4 */
+    bs_offset_ticket t[5];
+    for (int i = 0; i < 4; i++) CHECK_INT(offsets_push(o, i, &t[i]), BS_OK);
+    CHECK_INT(offsets_push(o, 4, &t[4]), BS_ERR);
+    CHECK_INT(offsets_done(o, t[0]), 1);
+    CHECK_INT(offsets_advance(o, NULL), 1);
+    CHECK_INT(offsets_push(o, 4, &t[4]), BS_OK); /* the ring wrapped */
+    CHECK_INT(offsets_push(o, 4, &t[4]), BS_ERR);
+    CHECK_INT(offsets_push(o, 2, &t[4]), BS_ERR);
+    offsets_free(o);
+}
+
+static void offsets_reset_makes_old_tickets_stale(void) {
+    bs_offsets *o = offsets_new(8);
+    bs_offset_ticket old, fresh;
+    CHECK_INT(offsets_push(o, 50, &old), BS_OK);
+    offsets_reset(o);
+    CHECK_INT(offsets_committable(o), -1);
+    CHECK_INT(offsets_position(o), -1);
+    CHECK_INT(offsets_push(o, 40, &fresh), BS_OK); /* re-assigned from an older committed offset */
+    CHECK_INT(fresh.seq, old.seq);                 /* same slot number, other epoch */
+    CHECK_INT(offsets_done(o, old), 0);
+    int64_t next;
+    CHECK_INT(offsets_advance(o, &next), 0);
+    CHECK_INT(offsets_settled_through(o, old), 1);   /* stale: nothing to wait for */
+    CHECK_INT(offsets_settled_through(o, fresh), 0);
+    CHECK_INT(offsets_done(o, fresh), 1);
+    CHECK_INT(offsets_settled_through(o, fresh), 0); /* done but not yet advanced over */
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 41);
+    CHECK_INT(offsets_settled_through(o, fresh), 1);
+    offsets_free(o);
+}
+
+static void offsets_ignore_double_ack_after_advance(void) {
+    bs_offsets *o = offsets_new(4);
+    bs_offset_ticket a, b;
+    offsets_push(o, 1, &a);
+    CHECK_INT(offsets_done(o, a), 1);
+    CHECK_INT(offsets_advance(o, NULL), 1);
+    CHECK_INT(offsets_done(o, a), 0); /* already popped */
+    offsets_push(o, 2, &b);
+    CHECK_INT(offsets_advance(o, NULL), 0);
+    offsets_free(o);
+}
+
+/* Four threads acknowledge a shuffled half each while the main thread pushes and advances. */
+#define MT_N 200000
+static bs_offsets *mt_o;
+static bs_offset_ticket mt_t[MT_N];
+static volatile int mt_pushed;
+
+static void *mt_acker(void *arg) {
+    int part = (int)(intptr_t)arg;
+    for (int i = part; i < MT_N; i += 4) {
+        while (__atomic_load_n(&mt_pushed, __ATOMIC_ACQUIRE) <= i) {
+        }
+        offsets_done(mt_o, mt_t[i]);
+    }
+    return NULL;
+}
+
+static void offsets_are_consistent_across_threads(void) {
+    mt_o = offsets_new(1 << 18);
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++) pthread_create(&th[k], NULL, mt_acker, (void *)(intptr_t)k);
+    int64_t next = -1, prev = -1, monotonic = 1;
+    for (int i = 0; i < MT_N; i++) {
+        offsets_push(mt_o, 2 * i, &mt_t[i]);
+        __atomic_store_n(&mt_pushed, i + 1, __ATOMIC_RELEASE);
+        if (offsets_advance(mt_o, &next)) {
+            if (next <= prev) monotonic = 0;
+            prev = next;
+        }
+    }
+    for (int k = 0; k < 4; k++) pthread_join(th[k], NULL);
+    offsets_advance(mt_o, &next);
+    CHECK_INT(monotonic, 1);
+    CHECK_INT(next, 2 * (MT_N - 1) + 1);
+    CHECK_INT(offsets_in_flight(mt_o), 0);
+    offsets_free(mt_o);
+}
+
+int main(void) {
+    RUN(offsets_advance_only_over_contiguous_acks);
+    RUN(offsets_skip_gaps_between_consumed_offsets);
+    RUN(offsets_refuse_push_when_full_or_not_increasing);
+    RUN(offsets_reset_makes_old_tickets_stale);
+    RUN(offsets_ignore_double_ack_after_advance);
+    RUN(offsets_are_consistent_across_threads);
+    return bs_test_done();
+}
