@@ -1,12 +1,901 @@
-/* Placeholder until the CUDA engine lands (GPU issue): reports a clear error. */
-#include "common.h"
+/* The CUDA engine: BERT's forward pass on one GPU, padding-free, with cuBLASLt GEMMs (fp32
+ * accumulation), cuDNN's fused SDPA or our own flash-style attention kernel, and fused kernels
+ * from kernels/ for the rest. Design, precisions and what runs where: docs/gpu-engine.md.
+ *
+ * Legend: B sequences, T packed tokens (sum of lengths), C hidden, NH heads, HS = C / NH,
+ * I intermediate, L layers, V vocab, P max positions. Bucketed sizes: Tb >= T (a multiple of
+ * 16) and Bb >= B; Tcap / Bcap the largest the engine was sized for. R = Tcap + Bcap + 1 rows
+ * per activation buffer (the spare rows past Tcap are cuDNN's padding slots, see
+ * attention_cudnn.h). Activation dtype A: f32, f16 or bf16 (bf16 under fp8); GEMM weight dtype
+ * G: A, or E4M3 under fp8. */
 #include "engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "log.h"
+
+#ifndef BS_HAVE_CUDA
 
 bs_engine *engine_cuda_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
     (void)m;
     (void)opts;
-    bs_err(err, "the CUDA engine is not built yet: use --device cpu");
+    bs_err(err, "bertstream was built without CUDA");
     return NULL;
 }
 
 int engine_cuda_device_count(void) { return 0; }
+
+#else
+
+#include <cublasLt.h>
+#include <cublas_api.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include "attention.h"
+#include "attention_cudnn.h"
+#include "convert.h"
+#include "cuda_check.h"
+#include "dtype.h"
+#include "gelu.h"
+#include "layernorm.h"
+#include "pooling.h"
+
+#define GEMM_WS_BYTES ((size_t)32 << 20) /* cuBLASLt workspace: what Hopper's fastest kernels ask for */
+#define SDPA_WS_BYTES ((size_t)16 << 20) /* cuDNN SDPA workspace; plans that want more are skipped */
+#define MAX_PLANS 128
+#define MAX_GRAPHS 64
+#define MAX_SDPA 64
+#define ALIGN 256
+
+enum { G_QKV, G_AO, G_FF1, G_FF2, G_KINDS };
+static const char *gemm_names[G_KINDS] = {"qkv", "attention.output", "intermediate", "output"};
+
+/* One cuBLASLt GEMM shape: Y (n, m) = X (n, k) W (m, k)^T, i.e. column-major D (m, n) = op(A) B
+ * with A = W stored (k, m) and transposed, B = X^T (k, n). The algo is what the heuristic chose. */
+typedef struct {
+    int kind, n, used; /* key (kind, n); used = 0: free slot */
+    uint64_t stamp;    /* LRU */
+    int epilogue;      /* cublasLtEpilogue_t the algo was found for (may be less than wanted) */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} gemm_plan;
+
+typedef struct {
+    int Tb, Bb;
+    uint64_t stamp;
+    cudaGraphExec_t exec;
+} graph_entry;
+
+typedef struct {
+    int Bb;
+    bs_sdpa *p; /* NULL: cuDNN refused this shape, the kernel runs */
+} sdpa_entry;
+
+typedef struct {
+    void *qkv_w, *ao_w, *ff1_w, *ff2_w;     /* (3C, C) (C, C) (I, C) (C, I) in G */
+    void *qkv_b_act, *ff1_b_act;            /* (3C) (I) in A: cuBLASLt epilogue biases */
+    float *qkv_b, *ao_b, *ff1_b, *ff2_b;    /* fp32 copies for our kernels */
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b;   /* (C) */
+    float *scale;                           /* (4) E4M3 dequantisation scales, by G_* kind */
+} dev_layer;
+
+typedef struct {
+    bs_engine base; /* first: engine.c sees a bs_engine */
+    int dev, cc_major, cc_minor;
+    char dev_name[128];
+    bs_dtype act, gemm;
+    int fp8;
+    int Tcap, Bcap, R, tiles_cap;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    cudnnHandle_t dnn;
+    size_t cudnn_version;
+
+    /* weights: one device allocation */
+    void *wmem;
+    size_t wbytes;
+    void *word, *pos, *type0; /* (V, C) (P, C) (C) in A */
+    float *emb_ln_w, *emb_ln_b;
+    void *pool_w;             /* (C, C) in A */
+    float *pool_b;
+    dev_layer *layer;         /* [L] host array of device pointers */
+
+    /* activations: one device allocation, sized once */
+    void *amem;
+    size_t abytes;
+    int32_t *d_in;                                  /* staged inputs, same layout as h_in */
+    int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
+    void *x, *x2, *tmp, *att, *qkv, *ff;            /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
+    void *q8;                                       /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
+    float *amax_parts, *act_scale;                  /* (BS_AMAX_PARTS), (4) */
+    float *cls, *mean, *pooler;                     /* (Bcap, C) fp32 */
+    float *hidden32;                                /* (Tcap, C) fp32: x widened for the caller */
+    void *gemm_ws, *sdpa_ws;
+
+    /* pinned host staging */
+    int32_t *h_in;
+    size_t o_cu, o_seqlen, o_offq, o_offo, o_tiles, o_ids; /* int32 offsets into h_in / d_in */
+    float *h_out;                                          /* (3, Bcap, C): cls, mean, pooler */
+
+    gemm_plan plans[MAX_PLANS];
+    graph_entry graphs[MAX_GRAPHS];
+    int n_graphs, use_graphs;
+    sdpa_entry sdpa[MAX_SDPA];
+    int n_sdpa;
+    int use_cudnn, sdpa_unit; /* attention path; ragged offset unit (1 elements, A size bytes) */
+    int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
+    uint64_t clock;
+} cuda_engine;
+
+static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+
+/* Bump allocator over one allocation: the first pass (base NULL) only measures. */
+typedef struct {
+    char *base;
+    size_t off;
+} arena;
+
+static void *take(arena *a, size_t bytes) {
+    size_t o = align_up(a->off);
+    a->off = o + bytes;
+    return a->base ? a->base + o : NULL;
+}
+
+/* ---- weights ---- */
+
+static void layout_weights(cuda_engine *e, arena *a) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, sa = bs_dtype_size(e->act),
+                 sg = bs_dtype_size(e->gemm);
+    e->word = take(a, (size_t)c->vocab_size * C * sa);
+    e->pos = take(a, (size_t)c->max_positions * C * sa);
+    e->type0 = take(a, C * sa);
+    e->emb_ln_w = take(a, C * 4);
+    e->emb_ln_b = take(a, C * 4);
+    e->pool_w = take(a, C * C * sa);
+    e->pool_b = take(a, C * 4);
+    for (int l = 0; l < c->layers; l++) {
+        dev_layer *w = &e->layer[l];
+        w->qkv_w = take(a, 3 * C * C * sg);
+        w->ao_w = take(a, C * C * sg);
+        w->ff1_w = take(a, I * C * sg);
+        w->ff2_w = take(a, C * I * sg);
+        w->qkv_b_act = take(a, 3 * C * sa);
+        w->ff1_b_act = take(a, I * sa);
+        w->qkv_b = take(a, 3 * C * 4);
+        w->ao_b = take(a, C * 4);
+        w->ff1_b = take(a, I * 4);
+        w->ff2_b = take(a, C * 4);
+        w->ln1_w = take(a, C * 4);
+        w->ln1_b = take(a, C * 4);
+        w->ln2_w = take(a, C * 4);
+        w->ln2_b = take(a, C * 4);
+        w->scale = take(a, 4 * 4);
+    }
+}
+
+/* dst (n) in dt <- src (n) fp32 on the host, through the fp32 staging buffer tmp; E4M3 writes its
+ * per-tensor scale to *scale. Synchronous: tmp is reused by the next call. */
+static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size_t n, float *tmp, float *scale,
+                  char *err) {
+    if (dt == BS_DT_F32) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, e->stream));
+    } else {
+        CUDA_CHECK(cudaMemcpyAsync(tmp, src, n * 4, cudaMemcpyHostToDevice, e->stream));
+        if (dt == BS_DT_E4M3) {
+            CUDA_CHECK(amax_forward(e->amax_parts, tmp, BS_DT_F32, n, e->stream));
+            CUDA_CHECK(quantize_fp8_forward(dst, scale, tmp, BS_DT_F32, n, e->amax_parts, e->stream));
+        } else {
+            CUDA_CHECK(convert_forward(dst, dt, tmp, BS_DT_F32, n, e->stream));
+        }
+    }
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    return BS_OK;
+}
+
+static int upload_weights(cuda_engine *e, char *err) {
+    const bs_model *m = e->base.model;
+    const bs_bert_config *c = &m->cfg;
+    const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate;
+    size_t biggest = (size_t)c->vocab_size * C;
+    if ((size_t)c->max_positions * C > biggest) biggest = (size_t)c->max_positions * C;
+    if (3 * C * C > biggest) biggest = 3 * C * C;
+    if (I * C > biggest) biggest = I * C;
+    float *tmp = NULL;
+    CUDA_CHECK(cudaMalloc((void **)&tmp, biggest * 4));
+    int rc = BS_ERR;
+    const bs_dtype A = e->act, G = e->gemm;
+#define UP(dst, dt, src, n, sc)                                                                              \
+    do {                                                                                                   \
+        if (upload(e, (dst), (dt), (src), (n), tmp, (sc), err) != BS_OK) goto done;                        \
+    } while (0)
+    UP(e->word, A, m->word_emb, (size_t)c->vocab_size * C, NULL);
+    UP(e->pos, A, m->pos_emb, (size_t)c->max_positions * C, NULL);
+    UP(e->type0, A, m->type_emb, C, NULL); /* token type 0 only: bertstream never sends segment B */
+    UP(e->emb_ln_w, BS_DT_F32, m->emb_ln_w, C, NULL);
+    UP(e->emb_ln_b, BS_DT_F32, m->emb_ln_b, C, NULL);
+    UP(e->pool_w, A, m->pool_w, C * C, NULL);
+    UP(e->pool_b, BS_DT_F32, m->pool_b, C, NULL);
+    for (int l = 0; l < c->layers; l++) {
+        const bs_layer_weights *h = &m->layer[l];
+        dev_layer *w = &e->layer[l];
+        UP(w->qkv_w, G, h->qkv_w, 3 * C * C, w->scale + G_QKV);
+        UP(w->ao_w, G, h->ao_w, C * C, w->scale + G_AO);
+        UP(w->ff1_w, G, h->ff1_w, I * C, w->scale + G_FF1);
+        UP(w->ff2_w, G, h->ff2_w, C * I, w->scale + G_FF2);
+        UP(w->qkv_b_act, A, h->qkv_b, 3 * C, NULL);
+        UP(w->ff1_b_act, A, h->ff1_b, I, NULL);
+        UP(w->qkv_b, BS_DT_F32, h->qkv_b, 3 * C, NULL);
+        UP(w->ao_b, BS_DT_F32, h->ao_b, C, NULL);
+        UP(w->ff1_b, BS_DT_F32, h->ff1_b, I, NULL);
+        UP(w->ff2_b, BS_DT_F32, h->ff2_b, C, NULL);
+        UP(w->ln1_w, BS_DT_F32, h->ln1_w, C, NULL);
+        UP(w->ln1_b, BS_DT_F32, h->ln1_b, C, NULL);
+        UP(w->ln2_w, BS_DT_F32, h->ln2_w, C, NULL);
+        UP(w->ln2_b, BS_DT_F32, h->ln2_b, C, NULL);
+    }
+#undef UP
+    rc = BS_OK;
+done:
+    cudaFree(tmp);
+    return rc;
+}
+
+/* ---- activations and staging ---- */
+
+static void layout_activations(cuda_engine *e, arena *a) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, R = (size_t)e->R, sa = bs_dtype_size(e->act);
+    size_t in_ints = e->o_ids + (size_t)e->Tcap;
+    e->d_in = take(a, in_ints * 4);
+    e->x = take(a, R * C * sa);
+    e->x2 = take(a, R * C * sa);
+    e->tmp = take(a, R * C * sa);
+    e->att = take(a, R * C * sa);
+    e->qkv = take(a, R * 3 * C * sa);
+    e->ff = take(a, R * I * sa);
+    e->q8 = e->fp8 ? take(a, R * (I > C ? I : C)) : NULL;
+    e->amax_parts = take(a, BS_AMAX_PARTS * 4);
+    e->act_scale = take(a, G_KINDS * 4);
+    e->cls = take(a, (size_t)e->Bcap * C * 4);
+    e->mean = take(a, (size_t)e->Bcap * C * 4);
+    e->pooler = take(a, (size_t)e->Bcap * C * 4);
+    /* The caller's fp32 hidden state: x itself at fp32, else widened into ff when it is big enough
+     * (ff is free once the last layer is done), else its own buffer. */
+    if (e->act == BS_DT_F32) e->hidden32 = NULL;
+    else if (R * I * sa >= (size_t)e->Tcap * C * 4) e->hidden32 = NULL;
+    else e->hidden32 = take(a, (size_t)e->Tcap * C * 4);
+    e->gemm_ws = take(a, GEMM_WS_BYTES);
+    e->sdpa_ws = (e->act != BS_DT_F32) ? take(a, SDPA_WS_BYTES) : NULL;
+}
+
+/* Input staging layout (int32 units, each part 256-byte aligned so cuDNN accepts the pointers):
+ * cu (Bcap+1) | seqlen (Bcap) | off_qkv (Bcap+1) | off_out (Bcap+1) | tiles (2 tiles_cap) | ids (Tcap).
+ * ids come last so a batch copies only the prefix it uses. */
+static void layout_inputs(cuda_engine *e) {
+    size_t o = 0;
+#define PART(field, n)                    \
+    do {                                  \
+        e->field = o;                     \
+        o = (o + (n) + 63) / 64 * 64;     \
+    } while (0)
+    PART(o_cu, (size_t)e->Bcap + 1);
+    PART(o_seqlen, (size_t)e->Bcap);
+    PART(o_offq, (size_t)e->Bcap + 1);
+    PART(o_offo, (size_t)e->Bcap + 1);
+    PART(o_tiles, 2 * (size_t)e->tiles_cap);
+    PART(o_ids, (size_t)e->Tcap);
+#undef PART
+}
+
+/* ---- GEMMs ---- */
+
+static void gemm_dims(const cuda_engine *e, int kind, int *m, int *k) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden, I = c->intermediate;
+    *m = kind == G_QKV ? 3 * C : kind == G_FF1 ? I : C;
+    *k = kind == G_FF2 ? I : C;
+}
+
+static int gemm_wanted_epilogue(const cuda_engine *e, int kind) {
+    if (kind == G_QKV) return CUBLASLT_EPILOGUE_BIAS;
+    if (kind == G_FF1 && e->gelu_epilogue) return CUBLASLT_EPILOGUE_GELU_BIAS;
+    return CUBLASLT_EPILOGUE_DEFAULT; /* AO, FF2: bias goes into the residual LayerNorm */
+}
+
+static cudaDataType_t cuda_type(bs_dtype t) {
+    return t == BS_DT_F32 ? CUDA_R_32F : t == BS_DT_F16 ? CUDA_R_16F : t == BS_DT_BF16 ? CUDA_R_16BF : CUDA_R_8F_E4M3;
+}
+
+static void plan_release(gemm_plan *p) {
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof *p);
+}
+
+/* Asks the heuristic for one algo with the given epilogue; 0 results is not an error (returns 0). */
+static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, char *err) {
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)epilogue;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+        /* the heuristic reads the bias pointer's alignment: give it a real (256-aligned) one */
+        const void *bias = p->kind == G_QKV ? e->layer[0].qkv_b_act : e->layer[0].ff1_b_act;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    }
+    cublasLtMatmulPreference_t pref = NULL;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = GEMM_WS_BYTES;
+    cublasStatus_t st =
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &n);
+    cublasLtMatmulPreferenceDestroy(pref);
+    *found = 0;
+    if (st == CUBLAS_STATUS_SUCCESS && n > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+        p->algo = res.algo;
+        p->epilogue = epilogue;
+        *found = 1;
+    } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+        return bs_err(err, "cublasLtMatmulAlgoGetHeuristic(%s, n=%d) failed: %s", gemm_names[p->kind], p->n,
+                      cublasGetStatusString(st));
+    }
+    return BS_OK;
+}
+
+static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
+    int m, k;
+    gemm_dims(e, kind, &m, &k);
+    p->kind = kind;
+    p->n = n;
+    const cudaDataType_t tg = cuda_type(e->gemm), ta = cuda_type(e->act);
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)); /* fp32 accumulate, no TF32 */
+    const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
+    if (e->fp8) {
+        /* the heuristic must see that scales will be set; real pointers are set per call */
+        const void *sa = e->layer[0].scale + kind, *sb = e->act_scale + kind;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
+    }
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, tg, (uint64_t)k, (uint64_t)m, k)); /* W (m, k) row-major */
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, tg, (uint64_t)k, (uint64_t)n, k)); /* X (n, k) row-major */
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, ta, (uint64_t)m, (uint64_t)n, m)); /* Y (n, m) row-major */
+    int want = gemm_wanted_epilogue(e, kind), found = 0;
+    if (plan_try(e, p, want, &found, err) != BS_OK) return BS_ERR;
+    if (!found && want != CUBLASLT_EPILOGUE_DEFAULT) {
+        log_warn("cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel", "gemm=%s n=%d epilogue=%d",
+                 gemm_names[kind], n, want);
+        if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, err) != BS_OK) return BS_ERR;
+    }
+    if (!found)
+        return bs_err(err, "cuBLASLt offers no algorithm for the %s GEMM (m=%d n=%d k=%d, %s)", gemm_names[kind], m, n,
+                      k, bs_dtype_name(e->gemm));
+    p->used = 1;
+    return BS_OK;
+}
+
+/* The cached plan for (kind, n), built on first use (never during graph capture: prepare() runs first). */
+static gemm_plan *plan_get(cuda_engine *e, int kind, int n, char *err) {
+    gemm_plan *victim = NULL;
+    for (int i = 0; i < MAX_PLANS; i++) {
+        gemm_plan *p = &e->plans[i];
+        if (p->used && p->kind == kind && p->n == n) {
+            p->stamp = ++e->clock;
+            return p;
+        }
+        if (!victim || !p->used || (victim->used && p->stamp < victim->stamp)) victim = p;
+    }
+    plan_release(victim);
+    if (plan_build(e, victim, kind, n, err) != BS_OK) {
+        plan_release(victim);
+        return NULL;
+    }
+    victim->stamp = ++e->clock;
+    return victim;
+}
+
+/* out (n, m) = in (n, k) W^T [+ bias] [GELU], W of layer l. Under fp8 the input is quantised first. */
+static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *out, char *err) {
+    gemm_plan *p = plan_get(e, kind, n, err);
+    if (!p) return BS_ERR;
+    const dev_layer *w = &e->layer[l];
+    const void *W = kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
+    int m, k;
+    gemm_dims(e, kind, &m, &k);
+    const void *X = in;
+    if (e->fp8) {
+        CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
+        CUDA_CHECK(quantize_fp8_forward(e->q8, e->act_scale + kind, in, e->act, (size_t)n * k, e->amax_parts,
+                                        e->stream));
+        X = e->q8;
+        const void *sa = w->scale + kind, *sb = e->act_scale + kind;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
+    }
+    if (p->epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+        const void *bias = kind == G_QKV ? w->qkv_b_act : w->ff1_b_act;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, out, p->c, out, p->c, &p->algo,
+                                e->gemm_ws, GEMM_WS_BYTES, e->stream));
+    /* what the epilogue did not do */
+    if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
+        CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->stream));
+    if (kind == G_FF1 && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
+        CUDA_CHECK(bias_gelu_forward(out, w->ff1_b, (size_t)n, m, 1, e->act, e->stream));
+    return BS_OK;
+}
+
+/* ---- attention ---- */
+
+/* The SDPA plan for Bb slots (entry with p == NULL: the kernel runs that shape). Plans are never
+ * freed while the engine lives: captured graphs may hold kernels that cuDNN compiled for them. */
+static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
+    static sdpa_entry none = {0, NULL};
+    for (int i = 0; i < e->n_sdpa; i++)
+        if (e->sdpa[i].Bb == Bb) return &e->sdpa[i];
+    if (e->n_sdpa == MAX_SDPA) return &none;
+    const bs_bert_config *c = &e->base.model->cfg;
+    bs_sdpa_desc d = {.B = Bb, .S = e->base.opts.max_seq_len, .NH = c->heads, .HS = c->hidden / c->heads,
+                      .dt = e->act, .offset_unit = e->sdpa_unit, .qkv = e->qkv, .out = e->att,
+                      .seqlen = e->d_seqlen, .off_qkv = e->d_offq, .off_out = e->d_offo,
+                      .workspace = e->sdpa_ws, .workspace_cap = SDPA_WS_BYTES};
+    sdpa_entry *s = &e->sdpa[e->n_sdpa++];
+    s->Bb = Bb;
+    s->p = sdpa_cudnn_new(e->dnn, &d, err);
+    if (!s->p) log_warn("cuDNN SDPA unavailable for this batch size: using the attention kernel", "B=%d reason=\"%s\"",
+                        Bb, err);
+    return s;
+}
+
+static int attention(cuda_engine *e, int Tb, int Bb, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    if (e->use_cudnn) {
+        char why[BS_ERRLEN];
+        sdpa_entry *s = sdpa_get(e, Bb, why);
+        if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
+    }
+    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(Tb, Bb), c->heads,
+                                 c->hidden / c->heads, e->act, e->stream));
+    return BS_OK;
+}
+
+/* ---- the encoder ---- */
+
+/* Everything from token ids to pooled features, for Tb rows and Bb sequence slots; only device
+ * work on e->stream, so it can be captured as a CUDA graph. */
+static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden;
+    const float eps = c->ln_eps;
+    const bs_dtype A = e->act;
+    cudaStream_t s = e->stream;
+    CUDA_CHECK(embedding_layernorm_forward(e->x, e->d_ids, e->d_cu, Bb, e->word, e->pos, e->type0, e->emb_ln_w,
+                                           e->emb_ln_b, Tb, C, eps, A, s));
+    for (int l = 0; l < c->layers; l++) {
+        const dev_layer *w = &e->layer[l];
+        if (gemm(e, G_QKV, l, Tb, e->x, e->qkv, err) != BS_OK) return BS_ERR;      /* qkv (Tb, 3C) */
+        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;                     /* att (Tb, C) */
+        if (gemm(e, G_AO, l, Tb, e->att, e->tmp, err) != BS_OK) return BS_ERR;     /* tmp (Tb, C) */
+        CUDA_CHECK(residual_layernorm_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A, s));
+        if (gemm(e, G_FF1, l, Tb, e->x2, e->ff, err) != BS_OK) return BS_ERR;      /* ff (Tb, I) */
+        if (gemm(e, G_FF2, l, Tb, e->ff, e->tmp, err) != BS_OK) return BS_ERR;     /* tmp (Tb, C) */
+        CUDA_CHECK(residual_layernorm_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A, s));
+    }
+    CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
+    CUDA_CHECK(pooler_forward(e->pooler, e->cls, e->pool_w, e->pool_b, Bb, C, A, s));
+    return BS_OK;
+}
+
+/* Host work a shape needs before it can be captured: GEMM plans for Tb, the SDPA plan for Bb. */
+static int prepare(cuda_engine *e, int Tb, int Bb, char *err) {
+    for (int k = 0; k < G_KINDS; k++)
+        if (!plan_get(e, k, Tb, err)) return BS_ERR;
+    if (e->use_cudnn) {
+        char why[BS_ERRLEN];
+        (void)sdpa_get(e, Bb, why);
+    }
+    return BS_OK;
+}
+
+static void graph_evict(cuda_engine *e, int i) {
+    cudaGraphExecDestroy(e->graphs[i].exec);
+    e->graphs[i] = e->graphs[--e->n_graphs];
+}
+
+/* Runs the encoder for (Tb, Bb): replays its CUDA graph, capturing it on first use. A capture
+ * that fails (a library call that cannot be captured) turns graphs off and runs eagerly. */
+static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
+    if (!e->use_graphs) return encode(e, Tb, Bb, err);
+    for (int i = 0; i < e->n_graphs; i++)
+        if (e->graphs[i].Tb == Tb && e->graphs[i].Bb == Bb) {
+            e->graphs[i].stamp = ++e->clock;
+            CUDA_CHECK(cudaGraphLaunch(e->graphs[i].exec, e->stream));
+            return BS_OK;
+        }
+    if (prepare(e, Tb, Bb, err) != BS_OK) return BS_ERR;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    char why[BS_ERRLEN] = "";
+    CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
+    int rc = encode(e, Tb, Bb, why);
+    cudaError_t ce = cudaStreamEndCapture(e->stream, &g);
+    if (rc == BS_OK && ce != cudaSuccess) snprintf(why, sizeof why, "cudaStreamEndCapture: %s", cudaGetErrorString(ce));
+    if (rc == BS_OK && ce == cudaSuccess) {
+        ce = cudaGraphInstantiate(&exec, g, 0);
+        if (ce != cudaSuccess) snprintf(why, sizeof why, "cudaGraphInstantiate: %s", cudaGetErrorString(ce));
+    }
+    if (g) cudaGraphDestroy(g);
+    if (rc != BS_OK || ce != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the capture error; the context is fine */
+        log_warn("CUDA graph capture failed: running without graphs", "reason=\"%s\"", why);
+        e->use_graphs = 0;
+        return encode(e, Tb, Bb, err);
+    }
+    if (e->n_graphs == MAX_GRAPHS) {
+        int old = 0;
+        for (int i = 1; i < e->n_graphs; i++)
+            if (e->graphs[i].stamp < e->graphs[old].stamp) old = i;
+        graph_evict(e, old);
+    }
+    e->graphs[e->n_graphs++] = (graph_entry){.Tb = Tb, .Bb = Bb, .stamp = ++e->clock, .exec = exec};
+    CUDA_CHECK(cudaGraphLaunch(exec, e->stream));
+    return BS_OK;
+}
+
+/* Bucket: round x up to a step that is at least x/8 (at most 12.5% padding), never past cap. */
+static int bucket(int x, int min_step, int cap) {
+    int step = min_step;
+    while (step * 8 < x) step *= 2;
+    int r = (x + step - 1) / step * step;
+    return r > cap ? cap : r;
+}
+
+/* Fills the pinned input staging for a batch padded to (Tb, Bb); returns the bytes to copy. */
+static size_t stage_inputs(cuda_engine *e, const bs_batch *b, int Tb, int Bb) {
+    const int B = b->n_seq, T = b->cu_seqlens[B], C = e->base.model->cfg.hidden;
+    int32_t *cu = e->h_in + e->o_cu, *ids = e->h_in + e->o_ids;
+    memcpy(cu, b->cu_seqlens, sizeof(int32_t) * (size_t)(B + 1));
+    for (int s = B + 1; s <= Bb; s++) cu[s] = T; /* padding slots: empty sequences */
+    memcpy(ids, b->ids, sizeof(int32_t) * (size_t)T);
+    if (Tb > T) memset(ids + T, 0, sizeof(int32_t) * (size_t)(Tb - T)); /* [PAD] rows: computed, never read */
+    (void)attention_tiles(e->h_in + e->o_tiles, attention_tiles_cap(Tb, Bb), cu, B);
+    if (e->use_cudnn)
+        sdpa_cudnn_fill(e->h_in + e->o_seqlen, e->h_in + e->o_offq, e->h_in + e->o_offo, cu, B, Bb, C, e->sdpa_unit);
+    return (e->o_ids + (size_t)Tb) * sizeof(int32_t);
+}
+
+static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
+    cuda_engine *e = (cuda_engine *)base;
+    const int C = base->model->cfg.hidden, B = b->n_seq, T = b->cu_seqlens[B];
+    const int Tb = bucket(T, 16, e->Tcap), Bb = bucket(B, 4, e->Bcap);
+    CUDA_CHECK(cudaSetDevice(e->dev)); /* the calling thread may not have selected it */
+    const size_t in_bytes = stage_inputs(e, b, Tb, Bb);
+    CUDA_CHECK(cudaMemcpyAsync(e->d_in, e->h_in, in_bytes, cudaMemcpyHostToDevice, e->stream));
+    if (run_encoder(e, Tb, Bb, err) != BS_OK) return BS_ERR;
+
+    const size_t BC = (size_t)B * C;
+    float *h_cls = e->h_out, *h_mean = e->h_out + (size_t)e->Bcap * C, *h_pool = e->h_out + 2 * (size_t)e->Bcap * C;
+    if (out->cls) CUDA_CHECK(cudaMemcpyAsync(h_cls, e->cls, BC * 4, cudaMemcpyDeviceToHost, e->stream));
+    if (out->mean) CUDA_CHECK(cudaMemcpyAsync(h_mean, e->mean, BC * 4, cudaMemcpyDeviceToHost, e->stream));
+    if (out->pooler) CUDA_CHECK(cudaMemcpyAsync(h_pool, e->pooler, BC * 4, cudaMemcpyDeviceToHost, e->stream));
+    if (out->hidden) {
+        /* rare (tests, --emit-hidden): straight into the caller's pageable buffer */
+        const float *src = (const float *)e->x;
+        if (e->act != BS_DT_F32) {
+            float *dst = e->hidden32 ? e->hidden32 : (float *)e->ff;
+            CUDA_CHECK(convert_forward(dst, BS_DT_F32, e->x, e->act, (size_t)T * C, e->stream));
+            src = dst;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(out->hidden, src, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    if (out->cls) memcpy(out->cls, h_cls, BC * 4);
+    if (out->mean) memcpy(out->mean, h_mean, BC * 4);
+    if (out->pooler) memcpy(out->pooler, h_pool, BC * 4);
+    return BS_OK;
+}
+
+/* ---- attention path selection ---- */
+
+/* Compares cuDNN's SDPA with our kernel on a small ragged batch of random Q, K, V. Returns 1 when
+ * they agree, 0 when they do not (or cuDNN refuses), BS_ERR on a CUDA error. */
+static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden, NH = c->heads, HS = C / NH, S = e->base.opts.max_seq_len;
+    int32_t cu[4] = {0};
+    const int want[3] = {45, 7, 16};
+    for (int s = 0; s < 3; s++) cu[s + 1] = cu[s] + (want[s] < S ? want[s] : S);
+    const int B = 3, T = cu[3], Bb = 4;
+    const size_t n = (size_t)T * 3 * C;
+    float *h = malloc(n * 4), *o1 = malloc((size_t)T * C * 4), *o2 = malloc((size_t)T * C * 4), *scratch = NULL;
+    int rc = BS_ERR;
+    if (!h || !o1 || !o2) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    if (cudaMalloc((void **)&scratch, n * 4) != cudaSuccess) {
+        bs_err(err, "attention self-check: cannot allocate %zu bytes", n * 4);
+        goto done;
+    }
+    bs_rng r = {12345};
+    for (size_t i = 0; i < n; i++) h[i] = (float)(bs_rng_uniform(&r) * 4.0 - 2.0);
+    /* stage cu/tiles/seqlen/offsets like a real batch */
+    memcpy(e->h_in + e->o_cu, cu, sizeof cu);
+    cu[3] = T;
+    (void)attention_tiles(e->h_in + e->o_tiles, attention_tiles_cap(T, Bb), e->h_in + e->o_cu, B);
+    e->h_in[e->o_cu + 4] = T;
+    sdpa_cudnn_fill(e->h_in + e->o_seqlen, e->h_in + e->o_offq, e->h_in + e->o_offo, e->h_in + e->o_cu, B, Bb, C,
+                    e->sdpa_unit);
+    if (cudaMemcpyAsync(e->d_in, e->h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+        cudaMemcpyAsync(scratch, h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+        convert_forward(e->qkv, e->act, scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
+        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, e->act,
+                          e->stream) != cudaSuccess ||
+        convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
+        cudaMemcpyAsync(o1, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->stream) != cudaSuccess ||
+        cudaMemsetAsync(e->att, 0, (size_t)T * C * bs_dtype_size(e->act), e->stream) != cudaSuccess) {
+        bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    bs_sdpa_desc d = {.B = Bb, .S = S, .NH = NH, .HS = HS, .dt = e->act, .offset_unit = e->sdpa_unit,
+                      .qkv = e->qkv, .out = e->att, .seqlen = e->d_seqlen, .off_qkv = e->d_offq,
+                      .off_out = e->d_offo, .workspace = e->sdpa_ws, .workspace_cap = SDPA_WS_BYTES};
+    bs_sdpa *p = sdpa_cudnn_new(e->dnn, &d, why);
+    if (!p) {
+        rc = 0;
+        goto done;
+    }
+    int run = sdpa_cudnn_run(p, e->dnn, why);
+    sdpa_cudnn_free(p);
+    if (run != 0) {
+        (void)cudaGetLastError();
+        rc = 0;
+        goto done;
+    }
+    if (convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
+        cudaMemcpyAsync(o2, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->stream) != cudaSuccess) {
+        bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    double worst = 0;
+    for (size_t i = 0; i < (size_t)T * C; i++) {
+        double dlt = fabs((double)o1[i] - (double)o2[i]);
+        if (!(dlt <= worst)) worst = dlt; /* NaN counts as the worst */
+    }
+    rc = worst <= 2e-2;
+    if (!rc) snprintf(why, BS_ERRLEN, "cuDNN SDPA differs from the kernel by %.3g (offset unit %d)", worst, e->sdpa_unit);
+    log_debug("cuDNN SDPA self-check", "max_abs_diff=%.3g offset_unit=%d", worst, e->sdpa_unit);
+done:
+    if (scratch) {
+        cudaStreamSynchronize(e->stream);
+        cudaFree(scratch);
+    }
+    free(h);
+    free(o1);
+    free(o2);
+    return rc;
+}
+
+/* attention=kernel for fp32 (cuDNN has no fp32 SDPA) or BERTSTREAM_ATTENTION=kernel; otherwise
+ * cuDNN's SDPA if it builds and agrees with our kernel (ragged offsets in elements, or in bytes
+ * for runtimes that count them so); BERTSTREAM_ATTENTION=cudnn makes a failure an error. */
+static int choose_attention(cuda_engine *e, char *err) {
+    const char *env = getenv("BERTSTREAM_ATTENTION");
+    const int force_kernel = env && strcmp(env, "kernel") == 0, force_cudnn = env && strcmp(env, "cudnn") == 0;
+    if (env && *env && !force_kernel && !force_cudnn && strcmp(env, "auto") != 0)
+        return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel or cudnn", env);
+    e->use_cudnn = 0;
+    if (force_kernel) return BS_OK;
+    char why[BS_ERRLEN] = "";
+    if (e->act == BS_DT_F32) {
+        snprintf(why, sizeof why, "cuDNN SDPA has no fp32 mode");
+    } else if (e->cudnn_version < 91000) {
+        snprintf(why, sizeof why, "cuDNN %zu.%zu is older than 9.10", e->cudnn_version / 10000,
+                 e->cudnn_version % 10000 / 100);
+    } else if ((size_t)e->R * 3 * (size_t)e->base.model->cfg.hidden * bs_dtype_size(e->act) > 0x7fffffffu) {
+        snprintf(why, sizeof why, "buffers too large for int32 ragged offsets");
+    } else {
+        const int units[2] = {1, (int)bs_dtype_size(e->act)};
+        for (int u = 0; u < 2 && !e->use_cudnn; u++) {
+            e->sdpa_unit = units[u];
+            int ok = sdpa_selfcheck(e, why, err);
+            if (ok == BS_ERR) return BS_ERR;
+            e->use_cudnn = ok;
+        }
+    }
+    if (!e->use_cudnn) {
+        if (force_cudnn) return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but %s", why);
+        log_info("attention runs in bertstream's kernel", "reason=\"%s\"", why);
+    }
+    return BS_OK;
+}
+
+/* ---- lifetime ---- */
+
+static void cuda_destroy(bs_engine *base) {
+    cuda_engine *e = (cuda_engine *)base;
+    if (!e) return;
+    cudaSetDevice(e->dev);
+    if (e->stream) cudaStreamSynchronize(e->stream);
+    while (e->n_graphs) graph_evict(e, 0);
+    for (int i = 0; i < e->n_sdpa; i++) sdpa_cudnn_free(e->sdpa[i].p);
+    for (int i = 0; i < MAX_PLANS; i++)
+        if (e->plans[i].used) plan_release(&e->plans[i]);
+    if (e->dnn) cudnnDestroy(e->dnn);
+    if (e->lt) cublasLtDestroy(e->lt);
+    if (e->stream) cudaStreamDestroy(e->stream);
+    cudaFree(e->wmem);
+    cudaFree(e->amem);
+    cudaFreeHost(e->h_in);
+    cudaFreeHost(e->h_out);
+    free(e->layer);
+    free(e);
+}
+
+static int parse_device(const char *dev, int *out, char *err) {
+    if (!dev || !strcmp(dev, "auto") || !strcmp(dev, "cuda")) {
+        *out = 0;
+        return BS_OK;
+    }
+    if (strncmp(dev, "cuda:", 5) == 0) {
+        char *end;
+        long v = strtol(dev + 5, &end, 10);
+        if (end != dev + 5 && *end == '\0' && v >= 0 && v < 1024) {
+            *out = (int)v;
+            return BS_OK;
+        }
+    }
+    return bs_err(err, "unknown CUDA device '%s' (cuda, cuda:N)", dev);
+}
+
+static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *opts, char *err) {
+    const bs_bert_config *c = &m->cfg;
+    if (parse_device(opts->device, &e->dev, err) != BS_OK) return BS_ERR;
+    int n_dev = engine_cuda_device_count();
+    if (n_dev == 0) return bs_err(err, "no CUDA device");
+    if (e->dev >= n_dev) return bs_err(err, "CUDA device %d does not exist (%d present)", e->dev, n_dev);
+    CUDA_CHECK(cudaSetDevice(e->dev));
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, e->dev));
+    e->cc_major = prop.major;
+    e->cc_minor = prop.minor;
+    snprintf(e->dev_name, sizeof e->dev_name, "%.100s", prop.name);
+    if (prop.major < 8)
+        return bs_err(err, "cuda:%d (%s) has compute capability %d.%d: bertstream needs 8.0+ (Ampere or newer)",
+                      e->dev, prop.name, prop.major, prop.minor);
+
+    bs_precision prec = opts->precision == BS_PREC_AUTO ? BS_PREC_BF16 : opts->precision;
+    e->fp8 = prec == BS_PREC_FP8;
+    e->act = prec == BS_PREC_FP32 ? BS_DT_F32 : prec == BS_PREC_FP16 ? BS_DT_F16 : BS_DT_BF16;
+    e->gemm = e->fp8 ? BS_DT_E4M3 : e->act;
+    if (e->fp8 && !((prop.major == 8 && prop.minor == 9) || prop.major == 9))
+        return bs_err(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper); cuda:%d (%s) is %d.%d", e->dev,
+                      prop.name, prop.major, prop.minor);
+    if (e->fp8 && (c->hidden % 16 || c->intermediate % 16))
+        return bs_err(err, "fp8 needs hidden (%d) and intermediate (%d) sizes divisible by 16", c->hidden,
+                      c->intermediate);
+    if (c->hidden % c->heads) return bs_err(err, "hidden %d is not a multiple of heads %d", c->hidden, c->heads);
+    if (c->hidden / c->heads > BS_ATT_MAX_HS)
+        return bs_err(err, "head size %d exceeds the attention kernel's %d", c->hidden / c->heads, BS_ATT_MAX_HS);
+    if (c->hidden > 12288) return bs_err(err, "hidden size %d exceeds the LayerNorm kernels' 12288", c->hidden);
+
+    e->base.forward = cuda_forward;
+    e->base.destroy = cuda_destroy;
+    e->base.model = m;
+    e->base.opts = *opts;
+    e->base.precision = prec;
+    e->base.is_cuda = 1;
+    /* a little headroom over what was asked keeps the self-check batch and 16-row buckets inside */
+    e->Tcap = (opts->max_tokens + 15) / 16 * 16;
+    if (e->Tcap < 128) e->Tcap = 128;
+    e->Bcap = opts->max_seqs < 4 ? 4 : (opts->max_seqs + 3) / 4 * 4;
+    e->R = e->Tcap + e->Bcap + 1;
+    e->tiles_cap = attention_tiles_cap(e->Tcap, e->Bcap);
+    if ((double)e->R * 3 * c->hidden > 2e9) return bs_err(err, "max_tokens %d is too large", opts->max_tokens);
+
+    const char *g = getenv("BERTSTREAM_CUDA_GRAPHS");
+    e->use_graphs = !(g && (!strcmp(g, "0") || !strcmp(g, "off")));
+    const char *gelu = getenv("BERTSTREAM_GELU");
+    e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
+
+    CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasLtCreate(&e->lt));
+    e->cudnn_version = cudnnGetVersion();
+    if (e->act != BS_DT_F32) {
+        if (cudnnCreate(&e->dnn) == CUDNN_STATUS_SUCCESS) CUDNN_CHECK(cudnnSetStream(e->dnn, e->stream));
+        else e->dnn = NULL, e->cudnn_version = 0; /* no usable cuDNN: the kernel does attention */
+    }
+
+    /* weights */
+    e->layer = calloc((size_t)c->layers, sizeof(dev_layer));
+    if (!e->layer) return bs_err(err, "out of memory");
+    arena a = {0};
+    layout_weights(e, &a);
+    e->wbytes = a.off;
+    CUDA_CHECK(cudaMalloc(&e->wmem, e->wbytes));
+    a = (arena){.base = e->wmem};
+    layout_weights(e, &a);
+
+    /* activations (amax_parts is needed by the fp8 weight upload) */
+    layout_inputs(e);
+    a = (arena){0};
+    layout_activations(e, &a);
+    e->abytes = a.off;
+    CUDA_CHECK(cudaMalloc(&e->amem, e->abytes));
+    CUDA_CHECK(cudaMemset(e->amem, 0, e->abytes)); /* spare and padding rows start finite */
+    a = (arena){.base = e->amem};
+    layout_activations(e, &a);
+    e->d_cu = e->d_in + e->o_cu;
+    e->d_seqlen = e->d_in + e->o_seqlen;
+    e->d_offq = e->d_in + e->o_offq;
+    e->d_offo = e->d_in + e->o_offo;
+    e->d_tiles = e->d_in + e->o_tiles;
+    e->d_ids = e->d_in + e->o_ids;
+    CUDA_CHECK(cudaHostAlloc((void **)&e->h_in, (e->o_ids + (size_t)e->Tcap) * 4, cudaHostAllocDefault));
+    CUDA_CHECK(cudaHostAlloc((void **)&e->h_out, 3 * (size_t)e->Bcap * c->hidden * 4, cudaHostAllocDefault));
+    memset(e->h_in, 0, (e->o_ids + (size_t)e->Tcap) * 4);
+
+    if (upload_weights(e, err) != BS_OK) return BS_ERR;
+    CUDA_CHECK(attention_setup(c->hidden / c->heads));
+    if (e->dnn && choose_attention(e, err) != BS_OK) return BS_ERR;
+    if (!e->dnn && getenv("BERTSTREAM_ATTENTION") && !strcmp(getenv("BERTSTREAM_ATTENTION"), "cudnn"))
+        return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but cuDNN is not usable at %s", bs_precision_name(prec));
+    /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
+     * whether the GELU epilogue is in use */
+    if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
+    int gelu_in_gemm = 0;
+    for (int i = 0; i < MAX_PLANS; i++)
+        if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap)
+            gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
+
+    char attn[64];
+    if (e->use_cudnn)
+        snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
+                 (int)(e->cudnn_version % 10000 / 100));
+    else snprintf(attn, sizeof attn, "kernel");
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%s mem=%zuMiB",
+             e->dev, e->dev_name, bs_precision_name(prec), attn, gelu_in_gemm ? "tanh(cublaslt)" : "erf",
+             e->use_graphs ? "on" : "off", (e->wbytes + e->abytes) >> 20);
+    log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu activations_mib=%zu max_tokens=%d max_seqs=%d",
+             e->base.desc, e->wbytes >> 20, e->abytes >> 20, e->Tcap, e->Bcap);
+    return BS_OK;
+}
+
+bs_engine *engine_cuda_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
+    cuda_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        bs_err(err, "cuda engine: out of memory");
+        return NULL;
+    }
+    if (cuda_init(e, m, opts, err) != BS_OK) {
+        cuda_destroy(&e->base);
+        return NULL;
+    }
+    return &e->base;
+}
+
+int engine_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+#endif

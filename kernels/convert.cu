@@ -1,0 +1,80 @@
+// Type conversion, |x| maxima and per-tensor E4M3 quantisation (see convert.h).
+#include "convert.h"
+
+template <typename D, typename S> __global__ void convert_kernel(D *dst, const S *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = bs_st<D>(bs_ld(src[i]));
+}
+
+static unsigned grid_for(size_t n, unsigned block) {
+    size_t g = (n + block - 1) / block;
+    return (unsigned)(g < 1 ? 1 : g > 65535u * 8 ? 65535u * 8 : g);
+}
+
+template <typename D> static cudaError_t convert_from(D *dst, const void *src, bs_dtype src_dt, size_t n, cudaStream_t s) {
+    unsigned g = grid_for(n, 256);
+    switch (src_dt) {
+    case BS_DT_F32: convert_kernel<<<g, 256, 0, s>>>(dst, (const float *)src, n); break;
+    case BS_DT_F16: convert_kernel<<<g, 256, 0, s>>>(dst, (const __half *)src, n); break;
+    case BS_DT_BF16: convert_kernel<<<g, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t convert_forward(void *dst, bs_dtype dst_dt, const void *src, bs_dtype src_dt, size_t n,
+                                       cudaStream_t s) {
+    if (n == 0) return cudaSuccess;
+    BS_DISPATCH_ACT(dst_dt, return convert_from((T *)dst, src, src_dt, n, s));
+    return cudaSuccess;
+}
+
+// One block per partial: grid-stride |x| maximum, block reduction, one float out.
+template <typename T> __global__ void amax_kernel(float *partials, const T *x, size_t n) {
+    float m = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        m = fmaxf(m, fabsf(bs_ld(x[i])));
+    __shared__ float red[32];
+    m = bs_warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        m = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
+        m = bs_warp_max(m);
+        if (threadIdx.x == 0) partials[blockIdx.x] = m;
+    }
+}
+
+extern "C" cudaError_t amax_forward(float *partials, const void *x, bs_dtype dt, size_t n, cudaStream_t s) {
+    BS_DISPATCH_ACT(dt, amax_kernel<<<BS_AMAX_PARTS, 256, 0, s>>>(partials, (const T *)x, n));
+    return cudaGetLastError();
+}
+
+// Every block reduces the BS_AMAX_PARTS partials itself (they sit in L2), so no extra launch or
+// grid-wide sync is needed; block 0 publishes the scale.
+template <typename T>
+__global__ void quantize_fp8_kernel(__nv_fp8_e4m3 *q, float *scale_out, const T *x, size_t n, const float *partials) {
+    __shared__ float s_scale;
+    if (threadIdx.x < 32) {
+        float m = 0;
+        for (int i = threadIdx.x; i < BS_AMAX_PARTS; i += 32) m = fmaxf(m, partials[i]);
+        m = bs_warp_max(m);
+        if (threadIdx.x == 0) {
+            float scale = m > 0 ? m / BS_E4M3_MAX : 1.0f;
+            s_scale = scale;
+            if (blockIdx.x == 0) *scale_out = scale;
+        }
+    }
+    __syncthreads();
+    const float scale = s_scale; // divide (not multiply by 1/scale): bit-identical to the CPU twin
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        q[i] = bs_st<__nv_fp8_e4m3>(bs_ld(x[i]) / scale);
+}
+
+extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const void *x, bs_dtype dt, size_t n,
+                                            const float *partials, cudaStream_t s) {
+    unsigned g = grid_for(n, 256);
+    if (g > 4096) g = 4096;
+    BS_DISPATCH_ACT(dt, quantize_fp8_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
+    return cudaGetLastError();
+}

@@ -1,0 +1,87 @@
+/* Element types of device tensors, shared by the C engine and the kernels: the enum, sizes, the
+ * CPU twins of the device roundings (used by tests/gpu to build expected values) and, for .cu
+ * files only, device load/store helpers that widen every type to fp32 for arithmetic. */
+#ifndef BS_KERNELS_DTYPE_H
+#define BS_KERNELS_DTYPE_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { BS_DT_F32 = 0, BS_DT_F16 = 1, BS_DT_BF16 = 2, BS_DT_E4M3 = 3 } bs_dtype;
+
+static inline size_t bs_dtype_size(bs_dtype t) { return t == BS_DT_F32 ? 4 : t == BS_DT_E4M3 ? 1 : 2; }
+static inline const char *bs_dtype_name(bs_dtype t) {
+    return t == BS_DT_F32 ? "f32" : t == BS_DT_F16 ? "f16" : t == BS_DT_BF16 ? "bf16" : "e4m3";
+}
+
+/* Largest finite E4M3 value (the fn variant the tensor cores use: no infinities). */
+#define BS_E4M3_MAX 448.0f
+
+/* Round-to-nearest-even to a float format with `mant` stored mantissa bits, smallest normal
+ * exponent `emin` (value 2^emin) and `max` the largest finite value (above it: inf, or max when
+ * saturating). Exact for every input: the scaled value a/q is a power-of-two rescale. */
+static inline float bs_round_fmt(float x, int mant, int emin, float max, int saturate) {
+    if (x != x) return x;
+    float a = fabsf(x);
+    if (a == 0.0f) return x;
+    int e;
+    (void)frexpf(a, &e); /* a = f * 2^e, f in [0.5, 1) */
+    int qexp = (e - 1 < emin ? emin : e - 1) - mant;
+    float q = ldexpf(1.0f, qexp);
+    float r = rintf(a / q) * q; /* rintf: round half to even in the default mode */
+    if (r > max) r = saturate ? max : INFINITY;
+    return copysignf(r, x);
+}
+
+/* CPU twins of __float2half_rn, __float2bfloat16_rn and __nv_cvt_float_to_fp8(.., __NV_SATFINITE, E4M3). */
+static inline float bs_round_f16(float x) { return bs_round_fmt(x, 10, -14, 65504.0f, 0); }
+static inline float bs_round_bf16(float x) { return bs_round_fmt(x, 7, -126, 3.38953139e38f, 0); }
+static inline float bs_round_e4m3(float x) { return bs_round_fmt(x, 3, -6, BS_E4M3_MAX, 1); }
+static inline float bs_round_dtype(float x, bs_dtype t) {
+    return t == BS_DT_F16 ? bs_round_f16(x) : t == BS_DT_BF16 ? bs_round_bf16(x) : t == BS_DT_E4M3 ? bs_round_e4m3(x) : x;
+}
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+/* Loads widen to fp32, stores round to nearest even (E4M3 saturates). */
+__device__ __forceinline__ float bs_ld(float v) { return v; }
+__device__ __forceinline__ float bs_ld(__half v) { return __half2float(v); }
+__device__ __forceinline__ float bs_ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float bs_ld(__nv_fp8_e4m3 v) { return float(v); }
+
+template <typename T> __device__ __forceinline__ T bs_st(float v);
+template <> __device__ __forceinline__ float bs_st<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half bs_st<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 bs_st<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __nv_fp8_e4m3 bs_st<__nv_fp8_e4m3>(float v) {
+    __nv_fp8_e4m3 r;
+    r.__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+    return r;
+}
+
+__device__ __forceinline__ float bs_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float bs_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Calls f.template operator()<T>() with T the C++ type of a bs_dtype (activation types only). */
+#define BS_DISPATCH_ACT(dt, ...)                                              \
+    do {                                                                      \
+        switch (dt) {                                                         \
+        case BS_DT_F32: { typedef float T; __VA_ARGS__; } break;              \
+        case BS_DT_F16: { typedef __half T; __VA_ARGS__; } break;             \
+        case BS_DT_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; } break;     \
+        default: return cudaErrorInvalidValue;                                \
+        }                                                                     \
+    } while (0)
+#endif
+
+#endif

@@ -1,0 +1,65 @@
+/* LayerNorm kernels: the embedding gather (word + position within the sequence + token type 0)
+ * followed by LayerNorm, and bias + residual + LayerNorm after the attention output and FFN
+ * GEMMs. One warp per row, the row staged in shared memory, statistics in fp32 (two passes).
+ * Legend: T packed rows, B sequences, C hidden, V vocab, P max positions. */
+#ifndef BS_KERNELS_LAYERNORM_H
+#define BS_KERNELS_LAYERNORM_H
+
+#include <cuda_runtime_api.h>
+
+#include "dtype.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out (T, C) = LN(word[ids[t]] + pos[t - cu_seqlens[s]] + type0) * gamma + beta, where s is t's
+ * sequence. Rows at or past cu_seqlens[B] (bucket padding) use position 0. Tables in dt. */
+cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids /* (T) */, const int32_t *cu_seqlens /* (B+1) */,
+                                        int B, const void *word /* (V, C) */, const void *pos /* (P, C) */,
+                                        const void *type0 /* (C) */, const float *gamma /* (C) */,
+                                        const float *beta /* (C) */, int T, int C, float eps, bs_dtype dt,
+                                        cudaStream_t s);
+
+/* out (T, C) = LN(a + bias + res) * gamma + beta; bias may be NULL; out may alias res or a. */
+cudaError_t residual_layernorm_forward(void *out, const void *a /* (T, C) */, const float *bias /* (C) */,
+                                       const void *res /* (T, C) */, const float *gamma /* (C) */,
+                                       const float *beta /* (C) */, int T, int C, float eps, bs_dtype dt,
+                                       cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- CPU twins (fp32 in, fp32 out; double statistics) ---- */
+static inline void layernorm_row_ref(float *y, const float *x, const float *g, const float *b, int C, float eps) {
+    double mean = 0, var = 0;
+    for (int c = 0; c < C; c++) mean += x[c];
+    mean /= C;
+    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+    var /= C;
+    double inv = 1.0 / sqrt(var + eps);
+    for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mean) * inv * g[c] + b[c]);
+}
+
+static inline void embedding_layernorm_ref(float *out, const int32_t *ids, const int32_t *cu, int B, const float *word,
+                                           const float *pos, const float *type0, const float *g, const float *b, int T,
+                                           int C, float eps, float *row /* (C) scratch */) {
+    for (int t = 0; t < T; t++) {
+        int p = 0;
+        for (int s = 0; s < B; s++)
+            if (t >= cu[s] && t < cu[s + 1]) p = t - cu[s];
+        for (int c = 0; c < C; c++) row[c] = word[(size_t)ids[t] * C + c] + pos[(size_t)p * C + c] + type0[c];
+        layernorm_row_ref(out + (size_t)t * C, row, g, b, C, eps);
+    }
+}
+
+static inline void residual_layernorm_ref(float *out, const float *a, const float *bias, const float *res,
+                                          const float *g, const float *b, int T, int C, float eps, float *row) {
+    for (int t = 0; t < T; t++) {
+        for (int c = 0; c < C; c++) row[c] = a[(size_t)t * C + c] + (bias ? bias[c] : 0.0f) + res[(size_t)t * C + c];
+        layernorm_row_ref(out + (size_t)t * C, row, g, b, C, eps);
+    }
+}
+
+#endif
