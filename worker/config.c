@@ -680,15 +680,43 @@ int config_parse_args(bs_config *c, int argc, char **argv, char **envp, char *er
 
 /* ---- output ---- */
 
-static void put_yaml_string(FILE *f, const char *s) {
+/* Decodes one UTF-8 sequence; returns its length, or 0 when it is not valid UTF-8. */
+static int utf8_decode(const unsigned char *s, uint32_t *cp) {
+    if (s[0] < 0x80) return *cp = s[0], 1;
+    int n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
+    if (!n || s[0] > 0xf4) return 0;
+    uint32_t v = s[0] & (0x7f >> n);
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        v = v << 6 | (s[i] & 0x3f);
+    }
+    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (v < min[n] || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
+    *cp = v;
+    return n;
+}
+
+/* A YAML double-quoted scalar that reads back as the same bytes: escapes quotes, backslashes, every
+ * character YAML does not print (C0/C1 controls, DEL, U+FFFE/FFFF) and the line breaks it would fold
+ * (NEL, LS, PS). A byte that is not UTF-8 (only possible from the environment or -o) becomes \xNN. */
+static void put_yaml_string(FILE *f, const char *str) {
+    const unsigned char *s = (const unsigned char *)str;
     fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch == '\n') fputs("\\n", f);
-        else if (ch == '\t') fputs("\\t", f);
-        else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\x%02x", ch);
-        else fputc(ch, f);
+    while (*s) {
+        uint32_t cp;
+        int n = utf8_decode(s, &cp);
+        if (!n) {
+            fprintf(f, "\\x%02x", *s++);
+            continue;
+        }
+        if (cp == '"' || cp == '\\') fprintf(f, "\\%c", (char)cp);
+        else if (cp == '\n') fputs("\\n", f);
+        else if (cp == '\t') fputs("\\t", f);
+        else if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff ||
+                 cp == 0xfffe || cp == 0xffff)
+            fprintf(f, cp < 0x100 ? "\\x%02x" : "\\u%04x", (unsigned)cp);
+        else fwrite(s, 1, (size_t)n, f);
+        s += n;
     }
     fputc('"', f);
 }

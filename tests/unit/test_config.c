@@ -435,7 +435,10 @@ static void config_dump_is_yaml_that_loads_back_the_same(void) {
     CHECK_INT(config_set(c, "topics.input=we\"ird\\name", err), BS_OK);
     CHECK_INT(config_set(c, "train.lr=0.0003", err), BS_OK);
     CHECK_INT(config_set(c, "format.input=text", err), BS_OK);
+    /* control characters and the line breaks YAML would fold (NEL, LS) are escaped */
+    CHECK_INT(config_set(c, "topics.output=a\tb\x01" "c\xc2\x85" "d\xe2\x80\xa8" "e\xc3\xa9", err), BS_OK);
     char *text = dump(c);
+    CHECK_CONTAINS(text, "  output: \"a\\tb\\x01c\\x85d\\u2028e\xc3\xa9\"\n");
     CHECK_CONTAINS(text, "batch:\n  max_sequences: 256\n  max_tokens: 32768\n  max_delay_ms: 20\n");
     CHECK_CONTAINS(text, "\ndelivery: at_least_once\n");
     CHECK_CONTAINS(text, "  lr: 0.0003\n");
@@ -444,6 +447,7 @@ static void config_dump_is_yaml_that_loads_back_the_same(void) {
     CHECK_INT(config_load_string(d, text, strlen(text), "dump", err), BS_OK);
     CHECK_STR(d->topics.input, "we\"ird\\name");
     CHECK(d->train.lr == 0.0003);
+    CHECK_STR(d->topics.output, "a\tb\x01" "c\xc2\x85" "d\xe2\x80\xa8" "e\xc3\xa9");
     CHECK_INT(d->format.input, BS_FORMAT_TEXT);
     char *again = dump(d);
     CHECK_STR(again, text);
