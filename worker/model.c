@@ -20,6 +20,12 @@
 #error "encoder_id hashes the F32 values as stored in memory: little-endian hosts only"
 #endif
 
+/* Keys, tensor names and jansson's messages come from files: keep the error one printable line. */
+static void err_one_line(char *err) {
+    for (char *c = err; c && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+}
+
 /* ---- config.json ---- */
 
 /* Upper bounds keep every size product far from overflow and reject garbage early. */
@@ -59,7 +65,11 @@ int bert_config_parse(const char *json, size_t len, const char *path, bs_bert_co
     json_error_t je;
     json_t *root = json_loadb(json, len, 0, &je);
     int rc = BS_ERR;
-    if (!root) return bs_err(err, "%s: not valid JSON: %s (line %d)", path, je.text, je.line);
+    if (!root) {
+        bs_err(err, "%s: not valid JSON: %s (line %d)", path, je.text, je.line);
+        err_one_line(err);
+        return BS_ERR;
+    }
     if (!json_is_object(root)) {
         bs_err(err, "%s: not a JSON object", path);
         goto out;
@@ -112,6 +122,7 @@ int bert_config_parse(const char *json, size_t len, const char *path, bs_bert_co
     *cfg = c;
     rc = BS_OK;
 out:
+    if (rc != BS_OK) err_one_line(err);
     json_decref(root);
     return rc;
 }
@@ -449,6 +460,7 @@ bs_model *model_load(const char *dir, char *err) {
     source_close(&src);
     return m;
 fail:
+    err_one_line(err);
     free(specs);
     model_free(m);
     source_close(&src);

@@ -62,6 +62,12 @@ static const char *shape_str(char *buf, size_t cap, int ndim, const int64_t *sha
     return buf;
 }
 
+/* Names, keys and jansson's messages come from the file: keep the error one printable line. */
+static void err_one_line(char *err) {
+    for (char *c = err; c && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+}
+
 static int cmp_tensor_name(const void *a, const void *b) {
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
@@ -294,6 +300,7 @@ st_file *st_open_mem(const void *buf, size_t len, const char *name, char *err) {
     st_file *f = st_alloc(name, err);
     if (!f) return NULL;
     if (st_parse(f, buf, len, err) != BS_OK) {
+        err_one_line(err);
         st_close(f);
         return NULL;
     }
@@ -328,6 +335,7 @@ st_file *st_open(const char *path, char *err) {
     if (st_parse(f, f->map, len, err) != BS_OK) goto fail;
     return f;
 fail:
+    err_one_line(err);
     if (fd >= 0) close(fd);
     st_close(f);
     return NULL;

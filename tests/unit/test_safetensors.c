@@ -159,6 +159,13 @@ static void st_rejects_unknown_dtype(void) {
                  "tensor 'w'", "unknown dtype 'F33'");
 }
 
+static void st_errors_stay_on_one_line(void) {
+    /* a name with an escaped newline, and a JSON error whose token holds a raw newline */
+    expect_error("nl.safetensors", "{\"a\\nb\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+                 "tensor 'a?b'", "unknown dtype");
+    expect_error("nl2.safetensors", "{\"a\n", 0, "header is not valid JSON", NULL);
+}
+
 static void st_rejects_negative_or_fractional_shape(void) {
     expect_error("neg.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,-1],\"data_offsets\":[0,0]}}", 0,
                  "tensor 'w'", "shape[1] is not a non-negative integer");
@@ -434,6 +441,7 @@ int main(void) {
     RUN(st_rejects_header_length_past_end);
     RUN(st_rejects_header_that_is_not_a_json_object);
     RUN(st_rejects_unknown_dtype);
+    RUN(st_errors_stay_on_one_line);
     RUN(st_rejects_negative_or_fractional_shape);
     RUN(st_rejects_more_than_max_dims);
     RUN(st_rejects_shape_whose_size_overflows);
