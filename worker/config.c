@@ -595,12 +595,17 @@ int config_apply_env(bs_config *c, char **envp, char *err) {
             if (j == sl) row = &keys[i];
         }
         if (!row) continue; /* BERTSTREAM_DATA, BERTSTREAM_BIN...: not configuration */
+        const char *sub = sl < rlen ? rest + sl + 1 : NULL;
+        size_t kn = sub ? (size_t)(eq - sub) : 0;
+        /* Kubernetes service links: a Service named bertstream-worker injects BERTSTREAM_WORKER_PORT,
+         * BERTSTREAM_WORKER_SERVICE_HOST, BERTSTREAM_WORKER_PORT_9464_TCP_ADDR... No key has such a name. */
+        if (sub && ((kn == 4 && !strncmp(sub, "PORT", 4)) || !strncmp(sub, "PORT_", 5) ||
+                    !strncmp(sub, "SERVICE_HOST", 12) || !strncmp(sub, "SERVICE_PORT", 12)))
+            continue;
         char var[256], loc[300], sec[32], key[256];
         snprintf(var, sizeof var, "%.*s", (int)(eq - *e), *e);
         snprintf(loc, sizeof loc, "environment %s", var);
         snprintf(sec, sizeof sec, "%.*s", (int)sl, row->name);
-        const char *sub = sl < rlen ? rest + sl + 1 : NULL;
-        size_t kn = sub ? (size_t)(eq - sub) : 0;
         if (kn >= sizeof key) return bs_err(err, "%s: unknown key (name too long)", loc);
         if (sub) {
             int is_map = row->type == T_MAP;

@@ -109,8 +109,10 @@ int config_load_string(bs_config *c, const char *yaml, size_t len, const char *n
 /* Applies BERTSTREAM_<SECTION>_<KEY>=value variables from envp (NULL-terminated; NULL = environ).
  * Scalar keys: BERTSTREAM_BATCH_MAX_SEQUENCES, BERTSTREAM_DELIVERY. Maps: BERTSTREAM_KAFKA_SASL_PASSWORD ->
  * kafka "sasl.password" (the rest lower-cased, '_' -> '.'). Variables whose part after BERTSTREAM_ does not
- * start with a section name (BERTSTREAM_DATA...) are ignored; a known section with an unknown key is an
- * error: "environment BERTSTREAM_BATCH_FOO: unknown key 'batch.foo'". */
+ * start with a section name (BERTSTREAM_DATA...) are ignored, and so are Kubernetes service links
+ * (BERTSTREAM_<SECTION>_PORT, _PORT_*, _SERVICE_HOST*, _SERVICE_PORT*, e.g. from a Service named
+ * bertstream-worker); any other unknown key of a known section is an error:
+ * "environment BERTSTREAM_BATCH_FOO: unknown key 'batch.foo'". */
 int config_apply_env(bs_config *c, char **envp, char *err);
 
 /* Applies one "section.key=value" (as given to -o). Map keys keep everything after the first dot

@@ -277,6 +277,14 @@ static void config_env_errors_name_the_variable(void) {
     CHECK_INT(config_apply_env(c, bad_val, err), BS_ERR);
     CHECK_STR(err, "environment BERTSTREAM_BATCH_MAX_DELAY_MS: batch.max_delay_ms: expected an integer in 0..60000, "
                    "got '-1'");
+    /* Kubernetes service links of Services named bertstream-worker / bertstream-kafka are not ours */
+    char *links[] = {"BERTSTREAM_WORKER_PORT=tcp://10.0.0.1:9464", "BERTSTREAM_WORKER_SERVICE_HOST=10.0.0.1",
+                     "BERTSTREAM_WORKER_SERVICE_PORT=9464", "BERTSTREAM_WORKER_SERVICE_PORT_METRICS=9464",
+                     "BERTSTREAM_WORKER_PORT_9464_TCP=tcp://10.0.0.1:9464",
+                     "BERTSTREAM_WORKER_PORT_9464_TCP_ADDR=10.0.0.1", "BERTSTREAM_KAFKA_PORT=tcp://10.0.0.2:9092",
+                     NULL};
+    CHECK_INT(config_apply_env(c, links, err), BS_OK);
+    CHECK_INT(c->kafka.n, 0);
     char *section_only[] = {"BERTSTREAM_KAFKA=x", NULL};
     CHECK_INT(config_apply_env(c, section_only, err), BS_ERR);
     CHECK_STR(err, "environment BERTSTREAM_KAFKA: unknown key 'kafka'");
