@@ -47,11 +47,16 @@ _Static_assert(sizeof(bs_log_format) == sizeof(int), "enum size");
 _Static_assert(BS_FEATURE_MEAN == 2 && BS_PREC_FP8 == 4 && BS_LOG_ERROR == 3, "enum order matches the name lists");
 
 #define OFF(f) offsetof(bs_config, f)
-#define STR(n, f, d, fl) {n, T_STRING, OFF(f), d, 0, 0, 0, 0, NULL, fl}
-#define INT(n, f, d, lo, hi) {n, T_INT, OFF(f), d, lo, hi, 0, 0, NULL, 0}
-#define DBL(n, f, d, lo, hi) {n, T_DOUBLE, OFF(f), d, 0, 0, lo, hi, NULL, 0}
-#define ENUM(n, f, d, names) {n, T_ENUM, OFF(f), d, 0, 0, 0, 0, names, 0}
-#define MAP(n, f) {n, T_MAP, OFF(f), NULL, 0, 0, 0, 0, NULL, 0}
+#define STR(n, f, d, fl)                                                                                               \
+    { n, T_STRING, OFF(f), d, 0, 0, 0, 0, NULL, fl }
+#define INT(n, f, d, lo, hi)                                                                                           \
+    { n, T_INT, OFF(f), d, lo, hi, 0, 0, NULL, 0 }
+#define DBL(n, f, d, lo, hi)                                                                                           \
+    { n, T_DOUBLE, OFF(f), d, 0, 0, lo, hi, NULL, 0 }
+#define ENUM(n, f, d, names)                                                                                           \
+    { n, T_ENUM, OFF(f), d, 0, 0, 0, 0, names, 0 }
+#define MAP(n, f)                                                                                                      \
+    { n, T_MAP, OFF(f), NULL, 0, 0, 0, 0, NULL, 0 }
 
 static const cfg_key keys[] = {
     MAP("kafka", kafka),
@@ -153,7 +158,9 @@ static int section_kind(const char *sec, size_t len, const cfg_key **row) {
     return SEC_NONE;
 }
 
-static bs_kvlist *map_field(bs_config *c, const cfg_key *k) { return (bs_kvlist *)((char *)c + k->off); }
+static bs_kvlist *map_field(bs_config *c, const cfg_key *k) {
+    return (bs_kvlist *)((char *)c + k->off);
+}
 
 /* ---- maps ---- */
 
@@ -394,7 +401,9 @@ typedef struct {
     size_t n_seen, cap_seen;
 } yaml_ctx;
 
-static int node_line(const yaml_node_t *n) { return (int)n->start_mark.line + 1; }
+static int node_line(const yaml_node_t *n) {
+    return (int)n->start_mark.line + 1;
+}
 
 static int is_null_scalar(const yaml_node_t *n) {
     if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
@@ -417,8 +426,7 @@ static int scalar_text(yaml_ctx *y, const yaml_node_t *n, const char *what, cons
 static int mark_seen(yaml_ctx *y, const char *full, int line) {
     for (size_t i = 0; i < y->n_seen; i++)
         if (strcmp(y->seen[i], full) == 0)
-            return bs_err(y->err, "%s:%d: duplicate key '%s' (first at line %d)", y->name, line, full,
-                          y->seen_line[i]);
+            return bs_err(y->err, "%s:%d: duplicate key '%s' (first at line %d)", y->name, line, full, y->seen_line[i]);
     if (strlen(full) >= sizeof y->seen[0]) return BS_OK; /* too long to be a real key; the setter rejects it */
     if (y->n_seen == y->cap_seen) {
         size_t ncap = y->cap_seen ? y->cap_seen * 2 : 32;
@@ -445,8 +453,7 @@ static int yaml_section(bs_config *c, yaml_ctx *y, const char *sec, const yaml_n
             return bs_err(y->err, "%s: %s: expected a scalar, got %s", loc, row->name, node_kind(val));
         const char *text = NULL;
         if (scalar_text(y, val, sec, &text) != BS_OK) return BS_ERR;
-        return assign(c, sec, strlen(sec), NULL, text, val->data.scalar.style == YAML_PLAIN_SCALAR_STYLE, loc,
-                      y->err);
+        return assign(c, sec, strlen(sec), NULL, text, val->data.scalar.style == YAML_PLAIN_SCALAR_STYLE, loc, y->err);
     }
     if (is_null_scalar(val)) return BS_OK; /* `producer:` with nothing under it */
     if (val->type != YAML_MAPPING_NODE)
@@ -470,8 +477,7 @@ static int yaml_section(bs_config *c, yaml_ctx *y, const char *sec, const yaml_n
         }
         if (mark_seen(y, full, node_line(kn)) != BS_OK) return BS_ERR;
         if (vn->type != YAML_SCALAR_NODE)
-            return bs_err(y->err, "%s:%d: %s: expected a scalar, got %s", y->name, node_line(vn), full,
-                          node_kind(vn));
+            return bs_err(y->err, "%s:%d: %s: expected a scalar, got %s", y->name, node_line(vn), full, node_kind(vn));
         const char *text = NULL;
         if (scalar_text(y, vn, full, &text) != BS_OK) return BS_ERR;
         int plain = vn->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
@@ -714,13 +720,17 @@ static void put_yaml_string(FILE *f, const char *str) {
             fprintf(f, "\\x%02x", *s++);
             continue;
         }
-        if (cp == '"' || cp == '\\') fprintf(f, "\\%c", (char)cp);
-        else if (cp == '\n') fputs("\\n", f);
-        else if (cp == '\t') fputs("\\t", f);
+        if (cp == '"' || cp == '\\')
+            fprintf(f, "\\%c", (char)cp);
+        else if (cp == '\n')
+            fputs("\\n", f);
+        else if (cp == '\t')
+            fputs("\\t", f);
         else if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff ||
                  cp == 0xfffe || cp == 0xffff)
             fprintf(f, cp < 0x100 ? "\\x%02x" : "\\u%04x", (unsigned)cp);
-        else fwrite(s, 1, (size_t)n, f);
+        else
+            fwrite(s, 1, (size_t)n, f);
         s += n;
     }
     fputc('"', f);
@@ -804,7 +814,8 @@ int config_dump(const bs_config *c, FILE *f) {
             continue;
         }
         int scalar = k->name[sl] == '\0';
-        if (!scalar && (!last || sl != last_sec || strncmp(last, k->name, sl) != 0)) fprintf(f, "%.*s:\n", (int)sl, k->name);
+        if (!scalar && (!last || sl != last_sec || strncmp(last, k->name, sl) != 0))
+            fprintf(f, "%.*s:\n", (int)sl, k->name);
         last = scalar ? NULL : k->name;
         last_sec = sl;
         char val[4096];
@@ -822,8 +833,10 @@ int config_dump(const bs_config *c, FILE *f) {
 }
 
 const char *config_vocab_path(const bs_config *c, char *buf, size_t cap) {
-    if (*c->model.vocab) snprintf(buf, cap, "%s", c->model.vocab);
-    else snprintf(buf, cap, "%s/vocab.txt", c->model.dir);
+    if (*c->model.vocab)
+        snprintf(buf, cap, "%s", c->model.vocab);
+    else
+        snprintf(buf, cap, "%s/vocab.txt", c->model.dir);
     return buf;
 }
 
@@ -832,5 +845,9 @@ void config_apply_logging(const bs_config *c) {
     bs_log_set_format(log_formats[c->log.format]);
 }
 
-const char *config_format_name(bs_format f) { return (unsigned)f < 4 ? formats_in[f] : "?"; }
-const char *config_delivery_name(bs_delivery d) { return (unsigned)d < 2 ? deliveries[d] : "?"; }
+const char *config_format_name(bs_format f) {
+    return (unsigned)f < 4 ? formats_in[f] : "?";
+}
+const char *config_delivery_name(bs_delivery d) {
+    return (unsigned)d < 2 ? deliveries[d] : "?";
+}

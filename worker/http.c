@@ -33,8 +33,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     log_warn("http server", "error=\"%s\"", msg);
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type, char *body,
-                             size_t len, enum MHD_ResponseMemoryMode mode, int allow) {
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type, char *body, size_t len,
+                             enum MHD_ResponseMemoryMode mode, int allow) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
     if (!r) {
         if (mode == MHD_RESPMEM_MUST_FREE) free(body);
@@ -48,7 +48,7 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const
 }
 
 #define TEXT "text/plain; charset=utf-8"
-#define STATIC_BODY(conn, status, s, allow)                                                                       \
+#define STATIC_BODY(conn, status, s, allow)                                                                            \
     reply(conn, status, TEXT, (char *)(s), sizeof(s) - 1, MHD_RESPMEM_PERSISTENT, allow)
 
 static enum MHD_Result readyz(bs_http *h, struct MHD_Connection *conn) {
@@ -78,8 +78,7 @@ static enum MHD_Result readyz(bs_http *h, struct MHD_Connection *conn) {
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                              const char *version, const char *upload_data, size_t *upload_data_size,
-                              void **req_cls) {
+                              const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls) {
     (void)version;
     (void)upload_data;
     (void)upload_data_size;
@@ -92,8 +91,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         size_t len = 0;
         char *body = h->opts.metrics ? metrics_render_alloc(h->opts.metrics, &len) : calloc(1, 1);
         if (!body) return MHD_NO;
-        return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len,
-                     MHD_RESPMEM_MUST_FREE, 0);
+        return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len, MHD_RESPMEM_MUST_FREE,
+                     0);
     }
     if (strcmp(url, "/healthz") == 0) return STATIC_BODY(conn, MHD_HTTP_OK, "ok\n", 0);
     if (strcmp(url, "/readyz") == 0) return readyz(h, conn);
@@ -113,8 +112,10 @@ static int open_listener(const char *listen_addr, int *family, int *port, char *
         memmove(host, host + 1, hn - 2);
         host[hn - 2] = '\0';
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                    *res = NULL;
     int rc = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
     if (rc != 0) return bs_err(err, "http.listen '%s': %s", listen_addr, gai_strerror(rc)), -1;
     int fd = -1, saved = 0;
@@ -176,11 +177,15 @@ err:
     return NULL;
 }
 
-int http_port(const bs_http *h) { return h->port; }
+int http_port(const bs_http *h) {
+    return h->port;
+}
 
 void http_set_ready(bs_http *h, unsigned flags, int on) {
-    if (on) atomic_fetch_or(&h->ready, flags);
-    else atomic_fetch_and(&h->ready, ~flags);
+    if (on)
+        atomic_fetch_or(&h->ready, flags);
+    else
+        atomic_fetch_and(&h->ready, ~flags);
 }
 
 void http_stop(bs_http *h) {

@@ -32,7 +32,8 @@ typedef struct {
 
 /* Listens on "HOST:PORT" ("0.0.0.0:9464", "127.0.0.1:0", "[::]:9464", ":9464" = every address) and serves
  * from a background thread. Port 0 picks a free port (see http_port). NULL + err ("http.listen
- * '1.2.3.4:80': Cannot assign requested address") on failure. */
+ * '1.2.3.4:80': Cannot assign requested address") on failure. http.listen "" means no server: the caller
+ * does not call http_start then. */
 bs_http *http_start(const char *listen, const bs_http_opts *opts, char *err);
 /* The port actually bound. */
 int http_port(const bs_http *h);

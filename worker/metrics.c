@@ -155,8 +155,8 @@ err:
     return NULL;
 }
 
-static bs_metric *family_new(bs_metrics *r, bs_metric_type type, const char *name, const char *help,
-                             const char *label, const double *bounds, int n_bounds, int max_series, char *err) {
+static bs_metric *family_new(bs_metrics *r, bs_metric_type type, const char *name, const char *help, const char *label,
+                             const double *bounds, int n_bounds, int max_series, char *err) {
     if (!valid_name(name, 1)) {
         bs_err(err, "metric name '%s' is not a valid Prometheus name", name ? name : "(null)");
         return NULL;
@@ -210,8 +210,10 @@ static bs_metric *family_new(bs_metrics *r, bs_metric_type type, const char *nam
             family_free(m);
             return NULL;
         }
-    if (r->last) r->last->next = m;
-    else r->first = m;
+    if (r->last)
+        r->last->next = m;
+    else
+        r->first = m;
     r->last = m;
     pthread_mutex_unlock(&r->lock);
     return m;
@@ -231,8 +233,8 @@ bs_metric *metrics_gauge(bs_metrics *r, const char *name, const char *help, cons
     return family_new(r, BS_METRIC_GAUGE, name, help, label, NULL, 0, max_series, err);
 }
 
-bs_metric *metrics_histogram(bs_metrics *r, const char *name, const char *help, const char *label,
-                             const double *bounds, int n_bounds, int max_series, char *err) {
+bs_metric *metrics_histogram(bs_metrics *r, const char *name, const char *help, const char *label, const double *bounds,
+                             int n_bounds, int max_series, char *err) {
     return family_new(r, BS_METRIC_HISTOGRAM, name, help, label, bounds, n_bounds, max_series, err);
 }
 
@@ -265,7 +267,9 @@ bs_series *metrics_with(bs_metric *m, const char *label_value) {
 
 /* ---- updates ---- */
 
-void metrics_inc(bs_series *s) { metrics_add(s, 1.0); }
+void metrics_inc(bs_series *s) {
+    metrics_add(s, 1.0);
+}
 
 void metrics_add(bs_series *s, double v) {
     if (s) atomic_add_double(&s->value, v);
@@ -288,8 +292,10 @@ void metrics_observe(bs_series *s, double v) {
     int lo = 0, hi = m->n_bounds; /* first bound >= v; n_bounds when above all (NaN lands there too) */
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (v <= m->bounds[mid]) hi = mid;
-        else lo = mid + 1;
+        if (v <= m->bounds[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
     }
     atomic_fetch_add_explicit(&s->buckets[lo], 1, memory_order_relaxed);
     atomic_add_double(&s->sum, v);
@@ -357,8 +363,10 @@ static void render_family(writer *w, bs_metric *m) {
         const char *lname = m->label ? m->label : "", *lval = s->escaped ? s->escaped : "";
         if (m->type != BS_METRIC_HISTOGRAM) {
             if (atomic_load_explicit(&s->hidden, memory_order_relaxed)) continue;
-            if (m->label) wr(w, "%s{%s=\"%s\"} %s\n", m->name, lname, lval, num(a, sizeof a, metrics_value(s)));
-            else wr(w, "%s %s\n", m->name, num(a, sizeof a, metrics_value(s)));
+            if (m->label)
+                wr(w, "%s{%s=\"%s\"} %s\n", m->name, lname, lval, num(a, sizeof a, metrics_value(s)));
+            else
+                wr(w, "%s %s\n", m->name, num(a, sizeof a, metrics_value(s)));
             continue;
         }
         if (m->label) snprintf(open, sizeof open, ",");
@@ -369,7 +377,8 @@ static void render_family(writer *w, bs_metric *m) {
             if (m->label)
                 wr(w, "%s_bucket{%s=\"%s\"%sle=\"%s\"} %llu\n", m->name, lname, lval, open, le,
                    (unsigned long long)cum);
-            else wr(w, "%s_bucket{le=\"%s\"} %llu\n", m->name, le, (unsigned long long)cum);
+            else
+                wr(w, "%s_bucket{le=\"%s\"} %llu\n", m->name, le, (unsigned long long)cum);
         }
         /* _count is the +Inf bucket as read above, so the two always agree in one scrape. */
         if (m->label) {
@@ -412,7 +421,7 @@ char *metrics_render_alloc(bs_metrics *r, size_t *len) {
 
 bs_worker_metrics *metrics_worker_new(char *err) {
     static const double seqs[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536};
-    static const double toks[] = {64,    128,   256,    512,    1024,   2048,   4096,  8192,
+    static const double toks[] = {64,    128,   256,   512,    1024,   2048,   4096,   8192,
                                   16384, 32768, 65536, 131072, 262144, 524288, 1048576};
     static const double enc[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
     static const double e2e[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
@@ -425,26 +434,26 @@ bs_worker_metrics *metrics_worker_new(char *err) {
     }
     bs_metrics *r = w->registry;
     bs_metric *m;
-#define SERIES(field, call)                                                                                        \
-    do {                                                                                                           \
-        if (!(m = (call))) goto err;                                                                               \
-        w->field = metrics_with(m, NULL);                                                                          \
+#define SERIES(field, call)                                                                                            \
+    do {                                                                                                               \
+        if (!(m = (call))) goto err;                                                                                   \
+        w->field = metrics_with(m, NULL);                                                                              \
     } while (0)
-#define FAMILY(field, call)                                                                                        \
-    do {                                                                                                           \
-        if (!(w->field = (call))) goto err;                                                                        \
+#define FAMILY(field, call)                                                                                            \
+    do {                                                                                                               \
+        if (!(w->field = (call))) goto err;                                                                            \
     } while (0)
     SERIES(consumed, metrics_counter(r, "bertstream_messages_consumed_total", "Messages read from the input topic.",
                                      NULL, 0, err));
     SERIES(scored, metrics_counter(r, "bertstream_messages_scored_total",
                                    "Results acknowledged by the broker on the output topic.", NULL, 0, err));
-    FAMILY(dead_letters, metrics_counter(r, "bertstream_dead_letters_total",
-                                         "Input messages sent to the dead-letter topic, by error code.", "code", 64,
-                                         err));
+    FAMILY(dead_letters,
+           metrics_counter(r, "bertstream_dead_letters_total",
+                           "Input messages sent to the dead-letter topic, by error code.", "code", 64, err));
     SERIES(batch_sequences, metrics_histogram(r, "bertstream_batch_sequences", "Sequences per encoder batch.", NULL,
                                               seqs, NB(seqs), 0, err));
-    SERIES(batch_tokens, metrics_histogram(r, "bertstream_batch_tokens", "Tokens per encoder batch (no padding).",
-                                           NULL, toks, NB(toks), 0, err));
+    SERIES(batch_tokens, metrics_histogram(r, "bertstream_batch_tokens", "Tokens per encoder batch (no padding).", NULL,
+                                           toks, NB(toks), 0, err));
     SERIES(encode_seconds, metrics_histogram(r, "bertstream_encode_seconds",
                                              "Seconds per encoder forward pass and head.", NULL, enc, NB(enc), 0, err));
     SERIES(end_to_end_seconds,
@@ -456,12 +465,12 @@ bs_worker_metrics *metrics_worker_new(char *err) {
     FAMILY(consumer_lag, metrics_gauge(r, "bertstream_consumer_lag",
                                        "Messages between the committed offset and the end of each assigned partition.",
                                        "partition", 4096, err));
-    FAMILY(heads_rejected, metrics_counter(r, "bertstream_heads_rejected_total",
-                                           "Heads from the heads topic that failed validation, by reason.", "reason",
-                                           64, err));
-    SERIES(gpu_busy_ratio, metrics_gauge(r, "bertstream_gpu_busy_ratio",
-                                         "Share of wall time the encoder spent in forward passes (0..1).", NULL, 0,
-                                         err));
+    FAMILY(heads_rejected,
+           metrics_counter(r, "bertstream_heads_rejected_total",
+                           "Heads from the heads topic that failed validation, by reason.", "reason", 64, err));
+    SERIES(gpu_busy_ratio,
+           metrics_gauge(r, "bertstream_gpu_busy_ratio",
+                         "Share of wall time the encoder spent in forward passes (0..1).", NULL, 0, err));
     FAMILY(build_info,
            metrics_gauge(r, "bertstream_build_info", "Build of the running worker (always 1).", "version", 4, err));
     metrics_set(metrics_with(w->build_info, BS_VERSION), 1);

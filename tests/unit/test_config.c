@@ -124,7 +124,8 @@ static void config_yaml_sets_every_kind_of_value(void) {
 }
 
 static void config_unknown_key_names_file_line_and_key(void) {
-    CHECK_STR(load_err("batch:\n  max_sequences: 8\n  max_sequencs: 9\n"), "t.yaml:3: unknown key 'batch.max_sequencs'");
+    CHECK_STR(load_err("batch:\n  max_sequences: 8\n  max_sequencs: 9\n"),
+              "t.yaml:3: unknown key 'batch.max_sequencs'");
     CHECK_STR(load_err("# comment\nbacth:\n  max_sequences: 8\n"), "t.yaml:2: unknown key 'bacth'");
     CHECK_STR(load_err("model: {dir: m, devcie: cpu}\n"), "t.yaml:1: unknown key 'model.devcie'");
     CHECK_STR(load_err("delivery: at_least_once\ntopics:\n  dlq: x\n"), "t.yaml:3: unknown key 'topics.dlq'");
@@ -152,13 +153,15 @@ static void config_bad_values_name_key_bounds_and_value(void) {
               "t.yaml:2: format.input: expected one of avro|confluent|json|text, got 'xml'");
     CHECK_STR(load_err("delivery: twice\n"),
               "t.yaml:1: delivery: expected one of at_least_once|exactly_once, got 'twice'");
-    CHECK_STR(load_err("model:\n  device: gpu\n"), "t.yaml:2: model.device: expected auto, cpu, cuda or cuda:N, got 'gpu'");
+    CHECK_STR(load_err("model:\n  device: gpu\n"),
+              "t.yaml:2: model.device: expected auto, cpu, cuda or cuda:N, got 'gpu'");
     CHECK_STR(load_err("model:\n  device: 'cuda:'\n"),
               "t.yaml:2: model.device: expected auto, cpu, cuda or cuda:N, got 'cuda:'");
     CHECK_STR(load_err("http:\n  listen: 9464\n"),
               "t.yaml:2: http.listen: expected HOST:PORT with a port in 0..65535 (\"\" disables), got '9464'");
-    CHECK_STR(load_err("http:\n  listen: 'localhost:70000'\n"),
-              "t.yaml:2: http.listen: expected HOST:PORT with a port in 0..65535 (\"\" disables), got 'localhost:70000'");
+    CHECK_STR(
+        load_err("http:\n  listen: 'localhost:70000'\n"),
+        "t.yaml:2: http.listen: expected HOST:PORT with a port in 0..65535 (\"\" disables), got 'localhost:70000'");
     CHECK_STR(load_err("topics:\n  input: ''\n"), "t.yaml:2: topics.input: expected a non-empty string, got ''");
     /* The line is the value's, also in a multi-line flow mapping. */
     CHECK_STR(load_err("batch: {max_sequences: 4,\n        max_tokens: 1}\n"),
@@ -168,7 +171,8 @@ static void config_bad_values_name_key_bounds_and_value(void) {
 static void config_structure_errors_name_the_line(void) {
     CHECK_STR(load_err("- a\n- b\n"), "t.yaml:1: expected a mapping of sections at the top level, got a sequence");
     CHECK_STR(load_err("batch: 5\n"), "t.yaml:1: section 'batch' must be a mapping, got a scalar");
-    CHECK_STR(load_err("kafka:\n  - bootstrap.servers\n"), "t.yaml:2: section 'kafka' must be a mapping, got a sequence");
+    CHECK_STR(load_err("kafka:\n  - bootstrap.servers\n"),
+              "t.yaml:2: section 'kafka' must be a mapping, got a sequence");
     CHECK_STR(load_err("batch:\n  max_sequences: [1, 2]\n"),
               "t.yaml:2: batch.max_sequences: expected a scalar, got a sequence");
     CHECK_STR(load_err("delivery:\n  mode: exactly_once\n"), "t.yaml:2: delivery: expected a scalar, got a mapping");
@@ -278,10 +282,13 @@ static void config_env_errors_name_the_variable(void) {
     CHECK_STR(err, "environment BERTSTREAM_BATCH_MAX_DELAY_MS: batch.max_delay_ms: expected an integer in 0..60000, "
                    "got '-1'");
     /* Kubernetes service links of Services named bertstream-worker / bertstream-kafka are not ours */
-    char *links[] = {"BERTSTREAM_WORKER_PORT=tcp://10.0.0.1:9464", "BERTSTREAM_WORKER_SERVICE_HOST=10.0.0.1",
-                     "BERTSTREAM_WORKER_SERVICE_PORT=9464", "BERTSTREAM_WORKER_SERVICE_PORT_METRICS=9464",
+    char *links[] = {"BERTSTREAM_WORKER_PORT=tcp://10.0.0.1:9464",
+                     "BERTSTREAM_WORKER_SERVICE_HOST=10.0.0.1",
+                     "BERTSTREAM_WORKER_SERVICE_PORT=9464",
+                     "BERTSTREAM_WORKER_SERVICE_PORT_METRICS=9464",
                      "BERTSTREAM_WORKER_PORT_9464_TCP=tcp://10.0.0.1:9464",
-                     "BERTSTREAM_WORKER_PORT_9464_TCP_ADDR=10.0.0.1", "BERTSTREAM_KAFKA_PORT=tcp://10.0.0.2:9092",
+                     "BERTSTREAM_WORKER_PORT_9464_TCP_ADDR=10.0.0.1",
+                     "BERTSTREAM_KAFKA_PORT=tcp://10.0.0.2:9092",
                      NULL};
     CHECK_INT(config_apply_env(c, links, err), BS_OK);
     CHECK_INT(c->kafka.n, 0);
@@ -329,8 +336,8 @@ static void config_precedence_is_defaults_file_env_then_o(void) {
     FILE *f = fopen(path, "w");
     fputs("batch:\n  max_sequences: 100\n  max_tokens: 1000\n  max_delay_ms: 1\nkafka:\n  acks: all\n", f);
     fclose(f);
-    char *env[] = {"BERTSTREAM_BATCH_MAX_SEQUENCES=200", "BERTSTREAM_BATCH_MAX_TOKENS=2000",
-                   "BERTSTREAM_KAFKA_ACKS=1", NULL};
+    char *env[] = {"BERTSTREAM_BATCH_MAX_SEQUENCES=200", "BERTSTREAM_BATCH_MAX_TOKENS=2000", "BERTSTREAM_KAFKA_ACKS=1",
+                   NULL};
     /* -o comes before --config on purpose: the order of arguments does not change precedence */
     char *argv[] = {"worker", "-o", "batch.max_sequences=300", "--config", path, "-okafka.acks=0", NULL};
     bs_config *c = config_new_defaults();
@@ -444,7 +451,13 @@ static void config_dump_is_yaml_that_loads_back_the_same(void) {
     CHECK_INT(config_set(c, "train.lr=0.0003", err), BS_OK);
     CHECK_INT(config_set(c, "format.input=text", err), BS_OK);
     /* control characters and the line breaks YAML would fold (NEL, LS) are escaped */
-    CHECK_INT(config_set(c, "topics.output=a\tb\x01" "c\xc2\x85" "d\xe2\x80\xa8" "e\xc3\xa9", err), BS_OK);
+    CHECK_INT(config_set(c,
+                         "topics.output=a\tb\x01"
+                         "c\xc2\x85"
+                         "d\xe2\x80\xa8"
+                         "e\xc3\xa9",
+                         err),
+              BS_OK);
     char *text = dump(c);
     CHECK_CONTAINS(text, "  output: \"a\\tb\\x01c\\x85d\\u2028e\xc3\xa9\"\n");
     CHECK_CONTAINS(text, "batch:\n  max_sequences: 256\n  max_tokens: 32768\n  max_delay_ms: 20\n");
@@ -455,7 +468,10 @@ static void config_dump_is_yaml_that_loads_back_the_same(void) {
     CHECK_INT(config_load_string(d, text, strlen(text), "dump", err), BS_OK);
     CHECK_STR(d->topics.input, "we\"ird\\name");
     CHECK(d->train.lr == 0.0003);
-    CHECK_STR(d->topics.output, "a\tb\x01" "c\xc2\x85" "d\xe2\x80\xa8" "e\xc3\xa9");
+    CHECK_STR(d->topics.output, "a\tb\x01"
+                                "c\xc2\x85"
+                                "d\xe2\x80\xa8"
+                                "e\xc3\xa9");
     CHECK_INT(d->format.input, BS_FORMAT_TEXT);
     char *again = dump(d);
     CHECK_STR(again, text);

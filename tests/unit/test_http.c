@@ -14,7 +14,7 @@
 static char err[BS_ERRLEN];
 
 typedef struct {
-    char status[64];   /* "HTTP/1.1 200 OK" */
+    char status[64]; /* "HTTP/1.1 200 OK" */
     char headers[1024];
     char body[8192];
 } response;
@@ -91,8 +91,8 @@ static void http_serves_metrics_health_and_errors(void) {
     CHECK_INT(get(port, "/metrics/", &r), 0);
     CHECK_STR(r.status, "HTTP/1.1 404 Not Found");
 
-    CHECK_INT(request(port, "POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc", &r),
-              0);
+    CHECK_INT(
+        request(port, "POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc", &r), 0);
     CHECK_STR(r.status, "HTTP/1.1 405 Method Not Allowed");
     CHECK_CONTAINS(r.headers, "\r\nAllow: GET, HEAD");
     CHECK_STR(r.body, "method not allowed\n");

@@ -267,7 +267,8 @@ static void metrics_worker_registers_design_names(void) {
     CHECK_CONTAINS(t, "bertstream_batch_sequences_bucket{le=\"65536\"} 1\n");
     CHECK_CONTAINS(t, "bertstream_batch_tokens_bucket{le=\"512\"} 1\n");
     CHECK_CONTAINS(t, "bertstream_batch_tokens_bucket{le=\"1048576\"} 1\n");
-    CHECK_CONTAINS(t, "bertstream_encode_seconds_bucket{le=\"0.0025\"} 0\nbertstream_encode_seconds_bucket{le=\"0.005\"} 1\n");
+    CHECK_CONTAINS(
+        t, "bertstream_encode_seconds_bucket{le=\"0.0025\"} 0\nbertstream_encode_seconds_bucket{le=\"0.005\"} 1\n");
     CHECK_CONTAINS(t, "bertstream_end_to_end_seconds_bucket{le=\"0.25\"} 1\n");
     CHECK_CONTAINS(t, "bertstream_end_to_end_seconds_count 1\n");
     CHECK_CONTAINS(t, "# TYPE bertstream_head_version gauge\nbertstream_head_version 42\n");
