@@ -27,51 +27,71 @@ static const char *usage =
 /* Frequent English words (movie-review flavoured); with the single characters and ##-pieces
  * below, ordinary sentences become a mix of whole words and word pieces. */
 static const char *const words[] = {
-    "the", "of", "and", "to", "in", "was", "he", "is", "for", "it", "with", "as", "his", "on", "be", "at", "by",
-    "had", "are", "but", "from", "or", "have", "an", "they", "which", "one", "you", "were", "her", "all", "she",
-    "there", "would", "their", "we", "him", "been", "has", "when", "who", "will", "more", "no", "if", "out", "so",
-    "said", "what", "up", "its", "about", "into", "than", "them", "can", "only", "other", "new", "some", "could",
-    "time", "these", "two", "may", "then", "do", "first", "any", "my", "now", "such", "like", "our", "over", "man",
-    "me", "even", "most", "made", "after", "also", "did", "many", "before", "must", "through", "back", "years",
-    "where", "much", "your", "way", "well", "down", "should", "because", "each", "just", "those", "people", "how",
-    "too", "little", "state", "good", "very", "make", "world", "still", "own", "see", "men", "work", "long", "get",
-    "here", "between", "both", "life", "being", "under", "never", "day", "same", "another", "know", "while", "last",
-    "might", "us", "great", "old", "year", "off", "come", "since", "against", "go", "came", "right", "used", "take",
-    "three", "himself", "few", "house", "use", "during", "without", "again", "place", "around", "however", "home",
-    "small", "found", "thought", "went", "say", "part", "once", "general", "high", "upon", "school", "every", "don",
-    "does", "got", "left", "number", "course", "war", "until", "always", "away", "something", "fact", "though",
-    "water", "less", "public", "put", "think", "almost", "hand", "enough", "far", "took", "head", "yet", "government",
-    "system", "better", "set", "told", "nothing", "night", "end", "why", "called", "didn", "eyes", "find", "going",
-    "look", "asked", "later", "knew", "point", "next", "city", "give", "group", "toward", "young", "let", "room",
-    "side", "social", "given", "present", "several", "order", "national", "possible", "rather", "second", "face",
-    "per", "among", "form", "important", "often", "things", "looked", "early", "white", "john", "become", "case",
-    "large", "big", "need", "four", "within", "felt", "along", "children", "saw", "best", "church", "ever", "least",
-    "power", "development", "light", "thing", "seemed", "family", "interest", "want", "members", "mind", "country",
-    "area", "done", "turned", "help", "real", "although", "open", "god", "really", "love", "bad", "movie", "film",
-    "films", "movies", "story", "plot", "acting", "actor", "actors", "actress", "character", "characters", "scene",
-    "scenes", "director", "watch", "watching", "watched", "seen", "show", "series", "cast", "role", "script",
-    "funny", "comedy", "horror", "drama", "action", "music", "performance", "performances", "ending", "minutes",
-    "worst", "waste", "boring", "terrible", "awful", "excellent", "wonderful", "beautiful", "perfect", "loved",
-    "enjoyed", "recommend", "favorite", "brilliant", "amazing", "poor", "stupid", "worse", "lame", "dull", "fun",
-    "interesting", "original", "special", "effects", "dialogue", "camera", "screen", "budget", "hollywood",
-    "audience", "fans", "book", "version", "point", "lot", "pretty", "quite", "actually", "probably", "maybe",
-    "sure", "seems", "kind", "sort", "whole", "feel", "believe", "anything", "everything", "someone", "everyone",
-    "nice", "fine", "true", "hard", "guy", "girl", "woman", "women", "job", "money", "times", "tv", "dvd", "ten",
-    "not", "this", "that", "what", "am", "hour", "hours", "half", "plays", "played", "playing", "makes", "making",
-    "gets", "goes", "gave", "star", "stars", "rating", "review", "reviews", "classic", "style", "worth", "top",
-    "low", "full", "simply", "completely", "totally", "absolutely", "definitely", "highly", "especially", "instead",
-    "nothing", "least", "wrong", "sense", "moments", "moment", "yes", "oh", "ok", "okay",
+    "the",         "of",        "and",        "to",          "in",           "was",        "he",        "is",
+    "for",         "it",        "with",       "as",          "his",          "on",         "be",        "at",
+    "by",          "had",       "are",        "but",         "from",         "or",         "have",      "an",
+    "they",        "which",     "one",        "you",         "were",         "her",        "all",       "she",
+    "there",       "would",     "their",      "we",          "him",          "been",       "has",       "when",
+    "who",         "will",      "more",       "no",          "if",           "out",        "so",        "said",
+    "what",        "up",        "its",        "about",       "into",         "than",       "them",      "can",
+    "only",        "other",     "new",        "some",        "could",        "time",       "these",     "two",
+    "may",         "then",      "do",         "first",       "any",          "my",         "now",       "such",
+    "like",        "our",       "over",       "man",         "me",           "even",       "most",      "made",
+    "after",       "also",      "did",        "many",        "before",       "must",       "through",   "back",
+    "years",       "where",     "much",       "your",        "way",          "well",       "down",      "should",
+    "because",     "each",      "just",       "those",       "people",       "how",        "too",       "little",
+    "state",       "good",      "very",       "make",        "world",        "still",      "own",       "see",
+    "men",         "work",      "long",       "get",         "here",         "between",    "both",      "life",
+    "being",       "under",     "never",      "day",         "same",         "another",    "know",      "while",
+    "last",        "might",     "us",         "great",       "old",          "year",       "off",       "come",
+    "since",       "against",   "go",         "came",        "right",        "used",       "take",      "three",
+    "himself",     "few",       "house",      "use",         "during",       "without",    "again",     "place",
+    "around",      "however",   "home",       "small",       "found",        "thought",    "went",      "say",
+    "part",        "once",      "general",    "high",        "upon",         "school",     "every",     "don",
+    "does",        "got",       "left",       "number",      "course",       "war",        "until",     "always",
+    "away",        "something", "fact",       "though",      "water",        "less",       "public",    "put",
+    "think",       "almost",    "hand",       "enough",      "far",          "took",       "head",      "yet",
+    "government",  "system",    "better",     "set",         "told",         "nothing",    "night",     "end",
+    "why",         "called",    "didn",       "eyes",        "find",         "going",      "look",      "asked",
+    "later",       "knew",      "point",      "next",        "city",         "give",       "group",     "toward",
+    "young",       "let",       "room",       "side",        "social",       "given",      "present",   "several",
+    "order",       "national",  "possible",   "rather",      "second",       "face",       "per",       "among",
+    "form",        "important", "often",      "things",      "looked",       "early",      "white",     "john",
+    "become",      "case",      "large",      "big",         "need",         "four",       "within",    "felt",
+    "along",       "children",  "saw",        "best",        "church",       "ever",       "least",     "power",
+    "development", "light",     "thing",      "seemed",      "family",       "interest",   "want",      "members",
+    "mind",        "country",   "area",       "done",        "turned",       "help",       "real",      "although",
+    "open",        "god",       "really",     "love",        "bad",          "movie",      "film",      "films",
+    "movies",      "story",     "plot",       "acting",      "actor",        "actors",     "actress",   "character",
+    "characters",  "scene",     "scenes",     "director",    "watch",        "watching",   "watched",   "seen",
+    "show",        "series",    "cast",       "role",        "script",       "funny",      "comedy",    "horror",
+    "drama",       "action",    "music",      "performance", "performances", "ending",     "minutes",   "worst",
+    "waste",       "boring",    "terrible",   "awful",       "excellent",    "wonderful",  "beautiful", "perfect",
+    "loved",       "enjoyed",   "recommend",  "favorite",    "brilliant",    "amazing",    "poor",      "stupid",
+    "worse",       "lame",      "dull",       "fun",         "interesting",  "original",   "special",   "effects",
+    "dialogue",    "camera",    "screen",     "budget",      "hollywood",    "audience",   "fans",      "book",
+    "version",     "point",     "lot",        "pretty",      "quite",        "actually",   "probably",  "maybe",
+    "sure",        "seems",     "kind",       "sort",        "whole",        "feel",       "believe",   "anything",
+    "everything",  "someone",   "everyone",   "nice",        "fine",         "true",       "hard",      "guy",
+    "girl",        "woman",     "women",      "job",         "money",        "times",      "tv",        "dvd",
+    "ten",         "not",       "this",       "that",        "what",         "am",         "hour",      "hours",
+    "half",        "plays",     "played",     "playing",     "makes",        "making",     "gets",      "goes",
+    "gave",        "star",      "stars",      "rating",      "review",       "reviews",    "classic",   "style",
+    "worth",       "top",       "low",        "full",        "simply",       "completely", "totally",   "absolutely",
+    "definitely",  "highly",    "especially", "instead",     "nothing",      "least",      "wrong",     "sense",
+    "moments",     "moment",    "yes",        "oh",          "ok",           "okay",
 };
 
 /* Common English suffixes and a few frequent word endings, as WordPiece continuations. */
 static const char *const pieces[] = {
-    "##s", "##ed", "##ing", "##ly", "##er", "##ers", "##est", "##es", "##ies", "##ied", "##y", "##ness", "##ment",
-    "##ments", "##tion", "##tions", "##sion", "##able", "##ible", "##ful", "##less", "##ity", "##al", "##ally",
-    "##ous", "##ive", "##ize", "##ized", "##ise", "##en", "##an", "##ian", "##ist", "##ism", "##ic", "##ical",
-    "##ish", "##ant", "##ent", "##ence", "##ance", "##ship", "##hood", "##ward", "##wise", "##like", "##th",
-    "##ty", "##ry", "##le", "##el", "##on", "##in", "##ar", "##or", "##ing", "##ings", "##ling", "##ther", "##ter",
-    "##ted", "##ting", "##ly", "##lly", "##ness", "##re", "##ve", "##ll", "##nt", "##st", "##nd", "##ck", "##ch",
-    "##sh", "##ph", "##ght", "##ight", "##ould", "##ome", "##ake", "##ine", "##ine", "##ate", "##ated", "##ating",
+    "##s",    "##ed",   "##ing",   "##ly",   "##er",    "##ers",  "##est",  "##es",    "##ies",  "##ied",  "##y",
+    "##ness", "##ment", "##ments", "##tion", "##tions", "##sion", "##able", "##ible",  "##ful",  "##less", "##ity",
+    "##al",   "##ally", "##ous",   "##ive",  "##ize",   "##ized", "##ise",  "##en",    "##an",   "##ian",  "##ist",
+    "##ism",  "##ic",   "##ical",  "##ish",  "##ant",   "##ent",  "##ence", "##ance",  "##ship", "##hood", "##ward",
+    "##wise", "##like", "##th",    "##ty",   "##ry",    "##le",   "##el",   "##on",    "##in",   "##ar",   "##or",
+    "##ing",  "##ings", "##ling",  "##ther", "##ter",   "##ted",  "##ting", "##ly",    "##lly",  "##ness", "##re",
+    "##ve",   "##ll",   "##nt",    "##st",   "##nd",    "##ck",   "##ch",   "##sh",    "##ph",   "##ght",  "##ight",
+    "##ould", "##ome",  "##ake",   "##ine",  "##ine",   "##ate",  "##ated", "##ating",
 };
 
 /* A growing list of distinct tokens; O(n) membership is fine for the ~1,000 non-filler lines. */
@@ -175,9 +195,12 @@ int cmd_init_model(int argc, char **argv) {
             return 0;
         }
         if (!(v = cli_value(argc, argv, &i, err))) goto usage_err;
-        if (!strcmp(a, "--preset")) preset = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--vocab")) vocab = v;
+        if (!strcmp(a, "--preset"))
+            preset = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--vocab"))
+            vocab = v;
         else if (!strcmp(a, "--seed")) {
             if (cli_int(a, v, 0, INT64_MAX, &seed, err) != BS_OK) goto usage_err;
         } else {
@@ -228,9 +251,12 @@ int cmd_init_model(int argc, char **argv) {
     }
     printf("{\"out\": \"");
     for (const char *s = out; *s; s++) {
-        if (*s == '"' || *s == '\\') printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20) printf("\\u%04x", *s);
-        else putchar(*s);
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
     }
     printf("\", \"preset\": \"%s\", \"seed\": %lld, \"params\": %zu, \"encoder_id\": \"%s\"}\n", preset, seed,
            m->n_params, m->encoder_id);

@@ -14,7 +14,9 @@
 /* Bounds that keep (Hd * C + 2 Hd + 1) floats far from overflow. */
 #define HEAD_MAX_DIM (1 << 20)
 
-static size_t head_floats(int in_dim, int hidden) { return (size_t)hidden * (size_t)in_dim + 2 * (size_t)hidden + 1; }
+static size_t head_floats(int in_dim, int hidden) {
+    return (size_t)hidden * (size_t)in_dim + 2 * (size_t)hidden + 1;
+}
 
 bs_head *head_new(int in_dim, int hidden) {
     if (in_dim <= 0 || hidden <= 0 || in_dim > HEAD_MAX_DIM || hidden > HEAD_MAX_DIM) return NULL;
@@ -30,7 +32,9 @@ bs_head *head_new(int in_dim, int hidden) {
     return h;
 }
 
-void head_free(bs_head *h) { free(h); }
+void head_free(bs_head *h) {
+    free(h);
+}
 
 bs_head *head_clone(const bs_head *h) {
     if (!h) return NULL;
@@ -151,4 +155,6 @@ float bs_sigmoid(float x) {
     return (float)(e / (1.0 + e));
 }
 
-const char *head_label(float prob) { return prob > 0.5f ? "positive" : "negative"; }
+const char *head_label(float prob) {
+    return prob > 0.5f ? "positive" : "negative";
+}

@@ -160,7 +160,9 @@ typedef struct {
     int kind;
 } model_tensor;
 
-static int n_tensors(const bs_bert_config *c) { return 5 + 16 * c->layers + 2; }
+static int n_tensors(const bs_bert_config *c) {
+    return 5 + 16 * c->layers + 2;
+}
 
 static void add(model_tensor *t, int *n, int kind, float *dst, int64_t d0, int64_t d1, const char *fmt, ...)
     BS_PRINTF(7, 8);
@@ -210,7 +212,9 @@ static void model_tensors(const bs_model *m, model_tensor *t) {
     add(t, &n, T_BIAS, m->pool_b, C, 0, "pooler.dense.bias");
 }
 
-static size_t numel_of(const model_tensor *t) { return (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1); }
+static size_t numel_of(const model_tensor *t) {
+    return (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
+}
 
 /* ---- allocation: one block of floats, pointers carved in a fixed order ---- */
 
@@ -315,12 +319,12 @@ void model_compute_id(bs_model *m) {
 
 /* Where tensors come from: one file, or an index whose weight_map names a shard per tensor. */
 typedef struct {
-    char path[1280];  /* model.safetensors or model.safetensors.index.json, for errors */
-    json_t *index;    /* the parsed index, or NULL for a single file */
+    char path[1280]; /* model.safetensors or model.safetensors.index.json, for errors */
+    json_t *index;   /* the parsed index, or NULL for a single file */
     json_t *weight_map;
     int nfiles;
     st_file **files;
-    char **names;     /* shard file names (index mode) */
+    char **names; /* shard file names (index mode) */
 } tensor_source;
 
 static void source_close(tensor_source *s) {
@@ -554,8 +558,7 @@ int model_save(const bs_model *m, const char *dir, char *err) {
             "  \"type_vocab_size\": %d,\n"
             "  \"vocab_size\": %d\n"
             "}\n",
-            c->hidden, c->intermediate, eps, c->max_positions, c->heads, c->layers, c->type_vocab_size,
-            c->vocab_size);
+            c->hidden, c->intermediate, eps, c->max_positions, c->heads, c->layers, c->type_vocab_size, c->vocab_size);
     if (fclose(fp) != 0) return bs_err(err, "%s: write failed: %s", path, strerror(errno));
 
     int nt = n_tensors(c);

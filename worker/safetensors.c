@@ -19,29 +19,32 @@
 #define ST_MAX_HEADER (100u * 1000u * 1000u)
 
 struct st_file {
-    char *path;          /* name used in errors */
-    void *map;           /* mmap'd file, or NULL for st_open_mem */
+    char *path; /* name used in errors */
+    void *map;  /* mmap'd file, or NULL for st_open_mem */
     size_t map_len;
     int n;
-    st_tensor *t;        /* [n], sorted by name */
+    st_tensor *t; /* [n], sorted by name */
     int n_meta;
-    char **meta;         /* [2 * n_meta] key, value */
+    char **meta; /* [2 * n_meta] key, value */
 };
 
 static const struct {
     const char *name;
     size_t size;
 } dtypes[] = {
-    [ST_F64] = {"F64", 8},     [ST_F32] = {"F32", 4},         [ST_F16] = {"F16", 2},
-    [ST_BF16] = {"BF16", 2},   [ST_I64] = {"I64", 8},         [ST_I32] = {"I32", 4},
-    [ST_I16] = {"I16", 2},     [ST_I8] = {"I8", 1},           [ST_U8] = {"U8", 1},
-    [ST_BOOL] = {"BOOL", 1},   [ST_F8_E4M3] = {"F8_E4M3", 1}, [ST_F8_E5M2] = {"F8_E5M2", 1},
-    [ST_U16] = {"U16", 2},     [ST_U32] = {"U32", 4},         [ST_U64] = {"U64", 8},
+    [ST_F64] = {"F64", 8}, [ST_F32] = {"F32", 4},   [ST_F16] = {"F16", 2},         [ST_BF16] = {"BF16", 2},
+    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4},   [ST_I16] = {"I16", 2},         [ST_I8] = {"I8", 1},
+    [ST_U8] = {"U8", 1},   [ST_BOOL] = {"BOOL", 1}, [ST_F8_E4M3] = {"F8_E4M3", 1}, [ST_F8_E5M2] = {"F8_E5M2", 1},
+    [ST_U16] = {"U16", 2}, [ST_U32] = {"U32", 4},   [ST_U64] = {"U64", 8},
 };
 #define ST_NDTYPES ((int)(sizeof dtypes / sizeof dtypes[0]))
 
-size_t st_dtype_size(st_dtype d) { return (int)d >= 0 && (int)d < ST_NDTYPES ? dtypes[d].size : 0; }
-const char *st_dtype_name(st_dtype d) { return (int)d >= 0 && (int)d < ST_NDTYPES ? dtypes[d].name : "?"; }
+size_t st_dtype_size(st_dtype d) {
+    return (int)d >= 0 && (int)d < ST_NDTYPES ? dtypes[d].size : 0;
+}
+const char *st_dtype_name(st_dtype d) {
+    return (int)d >= 0 && (int)d < ST_NDTYPES ? dtypes[d].name : "?";
+}
 
 static int dtype_parse(const char *s, st_dtype *out) {
     for (int i = 0; i < ST_NDTYPES; i++)
@@ -93,8 +96,10 @@ static void describe_duplicate(const char *hdr, size_t len, size_t pos, char *ke
     for (size_t i = 0; i < pos; i++) {
         char c = hdr[i];
         if (in_str) {
-            if (esc) esc = 0;
-            else if (c == '\\') esc = 1;
+            if (esc)
+                esc = 0;
+            else if (c == '\\')
+                esc = 1;
             else if (c == '"') {
                 in_str = 0;
                 last_start = str_start;
@@ -166,8 +171,8 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, const uint8_t *
         !json_uint(json_array_get(jo, 1), &e))
         return bs_err(err, "%s: tensor '%s': 'data_offsets' is not [begin, end] (non-negative integers)", p, name);
     if (b > e)
-        return bs_err(err, "%s: tensor '%s': data_offsets [%llu, %llu] begin after end", p, name,
-                      (unsigned long long)b, (unsigned long long)e);
+        return bs_err(err, "%s: tensor '%s': data_offsets [%llu, %llu] begin after end", p, name, (unsigned long long)b,
+                      (unsigned long long)e);
     if (e > data_len)
         return bs_err(err, "%s: tensor '%s': data_offsets [%llu, %llu] run past the data (%zu bytes)", p, name,
                       (unsigned long long)b, (unsigned long long)e, data_len);
@@ -188,12 +193,12 @@ static int parse_metadata(st_file *f, json_t *v, char *err) {
     const char *k;
     json_t *val;
     json_object_foreach(v, k, val) {
-        if (!json_is_string(val))
-            return bs_err(err, "%s: __metadata__ key '%s': value is not a string", f->path, k);
+        if (!json_is_string(val)) return bs_err(err, "%s: __metadata__ key '%s': value is not a string", f->path, k);
         f->meta[2 * f->n_meta] = strdup(k);
         f->meta[2 * f->n_meta + 1] = strdup(json_string_value(val));
         f->n_meta++;
-        if (!f->meta[2 * f->n_meta - 2] || !f->meta[2 * f->n_meta - 1]) return bs_err(err, "%s: out of memory", f->path);
+        if (!f->meta[2 * f->n_meta - 2] || !f->meta[2 * f->n_meta - 1])
+            return bs_err(err, "%s: out of memory", f->path);
     }
     return BS_OK;
 }
@@ -223,8 +228,10 @@ static int st_parse(st_file *f, const uint8_t *buf, size_t len, char *err) {
             char key[128];
             int depth;
             describe_duplicate(hdr, (size_t)hl, (size_t)je.position, key, sizeof key, &depth);
-            if (depth <= 1) bs_err(err, "%s: tensor '%s': duplicate name in header", p, key);
-            else bs_err(err, "%s: key '%s': duplicate inside a header entry", p, key);
+            if (depth <= 1)
+                bs_err(err, "%s: tensor '%s': duplicate name in header", p, key);
+            else
+                bs_err(err, "%s: key '%s': duplicate inside a header entry", p, key);
         } else {
             bs_err(err, "%s: header is not valid JSON: %s (byte %d)", p, je.text, je.position);
         }
@@ -271,8 +278,8 @@ static int st_parse(st_file *f, const uint8_t *buf, size_t len, char *err) {
     for (int i = 0; i < ns; i++) {
         if (far >= 0 && spans[i].begin < spans[far].end) {
             bs_err(err, "%s: tensor '%s': data_offsets [%zu, %zu] overlap tensor '%s' [%zu, %zu]", p,
-                   f->t[spans[i].idx].name, spans[i].begin, spans[i].end, f->t[spans[far].idx].name,
-                   spans[far].begin, spans[far].end);
+                   f->t[spans[i].idx].name, spans[i].begin, spans[i].end, f->t[spans[far].idx].name, spans[far].begin,
+                   spans[far].end);
             goto out;
         }
         if (far < 0 || spans[i].end > spans[far].end) far = i;
@@ -352,9 +359,15 @@ void st_close(st_file *f) {
     free(f);
 }
 
-int st_count(const st_file *f) { return f->n; }
-const st_tensor *st_at(const st_file *f, int i) { return i >= 0 && i < f->n ? &f->t[i] : NULL; }
-const char *st_path(const st_file *f) { return f->path; }
+int st_count(const st_file *f) {
+    return f->n;
+}
+const st_tensor *st_at(const st_file *f, int i) {
+    return i >= 0 && i < f->n ? &f->t[i] : NULL;
+}
+const char *st_path(const st_file *f) {
+    return f->path;
+}
 
 const st_tensor *st_find(const st_file *f, const char *name) {
     st_tensor key = {.name = (char *)name};
@@ -443,7 +456,9 @@ static int cmp_out_index(const void *a, const void *b, void *ts) {
     return strcmp(t[*(const int *)a].name, t[*(const int *)b].name);
 }
 
-static int write_all(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n; }
+static int write_all(FILE *fp, const void *p, size_t n) {
+    return n == 0 || fwrite(p, 1, n, fp) == n;
+}
 
 int st_write(const char *path, const st_out_tensor *ts, int n, const char *const *metadata, char *err) {
     int rc = BS_ERR;

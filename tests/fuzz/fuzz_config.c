@@ -14,8 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (strchr(err, '\n')) __builtin_trap();
         return 0;
     }
-    if (c.vocab_size < 1 || c.hidden < 1 || c.layers < 1 || c.heads < 1 || c.intermediate < 1 ||
-        c.max_positions < 1 || c.type_vocab_size < 1 || c.hidden % c.heads != 0 || !(c.ln_eps > 0 && c.ln_eps < 1))
+    if (c.vocab_size < 1 || c.hidden < 1 || c.layers < 1 || c.heads < 1 || c.intermediate < 1 || c.max_positions < 1 ||
+        c.type_vocab_size < 1 || c.hidden % c.heads != 0 || !(c.ln_eps > 0 && c.ln_eps < 1))
         __builtin_trap();
     return 0;
 }

@@ -140,9 +140,9 @@ static void head_apply_is_relu_mlp_then_sigmoid(void) {
     const float x[6] = {1, 1, -3, 0, 0.25f, -2};
     float logit[3], prob[3];
     head_apply(h, x, 3, logit, prob);
-    CHECK(logit[0] == 3 * 3.5f - 0.25f);           /* hidden (3.5, 0) */
-    CHECK(logit[1] == 3 * 0 + 5 * 2.0f - 0.25f);   /* hidden (relu(-2.5)=0, 2) */
-    CHECK(logit[2] == -0.25f);                     /* hidden (relu(-3.25), relu(-1.25)) = 0 */
+    CHECK(logit[0] == 3 * 3.5f - 0.25f);         /* hidden (3.5, 0) */
+    CHECK(logit[1] == 3 * 0 + 5 * 2.0f - 0.25f); /* hidden (relu(-2.5)=0, 2) */
+    CHECK(logit[2] == -0.25f);                   /* hidden (relu(-3.25), relu(-1.25)) = 0 */
     CHECK_NEAR(prob[0], 1 / (1 + exp(-10.25)), 1e-7);
     CHECK_NEAR(prob[2], 1 / (1 + exp(0.25)), 1e-7);
     CHECK_STR(head_label(prob[2]), "negative");

@@ -111,7 +111,9 @@ static int hf_tensors(const bs_model *m, const char *prefix, int legacy_ln, name
     return n;
 }
 
-static size_t numel(const named *t) { return (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1); }
+static size_t numel(const named *t) {
+    return (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
+}
 
 /* f32 -> f16 with round-to-nearest-even (the test's own, independent of the loader's f16 -> f32). */
 static uint16_t f32_to_f16(float f) {
@@ -171,16 +173,18 @@ static int write_variant(const bs_model *m, const char *dir, const char *prefix,
     }
     static const float cls_w[2 * 128] = {0}, cls_b[2] = {0.5f, -0.5f};
     if (with_classifier) {
-        o[k++] = (st_out_tensor){.name = "classifier.weight", .dtype = ST_F32, .ndim = 2, .shape = {2, 128},
-                                 .data = cls_w};
+        o[k++] =
+            (st_out_tensor){.name = "classifier.weight", .dtype = ST_F32, .ndim = 2, .shape = {2, 128}, .data = cls_w};
         o[k++] = (st_out_tensor){.name = "classifier.bias", .dtype = ST_F32, .ndim = 1, .shape = {2}, .data = cls_b};
     }
     char p[1024];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     int rc = st_write(p, o, k, NULL, err);
     if (rc != BS_OK) fprintf(stderr, "write_variant: %s\n", err);
-    if (buf_out) *buf_out = half;
-    else free(half);
+    if (buf_out)
+        *buf_out = half;
+    else
+        free(half);
     return rc;
 }
 
@@ -237,7 +241,9 @@ static void model_loads_golden_sharded_tiny_bert(void) {
     st_close(f);
 }
 
-static int strcmp_ptr(const char **a, const char **b) { return strcmp(*a, *b); }
+static int strcmp_ptr(const char **a, const char **b) {
+    return strcmp(*a, *b);
+}
 
 static int same_params(const bs_model *a, const bs_model *b) {
     return a->n_params == b->n_params && memcmp(a->params, b->params, a->n_params * sizeof(float)) == 0;
@@ -737,7 +743,8 @@ static void init_model_command_rejects_bad_arguments(void) {
     CHECK_INT(cmd_init_model(7, bad_preset), 2);
     char *bad_seed[] = {"init-model", "--preset", "tiny", "--seed", "x", "--out", out, NULL};
     CHECK_INT(cmd_init_model(7, bad_seed), 2);
-    char *bad_vocab[] = {"init-model", "--preset", "tiny", "--seed", "1", "--out", out, "--vocab", "/nonexistent", NULL};
+    char *bad_vocab[] = {"init-model", "--preset", "tiny",    "--seed",       "1",
+                         "--out",      out,        "--vocab", "/nonexistent", NULL};
     CHECK_INT(cmd_init_model(9, bad_vocab), 1);
     struct stat sb;
     CHECK(stat(out, &sb) != 0); /* nothing written */

@@ -187,8 +187,8 @@ static void st_rejects_shape_whose_size_overflows(void) {
                  0, "tensor 'w'", "is too large");
     /* numel fits, numel * 4 bytes does not */
     expect_error("huge2.safetensors",
-                 "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387905],\"data_offsets\":[0,4]}}", 4,
-                 "tensor 'w'", "is too large");
+                 "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387905],\"data_offsets\":[0,4]}}", 4, "tensor 'w'",
+                 "is too large");
 }
 
 static void st_rejects_data_offsets_not_a_pair(void) {
@@ -237,8 +237,9 @@ static void st_rejects_duplicate_tensor_names(void) {
                  "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                  "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                  8, "tensor 'w'", "duplicate name");
-    expect_error("dupkey.safetensors", "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                 4, "key 'dtype'", "duplicate");
+    expect_error("dupkey.safetensors",
+                 "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "key 'dtype'",
+                 "duplicate");
 }
 
 static void st_rejects_non_string_metadata(void) {
@@ -294,9 +295,12 @@ static void st_open_mem_names_the_buffer_in_errors(void) {
 static float f16_reference(uint16_t h) {
     int s = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
     double v;
-    if (e == 0) v = ldexp(m, -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = ldexp(1024 + m, e - 25);
+    if (e == 0)
+        v = ldexp(m, -24);
+    else if (e == 31)
+        v = m ? NAN : INFINITY;
+    else
+        v = ldexp(1024 + m, e - 25);
     return (float)(s ? -v : v);
 }
 
@@ -304,8 +308,8 @@ static void st_f16_converts_all_65536_values_exactly(void) {
     static uint16_t h[65536];
     static float out[65536];
     for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
-    st_tensor t = {.name = "h", .dtype = ST_F16, .ndim = 1, .shape = {65536}, .numel = 65536, .data = h,
-                   .nbytes = sizeof h};
+    st_tensor t = {
+        .name = "h", .dtype = ST_F16, .ndim = 1, .shape = {65536}, .numel = 65536, .data = h, .nbytes = sizeof h};
     char err[BS_ERRLEN];
     CHECK_INT(st_to_f32(&t, out, err), BS_OK);
     int bad = 0;
@@ -321,12 +325,12 @@ static void st_f16_converts_all_65536_values_exactly(void) {
         }
     }
     CHECK_INT(bad, 0);
-    CHECK_INT(bits(out[0x0001]), bits(5.9604644775390625e-08f)); /* smallest subnormal 2^-24 */
+    CHECK_INT(bits(out[0x0001]), bits(5.9604644775390625e-08f));  /* smallest subnormal 2^-24 */
     CHECK_INT(bits(out[0x03ff]), bits(6.09755516052246094e-05f)); /* largest subnormal */
-    CHECK_INT(bits(out[0x8000]), 0x80000000u);                   /* -0 */
-    CHECK_INT(bits(out[0x7c00]), 0x7f800000u);                   /* +inf */
-    CHECK_INT(bits(out[0xfc00]), 0xff800000u);                   /* -inf */
-    CHECK_INT(bits(out[0x7bff]), bits(65504.0f));                /* largest finite */
+    CHECK_INT(bits(out[0x8000]), 0x80000000u);                    /* -0 */
+    CHECK_INT(bits(out[0x7c00]), 0x7f800000u);                    /* +inf */
+    CHECK_INT(bits(out[0xfc00]), 0xff800000u);                    /* -inf */
+    CHECK_INT(bits(out[0x7bff]), bits(65504.0f));                 /* largest finite */
 }
 
 static void st_bf16_is_the_top_half_of_f32(void) {
