@@ -318,12 +318,10 @@ rd_kafka_t *kafka_producer_new(const bs_config *c, void (*dr_msg_cb)(rd_kafka_t 
     rd_kafka_t *rk = NULL;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const bs_kvlist *k = &c->kafka, *u = &c->producer;
-    /* A dead letter carries the original value, which may be as large as worker.max_message_bytes. */
-    long long mmb = c->worker.max_message_bytes + 65536;
-    if (mmb < 1000000) mmb = 1000000;
-    if (mmb > 1000000000) mmb = 1000000000;
-    snprintf(buf, sizeof buf, "%lld", mmb);
-    if (conf_default(conf, k, u, "message.max.bytes", buf, err) != BS_OK ||
+    /* A dead letter carries the original value, which may be larger than worker.max_message_bytes
+     * (that is what too_large means): as large as anything the consumer can receive. The broker's
+     * limit for the dead-letter topic still applies: keep it at least the input topic's. */
+    if (conf_default(conf, k, u, "message.max.bytes", KAFKA_PRODUCER_MESSAGE_MAX_BYTES, err) != BS_OK ||
         conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
         conf_apply(conf, "kafka", k, err) != BS_OK || conf_apply(conf, "producer", u, err) != BS_OK)
         goto fail;

@@ -73,10 +73,13 @@ void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_
  *   producer: with exactly_once, transactional.id (producer.transactional.id, else
  *             "bertstream-<group.id>-<hostname>").
  * Defaults the user may override: consumer partition.assignment.strategy=cooperative-sticky,
- * auto.offset.reset=earliest, client.id=bertstream-worker; producer message.max.bytes large
- * enough for a dead letter of worker.max_message_bytes, client.id=bertstream-worker.
+ * auto.offset.reset=earliest, client.id=bertstream-worker; producer message.max.bytes =
+ * KAFKA_PRODUCER_MESSAGE_MAX_BYTES (a dead letter carries a too_large value unchanged),
+ * client.id=bertstream-worker.
  * The consumer is subscribed to topics.input and its main queue is redirected to the consumer
  * queue (rd_kafka_poll_set_consumer). Errors are one line naming the property. */
+#define KAFKA_PRODUCER_MESSAGE_MAX_BYTES "100000000" /* librdkafka's receive.message.max.bytes default */
+
 rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks, char *err);
 rd_kafka_t *kafka_producer_new(const bs_config *c, void (*dr_msg_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
                                void *opaque, char *err);

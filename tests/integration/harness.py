@@ -122,6 +122,10 @@ def avro_decode(schema, data):
 
 
 def review_bytes(review_id, text, source=None, created_at=None):
+    """created_at: ms since the epoch (timestamp-millis), or None."""
+    if created_at is not None:
+        import datetime
+        created_at = datetime.datetime.fromtimestamp(created_at / 1000.0, tz=datetime.timezone.utc)
     return avro_encode(REVIEW, {"review_id": review_id, "text": text, "source": source, "created_at": created_at})
 
 
