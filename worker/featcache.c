@@ -16,8 +16,8 @@
 #include "common.h"
 
 #define FC_MAGIC "BSFEAT01"
-#define FC_ID_LEN 96
-#define FC_FEAT_LEN 16
+#define FC_ID_LEN 80
+#define FC_FEAT_LEN 32
 #define FC_HEADER (8 + 4 + 4 + FC_ID_LEN + FC_FEAT_LEN) /* 128 bytes */
 #define FC_KEY_TAG "bertstream.feat.v1"
 
@@ -219,7 +219,12 @@ bs_featcache *featcache_open(const char *dir, const char *encoder_id, const char
     sha256_parts(p, l, 1, idh);
     char hex[17];
     for (int i = 0; i < 8; i++) snprintf(hex + 2 * i, 3, "%02x", idh[i]);
-    if (snprintf(fc->path, sizeof fc->path, "%s/%s-%s.bsfeat", dir, hex, feature) >= (int)sizeof fc->path) {
+    char fname[FC_FEAT_LEN];
+    snprintf(fname, sizeof fname, "%s", feature);
+    for (char *q = fname; *q; q++)
+        if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '.'))
+            *q = '_';
+    if (snprintf(fc->path, sizeof fc->path, "%s/%s-%s.bsfeat", dir, hex, fname) >= (int)sizeof fc->path) {
         bs_err(err, "%s: path too long", dir);
         goto fail;
     }

@@ -1,6 +1,7 @@
 /* On-disk cache of encoder features, so a retraining run only encodes reviews that are new or
- * whose text changed. One append-only file per (encoder_id, feature) in a directory:
- *   header  "BSFEAT01" | u32 C | u32 0 | encoder_id (96 bytes, NUL-padded) | feature (16 bytes, NUL-padded)
+ * whose text changed. One append-only file per (encoder_id, feature) in a directory, named
+ * <first 16 hex of SHA-256(encoder_id)>-<feature, [^A-Za-z0-9.-] -> _>.bsfeat:
+ *   header  "BSFEAT01" | u32 C | u32 0 | encoder_id (80 bytes, NUL-padded) | feature (32 bytes, NUL-padded)
  *   records [key: 32 bytes][features: C little-endian F32], back to back
  * key = SHA-256("bertstream.feat.v1\0" encoder_id "\0" feature "\0" u64le(len review_id) review_id
  *               SHA-256(text)), so a changed text or another encoder never hits.
@@ -17,6 +18,8 @@
 typedef struct bs_featcache bs_featcache;
 
 /* Opens (creating dir and file as needed) the cache of encoder_id + feature with C-float records.
+ * feature names everything besides the weights that changes the vectors: the trainer passes
+ * "<feature>/<precision>/<max_seq_len>", e.g. "pooler/fp32/128" (at most 31 bytes; encoder_id at most 79).
  * A file whose header names another encoder, feature or C is an error naming the file. */
 bs_featcache *featcache_open(const char *dir, const char *encoder_id, const char *feature, int C, char *err);
 void featcache_close(bs_featcache *fc);
