@@ -14,18 +14,19 @@
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: bertstream tokenize --vocab FILE [--max-len N]\n"
-               "\n"
-               "Reads JSON lines {\"text\": \"...\"} on stdin and writes {\"ids\": [...]} for each, in order,\n"
-               "with bert-base-uncased's tokenizer ([CLS] ... [SEP]). A line that is not a JSON object with a\n"
-               "\"text\" string, or whose text is not valid UTF-8, gets {\"error\": \"...\"} and the next lines go on.\n"
-               "\n"
-               "  --vocab FILE   WordPiece vocabulary, one token per line (vocab.txt)\n"
-               "  --max-len N    at most N ids including [CLS] and [SEP] (N >= 2); 0 or absent: no truncation\n"
-               "  --help         this text\n"
-               "\n"
-               "Exit status: 0 once stdin was read to its end (bad lines included), 1 on a read or write error,\n"
-               "2 on a usage error or an unreadable vocabulary.\n");
+    fprintf(f,
+            "usage: bertstream tokenize --vocab FILE [--max-len N]\n"
+            "\n"
+            "Reads JSON lines {\"text\": \"...\"} on stdin and writes {\"ids\": [...]} for each, in order,\n"
+            "with bert-base-uncased's tokenizer ([CLS] ... [SEP]). A line that is not a JSON object with a\n"
+            "\"text\" string, or whose text is not valid UTF-8, gets {\"error\": \"...\"} and the next lines go on.\n"
+            "\n"
+            "  --vocab FILE   WordPiece vocabulary, one token per line (vocab.txt)\n"
+            "  --max-len N    at most N ids including [CLS] and [SEP] (N >= 2); 0 or absent: no truncation\n"
+            "  --help         this text\n"
+            "\n"
+            "Exit status: 0 once stdin was read to its end (bad lines included), 1 on a read or write error,\n"
+            "2 on a usage error or an unreadable vocabulary.\n");
 }
 
 /* A growing output line; one per process, reused for every input line. */
@@ -103,7 +104,8 @@ static int ob_ids(obuf *b, const bs_tokens *tk) {
         char tmp[12];
         int k = 0;
         uint32_t v = (uint32_t)tk->ids[i];
-        do tmp[k++] = (char)('0' + v % 10); while ((v /= 10) != 0);
+        do tmp[k++] = (char)('0' + v % 10);
+        while ((v /= 10) != 0);
         while (k) *o++ = tmp[--k];
     }
     memcpy(o, "]}\n", 3);
@@ -120,8 +122,8 @@ static int ob_error(obuf *b, long line, const char *msg) {
 }
 
 /* One input line (without its newline) -> one output line in b. */
-static int tokenize_line(const bs_tokenizer *t, const char *line, size_t len, long lineno, int max_len,
-                         bs_tokens *tk, obuf *b) {
+static int tokenize_line(const bs_tokenizer *t, const char *line, size_t len, long lineno, int max_len, bs_tokens *tk,
+                         obuf *b) {
     json_error_t je;
     json_t *o = json_loadb(line, len, JSON_ALLOW_NUL, &je);
     int rc;
@@ -132,11 +134,14 @@ static int tokenize_line(const bs_tokenizer *t, const char *line, size_t len, lo
     } else {
         json_t *text = json_object_get(o, "text");
         char err[BS_ERRLEN];
-        if (!json_is_object(o)) rc = ob_error(b, lineno, "not a JSON object");
-        else if (!json_is_string(text)) rc = ob_error(b, lineno, "no \"text\" string");
+        if (!json_is_object(o))
+            rc = ob_error(b, lineno, "not a JSON object");
+        else if (!json_is_string(text))
+            rc = ob_error(b, lineno, "no \"text\" string");
         else if (tokenizer_encode(t, json_string_value(text), json_string_length(text), max_len, tk, err) != BS_OK)
             rc = ob_error(b, lineno, err);
-        else rc = ob_ids(b, tk);
+        else
+            rc = ob_ids(b, tk);
         json_decref(o);
     }
     return rc;
@@ -245,7 +250,8 @@ static int run_bench(const bs_tokenizer *t, const char *path, int max_len, doubl
     printf("{\"file\": \"%s\", \"reviews\": %zu, \"passes\": %lld, \"max_len\": %d, \"seconds\": %.3f, "
            "\"reviews_per_s\": %.0f, \"tokens_per_s\": %.0f, \"cpu_seconds\": %.3f, \"reviews_per_cpu_s\": %.0f, "
            "\"mean_ids\": %.1f}\n",
-           path, n, passes, max_len, el, reviews / el, (double)tokens / el, cpu, reviews / cpu, (double)tokens / reviews);
+           path, n, passes, max_len, el, reviews / el, (double)tokens / el, cpu, reviews / cpu,
+           (double)tokens / reviews);
     status = 0;
 done:
     if (status && !text) fprintf(stderr, "bertstream tokenize: out of memory\n");

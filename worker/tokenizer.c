@@ -25,15 +25,15 @@ typedef struct {
 } tk_slot;
 
 struct bs_tokenizer {
-    char *pool;         /* every token, NUL-terminated, in id order */
-    const char **key;   /* [n] token bytes without a leading "##" */
-    uint32_t *keylen;   /* [n] */
-    uint8_t *cont;      /* [n] 1 for a "##" continuation token */
-    int n;              /* ids 0..n-1 (one per vocabulary line) */
-    tk_slot *slots;     /* open addressing, linear probing, load <= 1/2 */
+    char *pool;       /* every token, NUL-terminated, in id order */
+    const char **key; /* [n] token bytes without a leading "##" */
+    uint32_t *keylen; /* [n] */
+    uint8_t *cont;    /* [n] 1 for a "##" continuation token */
+    int n;            /* ids 0..n-1 (one per vocabulary line) */
+    tk_slot *slots;   /* open addressing, linear probing, load <= 1/2 */
     uint32_t mask;
     int shift;
-    int max_key[2];     /* longest key in bytes: [0] word-initial, [1] continuation */
+    int max_key[2]; /* longest key in bytes: [0] word-initial, [1] continuation */
     int32_t unk, cls, sep, pad;
     int32_t ascii_id[128];    /* id of a one-character ASCII word (punctuation), else [UNK] */
     uint8_t ascii_class[128]; /* TK_* for the input byte */
@@ -51,14 +51,15 @@ static inline uint32_t tk_hash(int cont, const uint8_t *s, size_t n) {
     return h;
 }
 
-static inline uint32_t tk_index(const bs_tokenizer *t, uint32_t h) { return (h * 0x9E3779B1u) >> t->shift; }
+static inline uint32_t tk_index(const bs_tokenizer *t, uint32_t h) {
+    return (h * 0x9E3779B1u) >> t->shift;
+}
 
 static inline int32_t tk_lookup(const bs_tokenizer *t, int cont, uint32_t h, const uint8_t *s, uint32_t n) {
     for (uint32_t i = tk_index(t, h);; i = (i + 1) & t->mask) {
         const tk_slot *sl = &t->slots[i];
         if (sl->id < 0) return -1;
-        if (sl->hash == h && t->keylen[sl->id] == n && t->cont[sl->id] == cont &&
-            memcmp(t->key[sl->id], s, n) == 0)
+        if (sl->hash == h && t->keylen[sl->id] == n && t->cont[sl->id] == cont && memcmp(t->key[sl->id], s, n) == 0)
             return sl->id;
     }
 }
@@ -84,23 +85,24 @@ static int tk_is_cjk(uint32_t c) {
  * here and stay ordinary word characters, as they are for Hugging Face. Derived once from utf8proc 2.8's
  * categories and the Unicode Age property (Perl's Unicode::UCD): Mn, P*, Cc, Cf, Co with Age > 9.0. */
 static const uint32_t tk_post9[][2] = {
-    {0x061D, 0x061D}, {0x07FD, 0x07FD}, {0x0890, 0x0891}, {0x0898, 0x089F}, {0x08CA, 0x08D3}, {0x09FD, 0x09FE},
-    {0x0A76, 0x0A76}, {0x0AFA, 0x0AFF}, {0x0B55, 0x0B55}, {0x0C04, 0x0C04}, {0x0C3C, 0x0C3C}, {0x0C77, 0x0C77},
-    {0x0C84, 0x0C84}, {0x0D00, 0x0D00}, {0x0D3B, 0x0D3C}, {0x0D81, 0x0D81}, {0x0EBA, 0x0EBA}, {0x0ECE, 0x0ECE},
-    {0x180F, 0x180F}, {0x1ABF, 0x1ACE}, {0x1B7D, 0x1B7E}, {0x1DF6, 0x1DFA}, {0x2E45, 0x2E4F}, {0x2E52, 0x2E5D},
-    {0xA82C, 0xA82C}, {0xA8FF, 0xA8FF}, {0x10D24, 0x10D27}, {0x10EAB, 0x10EAD}, {0x10EFD, 0x10EFF},
-    {0x10F46, 0x10F50}, {0x10F55, 0x10F59}, {0x10F82, 0x10F89}, {0x11070, 0x11070}, {0x11073, 0x11074},
-    {0x110C2, 0x110C2}, {0x110CD, 0x110CD}, {0x111CF, 0x111CF}, {0x11241, 0x11241}, {0x1133B, 0x1133B},
-    {0x1145A, 0x1145A}, {0x1145E, 0x1145E}, {0x116B9, 0x116B9}, {0x1182F, 0x11837}, {0x11839, 0x1183B},
-    {0x1193B, 0x1193C}, {0x1193E, 0x1193E}, {0x11943, 0x11946}, {0x119D4, 0x119D7}, {0x119DA, 0x119DB},
-    {0x119E0, 0x119E0}, {0x119E2, 0x119E2}, {0x11A01, 0x11A0A}, {0x11A33, 0x11A38}, {0x11A3B, 0x11A47},
-    {0x11A51, 0x11A56}, {0x11A59, 0x11A5B}, {0x11A8A, 0x11A96}, {0x11A98, 0x11A9C}, {0x11A9E, 0x11AA2},
-    {0x11B00, 0x11B09}, {0x11D31, 0x11D36}, {0x11D3A, 0x11D3A}, {0x11D3C, 0x11D3D}, {0x11D3F, 0x11D45},
-    {0x11D47, 0x11D47}, {0x11D90, 0x11D91}, {0x11D95, 0x11D95}, {0x11D97, 0x11D97}, {0x11EF3, 0x11EF4},
-    {0x11EF7, 0x11EF8}, {0x11F00, 0x11F01}, {0x11F36, 0x11F3A}, {0x11F40, 0x11F40}, {0x11F42, 0x11F4F},
-    {0x11FFF, 0x11FFF}, {0x12FF1, 0x12FF2}, {0x13430, 0x13440}, {0x13447, 0x13455}, {0x16E97, 0x16E9A},
-    {0x16F4F, 0x16F4F}, {0x16FE2, 0x16FE2}, {0x16FE4, 0x16FE4}, {0x1CF00, 0x1CF2D}, {0x1CF30, 0x1CF46},
-    {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF},
+    {0x061D, 0x061D},   {0x07FD, 0x07FD},   {0x0890, 0x0891},   {0x0898, 0x089F},   {0x08CA, 0x08D3},
+    {0x09FD, 0x09FE},   {0x0A76, 0x0A76},   {0x0AFA, 0x0AFF},   {0x0B55, 0x0B55},   {0x0C04, 0x0C04},
+    {0x0C3C, 0x0C3C},   {0x0C77, 0x0C77},   {0x0C84, 0x0C84},   {0x0D00, 0x0D00},   {0x0D3B, 0x0D3C},
+    {0x0D81, 0x0D81},   {0x0EBA, 0x0EBA},   {0x0ECE, 0x0ECE},   {0x180F, 0x180F},   {0x1ABF, 0x1ACE},
+    {0x1B7D, 0x1B7E},   {0x1DF6, 0x1DFA},   {0x2E45, 0x2E4F},   {0x2E52, 0x2E5D},   {0xA82C, 0xA82C},
+    {0xA8FF, 0xA8FF},   {0x10D24, 0x10D27}, {0x10EAB, 0x10EAD}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50},
+    {0x10F55, 0x10F59}, {0x10F82, 0x10F89}, {0x11070, 0x11070}, {0x11073, 0x11074}, {0x110C2, 0x110C2},
+    {0x110CD, 0x110CD}, {0x111CF, 0x111CF}, {0x11241, 0x11241}, {0x1133B, 0x1133B}, {0x1145A, 0x1145A},
+    {0x1145E, 0x1145E}, {0x116B9, 0x116B9}, {0x1182F, 0x11837}, {0x11839, 0x1183B}, {0x1193B, 0x1193C},
+    {0x1193E, 0x1193E}, {0x11943, 0x11946}, {0x119D4, 0x119D7}, {0x119DA, 0x119DB}, {0x119E0, 0x119E0},
+    {0x119E2, 0x119E2}, {0x11A01, 0x11A0A}, {0x11A33, 0x11A38}, {0x11A3B, 0x11A47}, {0x11A51, 0x11A56},
+    {0x11A59, 0x11A5B}, {0x11A8A, 0x11A96}, {0x11A98, 0x11A9C}, {0x11A9E, 0x11AA2}, {0x11B00, 0x11B09},
+    {0x11D31, 0x11D36}, {0x11D3A, 0x11D3A}, {0x11D3C, 0x11D3D}, {0x11D3F, 0x11D45}, {0x11D47, 0x11D47},
+    {0x11D90, 0x11D91}, {0x11D95, 0x11D95}, {0x11D97, 0x11D97}, {0x11EF3, 0x11EF4}, {0x11EF7, 0x11EF8},
+    {0x11F00, 0x11F01}, {0x11F36, 0x11F3A}, {0x11F40, 0x11F40}, {0x11F42, 0x11F4F}, {0x11FFF, 0x11FFF},
+    {0x12FF1, 0x12FF2}, {0x13430, 0x13440}, {0x13447, 0x13455}, {0x16E97, 0x16E9A}, {0x16F4F, 0x16F4F},
+    {0x16FE2, 0x16FE2}, {0x16FE4, 0x16FE4}, {0x1CF00, 0x1CF2D}, {0x1CF30, 0x1CF46}, {0x1E08F, 0x1E08F},
+    {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF},
 };
 
 enum { TKU_WORD = 0, TKU_DROP, TKU_MN, TKU_PUNCT };
@@ -109,9 +111,12 @@ static int tk_is_post9(uint32_t c) {
     int lo = 0, hi = (int)(sizeof tk_post9 / sizeof tk_post9[0]) - 1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
-        if (c < tk_post9[mid][0]) hi = mid - 1;
-        else if (c > tk_post9[mid][1]) lo = mid + 1;
-        else return 1;
+        if (c < tk_post9[mid][0])
+            hi = mid - 1;
+        else if (c > tk_post9[mid][1])
+            lo = mid + 1;
+        else
+            return 1;
     }
     return 0;
 }
@@ -119,14 +124,21 @@ static int tk_is_post9(uint32_t c) {
 /* The class of a non-ASCII code point as Hugging Face sees it (Unicode 9.0 categories). */
 static int tk_uclass(uint32_t c) {
     switch (c) { /* assigned by 9.0, category changed since */
-    case 0x1734: return TKU_MN;                 /* Mn in 9.0, Mc since 14.0 */
-    case 0xA9BD: return TKU_WORD;               /* Mc in 9.0, Mn since 12.0 */
-    case 0x166D: case 0x111C9: return TKU_PUNCT; /* Po in 9.0, So / Mn since */
+    case 0x1734:
+        return TKU_MN; /* Mn in 9.0, Mc since 14.0 */
+    case 0xA9BD:
+        return TKU_WORD; /* Mc in 9.0, Mn since 12.0 */
+    case 0x166D:
+    case 0x111C9:
+        return TKU_PUNCT; /* Po in 9.0, So / Mn since */
     }
     int cat = utf8proc_category((utf8proc_int32_t)c), cls = TKU_WORD;
-    if (cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_CO) cls = TKU_DROP;
-    else if (cat == UTF8PROC_CATEGORY_MN) cls = TKU_MN;
-    else if (cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO) cls = TKU_PUNCT;
+    if (cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_CO)
+        cls = TKU_DROP;
+    else if (cat == UTF8PROC_CATEGORY_MN)
+        cls = TKU_MN;
+    else if (cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO)
+        cls = TKU_PUNCT;
     if (cls != TKU_WORD && c >= tk_post9[0][0] && tk_is_post9(c)) cls = TKU_WORD;
     return cls;
 }
@@ -286,9 +298,12 @@ bs_tokenizer *tokenizer_new_from_buffer(const char *buf, size_t len, const char 
 
     for (int c = 0; c < 128; c++) {
         uint8_t cls = TK_WORD;
-        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') cls = TK_SPACE;
-        else if (c < 0x20 || c == 0x7F) cls = TK_DROP; /* Cc (VT and FF too: dropped before whitespace mapping) */
-        else if (tk_is_ascii_punct((uint32_t)c)) cls = TK_PUNCT;
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+            cls = TK_SPACE;
+        else if (c < 0x20 || c == 0x7F)
+            cls = TK_DROP; /* Cc (VT and FF too: dropped before whitespace mapping) */
+        else if (tk_is_ascii_punct((uint32_t)c))
+            cls = TK_PUNCT;
         t->ascii_class[c] = cls;
         t->ascii_lower[c] = cls == TK_WORD ? (uint8_t)(c >= 'A' && c <= 'Z' ? c + 32 : c) : 0;
         uint8_t ch = (uint8_t)c;
@@ -323,7 +338,9 @@ void tokenizer_free(bs_tokenizer *t) {
     free(t);
 }
 
-int tokenizer_vocab_size(const bs_tokenizer *t) { return t->n; }
+int tokenizer_vocab_size(const bs_tokenizer *t) {
+    return t->n;
+}
 
 int32_t tokenizer_token_id(const bs_tokenizer *t, const char *token) {
     size_t n = strlen(token);
@@ -334,7 +351,9 @@ int32_t tokenizer_token_id(const bs_tokenizer *t, const char *token) {
     return tk_lookup(t, cont, tk_hash(cont, k, n), k, (uint32_t)n);
 }
 
-int32_t tokenizer_pad_id(const bs_tokenizer *t) { return t->pad; }
+int32_t tokenizer_pad_id(const bs_tokenizer *t) {
+    return t->pad;
+}
 
 void tokens_free(bs_tokens *tk) {
     if (!tk) return;
@@ -348,11 +367,11 @@ void tokens_free(bs_tokens *tk) {
 typedef struct {
     const bs_tokenizer *t;
     bs_tokens *out;
-    int n;       /* ids written, [CLS] included */
-    int limit;   /* most pieces kept (INT_MAX: no truncation) */
-    int oom;     /* growing out->ids failed, or more than INT_MAX ids */
-    int wbytes;  /* current word: bytes kept in word[] */
-    int wchars;  /* its length in code points, saturating at TK_MAX_WORD_CHARS + 1 */
+    int n;      /* ids written, [CLS] included */
+    int limit;  /* most pieces kept (INT_MAX: no truncation) */
+    int oom;    /* growing out->ids failed, or more than INT_MAX ids */
+    int wbytes; /* current word: bytes kept in word[] */
+    int wchars; /* its length in code points, saturating at TK_MAX_WORD_CHARS + 1 */
     uint8_t word[TK_WORD_BYTES];
 } tk_enc;
 
@@ -506,7 +525,8 @@ static int tk_input_char(tk_enc *e, uint32_t cp) {
 
 int tokenizer_encode(const bs_tokenizer *t, const char *text, size_t len, int max_len, bs_tokens *out, char *err) {
     if (!t || !out || (!text && len)) return bs_err(err, "tokenizer_encode: missing argument");
-    if (max_len < 0 || max_len == 1) return bs_err(err, "tokenizer_encode: max_len %d (0 = no limit, else >= 2)", max_len);
+    if (max_len < 0 || max_len == 1)
+        return bs_err(err, "tokenizer_encode: max_len %d (0 = no limit, else >= 2)", max_len);
     out->n = 0;
     out->truncated = 0;
     if (tk_reserve(out, max_len > 0 ? max_len : 64) != BS_OK) return bs_err(err, "tokenizer_encode: out of memory");

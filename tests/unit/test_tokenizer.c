@@ -10,32 +10,32 @@
 #include "tokenizer.h"
 
 /* ---- tiny vocabulary: ids chosen so that nothing can assume bert's 0/100/101/102 ---- */
-static const char tiny_vocab[] = "hello\n"    /* 0 */
-                                 "[SEP]\n"    /* 1 */
-                                 "##ing\n"    /* 2 */
-                                 "[CLS]\n"    /* 3 */
-                                 "play\n"     /* 4 */
-                                 ",\n"        /* 5 */
-                                 "!\n"        /* 6 */
-                                 "[UNK]\n"    /* 7 */
-                                 "[PAD]\n"    /* 8 */
-                                 "resume\n"   /* 9 */
-                                 "cafe\n"     /* 10 */
-                                 "\xe4\xb8\x9c\n" /* 11: U+4E1C */
-                                 "\xe4\xba\xac\n" /* 12: U+4EAC */
-                                 "badmovie\n" /* 13 */
-                                 "bad\n"      /* 14 */
-                                 "movie\n"    /* 15 */
-                                 "##s\n"      /* 16 */
-                                 "a\n"        /* 17 */
-                                 "##a\n"      /* 18 */
-                                 "\xe2\x80\x94\n" /* 19: U+2014 EM DASH */
-                                 "k\n"        /* 20 */
-                                 "pla\n"      /* 21 */
-                                 "##ying\n"   /* 22 */
+static const char tiny_vocab[] = "hello\n"                             /* 0 */
+                                 "[SEP]\n"                             /* 1 */
+                                 "##ing\n"                             /* 2 */
+                                 "[CLS]\n"                             /* 3 */
+                                 "play\n"                              /* 4 */
+                                 ",\n"                                 /* 5 */
+                                 "!\n"                                 /* 6 */
+                                 "[UNK]\n"                             /* 7 */
+                                 "[PAD]\n"                             /* 8 */
+                                 "resume\n"                            /* 9 */
+                                 "cafe\n"                              /* 10 */
+                                 "\xe4\xb8\x9c\n"                      /* 11: U+4E1C */
+                                 "\xe4\xba\xac\n"                      /* 12: U+4EAC */
+                                 "badmovie\n"                          /* 13 */
+                                 "bad\n"                               /* 14 */
+                                 "movie\n"                             /* 15 */
+                                 "##s\n"                               /* 16 */
+                                 "a\n"                                 /* 17 */
+                                 "##a\n"                               /* 18 */
+                                 "\xe2\x80\x94\n"                      /* 19: U+2014 EM DASH */
+                                 "k\n"                                 /* 20 */
+                                 "pla\n"                               /* 21 */
+                                 "##ying\n"                            /* 22 */
                                  "x\xf0\x9d\x85\xa5\xf0\x9d\x85\xad\n" /* 23: x U+1D165 (ccc 216) U+1D16D (ccc 226) */
-                                 "\xe8\xb1\x88\n" /* 24: U+8C48, NFD of U+F900 */
-                                 "##\xc3\xa9\n";  /* 25: ##é (never matched: é loses its accent) */
+                                 "\xe8\xb1\x88\n"                      /* 24: U+8C48, NFD of U+F900 */
+                                 "##\xc3\xa9\n"; /* 25: ##é (never matched: é loses its accent) */
 
 static bs_tokenizer *tiny(void) {
     char err[BS_ERRLEN] = "";
@@ -64,8 +64,8 @@ static void expect_ids_at(int line, const bs_tokenizer *t, const char *text, siz
     bs_test_checks++;
     int same = rc == BS_OK && tk.n == n && memcmp(tk.ids, want, (size_t)n * sizeof *want) == 0;
     if (!same) {
-        fprintf(stderr, "%s:%d: %s: text \"%.*s\": rc %d (%s), got [", __FILE__, line, bs_test_current, (int)len,
-                text, rc, err);
+        fprintf(stderr, "%s:%d: %s: text \"%.*s\": rc %d (%s), got [", __FILE__, line, bs_test_current, (int)len, text,
+                rc, err);
         for (int i = 0; rc == BS_OK && i < tk.n; i++) fprintf(stderr, "%s%d", i ? ", " : "", tk.ids[i]);
         fprintf(stderr, "], expected [");
         for (int i = 0; i < n; i++) fprintf(stderr, "%s%d", i ? ", " : "", want[i]);
@@ -75,10 +75,10 @@ static void expect_ids_at(int line, const bs_tokenizer *t, const char *text, siz
     tokens_free(&tk);
 }
 
-#define EXPECT(t, text, ...)                                                                                         \
-    do {                                                                                                             \
-        static const int32_t _w[] = {__VA_ARGS__};                                                                   \
-        expect_ids_at(__LINE__, t, text, sizeof(text) - 1, _w, (int)(sizeof _w / sizeof _w[0]));                     \
+#define EXPECT(t, text, ...)                                                                                           \
+    do {                                                                                                               \
+        static const int32_t _w[] = {__VA_ARGS__};                                                                     \
+        expect_ids_at(__LINE__, t, text, sizeof(text) - 1, _w, (int)(sizeof _w / sizeof _w[0]));                       \
     } while (0)
 
 static void tokenizer_empty_text_is_cls_sep(void) {
@@ -142,9 +142,9 @@ static void tokenizer_new_reports_missing_file(void) {
 
 static void tokenizer_strips_accents_after_nfd(void) {
     bs_tokenizer *t = tiny();
-    EXPECT(t, "R\xc3\x89SUM\xc3\x89 Caf\xc3\xa9", 3, 9, 10, 1);         /* precomposed É, é */
-    EXPECT(t, "re\xcc\x81sume\xcc\x81 cafe\xcc\x80", 3, 9, 10, 1);      /* e + U+0301 / U+0300 */
-    EXPECT(t, "cafe\xcc\x81\xcc\xa7\xcc\x81", 3, 10, 1);                 /* several marks */
+    EXPECT(t, "R\xc3\x89SUM\xc3\x89 Caf\xc3\xa9", 3, 9, 10, 1);    /* precomposed É, é */
+    EXPECT(t, "re\xcc\x81sume\xcc\x81 cafe\xcc\x80", 3, 9, 10, 1); /* e + U+0301 / U+0300 */
+    EXPECT(t, "cafe\xcc\x81\xcc\xa7\xcc\x81", 3, 10, 1);           /* several marks */
     tokenizer_free(t);
 }
 
@@ -157,7 +157,7 @@ static void tokenizer_lowercases_char_by_char(void) {
 
 static void tokenizer_spaces_cjk_ideographs(void) {
     bs_tokenizer *t = tiny();
-    EXPECT(t, "\xe4\xb8\x9c\xe4\xba\xac", 3, 11, 12, 1);             /* without spacing it would be one [UNK] */
+    EXPECT(t, "\xe4\xb8\x9c\xe4\xba\xac", 3, 11, 12, 1); /* without spacing it would be one [UNK] */
     EXPECT(t, "hello\xe4\xb8\x9c\xe4\xba\xacplay", 3, 0, 11, 12, 4, 1);
     EXPECT(t, "\xef\xa4\x80", 3, 24, 1); /* U+F900 compatibility ideograph: spaced, then NFD to U+8C48 */
     tokenizer_free(t);
@@ -180,16 +180,16 @@ static void tokenizer_drops_controls_and_joins_words(void) {
  * Cc | Cf | Co. So unassigned code points stay, and so do characters assigned later whatever they are now. */
 static void tokenizer_follows_hf_unicode_9_categories(void) {
     bs_tokenizer *t = tiny();
-    EXPECT(t, "bad\xcd\xb8movie", 3, 7, 1);         /* U+0378 unassigned (Cn): kept, the word is [UNK] */
-    EXPECT(t, "bad\xf3\xa0\x80\x80movie", 3, 7, 1); /* U+E0000 unassigned */
-    EXPECT(t, "bad\xe0\xa2\x90movie", 3, 7, 1);     /* U+0890 Cf since 14.0: kept */
-    EXPECT(t, "bad\xe1\xaa\xbfmovie", 3, 7, 1);     /* U+1ABF Mn since 13.0: kept */
-    EXPECT(t, "bad\xe2\xb9\x85movie", 3, 7, 1);     /* U+2E45 Po since 10.0: not a split */
-    EXPECT(t, "bad\xe1\x9c\xb4movie", 3, 13, 1);    /* U+1734: Mn in 9.0 (Mc now): stripped */
-    EXPECT(t, "bad\xea\xa6\xbdmovie", 3, 7, 1);     /* U+A9BD: Mc in 9.0 (Mn now): kept */
-    EXPECT(t, "bad\xe1\x99\xadmovie", 3, 14, 7, 15, 1); /* U+166D: Po in 9.0 (So now): split */
+    EXPECT(t, "bad\xcd\xb8movie", 3, 7, 1);                 /* U+0378 unassigned (Cn): kept, the word is [UNK] */
+    EXPECT(t, "bad\xf3\xa0\x80\x80movie", 3, 7, 1);         /* U+E0000 unassigned */
+    EXPECT(t, "bad\xe0\xa2\x90movie", 3, 7, 1);             /* U+0890 Cf since 14.0: kept */
+    EXPECT(t, "bad\xe1\xaa\xbfmovie", 3, 7, 1);             /* U+1ABF Mn since 13.0: kept */
+    EXPECT(t, "bad\xe2\xb9\x85movie", 3, 7, 1);             /* U+2E45 Po since 10.0: not a split */
+    EXPECT(t, "bad\xe1\x9c\xb4movie", 3, 13, 1);            /* U+1734: Mn in 9.0 (Mc now): stripped */
+    EXPECT(t, "bad\xea\xa6\xbdmovie", 3, 7, 1);             /* U+A9BD: Mc in 9.0 (Mn now): kept */
+    EXPECT(t, "bad\xe1\x99\xadmovie", 3, 14, 7, 15, 1);     /* U+166D: Po in 9.0 (So now): split */
     EXPECT(t, "bad\xf0\x91\x87\x89movie", 3, 14, 7, 15, 1); /* U+111C9: Po in 9.0 (Mn now): split */
-    EXPECT(t, "bad\xe2\x80\x8emovie", 3, 13, 1);    /* U+200E Cf: dropped */
+    EXPECT(t, "bad\xe2\x80\x8emovie", 3, 13, 1);            /* U+200E Cf: dropped */
     tokenizer_free(t);
 }
 
@@ -353,18 +353,18 @@ static void tokenizer_rejects_invalid_utf8_with_offset(void) {
         size_t len;
         const char *msg;
     } cases[] = {
-        {"ab\x80", 3, "invalid UTF-8 at byte 2"},                  /* stray continuation */
-        {"\xc0\xaf", 2, "invalid UTF-8 at byte 0"},                /* overlong '/' */
-        {"hi \xc1\xbf", 5, "invalid UTF-8 at byte 3"},             /* overlong, C1 lead */
-        {"\xe0\x80\xaf", 3, "invalid UTF-8 at byte 0"},            /* overlong 3-byte */
-        {"x\xf0\x80\x80\xaf", 5, "invalid UTF-8 at byte 1"},       /* overlong 4-byte */
-        {"x\xed\xa0\x80", 4, "invalid UTF-8 at byte 1"},           /* surrogate U+D800 */
-        {"\xed\xbf\xbf", 3, "invalid UTF-8 at byte 0"},            /* surrogate U+DFFF */
-        {"\xf4\x90\x80\x80", 4, "invalid UTF-8 at byte 0"},        /* U+110000 */
-        {"\xf5\x80\x80\x80", 4, "invalid UTF-8 at byte 0"},        /* lead F5 */
+        {"ab\x80", 3, "invalid UTF-8 at byte 2"},            /* stray continuation */
+        {"\xc0\xaf", 2, "invalid UTF-8 at byte 0"},          /* overlong '/' */
+        {"hi \xc1\xbf", 5, "invalid UTF-8 at byte 3"},       /* overlong, C1 lead */
+        {"\xe0\x80\xaf", 3, "invalid UTF-8 at byte 0"},      /* overlong 3-byte */
+        {"x\xf0\x80\x80\xaf", 5, "invalid UTF-8 at byte 1"}, /* overlong 4-byte */
+        {"x\xed\xa0\x80", 4, "invalid UTF-8 at byte 1"},     /* surrogate U+D800 */
+        {"\xed\xbf\xbf", 3, "invalid UTF-8 at byte 0"},      /* surrogate U+DFFF */
+        {"\xf4\x90\x80\x80", 4, "invalid UTF-8 at byte 0"},  /* U+110000 */
+        {"\xf5\x80\x80\x80", 4, "invalid UTF-8 at byte 0"},  /* lead F5 */
         {"\xff", 1, "invalid UTF-8 at byte 0"},
-        {"abc\xe2\x82", 5, "invalid UTF-8 at byte 3"},             /* truncated at the end */
-        {"abc\xe2\x82xyz", 7, "invalid UTF-8 at byte 3"},          /* truncated mid-text */
+        {"abc\xe2\x82", 5, "invalid UTF-8 at byte 3"},    /* truncated at the end */
+        {"abc\xe2\x82xyz", 7, "invalid UTF-8 at byte 3"}, /* truncated mid-text */
         {"\xc3\xa9\xc3", 3, "invalid UTF-8 at byte 2"},
         {"\xf0\x9f\x98", 3, "invalid UTF-8 at byte 0"},
     };
@@ -536,10 +536,10 @@ static void tokenizer_bert_named_cases(void) {
     CHECK_INT(tokenizer_pad_id(t), 0);
     CHECK_INT(tokenizer_vocab_size(t), 30522);
     EXPECT(t, "r\xc3\xa9sum\xc3\xa9 caf\xc3\xa9", 101, 13746, 7668, 102); /* resume cafe */
-    EXPECT(t, "\xc2\x85next\xc2\x96line\xc2\x97", 101, 2279, 4179, 102); /* next ##line: C1 controls join */
+    EXPECT(t, "\xc2\x85next\xc2\x96line\xc2\x97", 101, 2279, 4179, 102);  /* next ##line: C1 controls join */
     EXPECT(t, "Straße", 101, 2358, 27807, 102);
-    EXPECT(t, "ΣΣ", 101, 1173, 29733, 102);                          /* σ ##σ: no final-sigma rule */
-    EXPECT(t, "\xe6\x9d\xb1\xe4\xba\xac", 101, 1879, 1755, 102);      /* 東 京 */
+    EXPECT(t, "ΣΣ", 101, 1173, 29733, 102);                      /* σ ##σ: no final-sigma rule */
+    EXPECT(t, "\xe6\x9d\xb1\xe4\xba\xac", 101, 1879, 1755, 102); /* 東 京 */
     EXPECT(t, "don't", 101, 2123, 1005, 1056, 102);
     tokenizer_free(t);
 }
