@@ -14,16 +14,20 @@
  * Offset tracker
  * ------------------------------------------------------------------------------------------- */
 
+enum { ENTRY_PENDING, ENTRY_DONE, ENTRY_ABANDONED };
+
 struct bs_offsets {
     pthread_mutex_t mu;
     int64_t *offset;  /* (cap) offset of each ring entry */
-    uint8_t *done;    /* (cap) 1 once acknowledged */
+    uint8_t *done;    /* (cap) ENTRY_* state */
+    int n_pending;    /* ENTRY_PENDING entries between head and tail */
     uint64_t head;    /* seq of the oldest entry not yet popped */
     uint64_t tail;    /* seq the next push gets */
     uint64_t mask;    /* cap - 1 (cap is a power of two) */
     uint32_t epoch;
     int64_t next;     /* commit position: last popped offset + 1, -1 unknown */
     int64_t last;     /* last pushed offset, -1 none */
+    int64_t emitted;  /* highest offset handed to the producer, -1 none */
 };
 
 bs_offsets *offsets_new(int capacity) {
@@ -42,7 +46,7 @@ bs_offsets *offsets_new(int capacity) {
     }
     pthread_mutex_init(&o->mu, NULL);
     o->mask = cap - 1;
-    o->next = o->last = -1;
+    o->next = o->last = o->emitted = -1;
     return o;
 }
 
@@ -58,8 +62,9 @@ void offsets_reset(bs_offsets *o) {
     pthread_mutex_lock(&o->mu);
     for (uint64_t s = o->head; s != o->tail; s++) o->done[s & o->mask] = 0;
     o->head = o->tail = 0;
+    o->n_pending = 0;
     o->epoch++;
-    o->next = o->last = -1;
+    o->next = o->last = o->emitted = -1;
     pthread_mutex_unlock(&o->mu);
 }
 
@@ -69,7 +74,8 @@ int offsets_push(bs_offsets *o, int64_t offset, bs_offset_ticket *ticket) {
     if (o->tail - o->head <= o->mask && offset > o->last) {
         uint64_t i = o->tail & o->mask;
         o->offset[i] = offset;
-        o->done[i] = 0;
+        o->done[i] = ENTRY_PENDING;
+        o->n_pending++;
         ticket->epoch = o->epoch;
         ticket->seq = o->tail++;
         o->last = offset;
@@ -82,8 +88,21 @@ int offsets_push(bs_offsets *o, int64_t offset, bs_offset_ticket *ticket) {
 int offsets_done(bs_offsets *o, bs_offset_ticket t) {
     int ok = 0;
     pthread_mutex_lock(&o->mu);
-    if (t.epoch == o->epoch && t.seq >= o->head && t.seq < o->tail) {
-        o->done[t.seq & o->mask] = 1;
+    if (t.epoch == o->epoch && t.seq >= o->head && t.seq < o->tail && o->done[t.seq & o->mask] == ENTRY_PENDING) {
+        o->done[t.seq & o->mask] = ENTRY_DONE;
+        o->n_pending--;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return ok;
+}
+
+int offsets_abandon(bs_offsets *o, bs_offset_ticket t) {
+    int ok = 0;
+    pthread_mutex_lock(&o->mu);
+    if (t.epoch == o->epoch && t.seq >= o->head && t.seq < o->tail && o->done[t.seq & o->mask] == ENTRY_PENDING) {
+        o->done[t.seq & o->mask] = ENTRY_ABANDONED;
+        o->n_pending--;
         ok = 1;
     }
     pthread_mutex_unlock(&o->mu);
@@ -93,7 +112,7 @@ int offsets_done(bs_offsets *o, bs_offset_ticket t) {
 int offsets_advance(bs_offsets *o, int64_t *next) {
     int moved = 0;
     pthread_mutex_lock(&o->mu);
-    while (o->head != o->tail && o->done[o->head & o->mask]) {
+    while (o->head != o->tail && o->done[o->head & o->mask] == ENTRY_DONE) {
         uint64_t i = o->head & o->mask;
         o->next = o->offset[i] + 1;
         o->done[i] = 0;
@@ -114,7 +133,7 @@ int64_t offsets_committable(bs_offsets *o) {
 
 int offsets_in_flight(bs_offsets *o) {
     pthread_mutex_lock(&o->mu);
-    int n = (int)(o->tail - o->head);
+    int n = o->n_pending;
     pthread_mutex_unlock(&o->mu);
     return n;
 }
@@ -136,6 +155,19 @@ int64_t offsets_position(bs_offsets *o) {
 uint32_t offsets_epoch(bs_offsets *o) {
     pthread_mutex_lock(&o->mu);
     uint32_t e = o->epoch;
+    pthread_mutex_unlock(&o->mu);
+    return e;
+}
+
+void offsets_note_emitted(bs_offsets *o, int64_t offset) {
+    pthread_mutex_lock(&o->mu);
+    if (offset > o->emitted) o->emitted = offset;
+    pthread_mutex_unlock(&o->mu);
+}
+
+int64_t offsets_emitted(bs_offsets *o) {
+    pthread_mutex_lock(&o->mu);
+    int64_t e = o->emitted;
     pthread_mutex_unlock(&o->mu);
     return e;
 }
@@ -271,6 +303,7 @@ rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks,
     if (conf_default(conf, k, u, "partition.assignment.strategy", "cooperative-sticky", err) != BS_OK ||
         conf_default(conf, k, u, "auto.offset.reset", "earliest", err) != BS_OK ||
         conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
+        conf_default(conf, k, u, "auto.commit.interval.ms", "1000", err) != BS_OK ||
         conf_apply(conf, "kafka", k, err) != BS_OK || conf_apply(conf, "consumer", u, err) != BS_OK)
         goto fail;
     if (!kv_get(k, "group.id") && !kv_get(u, "group.id") &&

@@ -38,18 +38,27 @@ void offsets_reset(bs_offsets *o);
 int offsets_push(bs_offsets *o, int64_t offset, bs_offset_ticket *ticket);
 /* Marks a ticket acknowledged. Returns 1, or 0 for a stale ticket (older epoch) that was ignored. */
 int offsets_done(bs_offsets *o, bs_offset_ticket ticket);
+/* Marks a ticket abandoned: its message was dropped unproduced (graceful stop), so the commit position
+ * never passes it and nothing waits for it any more (offsets_in_flight leaves it out). Returns 1, or 0
+ * for a stale ticket. */
+int offsets_abandon(bs_offsets *o, bs_offset_ticket ticket);
 /* Pops the contiguous done prefix. Returns 1 when the commit position moved, and sets *next to
  * it (last acknowledged offset + 1: what Kafka stores as the committed offset). */
 int offsets_advance(bs_offsets *o, int64_t *next);
 /* Commit position after the last advance (-1 = nothing acknowledged since the reset). */
 int64_t offsets_committable(bs_offsets *o);
-/* Offsets pushed but not yet popped by offsets_advance (done or not). */
+/* Offsets pushed and neither done nor abandoned: the outcomes still awaited. */
 int offsets_in_flight(bs_offsets *o);
 /* 1 when every ticket up to and including seq (same epoch) has been popped by offsets_advance. */
 int offsets_settled_through(bs_offsets *o, bs_offset_ticket ticket);
 /* Offset of the last push + 1 (-1 = none since the reset): the consume position. */
 int64_t offsets_position(bs_offsets *o);
 uint32_t offsets_epoch(bs_offsets *o);
+/* The highest offset whose output was handed to the producer (-1 none since the reset). A graceful
+ * stop finishes every message below it and drops (leaves uncommitted) the rest: then nothing
+ * produced lies beyond the final commit, so a restart repeats nothing. */
+void offsets_note_emitted(bs_offsets *o, int64_t offset);
+int64_t offsets_emitted(bs_offsets *o);
 
 /* ---- rebalance ----
  * kafka_consumer_new installs kafka_rebalance_cb with a pointer to these hooks as opaque.
@@ -73,7 +82,8 @@ void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_
  *   producer: with exactly_once, transactional.id (producer.transactional.id, else
  *             "bertstream-<group.id>-<hostname>").
  * Defaults the user may override: consumer partition.assignment.strategy=cooperative-sticky,
- * auto.offset.reset=earliest, client.id=bertstream-worker; producer message.max.bytes =
+ * auto.offset.reset=earliest, auto.commit.interval.ms=1000 (what a kill -9 can repeat),
+ * client.id=bertstream-worker; producer message.max.bytes =
  * KAFKA_PRODUCER_MESSAGE_MAX_BYTES (a dead letter carries a too_large value unchanged),
  * client.id=bertstream-worker.
  * The consumer is subscribed to topics.input and its main queue is redirected to the consumer

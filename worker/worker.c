@@ -495,9 +495,20 @@ static void txn_add(bs_worker *w, wslot *s) {
 }
 
 static void emit(bs_worker *w, wslot *s) {
-    if (slot_stale(s)) slot_release(w, s); /* its partition was revoked: the new owner redoes it */
-    else if (w->eos) txn_add(w, s);
+    if (slot_stale(s)) {
+        slot_release(w, s); /* its partition was revoked: the new owner redoes it */
+        return;
+    }
+    offsets_note_emitted(s->tracker, s->offset);
+    if (w->eos) txn_add(w, s);
     else produce_or_retry(w, s);
+}
+
+/* Graceful stop: a queued message is still worth finishing only when something after it on its
+ * partition was already emitted (else the final commit could not move past it anyway). The rest
+ * are released unproduced and uncommitted: the next owner scores them, once. */
+static int drain_drops(bs_worker *w, const wslot *s) {
+    return atomic_load(&w->draining) && s->offset > offsets_emitted(s->tracker);
 }
 
 static void wait_txn_reports(bs_worker *w) {
@@ -727,7 +738,7 @@ static void *engine_main(void *arg) {
         /* Pull what is ready: dead letters go straight out, sequences into the batcher. */
         while (q->n > 0 && w->head) {
             wslot *s = &w->slots[q->ring[q->head]];
-            int direct = s->dl_code || slot_stale(s); /* dead letters and revoked work skip the batch */
+            int direct = s->dl_code || slot_stale(s) || drain_drops(w, s); /* these skip the batch */
             if (!direct && batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK)
                 break; /* batch full: run it first */
             q->head = (q->head + 1) % q->cap;
@@ -735,7 +746,15 @@ static void *engine_main(void *arg) {
             if (direct) w->dl_pending[ndl++] = s; /* produced (or released) below, outside the lock */
         }
         pthread_mutex_unlock(&q->mu);
-        for (int i = 0; i < ndl; i++) emit(w, w->dl_pending[i]);
+        for (int i = 0; i < ndl; i++) {
+            wslot *s = w->dl_pending[i];
+            if (drain_drops(w, s)) {
+                offsets_abandon(s->tracker, s->ticket);
+                slot_release(w, s);
+            } else {
+                emit(w, s);
+            }
+        }
         ndl = 0;
         draining = atomic_load(&w->draining) || atomic_load(&w->abandon);
         if (batcher_due(w->batcher, bs_now()) || (draining && batcher_count(w->batcher) > 0)) run_batch(w);

@@ -16,11 +16,11 @@ static void offsets_advance_only_over_contiguous_acks(void) {
     CHECK_INT(offsets_done(o, t[1]), 1);
     CHECK_INT(offsets_done(o, t[3]), 1);
     CHECK_INT(offsets_advance(o, &next), 0); /* 100 still in flight */
-    CHECK_INT(offsets_in_flight(o), 5);
+    CHECK_INT(offsets_in_flight(o), 3);
     CHECK_INT(offsets_done(o, t[0]), 1);
     CHECK_INT(offsets_advance(o, &next), 1);
     CHECK_INT(next, 102); /* 100 and 101 done; 102 is the next to consume */
-    CHECK_INT(offsets_in_flight(o), 3);
+    CHECK_INT(offsets_in_flight(o), 2);
     CHECK_INT(offsets_done(o, t[2]), 1);
     CHECK_INT(offsets_done(o, t[4]), 1);
     CHECK_INT(offsets_advance(o, &next), 1);
@@ -92,6 +92,39 @@ static void offsets_ignore_double_ack_after_advance(void) {
     offsets_free(o);
 }
 
+static void offsets_track_highest_emitted_until_reset(void) {
+    bs_offsets *o = offsets_new(4);
+    CHECK_INT(offsets_emitted(o), -1);
+    offsets_note_emitted(o, 7);
+    offsets_note_emitted(o, 5); /* out of order: the highest stays */
+    CHECK_INT(offsets_emitted(o), 7);
+    offsets_reset(o);
+    CHECK_INT(offsets_emitted(o), -1);
+    offsets_free(o);
+}
+
+static void offsets_never_pass_an_abandoned_offset(void) {
+    bs_offsets *o = offsets_new(8);
+    bs_offset_ticket t[4];
+    for (int i = 0; i < 4; i++) offsets_push(o, 20 + i, &t[i]);
+    CHECK_INT(offsets_done(o, t[0]), 1);
+    CHECK_INT(offsets_abandon(o, t[1]), 1);
+    CHECK_INT(offsets_done(o, t[1]), 0); /* abandoned stays abandoned */
+    CHECK_INT(offsets_done(o, t[2]), 1);
+    CHECK_INT(offsets_in_flight(o), 1);  /* only 23 still awaits an outcome */
+    int64_t next;
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 21); /* stops before the abandoned 21 for good */
+    CHECK_INT(offsets_done(o, t[3]), 1);
+    CHECK_INT(offsets_advance(o, &next), 0);
+    CHECK_INT(next, 21);
+    CHECK_INT(offsets_in_flight(o), 0);  /* 22 and 23 are done, stuck behind the abandoned 21 */
+    offsets_reset(o);
+    CHECK_INT(offsets_in_flight(o), 0);
+    CHECK_INT(offsets_abandon(o, t[0]), 0); /* stale */
+    offsets_free(o);
+}
+
 /* Four threads acknowledge a shuffled half each while the main thread pushes and advances. */
 #define MT_N 200000
 static bs_offsets *mt_o;
@@ -135,6 +168,8 @@ int main(void) {
     RUN(offsets_refuse_push_when_full_or_not_increasing);
     RUN(offsets_reset_makes_old_tickets_stale);
     RUN(offsets_ignore_double_ack_after_advance);
+    RUN(offsets_track_highest_emitted_until_reset);
+    RUN(offsets_never_pass_an_abandoned_offset);
     RUN(offsets_are_consistent_across_threads);
     return bs_test_done();
 }
