@@ -697,8 +697,6 @@ done:
 static int choose_attention(cuda_engine *e, char *err) {
     const char *env = getenv("BERTSTREAM_ATTENTION");
     const int force_kernel = env && strcmp(env, "kernel") == 0, force_cudnn = env && strcmp(env, "cudnn") == 0;
-    if (env && *env && !force_kernel && !force_cudnn && strcmp(env, "auto") != 0)
-        return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel or cudnn", env);
     e->use_cudnn = 0;
     if (force_kernel) return BS_OK;
     char why[BS_ERRLEN] = "";
@@ -808,6 +806,9 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->tiles_cap = attention_tiles_cap(e->Tcap, e->Bcap);
     if ((double)e->R * 3 * c->hidden > 2e9) return bs_err(err, "max_tokens %d is too large", opts->max_tokens);
 
+    const char *att = getenv("BERTSTREAM_ATTENTION");
+    if (att && *att && strcmp(att, "auto") && strcmp(att, "kernel") && strcmp(att, "cudnn"))
+        return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel or cudnn", att);
     const char *g = getenv("BERTSTREAM_CUDA_GRAPHS");
     e->use_graphs = !(g && (!strcmp(g, "0") || !strcmp(g, "off")));
     const char *gelu = getenv("BERTSTREAM_GELU");

@@ -1,0 +1,672 @@
+/* The CUDA engine against the references: Hugging Face's float64 golden outputs on tiny-bert at
+ * fp32 (1e-4), the CPU engine on models of other shapes at fp32 (1e-4), and the CPU engine's
+ * fp32 features at bf16/fp16 (cosine >= 0.999, head probability within 5e-3) and fp8 (cosine
+ * >= 0.99, same label on >= 99% of IMDB reviews). Also: CUDA-graph replay equals eager
+ * execution on fresh inputs, the attention paths agree, and BERT-base at 256 x 128 in bf16
+ * fits in 2 GiB. Needs a CUDA device: fails without one (the gpu label is excluded there). */
+#include <cuda_runtime_api.h>
+#include <math.h>
+
+#include "common.h"
+#include "engine.h"
+#include "head.h"
+#include "model.h"
+#include "safetensors.h"
+#include "test.h"
+#include "tokenizer.h"
+
+#define TOL 1e-4
+
+static float *f32(const st_file *f, const char *name) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) {
+        fprintf(stderr, "golden tensor %s missing\n", name);
+        exit(1);
+    }
+    float *d = malloc(sizeof(float) * (size_t)t->numel);
+    char err[BS_ERRLEN];
+    if (!d || st_to_f32(t, d, err) != BS_OK) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+    return d;
+}
+
+static float *falloc(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) exit(1);
+    return p;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+static double cosine(const float *a, const float *b, int n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+}
+
+/* Smallest cosine over the rows of two (rows, n) matrices. */
+static double min_row_cosine(const float *a, const float *b, int rows, int n) {
+    double m = 1;
+    for (int r = 0; r < rows; r++) {
+        double c = cosine(a + (size_t)r * n, b + (size_t)r * n, n);
+        if (!(c >= m)) m = c;
+    }
+    return m;
+}
+
+static bs_engine *make_engine(const bs_model *m, const char *device, bs_precision p, int max_seqs, int max_tokens,
+                              int max_seq_len) {
+    char err[BS_ERRLEN];
+    bs_engine_opts o = {.device = device, .precision = p, .max_seqs = max_seqs, .max_tokens = max_tokens,
+                        .max_seq_len = max_seq_len};
+    bs_engine *e = engine_new(m, &o, err);
+    if (!e) fprintf(stderr, "  engine_new(%s, %s): %s\n", device, bs_precision_name(p), err);
+    else fprintf(stderr, "  engine: %s\n", engine_describe(e));
+    return e;
+}
+
+typedef struct {
+    int B, T, L;
+    int32_t *ids, *cu;
+} packed_batch;
+
+/* The golden batch without its padding: input_ids where attention_mask is 1, back to back. */
+static packed_batch golden_batch(const st_file *g) {
+    const st_tensor *ids_t = st_find(g, "input_ids"), *mask_t = st_find(g, "attention_mask");
+    if (!ids_t || !mask_t || ids_t->dtype != ST_I32 || mask_t->dtype != ST_I32) {
+        fprintf(stderr, "golden input_ids/attention_mask missing or not I32\n");
+        exit(1);
+    }
+    packed_batch p = {.B = (int)ids_t->shape[0], .L = (int)ids_t->shape[1]};
+    const int32_t *ids = ids_t->data, *mask = mask_t->data;
+    p.ids = malloc(sizeof(int32_t) * (size_t)p.B * p.L);
+    p.cu = malloc(sizeof(int32_t) * (size_t)(p.B + 1));
+    p.cu[0] = 0;
+    for (int s = 0; s < p.B; s++) {
+        int n = 0;
+        for (int t = 0; t < p.L; t++)
+            if (mask[s * p.L + t]) p.ids[p.cu[s] + n++] = ids[s * p.L + t];
+        p.cu[s + 1] = p.cu[s] + n;
+    }
+    p.T = p.cu[p.B];
+    return p;
+}
+
+typedef struct {
+    float *pooler, *cls, *mean, *hidden;
+} features;
+
+static features features_alloc(int B, int T, int C) {
+    features f = {falloc((size_t)B * C), falloc((size_t)B * C), falloc((size_t)B * C), falloc((size_t)T * C)};
+    return f;
+}
+
+static void features_free(features *f) {
+    free(f->pooler), free(f->cls), free(f->mean), free(f->hidden);
+}
+
+static int run(bs_engine *e, int B, const int32_t *ids, const int32_t *cu, features *f) {
+    char err[BS_ERRLEN];
+    bs_batch b = {.n_seq = B, .ids = ids, .cu_seqlens = cu};
+    bs_outputs o = {.pooler = f->pooler, .cls = f->cls, .mean = f->mean, .hidden = f->hidden};
+    int rc = engine_forward(e, &b, &o, err);
+    if (rc != BS_OK) fprintf(stderr, "  engine_forward: %s\n", err);
+    return rc;
+}
+
+static bs_model *load_golden_model(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = model_load(bs_test_data("golden/tiny-bert"), err);
+    if (!m) fprintf(stderr, "  model_load: %s\n", err);
+    return m;
+}
+
+/* ---- fp32 vs the golden ---- */
+
+static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
+    CHECK(g != NULL);
+    if (!g) return;
+    packed_batch pb = golden_batch(g);
+    const int C = m->cfg.hidden;
+    bs_engine *e = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
+    CHECK(e != NULL);
+    if (e) {
+        CHECK(engine_is_cuda(e));
+        CHECK_INT(engine_precision(e), BS_PREC_FP32);
+        features f = features_alloc(pb.B, pb.T, C);
+        CHECK_INT(run(e, pb.B, pb.ids, pb.cu, &f), BS_OK);
+        float *gh = f32(g, "last_hidden_state");
+        double worst = 0;
+        for (int s = 0; s < pb.B; s++)
+            for (int t = 0; t < pb.cu[s + 1] - pb.cu[s]; t++) {
+                double d = max_abs_diff(f.hidden + (size_t)(pb.cu[s] + t) * C, gh + ((size_t)s * pb.L + t) * C, C);
+                if (!(d <= worst)) worst = d;
+            }
+        fprintf(stderr, "  last_hidden_state max |diff| %.3g\n", worst);
+        CHECK_NEAR(worst, 0, TOL);
+        const char *names[3] = {"pooler_output", "cls", "mean_pooled"};
+        float *mine[3] = {f.pooler, f.cls, f.mean};
+        for (int k = 0; k < 3; k++) {
+            float *ref = f32(g, names[k]);
+            double d = max_abs_diff(mine[k], ref, (size_t)pb.B * C);
+            fprintf(stderr, "  %s max |diff| %.3g\n", names[k], d);
+            CHECK_NEAR(d, 0, TOL);
+            free(ref);
+        }
+        bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
+        CHECK(h != NULL);
+        if (h) {
+            float *logit = falloc(pb.B), *prob = falloc(pb.B), *gl = f32(g, "head_logit"), *gp = f32(g, "head_prob");
+            head_apply(h, f.pooler, pb.B, logit, prob);
+            CHECK_NEAR(max_abs_diff(logit, gl, pb.B), 0, TOL);
+            CHECK_NEAR(max_abs_diff(prob, gp, pb.B), 0, TOL);
+            free(logit), free(prob), free(gl), free(gp);
+            head_free(h);
+        }
+        free(gh);
+        features_free(&f);
+        engine_free(e);
+    }
+    free(pb.ids), free(pb.cu);
+    st_close(g);
+    model_free(m);
+}
+
+/* ---- graphs ---- */
+
+/* Replaying a captured graph must read the new batch's inputs: three batches (two in the same
+ * shape bucket, one in another) give the same features with graphs as without, and as the CPU. */
+static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
+    CHECK(g != NULL);
+    if (!g) return;
+    packed_batch pb = golden_batch(g);
+    const int C = m->cfg.hidden;
+    setenv("BERTSTREAM_CUDA_GRAPHS", "1", 1);
+    bs_engine *eg = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
+    setenv("BERTSTREAM_CUDA_GRAPHS", "0", 1);
+    bs_engine *ee = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
+    unsetenv("BERTSTREAM_CUDA_GRAPHS");
+    bs_engine *ec = make_engine(m, "cpu", BS_PREC_FP32, pb.B, pb.T, pb.L);
+    CHECK(eg && ee && ec);
+    if (eg && ee && ec) {
+        CHECK_CONTAINS(engine_describe(eg), "graphs=on");
+        CHECK_CONTAINS(engine_describe(ee), "graphs=off");
+        /* batches: all 16; sequences 1..15 (same bucket, other lengths); sequences 3..5 (another bucket) */
+        const int first[3] = {0, 1, 3}, count[3] = {pb.B, pb.B - 1, 3};
+        for (int r = 0; r < 3; r++) {
+            const int B = count[r], s0 = first[r];
+            int32_t *cu = malloc(sizeof(int32_t) * (size_t)(B + 1));
+            for (int s = 0; s <= B; s++) cu[s] = pb.cu[s0 + s] - pb.cu[s0];
+            const int32_t *ids = pb.ids + pb.cu[s0];
+            const int T = cu[B];
+            features fg = features_alloc(B, T, C), fe = features_alloc(B, T, C), fc = features_alloc(B, T, C);
+            CHECK_INT(run(eg, B, ids, cu, &fg), BS_OK);
+            CHECK_INT(run(ee, B, ids, cu, &fe), BS_OK);
+            CHECK_INT(run(ec, B, ids, cu, &fc), BS_OK);
+            const double dg = max_abs_diff(fg.hidden, fe.hidden, (size_t)T * C);
+            const double dp = max_abs_diff(fg.pooler, fe.pooler, (size_t)B * C);
+            const double dc = max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C);
+            fprintf(stderr, "  batch %d (B=%d T=%d): graph vs eager %.3g / %.3g, graph vs cpu %.3g\n", r, B, T, dg, dp,
+                    dc);
+            CHECK_NEAR(dg, 0, 1e-6);
+            CHECK_NEAR(dp, 0, 1e-6);
+            CHECK_NEAR(dc, 0, TOL);
+            CHECK_NEAR(max_abs_diff(fg.mean, fc.mean, (size_t)B * C), 0, TOL);
+            CHECK_NEAR(max_abs_diff(fg.cls, fc.cls, (size_t)B * C), 0, TOL);
+            features_free(&fg), features_free(&fe), features_free(&fc);
+            free(cu);
+        }
+    }
+    engine_free(eg), engine_free(ee), engine_free(ec);
+    free(pb.ids), free(pb.cu);
+    st_close(g);
+    model_free(m);
+}
+
+/* ---- other shapes at fp32 ---- */
+
+static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
+    char err[BS_ERRLEN];
+    bs_model *m = model_init_random(&cfg, seed, err);
+    CHECK(m != NULL);
+    if (!m) {
+        fprintf(stderr, "  %s\n", err);
+        return;
+    }
+    /* HF's init is N(0, 0.02) with LayerNorm 1/0: bump gains and biases so they matter */
+    bs_rng r = {seed + 1};
+    for (int l = 0; l < cfg.layers; l++)
+        for (int k = 0; k < cfg.hidden; k++) {
+            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(&r);
+            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(&r);
+            m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(&r);
+            m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(&r);
+        }
+    enum { B = 5 };
+    const int lens[B] = {1, 77, 13, 2, 40};
+    int32_t cu[B + 1] = {0};
+    for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + (lens[s] < cfg.max_positions ? lens[s] : cfg.max_positions);
+    const int T = cu[B], C = cfg.hidden;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)(bs_rng_next(&r) % (uint64_t)cfg.vocab_size);
+    /* limits exactly at this batch: T is not a multiple of 16, B not of 4 */
+    bs_engine *eg = make_engine(m, "cuda", BS_PREC_FP32, B, T, cfg.max_positions);
+    bs_engine *ec = make_engine(m, "cpu", BS_PREC_FP32, B, T, cfg.max_positions);
+    CHECK(eg && ec);
+    if (eg && ec) {
+        features fg = features_alloc(B, T, C), fc = features_alloc(B, T, C);
+        CHECK_INT(run(eg, B, ids, cu, &fg), BS_OK);
+        CHECK_INT(run(ec, B, ids, cu, &fc), BS_OK);
+        double dh = max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C), dp = max_abs_diff(fg.pooler, fc.pooler, B * C);
+        double dm = max_abs_diff(fg.mean, fc.mean, B * C), dc = max_abs_diff(fg.cls, fc.cls, B * C);
+        fprintf(stderr, "  C=%d NH=%d L=%d I=%d: max |diff| hidden %.3g pooler %.3g mean %.3g cls %.3g\n", C, cfg.heads,
+                cfg.layers, cfg.intermediate, dh, dp, dm, dc);
+        CHECK_NEAR(dh, 0, TOL);
+        CHECK_NEAR(dp, 0, TOL);
+        CHECK_NEAR(dm, 0, TOL);
+        CHECK_NEAR(dc, 0, TOL);
+        /* one sequence at a time: batching is exact up to GEMM algorithm choice */
+        float *one = falloc((size_t)C);
+        for (int s = 0; s < B; s++) {
+            int32_t cu1[2] = {0, cu[s + 1] - cu[s]};
+            bs_batch b1 = {.n_seq = 1, .ids = ids + cu[s], .cu_seqlens = cu1};
+            bs_outputs o1 = {.pooler = one};
+            CHECK_INT(engine_forward(eg, &b1, &o1, err), BS_OK);
+            CHECK_NEAR(max_abs_diff(one, fg.pooler + (size_t)s * C, C), 0, 1e-5);
+        }
+        free(one);
+        features_free(&fg), features_free(&fc);
+    }
+    engine_free(eg), engine_free(ec);
+    free(ids);
+    model_free(m);
+}
+
+static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
+    /* hidden 96, 3 heads of 32, 3 layers, intermediate 200 (the brief's shape) */
+    check_other_shape((bs_bert_config){.vocab_size = 1000, .hidden = 96, .layers = 3, .heads = 3, .intermediate = 200,
+                                       .max_positions = 77, .type_vocab_size = 2, .ln_eps = 1e-7f},
+                      42);
+    /* head size 80 (3 of 4 lanes' second dim idle), odd vocabulary, eps 1e-5 */
+    check_other_shape((bs_bert_config){.vocab_size = 333, .hidden = 160, .layers = 2, .heads = 2, .intermediate = 64,
+                                       .max_positions = 90, .type_vocab_size = 1, .ln_eps = 1e-5f},
+                      7);
+}
+
+/* ---- reduced precisions vs the CPU engine ---- */
+
+typedef struct {
+    int n;
+    packed_batch *batches;
+} review_set;
+
+/* The first n IMDB reviews, tokenized to 128 ids, in batches of up to 64. */
+static review_set imdb_reviews(int n) {
+    char err[BS_ERRLEN];
+    review_set rs = {0};
+    bs_tokenizer *tk = tokenizer_new(bs_test_data("bert-base-uncased/vocab.txt"), err);
+    size_t len = 0;
+    char *tsv = bs_read_file(bs_test_data("imdb/reviews.tsv"), &len, err);
+    if (!tk || !tsv) {
+        fprintf(stderr, "  %s\n", err);
+        exit(1);
+    }
+    const int per = 64, nb = (n + per - 1) / per;
+    rs.batches = calloc((size_t)nb, sizeof(packed_batch));
+    bs_tokens toks = {0};
+    char *line = strchr(tsv, '\n'); /* skip the header */
+    int done = 0;
+    for (int b = 0; b < nb; b++) {
+        packed_batch *pb = &rs.batches[b];
+        pb->ids = malloc(sizeof(int32_t) * per * 128);
+        pb->cu = malloc(sizeof(int32_t) * (per + 1));
+        pb->cu[0] = 0;
+        pb->L = 128;
+        while (pb->B < per && done < n && line && line[1]) {
+            char *text = strchr(line + 1, '\t'), *end = strchr(line + 1, '\n');
+            if (!end) end = tsv + len;
+            if (!text || text > end) break;
+            text++;
+            if (tokenizer_encode(tk, text, (size_t)(end - text), 128, &toks, err) != BS_OK) {
+                fprintf(stderr, "  tokenize: %s\n", err);
+                exit(1);
+            }
+            memcpy(pb->ids + pb->cu[pb->B], toks.ids, sizeof(int32_t) * (size_t)toks.n);
+            pb->cu[pb->B + 1] = pb->cu[pb->B] + toks.n;
+            pb->B++;
+            done++;
+            line = end < tsv + len ? end : NULL;
+        }
+        pb->T = pb->cu[pb->B];
+        if (pb->B) rs.n++;
+    }
+    tokens_free(&toks);
+    tokenizer_free(tk);
+    free(tsv);
+    return rs;
+}
+
+static void review_set_free(review_set *rs) {
+    for (int b = 0; b < rs->n; b++) free(rs->batches[b].ids), free(rs->batches[b].cu);
+    free(rs->batches);
+}
+
+/* A head that actually separates these reviews: logit = (w . f - t) / sd along the top principal
+ * direction w of the reference features f (N, C), threshold t at their median, so half the
+ * labels are positive and the margins are the features' real spread. (The golden head on a
+ * random encoder's pooler gives nearly one logit for every review: agreement there is trivial.)
+ * As a ClassificationHead: fc1 = [w; -w] / sd, fc2 = [1, -1], so ReLU(z) - ReLU(-z) = z. */
+static bs_head *principal_head(const float *f, int N, int C) {
+    double *mu = calloc((size_t)C, sizeof(double)), *w = calloc((size_t)C, sizeof(double));
+    double *nw = calloc((size_t)C, sizeof(double)), *z = calloc((size_t)N, sizeof(double));
+    for (int s = 0; s < N; s++)
+        for (int i = 0; i < C; i++) mu[i] += f[(size_t)s * C + i] / N;
+    for (int i = 0; i < C; i++) w[i] = 1.0 / sqrt(C);
+    for (int it = 0; it < 100; it++) { /* power iteration on the covariance */
+        memset(nw, 0, sizeof(double) * (size_t)C);
+        for (int s = 0; s < N; s++) {
+            double d = 0;
+            for (int i = 0; i < C; i++) d += (f[(size_t)s * C + i] - mu[i]) * w[i];
+            for (int i = 0; i < C; i++) nw[i] += d * (f[(size_t)s * C + i] - mu[i]);
+        }
+        double n2 = 0;
+        for (int i = 0; i < C; i++) n2 += nw[i] * nw[i];
+        for (int i = 0; i < C; i++) w[i] = n2 > 0 ? nw[i] / sqrt(n2) : w[i];
+    }
+    for (int s = 0; s < N; s++) {
+        z[s] = 0;
+        for (int i = 0; i < C; i++) z[s] += f[(size_t)s * C + i] * w[i];
+    }
+    double *sorted = malloc(sizeof(double) * (size_t)N), sd = 0;
+    memcpy(sorted, z, sizeof(double) * (size_t)N);
+    for (int i = 1; i < N; i++) /* insertion sort: N is a few hundred */
+        for (int j = i; j > 0 && sorted[j] < sorted[j - 1]; j--) {
+            double t = sorted[j];
+            sorted[j] = sorted[j - 1], sorted[j - 1] = t;
+        }
+    const double t = sorted[N / 2];
+    for (int s = 0; s < N; s++) sd += (z[s] - t) * (z[s] - t);
+    sd = sqrt(sd / N);
+    if (!(sd > 0)) sd = 1;
+    bs_head *h = head_new(C, 2);
+    for (int i = 0; i < C; i++) h->fc1_w[i] = (float)(w[i] / sd), h->fc1_w[C + i] = (float)(-w[i] / sd);
+    h->fc1_b[0] = (float)(-t / sd), h->fc1_b[1] = (float)(t / sd);
+    h->fc2_w[0] = 1, h->fc2_w[1] = -1, h->fc2_b[0] = 0;
+    free(mu), free(w), free(nw), free(z), free(sorted);
+    return h;
+}
+
+typedef struct {
+    double min_cos;        /* worst per-vector cosine of pooler, cls and mean */
+    double min_cos_hidden; /* worst per-token cosine of the last hidden state */
+    double max_dprob;      /* golden head on pooler: worst |prob - prob_cpu| */
+    double agree_golden;   /* golden head on pooler: share of equal labels */
+    double agree_principal; /* principal_head on mean: share of equal labels */
+} review_stats;
+
+static int label_agreement(const bs_head *h, const float *a, const float *b, int N, double *max_dprob) {
+    float *pa = falloc((size_t)N), *pb = falloc((size_t)N);
+    head_apply(h, a, N, NULL, pa);
+    head_apply(h, b, N, NULL, pb);
+    int same = 0;
+    for (int s = 0; s < N; s++) {
+        double d = fabs((double)pa[s] - pb[s]);
+        if (max_dprob && !(d <= *max_dprob)) *max_dprob = d;
+        same += strcmp(head_label(pa[s]), head_label(pb[s])) == 0;
+    }
+    free(pa), free(pb);
+    return same;
+}
+
+/* Runs engine e and the CPU engine over the reviews and compares what the head would see. */
+static review_stats compare_on_reviews(const bs_model *m, bs_engine *e, bs_engine *cpu, const review_set *rs,
+                                       const bs_head *golden) {
+    const int C = m->cfg.hidden;
+    review_stats st = {.min_cos = 1, .min_cos_hidden = 1};
+    int N = 0;
+    for (int b = 0; b < rs->n; b++) N += rs->batches[b].B;
+    float *all[2][3];
+    for (int a = 0; a < 2; a++)
+        for (int k = 0; k < 3; k++) all[a][k] = falloc((size_t)N * C);
+    int n = 0;
+    for (int b = 0; b < rs->n; b++) {
+        const packed_batch *pb = &rs->batches[b];
+        features fg = features_alloc(pb->B, pb->T, C), fc = features_alloc(pb->B, pb->T, C);
+        CHECK_INT(run(e, pb->B, pb->ids, pb->cu, &fg), BS_OK);
+        CHECK_INT(run(cpu, pb->B, pb->ids, pb->cu, &fc), BS_OK);
+        const float *mine[3] = {fg.pooler, fg.cls, fg.mean}, *ref[3] = {fc.pooler, fc.cls, fc.mean};
+        for (int k = 0; k < 3; k++) {
+            double c = min_row_cosine(mine[k], ref[k], pb->B, C);
+            if (!(c >= st.min_cos)) st.min_cos = c;
+            memcpy(all[0][k] + (size_t)n * C, ref[k], sizeof(float) * (size_t)pb->B * C);
+            memcpy(all[1][k] + (size_t)n * C, mine[k], sizeof(float) * (size_t)pb->B * C);
+        }
+        double ch = min_row_cosine(fg.hidden, fc.hidden, pb->T, C);
+        if (!(ch >= st.min_cos_hidden)) st.min_cos_hidden = ch;
+        n += pb->B;
+        features_free(&fg), features_free(&fc);
+    }
+    st.agree_golden = (double)label_agreement(golden, all[1][0], all[0][0], N, &st.max_dprob) / N;
+    bs_head *ph = principal_head(all[0][2], N, C);
+    st.agree_principal = (double)label_agreement(ph, all[1][2], all[0][2], N, NULL) / N;
+    head_free(ph);
+    for (int a = 0; a < 2; a++)
+        for (int k = 0; k < 3; k++) free(all[a][k]);
+    return st;
+}
+
+static void print_stats(const char *what, const review_set *rs, const review_stats *st) {
+    int N = 0;
+    for (int b = 0; b < rs->n; b++) N += rs->batches[b].B;
+    fprintf(stderr,
+            "  %s on %d IMDB reviews: min cosine features %.6f hidden %.6f; golden head max |dprob| %.2g, labels "
+            "agree %.1f%%; principal head on mean, labels agree %.1f%%\n",
+            what, N, st->min_cos, st->min_cos_hidden, st->max_dprob, 100 * st->agree_golden,
+            100 * st->agree_principal);
+}
+
+static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
+    CHECK(h != NULL);
+    if (!h) return;
+    review_set rs = imdb_reviews(300);
+    bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
+    const bs_precision precs[2] = {BS_PREC_BF16, BS_PREC_FP16};
+    for (int k = 0; k < 2 && cpu; k++) {
+        bs_engine *e = make_engine(m, "cuda", precs[k], 64, 64 * 128, 128);
+        CHECK(e != NULL);
+        if (!e) continue;
+        review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
+        print_stats(bs_precision_name(precs[k]), &rs, &st);
+        CHECK(st.min_cos >= 0.999);
+        CHECK(st.min_cos_hidden >= 0.999);
+        CHECK_NEAR(st.max_dprob, 0, 5e-3);
+        CHECK(st.agree_principal >= 0.99);
+        engine_free(e);
+    }
+    engine_free(cpu);
+    review_set_free(&rs);
+    head_free(h);
+    model_free(m);
+}
+
+static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
+    char err[BS_ERRLEN];
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&prop, dev);
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    const int has_fp8 = (prop.major == 8 && prop.minor == 9) || prop.major == 9;
+    bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128,
+                        .max_seq_len = 128};
+    bs_engine *e = engine_new(m, &o, err);
+    if (!has_fp8) {
+        CHECK(e == NULL);
+        CHECK_CONTAINS(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper)");
+        engine_free(e);
+        model_free(m);
+        return;
+    }
+    CHECK(e != NULL);
+    if (!e) {
+        fprintf(stderr, "  %s\n", err);
+        model_free(m);
+        return;
+    }
+    fprintf(stderr, "  engine: %s\n", engine_describe(e));
+    bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
+    CHECK(h != NULL);
+    bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
+    if (h && cpu) {
+        review_set rs = imdb_reviews(300);
+        review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
+        print_stats("fp8", &rs, &st);
+        CHECK(st.min_cos >= 0.99);
+        CHECK(st.agree_golden >= 0.99);
+        CHECK(st.agree_principal >= 0.99);
+        review_set_free(&rs);
+    }
+    engine_free(cpu);
+    head_free(h);
+    engine_free(e);
+    model_free(m);
+}
+
+/* ---- attention paths, description, errors ---- */
+
+static void engine_cuda_attention_paths_agree_and_are_described(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
+    CHECK(g != NULL);
+    if (!g) return;
+    packed_batch pb = golden_batch(g);
+    const int C = m->cfg.hidden;
+    setenv("BERTSTREAM_ATTENTION", "kernel", 1);
+    bs_engine *ek = make_engine(m, "cuda", BS_PREC_BF16, pb.B, pb.T, pb.L);
+    unsetenv("BERTSTREAM_ATTENTION");
+    bs_engine *ed = make_engine(m, "cuda:0", BS_PREC_AUTO, pb.B, pb.T, pb.L); /* auto = bf16 on CUDA */
+    bs_engine *e32 = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
+    CHECK(ek && ed && e32);
+    if (ek && ed && e32) {
+        CHECK(strncmp(engine_describe(ed), "cuda:0 ", 7) == 0);
+        CHECK_CONTAINS(engine_describe(ed), " bf16 attention=");
+        CHECK_INT(engine_precision(ed), BS_PREC_BF16);
+        CHECK_CONTAINS(engine_describe(ek), "attention=kernel");
+        CHECK_CONTAINS(engine_describe(e32), "attention=kernel"); /* cuDNN has no fp32 SDPA */
+        CHECK_CONTAINS(engine_describe(e32), "gelu=erf");
+        features fk = features_alloc(pb.B, pb.T, C), fd = features_alloc(pb.B, pb.T, C);
+        CHECK_INT(run(ek, pb.B, pb.ids, pb.cu, &fk), BS_OK);
+        CHECK_INT(run(ed, pb.B, pb.ids, pb.cu, &fd), BS_OK);
+        double c = min_row_cosine(fk.pooler, fd.pooler, pb.B, C), ch = min_row_cosine(fk.hidden, fd.hidden, pb.T, C);
+        fprintf(stderr, "  kernel vs default attention (%s): min cosine pooler %.6f hidden %.6f\n",
+                strstr(engine_describe(ed), "attention="), c, ch);
+        CHECK(c >= 0.9999);
+        CHECK(ch >= 0.999);
+        features_free(&fk), features_free(&fd);
+    }
+    engine_free(ek), engine_free(ed), engine_free(e32);
+
+    /* one-line errors */
+    setenv("BERTSTREAM_ATTENTION", "fast", 1);
+    bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_BF16, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_ATTENTION='fast': expected auto, kernel or cudnn");
+    unsetenv("BERTSTREAM_ATTENTION");
+    o.device = "cuda:99";
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_CONTAINS(err, "CUDA device 99 does not exist");
+    o.device = "cuda:x";
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "unknown CUDA device 'cuda:x' (cuda, cuda:N)");
+    free(pb.ids), free(pb.cu);
+    st_close(g);
+    model_free(m);
+}
+
+/* ---- memory ---- */
+
+static void engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128(void) {
+    char err[BS_ERRLEN];
+    bs_bert_config cfg;
+    CHECK_INT(bert_config_preset("base", &cfg, err), BS_OK);
+    bs_model *m = model_init_random(&cfg, 1, err);
+    CHECK(m != NULL);
+    if (!m) return;
+    size_t free0 = 0, free1 = 0, total = 0;
+    cudaFree(0); /* the context exists before the baseline */
+    cudaMemGetInfo(&free0, &total);
+    enum { B = 256, L = 128 };
+    bs_engine *e = make_engine(m, "cuda", BS_PREC_BF16, B, B * L, L);
+    CHECK(e != NULL);
+    if (e) {
+        int32_t *ids = malloc(sizeof(int32_t) * B * L), cu[B + 1];
+        bs_rng r = {3};
+        cu[0] = 0;
+        for (int s = 0; s < B; s++) {
+            cu[s + 1] = cu[s] + L;
+            for (int t = cu[s]; t < cu[s + 1]; t++) ids[t] = 1000 + (int32_t)(bs_rng_next(&r) % 20000u);
+        }
+        float *pool = falloc((size_t)B * cfg.hidden);
+        bs_batch b = {.n_seq = B, .ids = ids, .cu_seqlens = cu};
+        bs_outputs o = {.pooler = pool};
+        CHECK_INT(engine_forward(e, &b, &o, err), BS_OK);
+        double t0 = bs_now();
+        for (int i = 0; i < 5; i++) CHECK_INT(engine_forward(e, &b, &o, err), BS_OK);
+        double ms = (bs_now() - t0) / 5 * 1e3;
+        cudaMemGetInfo(&free1, &total);
+        const double used = (double)(free0 - free1) / (1 << 20);
+        fprintf(stderr, "  BERT-base bf16 256x128: %.0f MiB on the device, %.2f ms/batch (%.0f seq/s)\n", used, ms,
+                B / ms * 1e3);
+        CHECK(used <= 2048);
+        int finite = 1;
+        for (int i = 0; i < B * cfg.hidden; i++) finite &= isfinite(pool[i]) && fabsf(pool[i]) <= 1.0f;
+        CHECK(finite);
+        free(ids), free(pool);
+        engine_free(e);
+    }
+    model_free(m);
+}
+
+int main(void) {
+    if (engine_cuda_device_count() == 0) {
+        fprintf(stderr, "FAIL: no CUDA device (GPU tests need one; exclude the gpu label elsewhere)\n");
+        return 1;
+    }
+    RUN(engine_cuda_fp32_matches_hf_golden_tiny_bert);
+    RUN(engine_cuda_graph_replay_equals_eager_on_new_inputs);
+    RUN(engine_cuda_fp32_matches_cpu_on_other_shapes);
+    RUN(engine_cuda_attention_paths_agree_and_are_described);
+    RUN(engine_cuda_bf16_fp16_track_fp32_cpu);
+    RUN(engine_cuda_fp8_tracks_fp32_cpu_or_is_refused);
+    RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
+    return bs_test_done();
+}

@@ -1,0 +1,463 @@
+/* Every kernel family in kernels/ against its CPU twin (the static inline *_ref functions in the
+ * kernel headers), at fp32 with tight tolerances and at fp16/bf16 with tolerances derived from
+ * the format's rounding. Needs a CUDA device: this test fails without one (CTest label gpu is
+ * excluded on machines without a GPU). */
+#include <cuda_runtime_api.h>
+#include <math.h>
+
+#include "attention.h"
+#include "attention_cudnn.h"
+#include "common.h"
+#include "convert.h"
+#include "dtype.h"
+#include "gelu.h"
+#include "layernorm.h"
+#include "pooling.h"
+#include "test.h"
+
+#define CK(x)                                                                                    \
+    do {                                                                                         \
+        cudaError_t _e = (x);                                                                    \
+        if (_e != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e)); \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+
+static cudaStream_t S;
+static bs_rng rng = {20240611};
+
+static float urand(float lo, float hi) { return lo + (hi - lo) * (float)bs_rng_uniform(&rng); }
+
+static float *host(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) exit(1);
+    return p;
+}
+
+static float *rand_host(size_t n, float lo, float hi) {
+    float *p = host(n);
+    for (size_t i = 0; i < n; i++) p[i] = urand(lo, hi);
+    return p;
+}
+
+/* The values a dt tensor holds after upload: the twin must compute on exactly these. */
+static void round_host(float *p, size_t n, bs_dtype dt) {
+    for (size_t i = 0; i < n; i++) p[i] = bs_round_dtype(p[i], dt);
+}
+
+/* Device copy of host fp32 data converted to dt. */
+static void *up(const float *h, size_t n, bs_dtype dt) {
+    void *f32 = NULL, *d = NULL;
+    CK(cudaMalloc(&f32, n * 4 + 4));
+    CK(cudaMemcpy(f32, h, n * 4, cudaMemcpyHostToDevice));
+    if (dt == BS_DT_F32) return f32;
+    CK(cudaMalloc(&d, n * bs_dtype_size(dt) + 4));
+    CK(convert_forward(d, dt, f32, BS_DT_F32, n, S));
+    CK(cudaStreamSynchronize(S));
+    cudaFree(f32);
+    return d;
+}
+
+static float *upf(const float *h, size_t n) { return (float *)up(h, n, BS_DT_F32); }
+
+/* Host fp32 copy of a device dt tensor. */
+static float *down(const void *d, size_t n, bs_dtype dt) {
+    float *h = host(n);
+    if (dt == BS_DT_F32) {
+        CK(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost));
+        return h;
+    }
+    void *f32 = NULL;
+    CK(cudaMalloc(&f32, n * 4 + 4));
+    CK(convert_forward(f32, BS_DT_F32, d, dt, n, S));
+    CK(cudaStreamSynchronize(S));
+    CK(cudaMemcpy(h, f32, n * 4, cudaMemcpyDeviceToHost));
+    cudaFree(f32);
+    return h;
+}
+
+static int32_t *upi(const int32_t *h, size_t n) {
+    int32_t *d = NULL;
+    CK(cudaMalloc((void **)&d, n * 4 + 4));
+    CK(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+/* Output tolerance for values of magnitude up to `mag` stored in dt: two units in the last
+ * place of the format (one for the kernel's output rounding, one for fp32 ordering effects
+ * crossing a rounding boundary), plus a small absolute term for fp32 arithmetic. */
+static double tol_for(bs_dtype dt, double mag, double f32_tol) {
+    double ulp = dt == BS_DT_F16 ? 1.0 / 1024 : dt == BS_DT_BF16 ? 1.0 / 128 : 0;
+    return 2 * ulp * mag + f32_tol;
+}
+
+static const bs_dtype act_types[3] = {BS_DT_F32, BS_DT_F16, BS_DT_BF16};
+
+/* ---- convert ---- */
+
+static void convert_rounds_to_nearest_even_like_cpu_twin(void) {
+    const size_t n = 4096;
+    float *x = rand_host(n, -70000.0f, 70000.0f);
+    for (size_t i = 0; i < 1024; i++) x[i] = urand(-3.0f, 3.0f);
+    for (size_t i = 1024; i < 1100; i++) x[i] = ldexpf(urand(-1.0f, 1.0f), -20); /* f16 subnormals */
+    x[1100] = 1.0f + 1.0f / 2048; /* f16 tie: rounds to even (1.0) */
+    x[1101] = 1.0f + 3.0f / 2048; /* f16 tie: rounds to even (1 + 2/1024) */
+    x[1102] = 1.0f + 1.0f / 256;  /* bf16 tie */
+    x[1103] = 65519.0f;           /* f16: largest value that stays finite */
+    x[1104] = 65520.0f;           /* f16: rounds to inf */
+    x[1105] = 0.0f;
+    x[1106] = -0.0f;
+    for (int k = 1; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        void *d = up(x, n, dt);
+        float *back = down(d, n, dt);
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            float want = bs_round_dtype(x[i], dt);
+            if (memcmp(&want, &back[i], 4) != 0 && !(isinf(want) && isinf(back[i]) && want == back[i])) {
+                if (bad++ < 5)
+                    fprintf(stderr, "  %s: x=%.9g device %.9g cpu twin %.9g\n", bs_dtype_name(dt), x[i], back[i], want);
+            }
+        }
+        CHECK_INT(bad, 0);
+        free(back);
+        cudaFree(d);
+    }
+    free(x);
+}
+
+/* E4M3 bits -> value (fn variant: exponent bias 7, no infinities, S.1111.111 is NaN). */
+static float e4m3_decode(uint8_t b) {
+    int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 15 && m == 7) return NAN;
+    if (e == 0) v = ldexpf((float)m, -9);
+    else v = ldexpf(1.0f + m / 8.0f, e - 7);
+    return s ? -v : v;
+}
+
+static void fp8_quantize_uses_amax_scale_and_saturating_rne(void) {
+    const size_t n = 100000;
+    float *x = rand_host(n, -3.0f, 3.0f);
+    x[777] = -12.5f; /* the amax */
+    for (int k = 0; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        float *xr = host(n);
+        memcpy(xr, x, n * 4);
+        round_host(xr, n, dt);
+        void *d = up(xr, n, dt);
+        float *parts = NULL, *scale = NULL;
+        uint8_t *q = NULL;
+        CK(cudaMalloc((void **)&parts, BS_AMAX_PARTS * 4));
+        CK(cudaMalloc((void **)&scale, 4));
+        CK(cudaMalloc((void **)&q, n));
+        CK(amax_forward(parts, d, dt, n, S));
+        CK(quantize_fp8_forward(q, scale, d, dt, n, parts, S));
+        CK(cudaStreamSynchronize(S));
+        uint8_t *hq = malloc(n);
+        float hs = 0;
+        CK(cudaMemcpy(hq, q, n, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(&hs, scale, 4, cudaMemcpyDeviceToHost));
+        const float want_scale = convert_fp8_scale_ref(xr, n);
+        CHECK(hs == want_scale);
+        float *deq = host(n);
+        quantize_fp8_ref(deq, xr, n, want_scale);
+        int bad = 0;
+        for (size_t i = 0; i < n; i++)
+            if (e4m3_decode(hq[i]) * want_scale != deq[i] && bad++ < 5)
+                fprintf(stderr, "  %s: x=%.9g device %.9g cpu twin %.9g\n", bs_dtype_name(dt), xr[i],
+                        e4m3_decode(hq[i]) * want_scale, deq[i]);
+        CHECK_INT(bad, 0);
+        CHECK(e4m3_decode(hq[777]) == -448.0f); /* the amax maps onto E4M3's largest value */
+        free(hq);
+        free(deq);
+        free(xr);
+        cudaFree(d);
+        cudaFree(parts);
+        cudaFree(scale);
+        cudaFree(q);
+    }
+    free(x);
+}
+
+/* ---- LayerNorm family ---- */
+
+static void embedding_layernorm_matches_twin_with_positions_per_sequence(void) {
+    const int V = 50, P = 40, C = 100, B = 3;
+    const int32_t cu[4] = {0, 1, 17, 40}; /* lengths 1, 16, 23; rows 40..44 are bucket padding */
+    const int T = cu[B], rows = T + 5;
+    int32_t ids[45];
+    for (int t = 0; t < rows; t++) ids[t] = t < T ? (int32_t)(bs_rng_next(&rng) % V) : 0;
+    float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f);
+    for (int k = 0; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        float *word = rand_host((size_t)V * C, -1, 1), *pos = rand_host((size_t)P * C, -1, 1),
+              *type0 = rand_host(C, -1, 1);
+        round_host(word, (size_t)V * C, dt);
+        round_host(pos, (size_t)P * C, dt);
+        round_host(type0, C, dt);
+        void *dw = up(word, (size_t)V * C, dt), *dp = up(pos, (size_t)P * C, dt), *dt0 = up(type0, C, dt);
+        float *dg = upf(g, C), *db = upf(b, C);
+        int32_t *dids = upi(ids, rows), *dcu = upi(cu, B + 1);
+        void *dout = NULL;
+        CK(cudaMalloc(&dout, (size_t)rows * C * 4));
+        CK(embedding_layernorm_forward(dout, dids, dcu, B, dw, dp, dt0, dg, db, rows, C, 1e-12f, dt, S));
+        CK(cudaStreamSynchronize(S));
+        float *got = down(dout, (size_t)rows * C, dt), *want = host((size_t)rows * C), *row = host(C);
+        embedding_layernorm_ref(want, ids, cu, B, word, pos, type0, g, b, rows, C, 1e-12f, row);
+        double d = max_diff(got, want, (size_t)rows * C);
+        fprintf(stderr, "  %s max |diff| %.3g\n", bs_dtype_name(dt), d);
+        CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
+        free(word), free(pos), free(type0), free(got), free(want), free(row);
+        cudaFree(dw), cudaFree(dp), cudaFree(dt0), cudaFree(dg), cudaFree(db), cudaFree(dids), cudaFree(dcu);
+        cudaFree(dout);
+    }
+    free(g), free(b);
+}
+
+static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
+    const int T = 37, C = 768;
+    float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f), *bias = rand_host(C, -1, 1);
+    for (int k = 0; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            float *a = rand_host((size_t)T * C, -3, 3), *res = rand_host((size_t)T * C, -3, 3);
+            round_host(a, (size_t)T * C, dt);
+            round_host(res, (size_t)T * C, dt);
+            void *da = up(a, (size_t)T * C, dt), *dres = up(res, (size_t)T * C, dt);
+            float *dg = upf(g, C), *db = upf(b, C), *dbias = upf(bias, C);
+            /* out aliases res, as the engine may */
+            CK(residual_layernorm_forward(dres, da, with_bias ? dbias : NULL, dres, dg, db, T, C, 1e-12f, dt, S));
+            CK(cudaStreamSynchronize(S));
+            float *got = down(dres, (size_t)T * C, dt), *want = host((size_t)T * C), *row = host(C);
+            residual_layernorm_ref(want, a, with_bias ? bias : NULL, res, g, b, T, C, 1e-12f, row);
+            double d = max_diff(got, want, (size_t)T * C);
+            fprintf(stderr, "  %s bias=%d max |diff| %.3g\n", bs_dtype_name(dt), with_bias, d);
+            CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
+            free(a), free(res), free(got), free(want), free(row);
+            cudaFree(da), cudaFree(dres), cudaFree(dg), cudaFree(db), cudaFree(dbias);
+        }
+    }
+    free(g), free(b), free(bias);
+}
+
+/* ---- GELU ---- */
+
+static void bias_gelu_is_erf_gelu_of_x_plus_bias(void) {
+    const size_t rows = 70;
+    const int N = 300;
+    float *bias = rand_host(N, -1, 1);
+    for (int k = 0; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        for (int gelu = 0; gelu < 2; gelu++) {
+            float *x = rand_host(rows * N, -5, 5);
+            round_host(x, rows * N, dt);
+            void *dx = up(x, rows * N, dt);
+            float *dbias = upf(bias, N);
+            CK(bias_gelu_forward(dx, dbias, rows, N, gelu, dt, S));
+            CK(cudaStreamSynchronize(S));
+            float *got = down(dx, rows * N, dt);
+            bias_gelu_ref(x, bias, rows, N, gelu);
+            double d = max_diff(got, x, rows * N);
+            fprintf(stderr, "  %s gelu=%d max |diff| %.3g\n", bs_dtype_name(dt), gelu, d);
+            CHECK_NEAR(d, 0, tol_for(dt, 6.0, 1e-5));
+            free(x), free(got);
+            cudaFree(dx), cudaFree(dbias);
+        }
+    }
+    /* the exact erf form, not the tanh approximation: they differ by ~1.6e-4 at x = -2 */
+    CHECK_NEAR(gelu_erf_ref(-2.0f), -0.0455002639f, 1e-7);
+    free(bias);
+}
+
+/* ---- attention ---- */
+
+static void check_attention(int NH, int HS, const int *lens, int B, bs_dtype dt, int extra_tiles) {
+    const int C = NH * HS;
+    int32_t cu[64];
+    cu[0] = 0;
+    for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + lens[s];
+    const int T = cu[B];
+    const size_t nq = (size_t)(T + 1) * 3 * C, no = (size_t)(T + 1) * C;
+    float *qkv = rand_host(nq, -2, 2);
+    round_host(qkv, nq, dt);
+    void *dqkv = up(qkv, nq, dt), *dout = NULL;
+    CK(cudaMalloc(&dout, no * 4));
+    CK(cudaMemset(dout, 0, no * 4));
+    const int cap = attention_tiles_cap(T, B) + extra_tiles;
+    int32_t *tiles = malloc(sizeof(int32_t) * 2 * (size_t)cap);
+    const int n_real = attention_tiles(tiles, cap, cu, B);
+    CHECK(n_real > 0);
+    int32_t *dcu = upi(cu, B + 1), *dtiles = upi(tiles, 2 * (size_t)cap);
+    CK(attention_setup(HS));
+    CK(attention_forward(dout, dqkv, dcu, dtiles, cap, NH, HS, dt, S));
+    CK(cudaStreamSynchronize(S));
+    float *got = down(dout, (size_t)T * C, dt), *want = host((size_t)T * C);
+    double *p = malloc(sizeof(double) * 1024);
+    attention_ref(want, qkv, cu, B, NH, HS, p);
+    double d = max_diff(got, want, (size_t)T * C);
+    fprintf(stderr, "  NH=%d HS=%d B=%d T=%d %s max |diff| %.3g\n", NH, HS, B, T, bs_dtype_name(dt), d);
+    CHECK_NEAR(d, 0, tol_for(dt, 2.0, 2e-5));
+    free(qkv), free(tiles), free(got), free(want), free(p);
+    cudaFree(dqkv), cudaFree(dout), cudaFree(dcu), cudaFree(dtiles);
+}
+
+static void attention_matches_twin_for_ragged_lengths_and_head_sizes(void) {
+    const int lens[7] = {1, 31, 32, 33, 100, 2, 64};
+    for (int k = 0; k < 3; k++) {
+        check_attention(2, 64, lens, 7, act_types[k], 0);  /* BERT's head size */
+        check_attention(3, 32, lens, 7, act_types[k], 5);  /* unused tiles at the end */
+        check_attention(2, 48, lens, 7, act_types[k], 0);  /* lanes past HS idle */
+        check_attention(1, 128, lens, 7, act_types[k], 0); /* > 48 KiB shared memory */
+        check_attention(1, 200, lens, 5, act_types[k], 0); /* 8 dims per lane */
+    }
+    const int one[1] = {512};
+    check_attention(12, 64, one, 1, BS_DT_F32, 0); /* one long sequence, BERT-base heads */
+}
+
+static void attention_tiles_cover_each_sequence_once(void) {
+    const int32_t cu[4] = {0, 5, 5, 75}; /* an empty sequence in the middle */
+    int32_t tiles[2 * 12];
+    int n = attention_tiles(tiles, 12, cu, 3);
+    CHECK_INT(n, 4);
+    const int32_t want[8] = {0, 0, 2, 0, 2, 32, 2, 64};
+    for (int i = 0; i < 8; i++) CHECK_INT(tiles[i], want[i]);
+    CHECK_INT(tiles[8], -1);
+    CHECK_INT(attention_tiles(tiles, 3, cu, 3), -1);
+    CHECK(attention_tiles_cap(75, 3) >= 4);
+}
+
+/* cuDNN's SDPA and our kernel on the same ragged batch. On Hopper with cuDNN >= 9.10 the plan
+ * must build and agree; elsewhere a refusal is reported, not failed. */
+static void cudnn_sdpa_matches_kernel_where_available(void) {
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    CK(cudaGetDevice(&dev));
+    CK(cudaGetDeviceProperties(&prop, dev));
+    const size_t ver = cudnnGetVersion();
+    const int must = prop.major == 9 && ver >= 91000;
+    cudnnHandle_t h;
+    if (cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) {
+        CHECK(!must);
+        fprintf(stderr, "  cudnnCreate failed: not checked\n");
+        return;
+    }
+    cudnnSetStream(h, S);
+    const int NH = 12, HS = 64, C = NH * HS, B = 5, Bb = 8, Smax = 128;
+    const int lens[5] = {128, 1, 77, 33, 64};
+    int32_t cu[9];
+    cu[0] = 0;
+    for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + lens[s];
+    const int T = cu[B];
+    for (int s = B + 1; s <= Bb; s++) cu[s] = T;
+    const bs_dtype dts[2] = {BS_DT_BF16, BS_DT_F16};
+    for (int k = 0; k < 2; k++) {
+        const bs_dtype dt = dts[k];
+        const size_t rows = (size_t)T + Bb + 1;
+        float *qkv = rand_host(rows * 3 * C, -2, 2);
+        round_host(qkv, rows * 3 * C, dt);
+        void *dqkv = up(qkv, rows * 3 * C, dt), *dout = NULL, *ws = NULL;
+        CK(cudaMalloc(&dout, rows * C * 2));
+        CK(cudaMalloc(&ws, 16 << 20));
+        float *want = host((size_t)T * C);
+        double *p = malloc(sizeof(double) * 1024);
+        attention_ref(want, qkv, cu, B, NH, HS, p);
+        int agreed = 0;
+        char why[512] = "";
+        for (int unit = 1; unit <= 2 && !agreed; unit++) {
+            int32_t seqlen[8], offq[9], offo[9];
+            sdpa_cudnn_fill(seqlen, offq, offo, cu, B, Bb, C, unit);
+            int32_t *dl = upi(seqlen, Bb), *dq = upi(offq, Bb + 1), *dov = upi(offo, Bb + 1);
+            bs_sdpa_desc d = {.B = Bb, .S = Smax, .NH = NH, .HS = HS, .dt = dt, .offset_unit = unit, .qkv = dqkv,
+                              .out = dout, .seqlen = dl, .off_qkv = dq, .off_out = dov, .workspace = ws,
+                              .workspace_cap = 16 << 20};
+            bs_sdpa *plan = sdpa_cudnn_new(h, &d, why);
+            if (plan) {
+                CK(cudaMemset(dout, 0, rows * C * 2));
+                if (sdpa_cudnn_run(plan, h, why) == 0) {
+                    CK(cudaStreamSynchronize(S));
+                    float *got = down(dout, (size_t)T * C, dt);
+                    double diff = max_diff(got, want, (size_t)T * C);
+                    fprintf(stderr, "  cuDNN %zu %s offset unit %d: max |diff| vs twin %.3g\n", ver,
+                            bs_dtype_name(dt), unit, diff);
+                    agreed = diff <= 2e-2;
+                    free(got);
+                }
+                sdpa_cudnn_free(plan);
+            }
+            cudaFree(dl), cudaFree(dq), cudaFree(dov);
+        }
+        if (!agreed) fprintf(stderr, "  cuDNN %zu SDPA %s not usable here: %s\n", ver, bs_dtype_name(dt), why);
+        if (must) CHECK(agreed);
+        free(qkv), free(want), free(p);
+        cudaFree(dqkv), cudaFree(dout), cudaFree(ws);
+    }
+    cudnnDestroy(h);
+}
+
+/* ---- pooling ---- */
+
+static void pool_and_pooler_match_twins_with_empty_padding_slots(void) {
+    const int C = 96, B = 6; /* slots 4 and 5 are padding: length 0 */
+    const int32_t cu[7] = {0, 1, 40, 41, 90, 90, 90};
+    const int T = cu[B];
+    float *W = rand_host((size_t)C * C, -0.1f, 0.1f), *bias = rand_host(C, -0.5f, 0.5f);
+    for (int k = 0; k < 3; k++) {
+        bs_dtype dt = act_types[k];
+        float *x = rand_host((size_t)T * C, -2, 2), *Wr = host((size_t)C * C);
+        memcpy(Wr, W, sizeof(float) * C * C);
+        round_host(x, (size_t)T * C, dt);
+        round_host(Wr, (size_t)C * C, dt);
+        void *dx = up(x, (size_t)T * C, dt), *dW = up(Wr, (size_t)C * C, dt);
+        float *dbias = upf(bias, C), *dcls = NULL, *dmean = NULL, *dpool = NULL;
+        int32_t *dcu = upi(cu, B + 1);
+        CK(cudaMalloc((void **)&dcls, (size_t)B * C * 4));
+        CK(cudaMalloc((void **)&dmean, (size_t)B * C * 4));
+        CK(cudaMalloc((void **)&dpool, (size_t)B * C * 4));
+        CK(pool_forward(dcls, dmean, dx, dcu, B, C, dt, S));
+        CK(pooler_forward(dpool, dcls, dW, dbias, B, C, dt, S));
+        CK(cudaStreamSynchronize(S));
+        float *cls = down(dcls, (size_t)B * C, BS_DT_F32), *mean = down(dmean, (size_t)B * C, BS_DT_F32);
+        float *pool = down(dpool, (size_t)B * C, BS_DT_F32);
+        float *wcls = host((size_t)B * C), *wmean = host((size_t)B * C), *wpool = host((size_t)B * C);
+        pool_ref(wcls, wmean, x, cu, B, C);
+        pooler_ref(wpool, wcls, Wr, bias, B, C);
+        CHECK_NEAR(max_diff(cls, wcls, (size_t)B * C), 0, 0);
+        CHECK_NEAR(max_diff(mean, wmean, (size_t)B * C), 0, 1e-5);
+        CHECK_NEAR(max_diff(pool, wpool, (size_t)B * C), 0, 1e-5);
+        CHECK(cls[4 * C] == 0.0f && mean[5 * C + 7] == 0.0f);
+        free(x), free(Wr), free(cls), free(mean), free(pool), free(wcls), free(wmean), free(wpool);
+        cudaFree(dx), cudaFree(dW), cudaFree(dbias), cudaFree(dcls), cudaFree(dmean), cudaFree(dpool), cudaFree(dcu);
+    }
+    free(W), free(bias);
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "FAIL: no CUDA device (GPU tests need one; exclude the gpu label elsewhere)\n");
+        return 1;
+    }
+    CK(cudaStreamCreate(&S));
+    RUN(convert_rounds_to_nearest_even_like_cpu_twin);
+    RUN(fp8_quantize_uses_amax_scale_and_saturating_rne);
+    RUN(embedding_layernorm_matches_twin_with_positions_per_sequence);
+    RUN(residual_layernorm_matches_twin_in_place_and_without_bias);
+    RUN(bias_gelu_is_erf_gelu_of_x_plus_bias);
+    RUN(attention_tiles_cover_each_sequence_once);
+    RUN(attention_matches_twin_for_ragged_lengths_and_head_sizes);
+    RUN(cudnn_sdpa_matches_kernel_where_available);
+    RUN(pool_and_pooler_match_twins_with_empty_padding_slots);
+    cudaStreamDestroy(S);
+    return bs_test_done();
+}
