@@ -1,0 +1,49 @@
+"""worker_second_worker_joins_mid_stream: a second worker joins the group while the first is busy
+-> cooperative-sticky rebalance: the first finishes the in-flight work of the partitions it gives
+up, commits it, and keeps the others (no stop-the-world, nothing lost); both score; every review is
+scored, duplicates bounded by what was in flight."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness as H  # noqa: E402
+
+N = 600
+QUEUE_DEPTH = 128
+
+
+def test():
+    texts = H.imdb_reviews(N)
+    with H.Harness("rebalance") as h:
+        o = {"batch.max_sequences": "8", "model.max_seq_len": "64", "worker.queue_depth": str(QUEUE_DEPTH)}
+        env = {"BERTSTREAM_TEST_BATCH_DELAY_MS": "400"}  # ~20 reviews/s: the stream outlasts the rebalance
+        w1 = h.worker("first", overrides=o, env=env)
+        w1.wait_ready()
+        h.produce_reviews(texts)
+        w1.wait_metric("bertstream_messages_scored_total", 40, timeout=40)
+        w2 = h.worker("second", overrides=o, env=env)
+        w2.wait_ready(timeout=40)
+        total = 0
+        import time
+        t0 = time.time()
+        while time.time() - t0 < 45:
+            total = w1.metric("bertstream_messages_scored_total") + w2.metric("bertstream_messages_scored_total")
+            if total >= N:
+                break
+            time.sleep(0.2)
+        s1, s2 = w1.metric("bertstream_messages_scored_total"), w2.metric("bertstream_messages_scored_total")
+        H.log(f"first scored {s1:.0f}, second {s2:.0f}")
+        H.check(s2 > 0, "the second worker scored nothing")
+        scores = h.scores(N, settle=1.0)
+        dups = H.check_each_once(scores, [f"r{i}" for i in range(N)], allow_dups=True)
+        H.log(f"duplicates: {dups}")
+        H.check(dups <= QUEUE_DEPTH, f"{dups} duplicates > queue_depth {QUEUE_DEPTH}")
+        H.check(w1.log_count("msg=\"partitions revoked\"") >= 1, "the first worker revoked nothing")
+        H.check(w1.log_count("lost=1") == 0, "partitions were lost, not revoked")
+        H.check(w1.stop() == 0 and w2.stop() == 0, "exit status")
+        c = h.committed()
+        H.check(sum(max(0, v) for v in c.values()) == N, f"committed {c}")
+
+
+if __name__ == "__main__":
+    H.main(test)
