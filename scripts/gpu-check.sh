@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# gpu-check.sh [BUNDLE_DIR]: the GPU acceptance run on a bare GPU host, from a bundle made by
+# scripts/bundle.sh (default: build/bundle beside this script's repo). Prints the GPU, runs the
+# bundled GPU tests, then benchmarks BERT-base (random weights) with `bertstream bench` over
+# batch 1/16/64/256 x seq-len 32/128/512 in bf16 and fp8, fp32 at 16 x 128, and a mixed-length
+# batch (uniform 8..128), and prints one table. Everything also goes to ${OUT:-.}/gpu-check.txt.
+# Reference data (tests): $BERTSTREAM_DATA, else shared/data or ../shared/data near the bundle
+# or the current directory. Budget: under 5 minutes on an H100. Exit 1 when a test or a bench failed.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUNDLE=${1:-$HERE/../build/bundle}
+[ -x "$BUNDLE/bertstream" ] || { echo "gpu-check: no bundle at $BUNDLE (scripts/bundle.sh BIN OUTDIR)" >&2; exit 2; }
+BUNDLE=$(cd "$BUNDLE" && pwd)
+OUTDIR=${OUT:-.}
+mkdir -p "$OUTDIR"
+REPORT="$OUTDIR/gpu-check.txt"
+exec > >(tee "$REPORT") 2>&1
+
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-285} # leave room under 5 minutes for the table
+SECONDS_PER_BENCH=${GPU_CHECK_BENCH_SECONDS:-1}
+elapsed() { echo $(($(date +%s) - START)); }
+failures=0
+skipped=0
+TO=""
+command -v timeout >/dev/null && TO="timeout"
+
+echo "== gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) bundle=$BUNDLE"
+sh "$BUNDLE/unpack.sh" || { echo "gpu-check: unpack.sh failed"; exit 2; }
+
+if [ -z "${BERTSTREAM_DATA:-}" ]; then
+    for d in "$BUNDLE/shared/data" "$BUNDLE/../shared/data" "$BUNDLE/../../shared/data" "$BUNDLE/../../../shared/data" \
+        "$PWD/shared/data" "$PWD/../shared/data" "$HERE/../../shared/data"; do
+        if [ -d "$d/golden" ]; then
+            BERTSTREAM_DATA=$(cd "$d" && pwd)
+            break
+        fi
+    done
+fi
+export BERTSTREAM_DATA=${BERTSTREAM_DATA:-}
+echo "reference data: ${BERTSTREAM_DATA:-none found (data-dependent tests will skip)}"
+
+echo "== nvidia-smi"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
+else
+    echo "nvidia-smi not found"
+fi
+
+echo "== libraries"
+if ldd "$BUNDLE/bertstream" | grep "not found"; then
+    echo "gpu-check: the host lacks libraries above (it must provide the CUDA runtime, cuBLAS and cuDNN)"
+    failures=$((failures + 1))
+fi
+ldd "$BUNDLE/bertstream" | grep -E "cublas|cudnn|cudart" || true
+
+echo "== GPU tests"
+for t in "$BUNDLE"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    t0=$(date +%s)
+    $TO ${TO:+150} "$t"
+    rc=$?
+    dt=$(($(date +%s) - t0))
+    case $rc in
+        0) echo "PASS $name (${dt}s)" ;;
+        77) echo "SKIP $name (${dt}s): reference data missing" ;;
+        124) echo "FAIL $name: timed out after ${dt}s"; failures=$((failures + 1)) ;;
+        *) echo "FAIL $name (exit $rc, ${dt}s)"; failures=$((failures + 1)) ;;
+    esac
+done
+
+# One bench run: prints a table row. The peak GPU memory is sampled from nvidia-smi while it runs
+# (all compute processes together: the machine is ours; CUDA context included).
+ROWS=()
+bench() { # PRECISION BATCH SEQ_LEN [LENGTHS]
+    local prec=$1 batch=$2 len=$3 lengths=${4:-fixed}
+    if [ "$(elapsed)" -ge "$BUDGET" ]; then
+        ROWS+=("$(printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" - - - - - "skipped: time budget")")
+        skipped=$((skipped + 1))
+        return
+    fi
+    local log
+    log=$(mktemp)
+    $TO ${TO:+120} "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$prec" --batch "$batch" \
+        --seq-len "$len" --lengths "$lengths" --seconds "$SECONDS_PER_BENCH" >"$log" 2>"$log.err" &
+    local pid=$! peak=0 m
+    while kill -0 "$pid" 2>/dev/null; do
+        if command -v nvidia-smi >/dev/null; then
+            m=$(nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits 2>/dev/null |
+                awk '{s += $1} END {print s + 0}')
+            [ -n "$m" ] && [ "$m" -gt "$peak" ] && peak=$m
+        fi
+        sleep 0.2
+    done
+    wait "$pid"
+    local rc=$?
+    local line
+    line=$(grep -m1 '^{' "$log")
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        failures=$((failures + 1))
+        ROWS+=("$(printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" - - - - - "FAILED: $(tail -1 "$log.err")")")
+    else
+        local sps ms tps eng mem
+        sps=$(echo "$line" | sed -n 's/.*"seq_per_s": *\([0-9.eE+-]*\).*/\1/p')
+        ms=$(echo "$line" | sed -n 's/.*"ms_per_batch": *\([0-9.eE+-]*\).*/\1/p')
+        tps=$(echo "$line" | sed -n 's/.*"tokens_per_s": *\([0-9.eE+-]*\).*/\1/p')
+        eng=$(echo "$line" | sed -n 's/.*"engine": *"\([^"]*\)".*/\1/p')
+        mem=$(echo "$eng" | sed -n 's/.*mem=\([0-9]*\)MiB.*/\1/p')
+        local notes=${eng#*attention=}
+        notes="attention=${notes% mem=*}"
+        ROWS+=("$(printf '%-5s %6s %5s %-14s %10.1f %10.3f %11.0f %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" "$sps" "$ms" "$tps" "${mem:-?}" "$peak" "$notes")")
+        echo "$line"
+    fi
+    rm -f "$log" "$log.err"
+}
+
+echo "== bench (BERT-base, random weights, ${SECONDS_PER_BENCH}s per point)"
+bench fp32 16 128
+bench bf16 256 128 uniform:8:128
+bench fp8 256 128 uniform:8:128
+for prec in bf16 fp8; do
+    for len in 128 32 512; do
+        for batch in 1 16 64 256; do
+            bench "$prec" "$batch" "$len"
+        done
+    done
+done
+
+echo
+echo "== results ($(elapsed)s; engine MiB = what the engine allocated; GPU MiB = peak of all CUDA processes per nvidia-smi)"
+printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s\n' prec batch len lengths "seq/s" "ms/batch" "tokens/s" "eng MiB" "GPU MiB" notes
+for r in "${ROWS[@]}"; do echo "$r"; done
+echo
+[ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
+if [ $failures -eq 0 ]; then echo "gpu-check: all passed ($(elapsed)s)"; else echo "gpu-check: $failures failure(s) ($(elapsed)s)"; fi
+[ $failures -eq 0 ]
