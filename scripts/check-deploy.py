@@ -6,7 +6,13 @@ the Grafana dashboard and the alert rules, and checks that they agree with each 
 configuration the pods actually load (config/*.yaml as the rendered ConfigMap carries it, overridden by the
 containers' BERTSTREAM_* variables and -o arguments, the way worker/config.c reads them).
 
-  check-deploy.py --root DIR --rendered NAME=FILE [--rendered NAME=FILE ...] [--promtool PATH] [--self-test]
+  check-deploy.py --root DIR --rendered NAME=FILE [--rendered NAME=FILE ...] [--promtool PATH] [--bin BERTSTREAM]
+                  [--self-test]
+
+With --bin, every container that runs `bertstream worker|train` is started with its rendered configuration
+(file, environment with Secret values replaced by a sentinel, arguments) in a scratch directory: the real
+parser must accept it (exit status 2 means a configuration error), and the sentinel must not appear in the
+output at log.level debug. The run then stops at the missing model.
 
 --self-test breaks copies of the inputs in known ways (a wrong probe port, a missing GPU limit, a package
 dropped from the Dockerfile...) and fails unless the checks catch every one. Exit status 0 when every check
@@ -370,7 +376,8 @@ def check_rendering(r, policy, image_uid=None):
             if "configMap" in v:
                 cm = r.get("ConfigMap", v["configMap"].get("name"))
                 if cm is None:
-                    chk.err(name, "volume %s: ConfigMap %s does not exist" % (v.get("name"), v["configMap"].get("name")))
+                    chk.err(name, "volume %s: ConfigMap %s does not exist"
+                            % (v.get("name"), v["configMap"].get("name")))
                 else:
                     for item in v["configMap"].get("items") or []:
                         if item.get("key") not in (cm.get("data") or {}):
@@ -572,7 +579,8 @@ def check_ca(chk, scope, spec, c, cfg):
         return
     vol, rel, _ = mount_for(c, spec, ca)
     if vol is None or not ("secret" in vol or "configMap" in vol):
-        chk.err(scope, "kafka ssl.ca.location %s (%s) is not in a mounted Secret" % (ca, cfg.where("kafka", "ssl.ca.location")))
+        chk.err(scope, "kafka ssl.ca.location %s (%s) is not in a mounted Secret"
+                % (ca, cfg.where("kafka", "ssl.ca.location")))
         return
     src = vol.get("secret") or vol.get("configMap")
     items = src.get("items")
@@ -1042,7 +1050,8 @@ def run_promtool(promtool, root, rule_obj, exprs):
         dpath = os.path.join(tmp, "dashboard.rules.yaml")
         with open(dpath, "w") as fh:
             yaml.safe_dump(dash_rules, fh, sort_keys=False)
-        for path, scope in ((rules, "deploy/prometheus/alerts.yaml"), (dpath, "deploy/grafana/bertstream-dashboard.json")):
+        for path, scope in ((rules, "deploy/prometheus/alerts.yaml"),
+                            (dpath, "deploy/grafana/bertstream-dashboard.json")):
             p = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True)
             if p.returncode != 0:
                 out = (p.stdout + p.stderr).strip().replace(tmp + "/", "")
@@ -1062,7 +1071,99 @@ def run_promtool(promtool, root, rule_obj, exprs):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Self-test: each mutation must be caught
+# The real configuration parser: every bertstream container's file + environment + -o, through the binary
+
+SECRET_SENTINEL = "bs-check-deploy-secret-7f3a"
+BINARY_TIMEOUT_S = 20
+
+
+def binary_runs(r):
+    """(scope, argv, env, config text) for every container of r that runs a bertstream subcommand with a
+    --config file, as the pod would start it: the ConfigMap's file, its environment (ConfigMap values
+    resolved, Secret values replaced by a sentinel), its arguments."""
+    runs = []
+    for obj in r.workloads():
+        for c in pod_spec(obj).get("containers") or []:
+            cmd = bertstream_command(c)
+            if cmd not in ("worker", "train"):
+                continue
+            scope = "%s container %s" % (kind_name(obj), c.get("name"))
+            chk = Checker()
+            load_pod_config(chk, scope, r, obj, c)
+            args = container_args(c)
+            path = args[args.index("--config") + 1] if "--config" in args else None
+            vol, rel, _ = mount_for(c, pod_spec(obj), path) if path else (None, None, None)
+            if chk.errors or vol is None:
+                continue  # check_rendering reports these
+            items = vol["configMap"].get("items") or []
+            key = next((i.get("key") for i in items if i.get("path") == rel), rel)
+            text = r.get("ConfigMap", vol["configMap"]["name"])["data"][key]
+            env = {}
+            for e in c.get("env") or []:
+                vf = e.get("valueFrom") or {}
+                if "value" in e:
+                    env[e["name"]] = "" if e["value"] is None else str(e["value"])
+                elif "configMapKeyRef" in vf:
+                    cm = r.get("ConfigMap", vf["configMapKeyRef"].get("name"))
+                    val = ((cm or {}).get("data") or {}).get(vf["configMapKeyRef"].get("key"))
+                    if val is not None:
+                        env[e["name"]] = str(val)
+                elif "secretKeyRef" in vf:
+                    env[e["name"]] = SECRET_SENTINEL
+                elif "fieldRef" in vf:
+                    env[e["name"]] = "bertstream-pod-0"
+            runs.append((scope, args, env, text))
+    return runs
+
+
+def run_binary(binary, args, env, text, log_level="debug"):
+    """Runs the container's command with its configuration in a scratch directory. Returns (rc, output);
+    rc 2 is a usage or configuration error, anything else means the configuration was accepted (the run
+    then stops at the missing model, or is stopped after BINARY_TIMEOUT_S)."""
+    tmp = tempfile.mkdtemp(prefix="check-deploy-bin.")
+    try:
+        cfg = os.path.join(tmp, "config.yaml")
+        with open(cfg, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        argv = list(args)
+        argv[argv.index("--config") + 1] = cfg
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            if k in os.environ:
+                full_env[k] = os.environ[k]
+        full_env.update(env)
+        full_env["BERTSTREAM_LOG_LEVEL"] = log_level
+        if argv and argv[0] == "worker" and "BERTSTREAM_HTTP_LISTEN" not in env:
+            # Any free loopback port: the run must not collide with a port in use (http.listen's own
+            # value is checked against the probes elsewhere).
+            full_env["BERTSTREAM_HTTP_LISTEN"] = "127.0.0.1:0"
+        try:
+            p = subprocess.run([binary] + argv, cwd=tmp, env=full_env, capture_output=True, text=True,
+                               errors="replace", timeout=BINARY_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            return p.returncode, p.stdout + p.stderr
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"") + (e.stderr or b"")
+            return None, out.decode("utf-8", "replace") if isinstance(out, bytes) else out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_with_binary(binary, renderings):
+    """Every container's configuration must load in the real parser (no unknown key, no value out of
+    range), and no Secret value may appear in what the process prints, even at log.level debug."""
+    problems, n = [], 0
+    for r in renderings:
+        for scope, args, env, text in binary_runs(r):
+            n += 1
+            rc, out = run_binary(binary, args, env, text)
+            where = "overlay %s: %s" % (r.name, scope)
+            if rc == 2:
+                last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+                problems.append("%s: bertstream rejects its configuration: %s" % (where, last[0]))
+            if SECRET_SENTINEL in out:
+                problems.append("%s: a Secret's value appears in bertstream's output" % where)
+    return problems, n
+
 
 
 def find(r, kind, pred=lambda o: True):
@@ -1160,8 +1261,9 @@ def dockerfile_mutations():
         ("root user", lambda t: re.sub(r"^USER .*$", "USER 0", t, flags=re.M), "is root"),
         ("shell-form entrypoint",
          lambda t: re.sub(r"^ENTRYPOINT .*$", "ENTRYPOINT bertstream", t, flags=re.M), "ENTRYPOINT"),
-        ("model baked in", lambda t: t.replace("COPY schemas/ /usr/share/bertstream/schemas/",
-                                               "COPY schemas/ /usr/share/bertstream/schemas/\nCOPY models/ /models/", 1),
+        ("model baked in",
+         lambda t: t.replace("COPY schemas/ /usr/share/bertstream/schemas/",
+                             "COPY schemas/ /usr/share/bertstream/schemas/\nCOPY models/ /models/", 1),
          "copies models/"),
         ("no VOLUME /models", lambda t: re.sub(r"^VOLUME .*$", "", t, flags=re.M), "no VOLUME /models"),
         ("runtime on a devel image",
@@ -1217,6 +1319,7 @@ def main():
     ap.add_argument("--root", required=True)
     ap.add_argument("--rendered", action="append", default=[], metavar="NAME=FILE")
     ap.add_argument("--promtool")
+    ap.add_argument("--bin", help="the bertstream executable: load every container's configuration with it")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
     root = a.root
@@ -1282,6 +1385,24 @@ def main():
         errs = run_promtool(a.promtool, root, rule_obj, exprs)
         problems += errs
         print("check-deploy: promtool check rules + test rules: %s" % ("ok" if not errs else "failed"))
+
+    if a.bin:
+        a.bin = os.path.abspath(a.bin)
+        errs, n = check_with_binary(a.bin, renderings)
+        problems += errs
+        print("check-deploy: %d container configurations through %s: %s"
+              % (n, a.bin, "ok" if not errs else "%d problem(s)" % len(errs)))
+        if a.self_test:
+            r = next((r for r in renderings if binary_runs(r)), None)
+            if r is not None:
+                scope, args, env, text = binary_runs(r)[0]
+                env = dict(env, BERTSTREAM_BATCH_MAX_SEQUENCS="64")
+                rc, out = run_binary(a.bin, args, env, text)
+                if rc != 2 or "BERTSTREAM_BATCH_MAX_SEQUENCS" not in out:
+                    problems.append("self-test: bertstream accepted an unknown key from the environment (exit %s: %s)"
+                                    % (rc, out.strip()[-200:]))
+                else:
+                    print("check-deploy: self-test: a misspelt BERTSTREAM_ variable is rejected by bertstream")
 
     if a.self_test:
         failures, n = self_test(renderings, policies, (root, dockerfile or "", deps, ignore, worker_port, image_uid),

@@ -4,8 +4,11 @@
 # and against config/*.yaml (scripts/check-deploy.py), runs promtool on the alert rules when it is installed,
 # proves the checks catch broken copies (self-test), and runs shellcheck on scripts/.
 #
-#   scripts/check-deploy.sh                 all checks; exit 0 when all pass, 1 on a problem, 2 if a tool is missing
-#   scripts/check-deploy.sh --check-tools   only report missing tools (exit 2 when one is)
+#   scripts/check-deploy.sh [--bin BERTSTREAM]   all checks; exit 0 when all pass, 1 on a problem, 2 if a tool
+#                                               is missing. With a bertstream executable (--bin, or
+#                                               $BERTSTREAM_BIN), every container's configuration is also
+#                                               loaded by the real parser, and no Secret may show in its output.
+#   scripts/check-deploy.sh --check-tools      only report missing tools (exit 2 when one is)
 #
 # Tools: kubectl with kustomize v4+ (or a standalone kustomize), yamllint, shellcheck, /usr/bin/python3 with
 # PyYAML (python3-yaml); promtool (Debian package prometheus) is optional. KUBECTL, KUSTOMIZE and PROMTOOL
@@ -52,10 +55,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     for m in "${missing[@]}"; do say "missing tool: $m"; done
     exit 2
 fi
-if [ "${1:-}" = --check-tools ]; then
+bin=${BERTSTREAM_BIN:-}
+case "${1:-}" in
+--check-tools)
     say "tools present (${render[0]} ${render[1]})"
     exit 0
-fi
+    ;;
+--bin) bin=${2:?--bin needs the path of the bertstream executable} ;;
+"") ;;
+*) say "unknown argument '$1' (usage: scripts/check-deploy.sh [--bin BERTSTREAM] | --check-tools)"; exit 2 ;;
+esac
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -118,7 +127,13 @@ if [ -n "$promtool" ] && command -v "$promtool" >/dev/null 2>&1; then
 else
     say "promtool not found: alert rule syntax and alert unit tests skipped (Debian package prometheus)"
 fi
-if ! "$py" scripts/check-deploy.py --root "$root" "${rendered[@]}" "${prom_args[@]}" --self-test; then
+bin_args=()
+if [ -n "$bin" ] && [ -x "$bin" ]; then
+    bin_args=(--bin "$bin")
+else
+    say "no bertstream executable (--bin or BERTSTREAM_BIN): configurations not loaded by the real parser"
+fi
+if ! "$py" scripts/check-deploy.py --root "$root" "${rendered[@]}" "${prom_args[@]}" "${bin_args[@]}" --self-test; then
     failed=$((failed + 1))
 fi
 
@@ -129,7 +144,8 @@ if [ -s "$tmp/production.yaml" ]; then
     sed "s/containerPort: $port\$/containerPort: 9000/" "$tmp/production.yaml" >"$tmp/broken.yaml"
     if cmp -s "$tmp/production.yaml" "$tmp/broken.yaml"; then
         fail "self-test: found no containerPort $port to break in the production rendering"
-    elif "$py" scripts/check-deploy.py --root "$root" --rendered "production=$tmp/broken.yaml" >"$tmp/broken.out" 2>&1; then
+    elif "$py" scripts/check-deploy.py --root "$root" --rendered "production=$tmp/broken.yaml" \
+        >"$tmp/broken.out" 2>&1; then
         fail "self-test: the checker accepted a worker whose probes miss http.listen's port"
     elif ! grep -q "livenessProbe port metrics (= 9000) is not the port of http.listen" "$tmp/broken.out"; then
         fail "self-test: the checker failed for another reason: $(tail -n 3 "$tmp/broken.out" | tr '\n' ' ')"

@@ -121,7 +121,8 @@ fetch() {
     # The token goes in through stdin (-H @-), so it never shows in argv, ps or a log line.
     local code
     if [ -n "${HF_TOKEN:-}" ]; then
-        code=$(printf 'Authorization: Bearer %s\n' "$HF_TOKEN" | curl "${args[@]}" -H @- "$url" 2>"$stage/.curl.err") && rc=0 || rc=$?
+        code=$(printf 'Authorization: Bearer %s\n' "$HF_TOKEN" |
+            curl "${args[@]}" -H @- "$url" 2>"$stage/.curl.err") && rc=0 || rc=$?
     else
         code=$(curl "${args[@]}" "$url" 2>"$stage/.curl.err" </dev/null) && rc=0 || rc=$?
     fi

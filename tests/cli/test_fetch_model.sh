@@ -67,7 +67,10 @@ one_line() {
     local name=$1 word=$2 lines
     lines=$(wc -l <"$tmp/$name.err")
     if [ "$lines" -ne 1 ]; then bad "$name" "stderr has $lines lines: $(cat "$tmp/$name.err")"; return 1; fi
-    if ! grep -qF -- "$word" "$tmp/$name.err"; then bad "$name" "stderr lacks '$word': $(cat "$tmp/$name.err")"; return 1; fi
+    if ! grep -qF -- "$word" "$tmp/$name.err"; then
+        bad "$name" "stderr lacks '$word': $(cat "$tmp/$name.err")"
+        return 1
+    fi
 }
 
 if run help 0 --help && grep -q -- '--from DIR|URL' "$tmp/help.out"; then ok fetch_model_prints_help; fi
@@ -76,7 +79,8 @@ out=$tmp/out
 if run copy 0 --from "$src" --out "$out" &&
     cmp -s "$src/model.safetensors" "$out/model.safetensors" && cmp -s "$src/vocab.txt" "$out/vocab.txt" &&
     grep -qx 'file model.safetensors' "$out/.fetch-complete" &&
-    grep -q "^sha256 $(sha256sum <"$src/model.safetensors" | cut -d' ' -f1)  model.safetensors$" "$out/.fetch-complete" &&
+    grep -q "^sha256 $(sha256sum <"$src/model.safetensors" | cut -d' ' -f1)  model.safetensors$" \
+        "$out/.fetch-complete" &&
     [ -z "$(find "$out" -name '.fetch.*')" ]; then
     ok fetch_model_copies_local_dir_and_writes_marker_with_sha256
 fi
@@ -87,13 +91,15 @@ fi
 if run force 0 --from "$src" --out "$out" --force && grep -q -- '-> ' "$tmp/force.out"; then
     ok fetch_model_force_fetches_again
 fi
-if run other_revision 0 --from "$src" --out "$out" --revision v2 && ! grep -q 'already holds' "$tmp/other_revision.out" &&
+if run other_revision 0 --from "$src" --out "$out" --revision v2 &&
+    ! grep -q 'already holds' "$tmp/other_revision.out" &&
     grep -qx "source bert-base-uncased@v2 from $src" "$out/.fetch-complete"; then
     ok fetch_model_refetches_when_the_marker_names_another_revision
 fi
 
 if run sharded 0 --from "$sharded" --out "$tmp/out-sharded" &&
-    [ -s "$tmp/out-sharded/model-00001-of-00002.safetensors" ] && [ -s "$tmp/out-sharded/model-00002-of-00002.safetensors" ] &&
+    [ -s "$tmp/out-sharded/model-00001-of-00002.safetensors" ] &&
+    [ -s "$tmp/out-sharded/model-00002-of-00002.safetensors" ] &&
     [ -s "$tmp/out-sharded/model.safetensors.index.json" ] && [ ! -e "$tmp/out-sharded/model.safetensors" ]; then
     ok fetch_model_copies_sharded_checkpoint_named_by_index
 fi
@@ -157,7 +163,8 @@ fi
 # FETCH_MAX_TIME. Neither may hang.
 closed=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 start=$SECONDS
-if HF_ENDPOINT="http://127.0.0.1:$closed" run refused 1 --out "$tmp/out-refused" && one_line refused 'cannot download' &&
+if HF_ENDPOINT="http://127.0.0.1:$closed" run refused 1 --out "$tmp/out-refused" &&
+    one_line refused 'cannot download' &&
     [ $((SECONDS - start)) -lt 15 ]; then
     ok fetch_model_fails_fast_with_one_line_without_network
 fi
@@ -167,7 +174,8 @@ open(sys.argv[1], "w").write(str(s.getsockname()[1])); time.sleep(60)' "$tmp/sil
 pids+=($!)
 for _ in $(seq 100); do [ -s "$tmp/silent" ] && break; sleep 0.1; done
 start=$SECONDS
-if FETCH_MAX_TIME=2 FETCH_RETRIES=0 HF_ENDPOINT="http://127.0.0.1:$(cat "$tmp/silent")" run silent 1 --out "$tmp/out-silent" &&
+silent_port=$(cat "$tmp/silent")
+if FETCH_MAX_TIME=2 FETCH_RETRIES=0 HF_ENDPOINT="http://127.0.0.1:$silent_port" run silent 1 --out "$tmp/out-silent" &&
     one_line silent 'timed out' && [ $((SECONDS - start)) -lt 15 ]; then
     ok fetch_model_gives_up_on_a_silent_server_after_max_time
 fi
