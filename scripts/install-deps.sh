@@ -8,7 +8,7 @@ PKGS=(
   clang llvm libclang-rt-14-dev
   librdkafka-dev libavro-dev libjansson-dev libutf8proc-dev libyaml-dev
   libopenblas-dev libmicrohttpd-dev libssl-dev
-  python3 python3-confluent-kafka python3-avro python3-numpy
+  python3 python3-confluent-kafka python3-avro python3-numpy python3-yaml
   kcat curl jq yamllint shellcheck patchelf file
 )
 
