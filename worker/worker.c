@@ -33,6 +33,7 @@
 #define RETRY_MAX_S 10.0
 #define REVOKE_WAIT_MAX_S 10.0 /* longest wait for the in-flight work of revoked partitions */
 #define TXN_MAX_OPEN_S 1.0     /* exactly_once: commit even with offset gaps after this long */
+#define STALL_WARN_S 10.0      /* log a partition whose commit position is stuck this long */
 
 typedef enum { OUT_NONE, OUT_RESULT, OUT_DEAD_LETTER } out_kind;
 
@@ -73,6 +74,9 @@ typedef struct {
     bs_offsets *tracker;
     int assigned;
     bs_series *lag;
+    int64_t seen_pos;  /* commit position at the last check, and when it last moved: a */
+    double moved_at;   /* partition stuck behind an unacknowledged message gets logged */
+    double warned_at;
 } wpart;
 
 struct bs_worker {
@@ -923,10 +927,20 @@ static void commit_sync(bs_worker *w, rd_kafka_topic_partition_list_t *l, const 
 }
 
 static void update_lag(bs_worker *w) {
+    double now = bs_now();
     for (int p = 0; p < w->n_parts; p++) {
         wpart *pp = &w->parts[p];
         if (!pp->assigned) continue;
         int64_t lo, hi, pos = offsets_committable(pp->tracker);
+        int waiting = offsets_in_flight(pp->tracker);
+        if (pos != pp->seen_pos || waiting == 0) {
+            pp->seen_pos = pos;
+            pp->moved_at = now;
+        } else if (now - pp->moved_at >= STALL_WARN_S && now - pp->warned_at >= STALL_WARN_S) {
+            log_warn("offsets waiting for an acknowledgement", "partition=%d committable=%lld in_flight=%d waited_s=%.0f",
+                     p, (long long)pos, waiting, now - pp->moved_at);
+            pp->warned_at = now;
+        }
         if (rd_kafka_get_watermark_offsets(w->consumer, w->cfg->topics.input, p, &lo, &hi) || hi < 0) continue;
         if (pos < 0) pos = offsets_position(pp->tracker);
         if (pos < 0) continue;
