@@ -126,10 +126,13 @@ typedef struct {
     gemm_plan plans[MAX_PLANS];
     graph_entry graphs[MAX_GRAPHS];
     int n_graphs, use_graphs;
+    int seen[MAX_GRAPHS][2]; /* shapes run once (eagerly): a second sighting captures a graph */
+    int n_seen;
     sdpa_entry sdpa[MAX_SDPA];
     int n_sdpa;
     int use_cudnn, sdpa_unit; /* attention path; ragged offset unit (1 elements, A size bytes) */
     int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
+    int gelu_in_gemm;         /* the largest shape's FF1 plan got that epilogue */
     uint64_t clock;
 } cuda_engine;
 
@@ -510,6 +513,18 @@ static int prepare(cuda_engine *e, int Tb, int Bb, char *err) {
     return BS_OK;
 }
 
+/* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) graphs=on mem=812MiB" */
+static void describe(cuda_engine *e, const char *graphs) {
+    char attn[64];
+    if (e->use_cudnn)
+        snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
+                 (int)(e->cudnn_version % 10000 / 100));
+    else snprintf(attn, sizeof attn, "kernel");
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%.24s mem=%zuMiB",
+             e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
+             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", graphs, (e->wbytes + e->abytes) >> 20);
+}
+
 static void graph_evict(cuda_engine *e, int i) {
     cudaGraphExecDestroy(e->graphs[i].exec);
     e->graphs[i] = e->graphs[--e->n_graphs];
@@ -525,6 +540,15 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
             CUDA_CHECK(cudaGraphLaunch(e->graphs[i].exec, e->stream));
             return BS_OK;
         }
+    /* A shape's first batch runs eagerly (it also loads every module lazily, outside any capture);
+     * only a shape that comes back is worth a graph. */
+    int seen = 0;
+    for (int i = 0; i < e->n_seen && !seen; i++) seen = e->seen[i][0] == Tb && e->seen[i][1] == Bb;
+    if (!seen) {
+        if (e->n_seen == MAX_GRAPHS) memmove(e->seen[0], e->seen[1], sizeof(e->seen[0]) * (MAX_GRAPHS - 1)), e->n_seen--;
+        e->seen[e->n_seen][0] = Tb, e->seen[e->n_seen][1] = Bb, e->n_seen++;
+        return encode(e, Tb, Bb, err);
+    }
     if (prepare(e, Tb, Bb, err) != BS_OK) return BS_ERR;
     cudaGraph_t g = NULL;
     cudaGraphExec_t exec = NULL;
@@ -542,6 +566,7 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
         (void)cudaGetLastError(); /* clear the capture error; the context is fine */
         log_warn("CUDA graph capture failed: running without graphs", "reason=\"%s\"", why);
         e->use_graphs = 0;
+        describe(e, "off(capture failed)");
         return encode(e, Tb, Bb, err);
     }
     if (e->n_graphs == MAX_GRAPHS) {
@@ -555,10 +580,11 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
     return BS_OK;
 }
 
-/* Bucket: round x up to a step that is at least x/8 (at most 12.5% padding), never past cap. */
+/* Bucket: round x up to a power-of-two multiple of min_step below x/8 (so under 12.5% padding,
+ * 16 buckets per octave), never past cap. */
 static int bucket(int x, int min_step, int cap) {
     int step = min_step;
-    while (step * 8 < x) step *= 2;
+    while (step * 16 < x) step *= 2;
     int r = (x + step - 1) / step * step;
     return r > cap ? cap : r;
 }
@@ -859,19 +885,11 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
      * whether the GELU epilogue is in use */
     if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
-    int gelu_in_gemm = 0;
     for (int i = 0; i < MAX_PLANS; i++)
         if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap)
-            gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
+            e->gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
 
-    char attn[64];
-    if (e->use_cudnn)
-        snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
-                 (int)(e->cudnn_version % 10000 / 100));
-    else snprintf(attn, sizeof attn, "kernel");
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%s mem=%zuMiB",
-             e->dev, e->dev_name, bs_precision_name(prec), attn, gelu_in_gemm ? "tanh(cublaslt)" : "erf",
-             e->use_graphs ? "on" : "off", (e->wbytes + e->abytes) >> 20);
+    describe(e, e->use_graphs ? "on" : "off");
     log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu activations_mib=%zu max_tokens=%d max_seqs=%d",
              e->base.desc, e->wbytes >> 20, e->abytes >> 20, e->Tcap, e->Bcap);
     return BS_OK;

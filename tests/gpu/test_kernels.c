@@ -345,7 +345,7 @@ static void cudnn_sdpa_matches_kernel_where_available(void) {
     CK(cudaGetDevice(&dev));
     CK(cudaGetDeviceProperties(&prop, dev));
     const size_t ver = cudnnGetVersion();
-    const int must = prop.major == 9 && ver >= 91000;
+    const int must = prop.major == 9 && ver >= CUDNN_VERSION; /* Hopper, and a runtime no older than our headers */
     cudnnHandle_t h;
     if (cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) {
         CHECK(!must);
