@@ -27,9 +27,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     const int C = NH * HS, HSP = HS + 1;
     const size_t ld = 3 * (size_t)C;
     extern __shared__ float smem[];
-    float *sq = smem;                      // (BQ, HS)   queries, pre-scaled
-    float *sk = sq + BS_ATT_BQ * HS;       // (BK, HS+1) keys, padded rows
-    float *sv = sk + ATT_BK * HSP;         // (BK, HS)   values
+    float *sq = smem;                // (BQ, HS)   queries, pre-scaled
+    float *sk = sq + BS_ATT_BQ * HS; // (BK, HS+1) keys, padded rows
+    float *sv = sk + ATT_BK * HSP;   // (BK, HS)   values
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
     for (int i = tid; i < BS_ATT_BQ * HS; i += blockDim.x) {
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             const float sc = lane < nk ? s[qi] : -INFINITY;
             const float mnew = fmaxf(m[qi], bs_warp_max(sc)); // finite: key 0 of the tile is real
             const float p = lane < nk ? exp2f(sc - mnew) : 0.0f;
-            const float corr = exp2f(m[qi] - mnew);           // 0 on the first tile (m = -inf)
+            const float corr = exp2f(m[qi] - mnew); // 0 on the first tile (m = -inf)
             l[qi] = l[qi] * corr + bs_warp_sum(p);
             m[qi] = mnew;
             s[qi] = p;
@@ -140,10 +140,14 @@ static cudaError_t att_launch(T *out, const T *qkv, const int32_t *cu, const int
     const dim3 grid((unsigned)n_tiles, (unsigned)NH);
     const size_t smem = att_smem_bytes(HS);
     const float qscale = 1.4426950408889634f / sqrtf((float)HS); // log2(e) / sqrt(HS)
-    if (HS <= 32) attention_kernel<T, 1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
-    else if (HS <= 64) attention_kernel<T, 2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
-    else if (HS <= 128) attention_kernel<T, 4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
-    else attention_kernel<T, 8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+    if (HS <= 32)
+        attention_kernel<T, 1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+    else if (HS <= 64)
+        attention_kernel<T, 2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+    else if (HS <= 128)
+        attention_kernel<T, 4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+    else
+        attention_kernel<T, 8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
     return cudaGetLastError();
 }
 

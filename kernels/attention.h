@@ -32,7 +32,9 @@ cudaError_t attention_forward(void *out, const void *qkv, const int32_t *cu_seql
 #endif
 
 /* Tiles a batch needs at most: sum over sequences of ceil(len / BQ) <= T / BQ + B. */
-static inline int attention_tiles_cap(int T, int B) { return T / BS_ATT_BQ + B + 1; }
+static inline int attention_tiles_cap(int T, int B) {
+    return T / BS_ATT_BQ + B + 1;
+}
 
 /* Fills tiles (cap, 2) for the B sequences of cu_seqlens; unused entries get sequence -1.
  * Returns the number of real tiles, or -1 when cap is too small. */

@@ -12,7 +12,17 @@
 #include "attention_cudnn.h"
 
 enum {
-    UID_Q = 1, UID_K, UID_V, UID_O, UID_SCALE, UID_SEQ_Q, UID_SEQ_KV, UID_OFF_Q, UID_OFF_K, UID_OFF_V, UID_OFF_O,
+    UID_Q = 1,
+    UID_K,
+    UID_V,
+    UID_O,
+    UID_SCALE,
+    UID_SEQ_Q,
+    UID_SEQ_KV,
+    UID_OFF_Q,
+    UID_OFF_K,
+    UID_OFF_V,
+    UID_OFF_O,
     N_UIDS = UID_OFF_O
 };
 #define MAX_DESCS 64
@@ -21,9 +31,9 @@ struct bs_sdpa {
     cudnnBackendDescriptor_t descs[MAX_DESCS]; // everything created, destroyed in reverse
     int n_descs;
     cudnnBackendDescriptor_t plan, pack;
-    float scale;                               // by-value tensor: the pack points here
-    cudnnStatus_t st;                          // first failure
-    const char *what;                          // the step that failed
+    float scale;      // by-value tensor: the pack points here
+    cudnnStatus_t st; // first failure
+    const char *what; // the step that failed
 };
 
 static cudnnBackendDescriptor_t mk(bs_sdpa *p, cudnnBackendDescriptorType_t type, const char *what) {
@@ -152,8 +162,8 @@ extern "C" bs_sdpa *sdpa_cudnn_new(cudnnHandle_t h, const bs_sdpa_desc *d, char 
     for (int64_t i = 0; i < n_cfg; i++) cfgs[i] = mk(p, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
     int64_t got = 0;
     if (p->st == CUDNN_STATUS_SUCCESS && n_cfg > 0) {
-        p->st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n_cfg, &got,
-                                         cfgs);
+        p->st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n_cfg,
+                                         &got, cfgs);
         if (p->st != CUDNN_STATUS_SUCCESS) p->what = "heuristics results";
     }
     int64_t ws = 0;
@@ -181,10 +191,17 @@ extern "C" bs_sdpa *sdpa_cudnn_new(cudnnHandle_t h, const bs_sdpa_desc *d, char 
     const size_t esz = bs_dtype_size(d->dt);
     const int64_t uids[N_UIDS] = {UID_Q,      UID_K,     UID_V,     UID_O,     UID_SCALE, UID_SEQ_Q,
                                   UID_SEQ_KV, UID_OFF_Q, UID_OFF_K, UID_OFF_V, UID_OFF_O};
-    void *ptrs[N_UIDS] = {(void *)base,          (void *)(base + C * esz), (void *)(base + 2 * C * esz),
-                          d->out,                &p->scale,                (void *)d->seqlen,
-                          (void *)d->seqlen,     (void *)d->off_qkv,       (void *)d->off_qkv,
-                          (void *)d->off_qkv,    (void *)d->off_out};
+    void *ptrs[N_UIDS] = {(void *)base,
+                          (void *)(base + C * esz),
+                          (void *)(base + 2 * C * esz),
+                          d->out,
+                          &p->scale,
+                          (void *)d->seqlen,
+                          (void *)d->seqlen,
+                          (void *)d->off_qkv,
+                          (void *)d->off_qkv,
+                          (void *)d->off_qkv,
+                          (void *)d->off_out};
     void *wsp = ws > 0 ? d->workspace : nullptr;
     p->pack = mk(p, CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, "variant pack");
     set(p, p->pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, N_UIDS, uids, "variant pack uids");

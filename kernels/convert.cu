@@ -11,13 +11,21 @@ static unsigned grid_for(size_t n, unsigned block) {
     return (unsigned)(g < 1 ? 1 : g > 65535u * 8 ? 65535u * 8 : g);
 }
 
-template <typename D> static cudaError_t convert_from(D *dst, const void *src, bs_dtype src_dt, size_t n, cudaStream_t s) {
+template <typename D>
+static cudaError_t convert_from(D *dst, const void *src, bs_dtype src_dt, size_t n, cudaStream_t s) {
     unsigned g = grid_for(n, 256);
     switch (src_dt) {
-    case BS_DT_F32: convert_kernel<<<g, 256, 0, s>>>(dst, (const float *)src, n); break;
-    case BS_DT_F16: convert_kernel<<<g, 256, 0, s>>>(dst, (const __half *)src, n); break;
-    case BS_DT_BF16: convert_kernel<<<g, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n); break;
-    default: return cudaErrorInvalidValue;
+    case BS_DT_F32:
+        convert_kernel<<<g, 256, 0, s>>>(dst, (const float *)src, n);
+        break;
+    case BS_DT_F16:
+        convert_kernel<<<g, 256, 0, s>>>(dst, (const __half *)src, n);
+        break;
+    case BS_DT_BF16:
+        convert_kernel<<<g, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n);
+        break;
+    default:
+        return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
 }
@@ -75,6 +83,7 @@ extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const voi
                                             const float *partials, cudaStream_t s) {
     unsigned g = grid_for(n, 256);
     if (g > 4096) g = 4096;
-    BS_DISPATCH_ACT(dt, quantize_fp8_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
+    BS_DISPATCH_ACT(dt,
+                    quantize_fp8_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
     return cudaGetLastError();
 }

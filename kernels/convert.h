@@ -21,8 +21,8 @@ cudaError_t amax_forward(float *partials /* (BS_AMAX_PARTS) */, const void *x, b
 
 /* q (n) <- E4M3(x / scale) with scale = max(partials) / 448 (1 when x is all zero); *scale_out =
  * scale, the dequantisation factor cuBLASLt takes as A/B scale. Run amax_forward first. */
-cudaError_t quantize_fp8_forward(void *q, float *scale_out, const void *x, bs_dtype dt, size_t n,
-                                 const float *partials, cudaStream_t s);
+cudaError_t quantize_fp8_forward(void *q, float *scale_out, const void *x, bs_dtype dt, size_t n, const float *partials,
+                                 cudaStream_t s);
 
 #ifdef __cplusplus
 }

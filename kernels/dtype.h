@@ -10,7 +10,9 @@
 
 typedef enum { BS_DT_F32 = 0, BS_DT_F16 = 1, BS_DT_BF16 = 2, BS_DT_E4M3 = 3 } bs_dtype;
 
-static inline size_t bs_dtype_size(bs_dtype t) { return t == BS_DT_F32 ? 4 : t == BS_DT_E4M3 ? 1 : 2; }
+static inline size_t bs_dtype_size(bs_dtype t) {
+    return t == BS_DT_F32 ? 4 : t == BS_DT_E4M3 ? 1 : 2;
+}
 static inline const char *bs_dtype_name(bs_dtype t) {
     return t == BS_DT_F32 ? "f32" : t == BS_DT_F16 ? "f16" : t == BS_DT_BF16 ? "bf16" : "e4m3";
 }
@@ -35,11 +37,20 @@ static inline float bs_round_fmt(float x, int mant, int emin, float max, int sat
 }
 
 /* CPU twins of __float2half_rn, __float2bfloat16_rn and __nv_cvt_float_to_fp8(.., __NV_SATFINITE, E4M3). */
-static inline float bs_round_f16(float x) { return bs_round_fmt(x, 10, -14, 65504.0f, 0); }
-static inline float bs_round_bf16(float x) { return bs_round_fmt(x, 7, -126, 3.38953139e38f, 0); }
-static inline float bs_round_e4m3(float x) { return bs_round_fmt(x, 3, -6, BS_E4M3_MAX, 1); }
+static inline float bs_round_f16(float x) {
+    return bs_round_fmt(x, 10, -14, 65504.0f, 0);
+}
+static inline float bs_round_bf16(float x) {
+    return bs_round_fmt(x, 7, -126, 3.38953139e38f, 0);
+}
+static inline float bs_round_e4m3(float x) {
+    return bs_round_fmt(x, 3, -6, BS_E4M3_MAX, 1);
+}
 static inline float bs_round_dtype(float x, bs_dtype t) {
-    return t == BS_DT_F16 ? bs_round_f16(x) : t == BS_DT_BF16 ? bs_round_bf16(x) : t == BS_DT_E4M3 ? bs_round_e4m3(x) : x;
+    return t == BS_DT_F16    ? bs_round_f16(x)
+           : t == BS_DT_BF16 ? bs_round_bf16(x)
+           : t == BS_DT_E4M3 ? bs_round_e4m3(x)
+                             : x;
 }
 
 #ifdef __CUDACC__
@@ -48,15 +59,29 @@ static inline float bs_round_dtype(float x, bs_dtype t) {
 #include <cuda_fp8.h>
 
 /* Loads widen to fp32, stores round to nearest even (E4M3 saturates). */
-__device__ __forceinline__ float bs_ld(float v) { return v; }
-__device__ __forceinline__ float bs_ld(__half v) { return __half2float(v); }
-__device__ __forceinline__ float bs_ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float bs_ld(__nv_fp8_e4m3 v) { return float(v); }
+__device__ __forceinline__ float bs_ld(float v) {
+    return v;
+}
+__device__ __forceinline__ float bs_ld(__half v) {
+    return __half2float(v);
+}
+__device__ __forceinline__ float bs_ld(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+__device__ __forceinline__ float bs_ld(__nv_fp8_e4m3 v) {
+    return float(v);
+}
 
 template <typename T> __device__ __forceinline__ T bs_st(float v);
-template <> __device__ __forceinline__ float bs_st<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half bs_st<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 bs_st<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ float bs_st<float>(float v) {
+    return v;
+}
+template <> __device__ __forceinline__ __half bs_st<__half>(float v) {
+    return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 bs_st<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
 template <> __device__ __forceinline__ __nv_fp8_e4m3 bs_st<__nv_fp8_e4m3>(float v) {
     __nv_fp8_e4m3 r;
     r.__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
@@ -72,15 +97,26 @@ __device__ __forceinline__ float bs_warp_max(float v) {
     return v;
 }
 
-/* Calls f.template operator()<T>() with T the C++ type of a bs_dtype (activation types only). */
-#define BS_DISPATCH_ACT(dt, ...)                                              \
-    do {                                                                      \
-        switch (dt) {                                                         \
-        case BS_DT_F32: { typedef float T; __VA_ARGS__; } break;              \
-        case BS_DT_F16: { typedef __half T; __VA_ARGS__; } break;             \
-        case BS_DT_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; } break;     \
-        default: return cudaErrorInvalidValue;                                \
-        }                                                                     \
+/* Runs the statements with T typedef'd to the C++ type of an activation dtype (f32, f16, bf16); any other
+ * dtype makes the enclosing launcher return cudaErrorInvalidValue. */
+#define BS_DISPATCH_ACT(dt, ...)                                                                                       \
+    do {                                                                                                               \
+        switch (dt) {                                                                                                  \
+        case BS_DT_F32: {                                                                                              \
+            typedef float T;                                                                                           \
+            __VA_ARGS__;                                                                                               \
+        } break;                                                                                                       \
+        case BS_DT_F16: {                                                                                              \
+            typedef __half T;                                                                                          \
+            __VA_ARGS__;                                                                                               \
+        } break;                                                                                                       \
+        case BS_DT_BF16: {                                                                                             \
+            typedef __nv_bfloat16 T;                                                                                   \
+            __VA_ARGS__;                                                                                               \
+        } break;                                                                                                       \
+        default:                                                                                                       \
+            return cudaErrorInvalidValue;                                                                              \
+        }                                                                                                              \
     } while (0)
 #endif
 

@@ -19,7 +19,9 @@ cudaError_t bias_gelu_forward(void *x, const float *bias, size_t rows, int N, in
 }
 #endif
 
-static inline float gelu_erf_ref(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static inline float gelu_erf_ref(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
 
 static inline void bias_gelu_ref(float *x, const float *bias, size_t rows, int N, int gelu) {
     for (size_t r = 0; r < rows; r++)

@@ -38,8 +38,10 @@ __global__ void embedding_layernorm_kernel(T *out, const int32_t *ids, const int
     int lo = 0, hi = B;
     while (lo < hi) {
         int mid = (lo + hi + 1) >> 1;
-        if (cu[mid] <= t) lo = mid;
-        else hi = mid - 1;
+        if (cu[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     const int p = lo < B ? t - cu[lo] : 0;
     const T *we = word + (size_t)ids[t] * C, *pe = pos + (size_t)p * C;

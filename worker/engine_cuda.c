@@ -27,7 +27,9 @@ bs_engine *engine_cuda_new(const bs_model *m, const bs_engine_opts *opts, char *
     return NULL;
 }
 
-int engine_cuda_device_count(void) { return 0; }
+int engine_cuda_device_count(void) {
+    return 0;
+}
 
 #else
 
@@ -78,11 +80,11 @@ typedef struct {
 } sdpa_entry;
 
 typedef struct {
-    void *qkv_w, *ao_w, *ff1_w, *ff2_w;     /* (3C, C) (C, C) (I, C) (C, I) in G */
-    void *qkv_b_act, *ff1_b_act;            /* (3C) (I) in A: cuBLASLt epilogue biases */
-    float *qkv_b, *ao_b, *ff1_b, *ff2_b;    /* fp32 copies for our kernels */
-    float *ln1_w, *ln1_b, *ln2_w, *ln2_b;   /* (C) */
-    float *scale;                           /* (4) E4M3 dequantisation scales, by G_* kind */
+    void *qkv_w, *ao_w, *ff1_w, *ff2_w;   /* (3C, C) (C, C) (I, C) (C, I) in G */
+    void *qkv_b_act, *ff1_b_act;          /* (3C) (I) in A: cuBLASLt epilogue biases */
+    float *qkv_b, *ao_b, *ff1_b, *ff2_b;  /* fp32 copies for our kernels */
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* (C) */
+    float *scale;                         /* (4) E4M3 dequantisation scales, by G_* kind */
 } dev_layer;
 
 typedef struct {
@@ -102,20 +104,20 @@ typedef struct {
     size_t wbytes;
     void *word, *pos, *type0; /* (V, C) (P, C) (C) in A */
     float *emb_ln_w, *emb_ln_b;
-    void *pool_w;             /* (C, C) in A */
+    void *pool_w; /* (C, C) in A */
     float *pool_b;
-    dev_layer *layer;         /* [L] host array of device pointers */
+    dev_layer *layer; /* [L] host array of device pointers */
 
     /* activations: one device allocation, sized once */
     void *amem;
     size_t abytes;
-    int32_t *d_in;                                  /* staged inputs, same layout as h_in */
+    int32_t *d_in; /* staged inputs, same layout as h_in */
     int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
-    void *x, *x2, *tmp, *att, *qkv, *ff;            /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
-    void *q8;                                       /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
-    float *amax_parts, *act_scale;                  /* (BS_AMAX_PARTS), (4) */
-    float *cls, *mean, *pooler;                     /* (Bcap, C) fp32 */
-    float *hidden32;                                /* (Tcap, C) fp32: x widened for the caller */
+    void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
+    void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
+    float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), (4) */
+    float *cls, *mean, *pooler;          /* (Bcap, C) fp32 */
+    float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
     void *gemm_ws, *sdpa_ws;
 
     /* pinned host staging */
@@ -136,7 +138,9 @@ typedef struct {
     uint64_t clock;
 } cuda_engine;
 
-static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+static size_t align_up(size_t x) {
+    return (x + ALIGN - 1) / ALIGN * ALIGN;
+}
 
 /* Bump allocator over one allocation: the first pass (base NULL) only measures. */
 typedef struct {
@@ -214,9 +218,9 @@ static int upload_weights(cuda_engine *e, char *err) {
     CUDA_CHECK(cudaMalloc((void **)&tmp, biggest * 4));
     int rc = BS_ERR;
     const bs_dtype A = e->act, G = e->gemm;
-#define UP(dst, dt, src, n, sc)                                                                              \
-    do {                                                                                                   \
-        if (upload(e, (dst), (dt), (src), (n), tmp, (sc), err) != BS_OK) goto done;                        \
+#define UP(dst, dt, src, n, sc)                                                                                        \
+    do {                                                                                                               \
+        if (upload(e, (dst), (dt), (src), (n), tmp, (sc), err) != BS_OK) goto done;                                    \
     } while (0)
     UP(e->word, A, m->word_emb, (size_t)c->vocab_size * C, NULL);
     UP(e->pos, A, m->pos_emb, (size_t)c->max_positions * C, NULL);
@@ -271,9 +275,12 @@ static void layout_activations(cuda_engine *e, arena *a) {
     e->pooler = take(a, (size_t)e->Bcap * C * 4);
     /* The caller's fp32 hidden state: x itself at fp32, else widened into ff when it is big enough
      * (ff is free once the last layer is done), else its own buffer. */
-    if (e->act == BS_DT_F32) e->hidden32 = NULL;
-    else if (R * I * sa >= (size_t)e->Tcap * C * 4) e->hidden32 = NULL;
-    else e->hidden32 = take(a, (size_t)e->Tcap * C * 4);
+    if (e->act == BS_DT_F32)
+        e->hidden32 = NULL;
+    else if (R * I * sa >= (size_t)e->Tcap * C * 4)
+        e->hidden32 = NULL;
+    else
+        e->hidden32 = take(a, (size_t)e->Tcap * C * 4);
     e->gemm_ws = take(a, GEMM_WS_BYTES);
     e->sdpa_ws = (e->act != BS_DT_F32) ? take(a, SDPA_WS_BYTES) : NULL;
 }
@@ -283,10 +290,10 @@ static void layout_activations(cuda_engine *e, arena *a) {
  * ids come last so a batch copies only the prefix it uses. */
 static void layout_inputs(cuda_engine *e) {
     size_t o = 0;
-#define PART(field, n)                    \
-    do {                                  \
-        e->field = o;                     \
-        o = (o + (n) + 63) / 64 * 64;     \
+#define PART(field, n)                                                                                                 \
+    do {                                                                                                               \
+        e->field = o;                                                                                                  \
+        o = (o + (n) + 63) / 64 * 64;                                                                                  \
     } while (0)
     PART(o_cu, (size_t)e->Bcap + 1);
     PART(o_seqlen, (size_t)e->Bcap);
@@ -419,8 +426,8 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *ou
     const void *X = in;
     if (e->fp8) {
         CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
-        CUDA_CHECK(quantize_fp8_forward(e->q8, e->act_scale + kind, in, e->act, (size_t)n * k, e->amax_parts,
-                                        e->stream));
+        CUDA_CHECK(
+            quantize_fp8_forward(e->q8, e->act_scale + kind, in, e->act, (size_t)n * k, e->amax_parts, e->stream));
         X = e->q8;
         const void *sa = w->scale + kind, *sb = e->act_scale + kind;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
@@ -451,15 +458,25 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
         if (e->sdpa[i].Bb == Bb) return &e->sdpa[i];
     if (e->n_sdpa == MAX_SDPA) return &none;
     const bs_bert_config *c = &e->base.model->cfg;
-    bs_sdpa_desc d = {.B = Bb, .S = e->base.opts.max_seq_len, .NH = c->heads, .HS = c->hidden / c->heads,
-                      .dt = e->act, .offset_unit = e->sdpa_unit, .qkv = e->qkv, .out = e->att,
-                      .seqlen = e->d_seqlen, .off_qkv = e->d_offq, .off_out = e->d_offo,
-                      .workspace = e->sdpa_ws, .workspace_cap = SDPA_WS_BYTES};
+    bs_sdpa_desc d = {.B = Bb,
+                      .S = e->base.opts.max_seq_len,
+                      .NH = c->heads,
+                      .HS = c->hidden / c->heads,
+                      .dt = e->act,
+                      .offset_unit = e->sdpa_unit,
+                      .qkv = e->qkv,
+                      .out = e->att,
+                      .seqlen = e->d_seqlen,
+                      .off_qkv = e->d_offq,
+                      .off_out = e->d_offo,
+                      .workspace = e->sdpa_ws,
+                      .workspace_cap = SDPA_WS_BYTES};
     sdpa_entry *s = &e->sdpa[e->n_sdpa++];
     s->Bb = Bb;
     s->p = sdpa_cudnn_new(e->dnn, &d, err);
-    if (!s->p) log_warn("cuDNN SDPA unavailable for this batch size: using the attention kernel", "B=%d reason=\"%s\"",
-                        Bb, err);
+    if (!s->p)
+        log_warn("cuDNN SDPA unavailable for this batch size: using the attention kernel", "B=%d reason=\"%s\"", Bb,
+                 err);
     return s;
 }
 
@@ -489,12 +506,12 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
                                            e->emb_ln_b, Tb, C, eps, A, s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
-        if (gemm(e, G_QKV, l, Tb, e->x, e->qkv, err) != BS_OK) return BS_ERR;      /* qkv (Tb, 3C) */
-        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;                     /* att (Tb, C) */
-        if (gemm(e, G_AO, l, Tb, e->att, e->tmp, err) != BS_OK) return BS_ERR;     /* tmp (Tb, C) */
+        if (gemm(e, G_QKV, l, Tb, e->x, e->qkv, err) != BS_OK) return BS_ERR;  /* qkv (Tb, 3C) */
+        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;                 /* att (Tb, C) */
+        if (gemm(e, G_AO, l, Tb, e->att, e->tmp, err) != BS_OK) return BS_ERR; /* tmp (Tb, C) */
         CUDA_CHECK(residual_layernorm_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A, s));
-        if (gemm(e, G_FF1, l, Tb, e->x2, e->ff, err) != BS_OK) return BS_ERR;      /* ff (Tb, I) */
-        if (gemm(e, G_FF2, l, Tb, e->ff, e->tmp, err) != BS_OK) return BS_ERR;     /* tmp (Tb, C) */
+        if (gemm(e, G_FF1, l, Tb, e->x2, e->ff, err) != BS_OK) return BS_ERR;  /* ff (Tb, I) */
+        if (gemm(e, G_FF2, l, Tb, e->ff, e->tmp, err) != BS_OK) return BS_ERR; /* tmp (Tb, C) */
         CUDA_CHECK(residual_layernorm_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A, s));
     }
     CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
@@ -519,7 +536,8 @@ static void describe(cuda_engine *e, const char *graphs) {
     if (e->use_cudnn)
         snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
                  (int)(e->cudnn_version % 10000 / 100));
-    else snprintf(attn, sizeof attn, "kernel");
+    else
+        snprintf(attn, sizeof attn, "kernel");
     snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%.24s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
              e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", graphs, (e->wbytes + e->abytes) >> 20);
@@ -545,7 +563,8 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
     int seen = 0;
     for (int i = 0; i < e->n_seen && !seen; i++) seen = e->seen[i][0] == Tb && e->seen[i][1] == Bb;
     if (!seen) {
-        if (e->n_seen == MAX_GRAPHS) memmove(e->seen[0], e->seen[1], sizeof(e->seen[0]) * (MAX_GRAPHS - 1)), e->n_seen--;
+        if (e->n_seen == MAX_GRAPHS)
+            memmove(e->seen[0], e->seen[1], sizeof(e->seen[0]) * (MAX_GRAPHS - 1)), e->n_seen--;
         e->seen[e->n_seen][0] = Tb, e->seen[e->n_seen][1] = Bb, e->n_seen++;
         return encode(e, Tb, Bb, err);
     }
@@ -668,8 +687,8 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
     if (cudaMemcpyAsync(e->d_in, e->h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         cudaMemcpyAsync(scratch, h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         convert_forward(e->qkv, e->act, scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
-        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, e->act,
-                          e->stream) != cudaSuccess ||
+        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, e->act, e->stream) !=
+            cudaSuccess ||
         convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
         cudaMemcpyAsync(o1, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
         cudaStreamSynchronize(e->stream) != cudaSuccess ||
@@ -677,9 +696,19 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
         bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
         goto done;
     }
-    bs_sdpa_desc d = {.B = Bb, .S = S, .NH = NH, .HS = HS, .dt = e->act, .offset_unit = e->sdpa_unit,
-                      .qkv = e->qkv, .out = e->att, .seqlen = e->d_seqlen, .off_qkv = e->d_offq,
-                      .off_out = e->d_offo, .workspace = e->sdpa_ws, .workspace_cap = SDPA_WS_BYTES};
+    bs_sdpa_desc d = {.B = Bb,
+                      .S = S,
+                      .NH = NH,
+                      .HS = HS,
+                      .dt = e->act,
+                      .offset_unit = e->sdpa_unit,
+                      .qkv = e->qkv,
+                      .out = e->att,
+                      .seqlen = e->d_seqlen,
+                      .off_qkv = e->d_offq,
+                      .off_out = e->d_offo,
+                      .workspace = e->sdpa_ws,
+                      .workspace_cap = SDPA_WS_BYTES};
     bs_sdpa *p = sdpa_cudnn_new(e->dnn, &d, why);
     if (!p) {
         rc = 0;
@@ -704,7 +733,8 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
         if (!(dlt <= worst)) worst = dlt; /* NaN counts as the worst */
     }
     rc = worst <= 2e-2;
-    if (!rc) snprintf(why, BS_ERRLEN, "cuDNN SDPA differs from the kernel by %.3g (offset unit %d)", worst, e->sdpa_unit);
+    if (!rc)
+        snprintf(why, BS_ERRLEN, "cuDNN SDPA differs from the kernel by %.3g (offset unit %d)", worst, e->sdpa_unit);
     log_debug("cuDNN SDPA self-check", "max_abs_diff=%.3g offset_unit=%d", worst, e->sdpa_unit);
 done:
     if (scratch) {
@@ -800,8 +830,8 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->cc_minor = prop.minor;
     snprintf(e->dev_name, sizeof e->dev_name, "%.100s", prop.name);
     if (prop.major < 8)
-        return bs_err(err, "cuda:%d (%s) has compute capability %d.%d: bertstream needs 8.0+ (Ampere or newer)",
-                      e->dev, prop.name, prop.major, prop.minor);
+        return bs_err(err, "cuda:%d (%s) has compute capability %d.%d: bertstream needs 8.0+ (Ampere or newer)", e->dev,
+                      prop.name, prop.major, prop.minor);
 
     bs_precision prec = opts->precision == BS_PREC_AUTO ? BS_PREC_BF16 : opts->precision;
     e->fp8 = prec == BS_PREC_FP8;
@@ -844,8 +874,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->cudnn_version = cudnnGetVersion();
     if (e->act != BS_DT_F32) {
-        if (cudnnCreate(&e->dnn) == CUDNN_STATUS_SUCCESS) CUDNN_CHECK(cudnnSetStream(e->dnn, e->stream));
-        else e->dnn = NULL, e->cudnn_version = 0; /* no usable cuDNN: the kernel does attention */
+        if (cudnnCreate(&e->dnn) == CUDNN_STATUS_SUCCESS)
+            CUDNN_CHECK(cudnnSetStream(e->dnn, e->stream));
+        else
+            e->dnn = NULL, e->cudnn_version = 0; /* no usable cuDNN: the kernel does attention */
     }
 
     /* weights */

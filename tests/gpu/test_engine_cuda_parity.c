@@ -66,11 +66,13 @@ static double min_row_cosine(const float *a, const float *b, int rows, int n) {
 static bs_engine *make_engine(const bs_model *m, const char *device, bs_precision p, int max_seqs, int max_tokens,
                               int max_seq_len) {
     char err[BS_ERRLEN];
-    bs_engine_opts o = {.device = device, .precision = p, .max_seqs = max_seqs, .max_tokens = max_tokens,
-                        .max_seq_len = max_seq_len};
+    bs_engine_opts o = {
+        .device = device, .precision = p, .max_seqs = max_seqs, .max_tokens = max_tokens, .max_seq_len = max_seq_len};
     bs_engine *e = engine_new(m, &o, err);
-    if (!e) fprintf(stderr, "  engine_new(%s, %s): %s\n", device, bs_precision_name(p), err);
-    else fprintf(stderr, "  engine: %s\n", engine_describe(e));
+    if (!e)
+        fprintf(stderr, "  engine_new(%s, %s): %s\n", device, bs_precision_name(p), err);
+    else
+        fprintf(stderr, "  engine: %s\n", engine_describe(e));
     return e;
 }
 
@@ -313,12 +315,24 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
 
 static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
     /* hidden 96, 3 heads of 32, 3 layers, intermediate 200 (the brief's shape) */
-    check_other_shape((bs_bert_config){.vocab_size = 1000, .hidden = 96, .layers = 3, .heads = 3, .intermediate = 200,
-                                       .max_positions = 77, .type_vocab_size = 2, .ln_eps = 1e-7f},
+    check_other_shape((bs_bert_config){.vocab_size = 1000,
+                                       .hidden = 96,
+                                       .layers = 3,
+                                       .heads = 3,
+                                       .intermediate = 200,
+                                       .max_positions = 77,
+                                       .type_vocab_size = 2,
+                                       .ln_eps = 1e-7f},
                       42);
     /* head size 80 (3 of 4 lanes' second dim idle), odd vocabulary, eps 1e-5 */
-    check_other_shape((bs_bert_config){.vocab_size = 333, .hidden = 160, .layers = 2, .heads = 2, .intermediate = 64,
-                                       .max_positions = 90, .type_vocab_size = 1, .ln_eps = 1e-5f},
+    check_other_shape((bs_bert_config){.vocab_size = 333,
+                                       .hidden = 160,
+                                       .layers = 2,
+                                       .heads = 2,
+                                       .intermediate = 64,
+                                       .max_positions = 90,
+                                       .type_vocab_size = 1,
+                                       .ln_eps = 1e-5f},
                       7);
 }
 
@@ -426,10 +440,10 @@ static bs_head *principal_head(const float *f, int N, int C) {
 }
 
 typedef struct {
-    double min_cos;        /* worst per-vector cosine of pooler, cls and mean */
-    double min_cos_hidden; /* worst per-token cosine of the last hidden state */
-    double max_dprob;      /* golden head on pooler: worst |prob - prob_cpu| */
-    double agree_golden;   /* golden head on pooler: share of equal labels */
+    double min_cos;         /* worst per-vector cosine of pooler, cls and mean */
+    double min_cos_hidden;  /* worst per-token cosine of the last hidden state */
+    double max_dprob;       /* golden head on pooler: worst |prob - prob_cpu| */
+    double agree_golden;    /* golden head on pooler: share of equal labels */
     double agree_principal; /* principal_head on mean: share of equal labels */
 } review_stats;
 
@@ -490,8 +504,7 @@ static void print_stats(const char *what, const review_set *rs, const review_sta
     fprintf(stderr,
             "  %s on %d IMDB reviews: min cosine features %.6f hidden %.6f; golden head max |dprob| %.2g, labels "
             "agree %.1f%%; principal head on mean, labels agree %.1f%%\n",
-            what, N, st->min_cos, st->min_cos_hidden, st->max_dprob, 100 * st->agree_golden,
-            100 * st->agree_principal);
+            what, N, st->min_cos, st->min_cos_hidden, st->max_dprob, 100 * st->agree_golden, 100 * st->agree_principal);
 }
 
 static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
@@ -533,8 +546,8 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
     CHECK(m != NULL);
     if (!m) return;
     const int has_fp8 = (prop.major == 8 && prop.minor == 9) || prop.major == 9;
-    bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128,
-                        .max_seq_len = 128};
+    bs_engine_opts o = {
+        .device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128, .max_seq_len = 128};
     bs_engine *e = engine_new(m, &o, err);
     if (!has_fp8) {
         CHECK(e == NULL);
@@ -607,7 +620,8 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
 
     /* one-line errors */
     setenv("BERTSTREAM_ATTENTION", "fast", 1);
-    bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_BF16, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
+    bs_engine_opts o = {
+        .device = "cuda", .precision = BS_PREC_BF16, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
     CHECK(engine_new(m, &o, err) == NULL);
     CHECK_STR(err, "BERTSTREAM_ATTENTION='fast': expected auto, kernel or cudnn");
     unsetenv("BERTSTREAM_ATTENTION");

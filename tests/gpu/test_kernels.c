@@ -15,19 +15,21 @@
 #include "pooling.h"
 #include "test.h"
 
-#define CK(x)                                                                                    \
-    do {                                                                                         \
-        cudaError_t _e = (x);                                                                    \
-        if (_e != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e)); \
-            exit(1);                                                                             \
-        }                                                                                        \
+#define CK(x)                                                                                                          \
+    do {                                                                                                               \
+        cudaError_t _e = (x);                                                                                          \
+        if (_e != cudaSuccess) {                                                                                       \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e));                        \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 static cudaStream_t S;
 static bs_rng rng = {20240611};
 
-static float urand(float lo, float hi) { return lo + (hi - lo) * (float)bs_rng_uniform(&rng); }
+static float urand(float lo, float hi) {
+    return lo + (hi - lo) * (float)bs_rng_uniform(&rng);
+}
 
 static float *host(size_t n) {
     float *p = calloc(n ? n : 1, sizeof(float));
@@ -59,7 +61,9 @@ static void *up(const float *h, size_t n, bs_dtype dt) {
     return d;
 }
 
-static float *upf(const float *h, size_t n) { return (float *)up(h, n, BS_DT_F32); }
+static float *upf(const float *h, size_t n) {
+    return (float *)up(h, n, BS_DT_F32);
+}
 
 /* Host fp32 copy of a device dt tensor. */
 static float *down(const void *d, size_t n, bs_dtype dt) {
@@ -110,7 +114,7 @@ static void convert_rounds_to_nearest_even_like_cpu_twin(void) {
     float *x = rand_host(n, -70000.0f, 70000.0f);
     for (size_t i = 0; i < 1024; i++) x[i] = urand(-3.0f, 3.0f);
     for (size_t i = 1024; i < 1100; i++) x[i] = ldexpf(urand(-1.0f, 1.0f), -20); /* f16 subnormals */
-    x[1100] = 1.0f + 1.0f / 2048; /* f16 tie: rounds to even (1.0) */
+    x[1100] = 1.0f + 1.0f / 2048;                                                /* f16 tie: rounds to even (1.0) */
     x[1101] = 1.0f + 3.0f / 2048; /* f16 tie: rounds to even (1 + 2/1024) */
     x[1102] = 1.0f + 1.0f / 256;  /* bf16 tie */
     x[1103] = 65519.0f;           /* f16: largest value that stays finite */
@@ -141,8 +145,10 @@ static float e4m3_decode(uint8_t b) {
     int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
     float v;
     if (e == 15 && m == 7) return NAN;
-    if (e == 0) v = ldexpf((float)m, -9);
-    else v = ldexpf(1.0f + m / 8.0f, e - 7);
+    if (e == 0)
+        v = ldexpf((float)m, -9);
+    else
+        v = ldexpf(1.0f + m / 8.0f, e - 7);
     return s ? -v : v;
 }
 
@@ -378,8 +384,18 @@ static void cudnn_sdpa_matches_kernel_where_available(void) {
             int32_t seqlen[8], offq[9], offo[9];
             sdpa_cudnn_fill(seqlen, offq, offo, cu, B, Bb, C, unit);
             int32_t *dl = upi(seqlen, Bb), *dq = upi(offq, Bb + 1), *dov = upi(offo, Bb + 1);
-            bs_sdpa_desc d = {.B = Bb, .S = Smax, .NH = NH, .HS = HS, .dt = dt, .offset_unit = unit, .qkv = dqkv,
-                              .out = dout, .seqlen = dl, .off_qkv = dq, .off_out = dov, .workspace = ws,
+            bs_sdpa_desc d = {.B = Bb,
+                              .S = Smax,
+                              .NH = NH,
+                              .HS = HS,
+                              .dt = dt,
+                              .offset_unit = unit,
+                              .qkv = dqkv,
+                              .out = dout,
+                              .seqlen = dl,
+                              .off_qkv = dq,
+                              .off_out = dov,
+                              .workspace = ws,
                               .workspace_cap = 16 << 20};
             bs_sdpa *plan = sdpa_cudnn_new(h, &d, why);
             if (plan) {
@@ -388,8 +404,8 @@ static void cudnn_sdpa_matches_kernel_where_available(void) {
                     CK(cudaStreamSynchronize(S));
                     float *got = down(dout, (size_t)T * C, dt);
                     double diff = max_diff(got, want, (size_t)T * C);
-                    fprintf(stderr, "  cuDNN %zu %s offset unit %d: max |diff| vs twin %.3g\n", ver,
-                            bs_dtype_name(dt), unit, diff);
+                    fprintf(stderr, "  cuDNN %zu %s offset unit %d: max |diff| vs twin %.3g\n", ver, bs_dtype_name(dt),
+                            unit, diff);
                     agreed = diff <= 2e-2;
                     free(got);
                 }
