@@ -26,11 +26,11 @@
 #include "tokenizer.h"
 #include "trainer.h"
 
-#define TRAIN_HIDDEN 64                /* the notebook's ClassificationHead width */
-#define TRAIN_INIT_SALT 0x68656164ull  /* as train-head: the same seed gives the same init */
+#define TRAIN_HIDDEN 64               /* the notebook's ClassificationHead width */
+#define TRAIN_INIT_SALT 0x68656164ull /* as train-head: the same seed gives the same init */
 #define TRAIN_META_TIMEOUT_MS 10000
 #define TRAIN_PUBLISH_TIMEOUT_MS 30000
-#define TRAIN_GATE_EPS 1e-12           /* accuracies are k/n: absorb the rounding of cur - max_regression */
+#define TRAIN_GATE_EPS 1e-12 /* accuracies are k/n: absorb the rounding of cur - max_regression */
 
 static const char usage[] =
     "usage: bertstream train --config FILE [-o section.key=value ...] [--force]\n"
@@ -227,8 +227,8 @@ static int read_labeled(const bs_config *cfg, bs_framing framing, lstore *st, tr
         total += ends->elems[i].offset;
         pending += ends->elems[i].offset > 0;
     }
-    log_info("reading labeled reviews", "topic=%s partitions=%d end_offsets_total=%lld", cfg->topics.labeled,
-             ends->cnt, (long long)total);
+    log_info("reading labeled reviews", "topic=%s partitions=%d end_offsets_total=%lld", cfg->topics.labeled, ends->cnt,
+             (long long)total);
     double last = bs_now(), last_log = bs_now();
     while (pending > 0 && !oom) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
@@ -352,9 +352,12 @@ static int encode_flush(encoder *en, int n_seq, float *X, char *err) {
     bs_batch b = {.n_seq = n_seq, .ids = en->ids, .cu_seqlens = en->cu};
     bs_outputs out = {0};
     bs_feature f = en->cfg->train.feature;
-    if (f == BS_FEATURE_POOLER) out.pooler = en->feat;
-    else if (f == BS_FEATURE_CLS) out.cls = en->feat;
-    else out.mean = en->feat;
+    if (f == BS_FEATURE_POOLER)
+        out.pooler = en->feat;
+    else if (f == BS_FEATURE_CLS)
+        out.cls = en->feat;
+    else
+        out.mean = en->feat;
     if (engine_forward(en->engine, &b, &out, err) != BS_OK) return BS_ERR;
     for (int k = 0; k < n_seq; k++) {
         int row = en->rows[k];
@@ -375,8 +378,10 @@ static int compute_features(encoder *en, int n, float *X, int *ok, train_counts 
         int hit = featcache_get(en->cache, en->keys[i], X + (size_t)i * en->C, err);
         if (hit < 0) return BS_ERR;
         ok[i] = hit ? 1 : -1; /* -1: to encode */
-        if (hit) cnt->cached++;
-        else misses++;
+        if (hit)
+            cnt->cached++;
+        else
+            misses++;
     }
     log_info("feature cache", "file=%s hits=%lld to_encode=%d", featcache_path(en->cache), (long long)cnt->cached,
              misses);
@@ -482,10 +487,10 @@ static int publish(const bs_config *cfg, const bs_head_weights *hw, delivery *d,
         goto out;
     }
     conf = NULL; /* rd_kafka_new() took ownership of conf */
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(cfg->topics.heads), RD_KAFKA_V_KEY(hw->encoder_id, strlen(hw->encoder_id)),
-        RD_KAFKA_V_VALUE(buf.data, buf.len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d),
-        RD_KAFKA_V_END);
+    rd_kafka_resp_err_t e =
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(cfg->topics.heads),
+                          RD_KAFKA_V_KEY(hw->encoder_id, strlen(hw->encoder_id)), RD_KAFKA_V_VALUE(buf.data, buf.len),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d), RD_KAFKA_V_END);
     if (e) {
         bs_err(err, "publish to %s: %s", cfg->topics.heads, rd_kafka_err2str(e));
         goto out;
@@ -522,7 +527,9 @@ static int mkdir_p(const char *dir, char *err) {
 }
 
 /* A finite double as JSON, else null (NaN AUC with one class, metrics of an empty split). */
-static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+static json_t *jnum(double v) {
+    return isfinite(v) ? json_real(v) : json_null();
+}
 
 /* Counts (n_train, n_eval) print as integers; the record's map holds them as doubles. */
 static json_t *metrics_json(const char *const *names, const double *values, int n) {
@@ -587,9 +594,15 @@ int cmd_train(int argc, char **argv) {
     config_apply_logging(cfg);
     bs_framing framing;
     switch (cfg->format.input) {
-    case BS_FORMAT_AVRO: framing = BS_FRAMING_AVRO; break;
-    case BS_FORMAT_CONFLUENT: framing = BS_FRAMING_CONFLUENT; break;
-    case BS_FORMAT_JSON: framing = BS_FRAMING_JSON; break;
+    case BS_FORMAT_AVRO:
+        framing = BS_FRAMING_AVRO;
+        break;
+    case BS_FORMAT_CONFLUENT:
+        framing = BS_FRAMING_CONFLUENT;
+        break;
+    case BS_FORMAT_JSON:
+        framing = BS_FRAMING_JSON;
+        break;
     default:
         bs_err(err, "format.input: %s cannot carry labels for topics.labeled (use avro, confluent or json)",
                config_format_name(cfg->format.input));
@@ -599,6 +612,15 @@ int cmd_train(int argc, char **argv) {
         bs_err(err, "topics.labeled and topics.heads must both be set for train");
         goto fail;
     }
+    /* hyper-parameters first: a bad one should fail before minutes of encoding */
+    trainer_opts to;
+    trainer_opts_default(&to);
+    to.epochs = (int)cfg->train.epochs;
+    to.batch = (int)cfg->train.batch;
+    to.lr = cfg->train.lr;
+    to.weight_decay = cfg->train.weight_decay;
+    to.seed = (uint64_t)cfg->train.seed;
+    if (trainer_opts_check(&to, err) != BS_OK) goto fail;
     /* The trainer's feature is train.feature: heads are validated against it, not model.feature. */
     cfg->model.feature = cfg->train.feature;
     const char *feature = bs_feature_name(cfg->train.feature);
@@ -648,8 +670,11 @@ int cmd_train(int argc, char **argv) {
     /* features */
     int is_cpu = !strcmp(cfg->model.device, "cpu") || engine_cuda_device_count() == 0;
     en.batch = is_cpu ? 32 : 256;
-    bs_engine_opts eo = {.device = cfg->model.device, .precision = cfg->model.precision, .max_seqs = en.batch,
-                         .max_tokens = en.batch * en.max_len, .max_seq_len = en.max_len};
+    bs_engine_opts eo = {.device = cfg->model.device,
+                         .precision = cfg->model.precision,
+                         .max_seqs = en.batch,
+                         .max_tokens = en.batch * en.max_len,
+                         .max_seq_len = en.max_len};
     if (!(en.engine = engine_new(en.model, &eo, err))) goto fail;
     char variant[32];
     snprintf(variant, sizeof variant, "%s/%s/%d", feature, bs_precision_name(engine_precision(en.engine)), en.max_len);
@@ -695,22 +720,18 @@ int cmd_train(int argc, char **argv) {
     }
 
     /* training */
-    trainer_opts to;
-    trainer_opts_default(&to);
-    to.epochs = (int)cfg->train.epochs;
-    to.batch = (int)cfg->train.batch;
-    to.lr = cfg->train.lr;
-    to.weight_decay = cfg->train.weight_decay;
-    to.seed = (uint64_t)cfg->train.seed;
-    if (trainer_opts_check(&to, err) != BS_OK) goto fail;
     if (!(head = head_new(C, TRAIN_HIDDEN))) {
         bs_err(err, "out of memory");
         goto fail;
     }
     bs_rng init_rng = {to.seed ^ TRAIN_INIT_SALT};
     trainer_init_head(head, &init_rng);
-    fit_ctx fc = {.h = head, .Xe = Xe, .ye = ye, .n_eval = cnt.n_eval,
-                  .steps_per_epoch = (cnt.n_train + to.batch - 1) / to.batch, .last_epoch_loss = NAN};
+    fit_ctx fc = {.h = head,
+                  .Xe = Xe,
+                  .ye = ye,
+                  .n_eval = cnt.n_eval,
+                  .steps_per_epoch = (cnt.n_train + to.batch - 1) / to.batch,
+                  .last_epoch_loss = NAN};
     log_info("training", "n_train=%d n_eval=%d epochs=%d batch=%d lr=%g weight_decay=%g seed=%llu", cnt.n_train,
              cnt.n_eval, to.epochs, to.batch, to.lr, to.weight_decay, (unsigned long long)to.seed);
     t0 = bs_now();
@@ -722,8 +743,10 @@ int cmd_train(int argc, char **argv) {
     /* the gate: the head workers serve now, judged on the same eval rows */
     heads_wait(heads, (int)cfg->train.read_timeout_ms);
     if (!heads_caught_up(heads)) {
-        bs_err(err, "%s: not read to its end within train.read_timeout_ms (%lld ms): cannot tell the current head "
-               "or the next version", cfg->topics.heads, (long long)cfg->train.read_timeout_ms);
+        bs_err(err,
+               "%s: not read to its end within train.read_timeout_ms (%lld ms): cannot tell the current head "
+               "or the next version",
+               cfg->topics.heads, (long long)cfg->train.read_timeout_ms);
         goto fail;
     }
     current_head ch = {.source = NULL};
@@ -737,8 +760,10 @@ int cmd_train(int argc, char **argv) {
             head_free(cur);
             cur = NULL;
         }
-        if (cur) ch.source = "file";
-        else log_warn("head.file ignored as the current head", "detail=\"%s\"", herr);
+        if (cur)
+            ch.source = "file";
+        else
+            log_warn("head.file ignored as the current head", "detail=\"%s\"", herr);
     }
     if (cur && cnt.n_eval > 0) {
         if (trainer_eval(cur, Xe, ye, cnt.n_eval, &ch.m, err) != BS_OK) goto fail;
@@ -817,10 +842,19 @@ int cmd_train(int argc, char **argv) {
             bs_err(err, "%s: version %lld cannot be incremented", cfg->topics.heads, (long long)maxv);
             goto fail;
         }
-        bs_head_weights hw = {.version = maxv + 1, .encoder_id = encoder_id, .feature = feature, .input_dim = C,
-                              .hidden_dim = TRAIN_HIDDEN, .fc1_weight = head->fc1_w, .fc1_bias = head->fc1_b,
-                              .fc2_weight = head->fc2_w, .fc2_bias = head->fc2_b, .n_metrics = nm,
-                              .metric_names = mnames, .metric_values = mvalues, .created_at = bs_wall_ms()};
+        bs_head_weights hw = {.version = maxv + 1,
+                              .encoder_id = encoder_id,
+                              .feature = feature,
+                              .input_dim = C,
+                              .hidden_dim = TRAIN_HIDDEN,
+                              .fc1_weight = head->fc1_w,
+                              .fc1_bias = head->fc1_b,
+                              .fc2_weight = head->fc2_w,
+                              .fc2_bias = head->fc2_b,
+                              .n_metrics = nm,
+                              .metric_names = mnames,
+                              .metric_values = mvalues,
+                              .created_at = bs_wall_ms()};
         uint8_t sig[HEADS_SIGNATURE_LEN];
         const char *key = cfg->head.hmac_key;
         if (*key) {

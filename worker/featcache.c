@@ -29,14 +29,14 @@ typedef struct {
 struct bs_featcache {
     int fd;
     int C;
-    size_t rec_bytes;   /* 32 + 4 C */
-    int64_t n_records;  /* records in the file (duplicates included) */
-    fc_slot *slots;     /* (cap) */
-    size_t cap, count;  /* power of two; distinct keys */
+    size_t rec_bytes;  /* 32 + 4 C */
+    int64_t n_records; /* records in the file (duplicates included) */
+    fc_slot *slots;    /* (cap) */
+    size_t cap, count; /* power of two; distinct keys */
     size_t loaded, torn;
     char encoder_id[FC_ID_LEN];
     char feature[FC_FEAT_LEN];
-    uint8_t *rec;       /* (rec_bytes) scratch for one record */
+    uint8_t *rec; /* (rec_bytes) scratch for one record */
     char path[4096];
 };
 
@@ -163,7 +163,8 @@ static int load(bs_featcache *fc, off_t size, char *err) {
     off_t tail = body - (off_t)n * (off_t)fc->rec_bytes;
     if (tail) {
         /* A crash mid-append leaves part of a record: drop it so later appends stay aligned. */
-        if (ftruncate(fc->fd, size - tail) != 0) return bs_err(err, "%s: truncate torn record: %s", fc->path, strerror(errno));
+        if (ftruncate(fc->fd, size - tail) != 0)
+            return bs_err(err, "%s: truncate torn record: %s", fc->path, strerror(errno));
         fc->torn = (size_t)tail;
     }
     /* read keys in chunks of records */
@@ -222,7 +223,8 @@ bs_featcache *featcache_open(const char *dir, const char *encoder_id, const char
     char fname[FC_FEAT_LEN];
     snprintf(fname, sizeof fname, "%s", feature);
     for (char *q = fname; *q; q++)
-        if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '.'))
+        if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') || *q == '-' ||
+              *q == '.'))
             *q = '_';
     if (snprintf(fc->path, sizeof fc->path, "%s/%s-%s.bsfeat", dir, hex, fname) >= (int)sizeof fc->path) {
         bs_err(err, "%s: path too long", dir);
@@ -310,8 +312,9 @@ int featcache_put(bs_featcache *fc, const uint8_t key[FEATCACHE_KEY_LEN], const 
     off_t at = (off_t)FC_HEADER + (off_t)fc->n_records * (off_t)fc->rec_bytes;
     if (write_all(fc->fd, fc->rec, fc->rec_bytes, at) != BS_OK) {
         int e = errno ? errno : EIO;
-        /* leave no partial record behind: the next open would cut it anyway */
-        if (ftruncate(fc->fd, at) != 0) { /* nothing more to do */ }
+        /* leave no partial record behind (best effort: the next open would cut it anyway) */
+        int trunc_rc = ftruncate(fc->fd, at);
+        (void)trunc_rc;
         return bs_err(err, "%s: write: %s", fc->path, strerror(e));
     }
     if (index_put(fc, key, fc->n_records) != BS_OK) return bs_err(err, "%s: out of memory for the index", fc->path);
@@ -324,7 +327,15 @@ int featcache_sync(bs_featcache *fc, char *err) {
     return BS_OK;
 }
 
-size_t featcache_count(const bs_featcache *fc) { return fc->count; }
-size_t featcache_loaded(const bs_featcache *fc) { return fc->loaded; }
-size_t featcache_torn_bytes(const bs_featcache *fc) { return fc->torn; }
-const char *featcache_path(const bs_featcache *fc) { return fc->path; }
+size_t featcache_count(const bs_featcache *fc) {
+    return fc->count;
+}
+size_t featcache_loaded(const bs_featcache *fc) {
+    return fc->loaded;
+}
+size_t featcache_torn_bytes(const bs_featcache *fc) {
+    return fc->torn;
+}
+const char *featcache_path(const bs_featcache *fc) {
+    return fc->path;
+}

@@ -18,8 +18,8 @@
 
 #include "log.h"
 
-const char *const heads_reject_reasons[] = {HEADS_R_ENCODER_MISMATCH, HEADS_R_BAD_SHAPE,   HEADS_R_NOT_FINITE,
-                                            HEADS_R_FEATURE_MISMATCH, HEADS_R_UNSIGNED,    HEADS_R_BAD_SIGNATURE,
+const char *const heads_reject_reasons[] = {HEADS_R_ENCODER_MISMATCH, HEADS_R_BAD_SHAPE, HEADS_R_NOT_FINITE,
+                                            HEADS_R_FEATURE_MISMATCH, HEADS_R_UNSIGNED,  HEADS_R_BAD_SIGNATURE,
                                             HEADS_R_UNDECODABLE};
 const int heads_reject_reason_count = (int)(sizeof heads_reject_reasons / sizeof heads_reject_reasons[0]);
 
@@ -52,7 +52,7 @@ static int put_floats(bs_buf *b, const float *f, size_t n) {
         uint32_t u;
         memcpy(&u, &f[i], 4);
         d[4 * i] = (uint8_t)u, d[4 * i + 1] = (uint8_t)(u >> 8), d[4 * i + 2] = (uint8_t)(u >> 16),
-        d[4 * i + 3] = (uint8_t)(u >> 24);
+              d[4 * i + 3] = (uint8_t)(u >> 24);
     }
     b->len += 4 * n;
     b->data[b->len] = 0;
@@ -160,8 +160,9 @@ int heads_validate(const bs_head_weights *hw, const char *expect_encoder_id, int
         return reject(reason_code, HEADS_R_ENCODER_MISMATCH, err, "head v%" PRId64 ": encoder_id %.80s is not %.80s",
                       hw->version, enc, expect_encoder_id ? expect_encoder_id : "");
     if (hw->input_dim != expect_input_dim)
-        return reject(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": input_dim %d, the model's hidden size is %d",
-                      hw->version, hw->input_dim, expect_input_dim);
+        return reject(reason_code, HEADS_R_BAD_SHAPE, err,
+                      "head v%" PRId64 ": input_dim %d, the model's hidden size is %d", hw->version, hw->input_dim,
+                      expect_input_dim);
     if (hw->hidden_dim < 1 || hw->hidden_dim > (1 << 20))
         return reject(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": hidden_dim %d is out of range 1..%d",
                       hw->version, hw->hidden_dim, 1 << 20);
@@ -169,8 +170,9 @@ int heads_validate(const bs_head_weights *hw, const char *expect_encoder_id, int
         return reject(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": a tensor is missing", hw->version);
     const char *feat = hw->feature ? hw->feature : "";
     if (strcmp(feat, expect_feature ? expect_feature : "") != 0)
-        return reject(reason_code, HEADS_R_FEATURE_MISMATCH, err, "head v%" PRId64 ": feature '%.32s', the model uses '%.32s'",
-                      hw->version, feat, expect_feature ? expect_feature : "");
+        return reject(reason_code, HEADS_R_FEATURE_MISMATCH, err,
+                      "head v%" PRId64 ": feature '%.32s', the model uses '%.32s'", hw->version, feat,
+                      expect_feature ? expect_feature : "");
     if (hmac_key && *hmac_key) {
         if (!hw->has_signature)
             return reject(reason_code, HEADS_R_UNSIGNED, err, "head v%" PRId64 ": unsigned, and head.hmac_key is set",
@@ -256,7 +258,8 @@ rd_kafka_conf_t *heads_consumer_conf(const bs_config *cfg, const char *client_id
     if (!config_kv_get(&cfg->kafka, "client.id") && !config_kv_get(&cfg->consumer, "client.id") &&
         conf_set(conf, "", "client.id", client_id, err) != BS_OK)
         goto fail;
-    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK || conf_apply(conf, "consumer", &cfg->consumer, err) != BS_OK)
+    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK ||
+        conf_apply(conf, "consumer", &cfg->consumer, err) != BS_OK)
         goto fail;
     /* An assign-only reader: it never joins a group and never commits, so whatever group.id the
      * config carries (the worker's own) is left untouched. */
@@ -277,7 +280,8 @@ rd_kafka_conf_t *heads_producer_conf(const bs_config *cfg, const char *client_id
     if (!config_kv_get(&cfg->kafka, "client.id") && !config_kv_get(&cfg->producer, "client.id") &&
         conf_set(conf, "", "client.id", client_id, err) != BS_OK)
         goto fail;
-    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK || conf_apply(conf, "producer", &cfg->producer, err) != BS_OK)
+    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK ||
+        conf_apply(conf, "producer", &cfg->producer, err) != BS_OK)
         goto fail;
     rd_kafka_conf_set_log_cb(conf, heads_log_cb);
     rd_kafka_conf_set_error_cb(conf, heads_error_cb);
@@ -320,8 +324,8 @@ static int topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, i
     return rc;
 }
 
-int heads_assign_from_start(rd_kafka_t *rk, const char *topic, int timeout_ms,
-                            rd_kafka_topic_partition_list_t **parts, char *err) {
+int heads_assign_from_start(rd_kafka_t *rk, const char *topic, int timeout_ms, rd_kafka_topic_partition_list_t **parts,
+                            char *err) {
     int32_t *ids = NULL;
     int n = 0;
     *parts = NULL;
@@ -364,7 +368,7 @@ fail:
 
 typedef struct {
     int32_t partition;
-    int64_t end;      /* high watermark captured at start (0: nothing to read) */
+    int64_t end; /* high watermark captured at start (0: nothing to read) */
     int reached;
 } heads_part;
 
@@ -428,11 +432,12 @@ static void handle_message(bs_heads *hs, const rd_kafka_message_t *m) {
     bs_head_weights hw;
     const char *reason = NULL;
     if (!m->payload) {
-        log_debug("heads topic: tombstone ignored", "partition=%d offset=%lld", (int)m->partition, (long long)m->offset);
+        log_debug("heads topic: tombstone ignored", "partition=%d offset=%lld", (int)m->partition,
+                  (long long)m->offset);
         return;
     }
-    int rc = heads_check(hs->codec, m->payload, m->len, hs->encoder_id, hs->input_dim, hs->feature, hs->hmac_key,
-                         &hw, &reason, err);
+    int rc = heads_check(hs->codec, m->payload, m->len, hs->encoder_id, hs->input_dim, hs->feature, hs->hmac_key, &hw,
+                         &reason, err);
     if (reason && strcmp(reason, HEADS_R_UNDECODABLE) == 0) {
         count_rejection(hs, reason);
         log_warn("head rejected", "reason=%s partition=%d offset=%lld detail=\"%s\"", reason, (int)m->partition,
@@ -507,8 +512,10 @@ static void recheck_partitions(bs_heads *hs) {
                 hs->parts[hs->n_parts++] = (heads_part){.partition = ids[i], .end = 0, .reached = 1};
             }
             rd_kafka_resp_err_t e = rd_kafka_assign(hs->rk, l);
-            if (e) log_warn("heads topic: assign failed", "error=\"%s\"", rd_kafka_err2str(e));
-            else log_info("heads topic: partitions assigned", "topic=%s partitions=%d", hs->topic, l->cnt);
+            if (e)
+                log_warn("heads topic: assign failed", "error=\"%s\"", rd_kafka_err2str(e));
+            else
+                log_info("heads topic: partitions assigned", "topic=%s partitions=%d", hs->topic, l->cnt);
         } else if (np) {
             hs->parts = np;
         }
@@ -592,8 +599,8 @@ bs_heads *heads_new(const bs_config *cfg, const char *encoder_id, int input_dim,
         goto fail;
     }
     for (int i = 0; i < ends->cnt; i++)
-        hs->parts[i] = (heads_part){.partition = ends->elems[i].partition, .end = ends->elems[i].offset,
-                                    .reached = ends->elems[i].offset <= 0};
+        hs->parts[i] = (heads_part){
+            .partition = ends->elems[i].partition, .end = ends->elems[i].offset, .reached = ends->elems[i].offset <= 0};
     rd_kafka_topic_partition_list_destroy(ends);
     ends = NULL;
     update_caught_up(hs);
@@ -622,8 +629,10 @@ int heads_wait(bs_heads *hs, int timeout_ms) {
     }
     pthread_mutex_lock(&hs->lock);
     while (!hs->caught_up) {
-        if (timeout_ms < 0) pthread_cond_wait(&hs->cond, &hs->lock);
-        else if (pthread_cond_timedwait(&hs->cond, &hs->lock, &until) != 0) break;
+        if (timeout_ms < 0)
+            pthread_cond_wait(&hs->cond, &hs->lock);
+        else if (pthread_cond_timedwait(&hs->cond, &hs->lock, &until) != 0)
+            break;
     }
     int have = hs->head != NULL;
     pthread_mutex_unlock(&hs->lock);
@@ -645,7 +654,9 @@ bs_head *heads_acquire_newer(bs_heads *hs, int64_t have_version) {
     return c;
 }
 
-int64_t heads_version(bs_heads *hs) { return atomic_load(&hs->version); }
+int64_t heads_version(bs_heads *hs) {
+    return atomic_load(&hs->version);
+}
 
 int64_t heads_max_version(bs_heads *hs) {
     pthread_mutex_lock(&hs->lock);
@@ -654,8 +665,12 @@ int64_t heads_max_version(bs_heads *hs) {
     return v;
 }
 
-int64_t heads_accepted_count(bs_heads *hs) { return atomic_load(&hs->n_accepted); }
-int64_t heads_rejected_count(bs_heads *hs) { return atomic_load(&hs->n_rejected); }
+int64_t heads_accepted_count(bs_heads *hs) {
+    return atomic_load(&hs->n_accepted);
+}
+int64_t heads_rejected_count(bs_heads *hs) {
+    return atomic_load(&hs->n_rejected);
+}
 
 void heads_free(bs_heads *hs) {
     if (!hs) return;

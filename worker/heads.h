@@ -33,8 +33,7 @@
 /* Writes the canonical bytes into out (overwritten). BS_ERR on bad dims, missing tensors or no memory. */
 int heads_canonical(const bs_head_weights *hw, bs_buf *out, char *err);
 /* sig[32] = HMAC-SHA256 of the canonical bytes with key (key_len bytes, may be 0). */
-int heads_sign(const bs_head_weights *hw, const char *key, size_t key_len, uint8_t sig[HEADS_SIGNATURE_LEN],
-               char *err);
+int heads_sign(const bs_head_weights *hw, const char *key, size_t key_len, uint8_t sig[HEADS_SIGNATURE_LEN], char *err);
 /* 1 when hw carries a signature that matches (constant-time compare), 0 when it does not or is absent. */
 int heads_verify(const bs_head_weights *hw, const char *key, size_t key_len);
 
@@ -113,7 +112,7 @@ rd_kafka_conf_t *heads_producer_conf(const bs_config *cfg, const char *client_id
 /* Assigns every partition of topic from OFFSET_BEGINNING and captures each one's high watermark.
  * *parts gets the assigned list (offset = high watermark at the time of the call; the caller
  * destroys it). A topic that does not exist gives an empty list and BS_OK. */
-int heads_assign_from_start(rd_kafka_t *rk, const char *topic, int timeout_ms,
-                            rd_kafka_topic_partition_list_t **parts, char *err);
+int heads_assign_from_start(rd_kafka_t *rk, const char *topic, int timeout_ms, rd_kafka_topic_partition_list_t **parts,
+                            char *err);
 
 #endif

@@ -22,9 +22,18 @@ static const char *const k_names[2] = {"n_train", "eval_accuracy"}; /* not sorte
 static const double k_values[2] = {900.0, 0.75};
 
 static bs_head_weights fixed_head(void) {
-    return (bs_head_weights){.version = 7, .encoder_id = "sha256:test", .feature = "pooler", .input_dim = 2,
-                             .hidden_dim = 2, .fc1_weight = k_w1, .fc1_bias = k_b1, .fc2_weight = k_w2,
-                             .fc2_bias = k_b2, .n_metrics = 2, .metric_names = k_names, .metric_values = k_values,
+    return (bs_head_weights){.version = 7,
+                             .encoder_id = "sha256:test",
+                             .feature = "pooler",
+                             .input_dim = 2,
+                             .hidden_dim = 2,
+                             .fc1_weight = k_w1,
+                             .fc1_bias = k_b1,
+                             .fc2_weight = k_w2,
+                             .fc2_bias = k_b2,
+                             .n_metrics = 2,
+                             .metric_names = k_names,
+                             .metric_values = k_values,
                              .created_at = 1700000000000LL};
 }
 
@@ -254,9 +263,9 @@ static void produce_raw(mock_env *e, int32_t partition, const void *val, size_t 
     rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     CHECK(p != NULL);
     if (!p) return;
-    rd_kafka_resp_err_t err = rd_kafka_producev(p, RD_KAFKA_V_TOPIC("heads"), RD_KAFKA_V_PARTITION(partition),
-                                                RD_KAFKA_V_VALUE((void *)val, len),
-                                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t err =
+        rd_kafka_producev(p, RD_KAFKA_V_TOPIC("heads"), RD_KAFKA_V_PARTITION(partition),
+                          RD_KAFKA_V_VALUE((void *)val, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     CHECK_INT(err, 0);
     CHECK_INT(rd_kafka_flush(p, 10000), 0);
     rd_kafka_destroy(p);
@@ -302,13 +311,15 @@ static void heads_follower_keeps_the_latest_valid_version_and_counts_rejections(
         return;
     }
     const char *key = "s3cret";
-    produce_head(&e, 0, 1, "sha256:test", 0.5f, key);           /* valid */
-    produce_head(&e, 1, 2, "sha256:test", 1.5f, key);           /* valid, on the other partition */
-    produce_head(&e, 0, 5, "sha256:test", 9.0f, "wrong");       /* bad signature */
-    produce_head(&e, 1, 6, "sha256:test", 9.0f, NULL);          /* unsigned */
-    produce_head(&e, 0, 9, "sha256:other", 9.0f, key);          /* another model's head */
-    produce_head(&e, 0, 1, "sha256:test", 7.0f, key);           /* an old version again: ignored */
-    produce_raw(&e, 1, "\x02garbage", 8);                       /* undecodable */
+    /* partition 0 holds the valid history in order; partition 1 only rejects, so the counts do not
+     * depend on which partition the follower reads first */
+    produce_head(&e, 0, 1, "sha256:test", 0.5f, key);     /* valid */
+    produce_head(&e, 0, 2, "sha256:test", 1.5f, key);     /* valid, newer */
+    produce_head(&e, 0, 1, "sha256:test", 7.0f, key);     /* an old version again: ignored */
+    produce_head(&e, 1, 5, "sha256:test", 9.0f, "wrong"); /* bad signature */
+    produce_head(&e, 1, 6, "sha256:test", 9.0f, NULL);    /* unsigned */
+    produce_head(&e, 1, 9, "sha256:other", 9.0f, key);    /* another model's head */
+    produce_raw(&e, 1, "\x02garbage", 8);                 /* undecodable */
 
     bs_config *cfg = follower_config(&e, key);
     bs_metrics *reg = metrics_new();
