@@ -5,12 +5,14 @@
 #
 #   OUTDIR/bertstream          RUNPATH $ORIGIN/lib
 #   OUTDIR/tests/test_*        the GPU tests (tests/gpu/test_*.c), RUNPATH $ORIGIN/../lib
-#   OUTDIR/lib/*               everything else ldd finds, RUNPATH $ORIGIN; files over 1 MiB are
-#                              stored gzip-compressed (NAME.gz): run OUTDIR/unpack.sh once first
+#   OUTDIR/lib/*               everything else ldd finds, RUNPATH $ORIGIN
+#   OUTDIR/unpack.sh           run once first: every file over 1 MiB is stored gzip-compressed
+#                              (NAME.gz) and this inflates them in place (needs only sh + gzip)
 #   OUTDIR/MANIFEST            what came from where
 #
 # The bundle must stay under 40 MiB as stored (it is carried to the GPU machine with the tree):
-# the Debian libopenblas alone is 36 MiB (DYNAMIC_ARCH), hence the compression.
+# the Debian libopenblas alone is 36 MiB (DYNAMIC_ARCH) and the executables carry kernels for
+# three GPU architectures, hence the compression.
 set -euo pipefail
 
 die() { echo "bundle.sh: $*" >&2; exit 1; }
@@ -89,10 +91,10 @@ done
 
 cat >"$OUT/unpack.sh" <<'EOF'
 #!/bin/sh
-# Inflates the libraries bundle.sh stored gzip-compressed (idempotent; needs only gzip).
+# Inflates the files bundle.sh stored gzip-compressed (idempotent; needs only sh and gzip).
 set -e
-cd "$(dirname "$0")/lib"
-for f in *.gz; do
+cd "$(dirname "$0")"
+for f in *.gz tests/*.gz lib/*.gz; do
     [ -e "$f" ] || continue
     gzip -dc "$f" >"${f%.gz}.part"
     chmod 755 "${f%.gz}.part"
@@ -103,9 +105,9 @@ EOF
 chmod +x "$OUT/unpack.sh"
 
 unpacked=$(du -sb "$OUT" | awk '{print $1}')
-for l in "$OUT"/lib/*; do
-    [ -e "$l" ] || continue
-    if [ "$(stat -c %s "$l")" -gt "$COMPRESS_OVER" ]; then gzip -9 "$l"; fi
+for f in "$OUT/bertstream" "$OUT"/tests/* "$OUT"/lib/*; do
+    [ -e "$f" ] || continue
+    if [ "$(stat -c %s "$f")" -gt "$COMPRESS_OVER" ]; then gzip -9 "$f"; fi
 done
 
 size=$(du -sb "$OUT" | awk '{print $1}')

@@ -10,7 +10,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUNDLE=${1:-$HERE/../build/bundle}
-[ -x "$BUNDLE/bertstream" ] || { echo "gpu-check: no bundle at $BUNDLE (scripts/bundle.sh BIN OUTDIR)" >&2; exit 2; }
+[ -e "$BUNDLE/unpack.sh" ] || { echo "gpu-check: no bundle at $BUNDLE (scripts/bundle.sh BIN OUTDIR)" >&2; exit 2; }
 BUNDLE=$(cd "$BUNDLE" && pwd)
 OUTDIR=${OUT:-.}
 mkdir -p "$OUTDIR"
