@@ -896,7 +896,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     layout_activations(e, &a);
     e->abytes = a.off;
     CUDA_CHECK(cudaMalloc(&e->amem, e->abytes));
-    CUDA_CHECK(cudaMemset(e->amem, 0, e->abytes)); /* spare and padding rows start finite */
+    CUDA_CHECK(cudaMemsetAsync(e->amem, 0, e->abytes, e->stream)); /* spare and padding rows start finite */
     a = (arena){.base = e->amem};
     layout_activations(e, &a);
     e->d_cu = e->d_in + e->o_cu;
