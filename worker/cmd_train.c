@@ -541,6 +541,64 @@ static json_t *metrics_json(const char *const *names, const double *values, int 
     return o;
 }
 
+static json_t *counts_json(const train_counts *c) {
+    json_t *o = json_object();
+    json_object_set_new(o, "messages", json_integer(c->messages));
+    json_object_set_new(o, "reviews", json_integer(c->reviews));
+    json_object_set_new(o, "train", json_integer(c->n_train));
+    json_object_set_new(o, "eval", json_integer(c->n_eval));
+    json_object_set_new(o, "encoded", json_integer(c->encoded));
+    json_object_set_new(o, "cached", json_integer(c->cached));
+    json_object_set_new(o, "undecodable", json_integer(c->undecodable));
+    json_object_set_new(o, "bad_label", json_integer(c->bad_label));
+    json_object_set_new(o, "untokenizable", json_integer(c->untokenizable));
+    json_object_set_new(o, "tombstones", json_integer(c->tombstones));
+    json_object_set_new(o, "superseded", json_integer(c->superseded));
+    return o;
+}
+
+/* head-v<version>.safetensors (the tensors) and head-v<version>.json (everything about them) in
+ * train.out_dir; hpath and jpath (4096 bytes each) get the paths. */
+static int write_head_files(const bs_config *cfg, const bs_head *head, const bs_head_weights *hw, const delivery *d,
+                            const trainer_opts *to, int max_len, bs_precision prec, const char *gate, char *hpath,
+                            char *jpath, char *err) {
+    if (mkdir_p(cfg->train.out_dir, err) != BS_OK) return BS_ERR;
+    snprintf(hpath, 4096, "%s/head-v%lld.safetensors", cfg->train.out_dir, (long long)hw->version);
+    snprintf(jpath, 4096, "%s/head-v%lld.json", cfg->train.out_dir, (long long)hw->version);
+    if (head_save(head, hpath, err) != BS_OK) return BS_ERR;
+    json_t *meta = json_object();
+    json_object_set_new(meta, "version", json_integer(hw->version));
+    json_object_set_new(meta, "encoder_id", json_string(hw->encoder_id));
+    json_object_set_new(meta, "feature", json_string(hw->feature));
+    json_object_set_new(meta, "input_dim", json_integer(hw->input_dim));
+    json_object_set_new(meta, "hidden_dim", json_integer(hw->hidden_dim));
+    json_object_set_new(meta, "created_at", json_integer(hw->created_at));
+    json_object_set_new(meta, "metrics", metrics_json(hw->metric_names, hw->metric_values, hw->n_metrics));
+    char sighex[2 * HEADS_SIGNATURE_LEN + 1] = "";
+    for (size_t i = 0; hw->has_signature && i < hw->signature_len && i < HEADS_SIGNATURE_LEN; i++)
+        sprintf(sighex + 2 * i, "%02x", hw->signature[i]);
+    json_object_set_new(meta, "signature", hw->has_signature ? json_string(sighex) : json_null());
+    json_object_set_new(meta, "topic", json_string(cfg->topics.heads));
+    json_object_set_new(meta, "partition", json_integer(d->partition));
+    json_object_set_new(meta, "offset", json_integer(d->offset));
+    json_object_set_new(meta, "model_dir", json_string(cfg->model.dir));
+    json_object_set_new(meta, "gate", json_string(gate));
+    json_t *hp = json_object();
+    json_object_set_new(hp, "epochs", json_integer(to->epochs));
+    json_object_set_new(hp, "batch", json_integer(to->batch));
+    json_object_set_new(hp, "lr", json_real(to->lr));
+    json_object_set_new(hp, "weight_decay", json_real(to->weight_decay));
+    json_object_set_new(hp, "seed", json_integer((json_int_t)to->seed));
+    json_object_set_new(hp, "eval_fraction", json_real(cfg->train.eval_fraction));
+    json_object_set_new(hp, "max_seq_len", json_integer(max_len));
+    json_object_set_new(hp, "precision", json_string(bs_precision_name(prec)));
+    json_object_set_new(meta, "train", hp);
+    int wr = json_dump_file(meta, jpath, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    json_decref(meta);
+    if (wr != 0) return bs_err(err, "%s: cannot write", jpath);
+    return BS_OK;
+}
+
 /* ---- the command ---- */
 
 typedef struct {
@@ -816,19 +874,7 @@ int cmd_train(int argc, char **argv) {
     } else {
         json_object_set_new(summary, "current", json_null());
     }
-    json_t *jc = json_object();
-    json_object_set_new(jc, "messages", json_integer(cnt.messages));
-    json_object_set_new(jc, "reviews", json_integer(cnt.reviews));
-    json_object_set_new(jc, "train", json_integer(cnt.n_train));
-    json_object_set_new(jc, "eval", json_integer(cnt.n_eval));
-    json_object_set_new(jc, "encoded", json_integer(cnt.encoded));
-    json_object_set_new(jc, "cached", json_integer(cnt.cached));
-    json_object_set_new(jc, "undecodable", json_integer(cnt.undecodable));
-    json_object_set_new(jc, "bad_label", json_integer(cnt.bad_label));
-    json_object_set_new(jc, "untokenizable", json_integer(cnt.untokenizable));
-    json_object_set_new(jc, "tombstones", json_integer(cnt.tombstones));
-    json_object_set_new(jc, "superseded", json_integer(cnt.superseded));
-    json_object_set_new(summary, "counts", jc);
+    json_object_set_new(summary, "counts", counts_json(&cnt));
     json_object_set_new(summary, "partial_read", json_boolean(cnt.partial));
     json_t *js = json_object();
     json_object_set_new(js, "read", json_real(t_read));
@@ -872,42 +918,9 @@ int cmd_train(int argc, char **argv) {
 
         /* the same head on disk, for audits and offline `score --head` */
         char hpath[4096], jpath[4096];
-        if (mkdir_p(cfg->train.out_dir, err) != BS_OK) goto fail;
-        snprintf(hpath, sizeof hpath, "%s/head-v%lld.safetensors", cfg->train.out_dir, (long long)hw.version);
-        snprintf(jpath, sizeof jpath, "%s/head-v%lld.json", cfg->train.out_dir, (long long)hw.version);
-        if (head_save(head, hpath, err) != BS_OK) goto fail;
-        json_t *meta = json_object();
-        json_object_set_new(meta, "version", json_integer(hw.version));
-        json_object_set_new(meta, "encoder_id", json_string(encoder_id));
-        json_object_set_new(meta, "feature", json_string(feature));
-        json_object_set_new(meta, "input_dim", json_integer(C));
-        json_object_set_new(meta, "hidden_dim", json_integer(TRAIN_HIDDEN));
-        json_object_set_new(meta, "created_at", json_integer(hw.created_at));
-        json_object_set_new(meta, "metrics", metrics_json(mnames, mvalues, nm));
-        char sighex[2 * HEADS_SIGNATURE_LEN + 1];
-        for (int i = 0; hw.has_signature && i < HEADS_SIGNATURE_LEN; i++) sprintf(sighex + 2 * i, "%02x", sig[i]);
-        json_object_set_new(meta, "signature", hw.has_signature ? json_string(sighex) : json_null());
-        json_object_set_new(meta, "topic", json_string(cfg->topics.heads));
-        json_object_set_new(meta, "partition", json_integer(d.partition));
-        json_object_set_new(meta, "offset", json_integer(d.offset));
-        json_object_set_new(meta, "model_dir", json_string(cfg->model.dir));
-        json_object_set_new(meta, "gate", json_string(reason));
-        json_t *hp = json_object();
-        json_object_set_new(hp, "epochs", json_integer(to.epochs));
-        json_object_set_new(hp, "batch", json_integer(to.batch));
-        json_object_set_new(hp, "lr", json_real(to.lr));
-        json_object_set_new(hp, "weight_decay", json_real(to.weight_decay));
-        json_object_set_new(hp, "seed", json_integer((json_int_t)to.seed));
-        json_object_set_new(hp, "eval_fraction", json_real(cfg->train.eval_fraction));
-        json_object_set_new(hp, "max_seq_len", json_integer(en.max_len));
-        json_object_set_new(hp, "precision", json_string(bs_precision_name(engine_precision(en.engine))));
-        json_object_set_new(meta, "train", hp);
-        int wr = json_dump_file(meta, jpath, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
-        json_decref(meta);
-        if (wr != 0) {
-            bs_err(err, "%s: cannot write", jpath);
+        if (write_head_files(cfg, head, &hw, &d, &to, en.max_len, engine_precision(en.engine), reason, hpath, jpath,
+                             err) != BS_OK)
             goto fail;
-        }
         json_object_set_new(summary, "version", json_integer(hw.version));
         json_object_set_new(summary, "signed", json_boolean(hw.has_signature));
         json_t *files = json_object();
