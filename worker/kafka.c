@@ -26,6 +26,7 @@ struct bs_offsets {
     uint64_t mask;    /* cap - 1 (cap is a power of two) */
     uint32_t epoch;
     int64_t next;     /* commit position: last popped offset + 1, -1 unknown */
+    int64_t reported; /* the position offsets_advance last returned as moved */
     int64_t last;     /* last pushed offset, -1 none */
     int64_t emitted;  /* highest offset handed to the producer, -1 none */
 };
@@ -46,7 +47,7 @@ bs_offsets *offsets_new(int capacity) {
     }
     pthread_mutex_init(&o->mu, NULL);
     o->mask = cap - 1;
-    o->next = o->last = o->emitted = -1;
+    o->next = o->last = o->emitted = o->reported = -1;
     return o;
 }
 
@@ -64,14 +65,30 @@ void offsets_reset(bs_offsets *o) {
     o->head = o->tail = 0;
     o->n_pending = 0;
     o->epoch++;
-    o->next = o->last = o->emitted = -1;
+    o->next = o->last = o->emitted = o->reported = -1;
     pthread_mutex_unlock(&o->mu);
 }
 
+/* Pops the contiguous done prefix (caller holds the lock). */
+static void pop_done(bs_offsets *o) {
+    while (o->head != o->tail && o->done[o->head & o->mask] == ENTRY_DONE) {
+        uint64_t i = o->head & o->mask;
+        o->next = o->offset[i] + 1;
+        o->done[i] = ENTRY_PENDING;
+        o->head++;
+    }
+}
+
 int offsets_push(bs_offsets *o, int64_t offset, bs_offset_ticket *ticket) {
-    int rc = BS_ERR;
+    int rc;
     pthread_mutex_lock(&o->mu);
-    if (o->tail - o->head <= o->mask && offset > o->last) {
+    /* Acknowledged entries wait in the ring until the next advance: make room from them first. */
+    if (o->tail - o->head > o->mask) pop_done(o);
+    if (offset <= o->last) {
+        rc = OFFSETS_DUPLICATE;
+    } else if (o->tail - o->head > o->mask) {
+        rc = OFFSETS_FULL;
+    } else {
         uint64_t i = o->tail & o->mask;
         o->offset[i] = offset;
         o->done[i] = ENTRY_PENDING;
@@ -110,15 +127,10 @@ int offsets_abandon(bs_offsets *o, bs_offset_ticket t) {
 }
 
 int offsets_advance(bs_offsets *o, int64_t *next) {
-    int moved = 0;
     pthread_mutex_lock(&o->mu);
-    while (o->head != o->tail && o->done[o->head & o->mask] == ENTRY_DONE) {
-        uint64_t i = o->head & o->mask;
-        o->next = o->offset[i] + 1;
-        o->done[i] = 0;
-        o->head++;
-        moved = 1;
-    }
+    pop_done(o);
+    int moved = o->next != o->reported;
+    o->reported = o->next;
     if (next) *next = o->next;
     pthread_mutex_unlock(&o->mu);
     return moved;
@@ -295,7 +307,10 @@ const char *kafka_transactional_id(const bs_config *c, char *buf, size_t cap) {
 }
 
 rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks, char *err) {
-    char errstr[512];
+    char errstr[512], qmin[32];
+    /* Prefetch about what the worker can hold: more is wasted, because every backpressure pause
+     * discards the prefetched messages of the paused partitions and the resume fetches them again. */
+    snprintf(qmin, sizeof qmin, "%lld", (long long)c->worker.queue_depth);
     rd_kafka_t *rk = NULL;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_topic_partition_list_t *topics = NULL;
@@ -304,6 +319,7 @@ rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks,
         conf_default(conf, k, u, "auto.offset.reset", "earliest", err) != BS_OK ||
         conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
         conf_default(conf, k, u, "auto.commit.interval.ms", "1000", err) != BS_OK ||
+        conf_default(conf, k, u, "queued.min.messages", qmin, err) != BS_OK ||
         conf_apply(conf, "kafka", k, err) != BS_OK || conf_apply(conf, "consumer", u, err) != BS_OK)
         goto fail;
     if (!kv_get(k, "group.id") && !kv_get(u, "group.id") &&

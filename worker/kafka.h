@@ -33,8 +33,13 @@ bs_offsets *offsets_new(int capacity);
 void offsets_free(bs_offsets *o);
 /* Drops every entry and starts a new epoch; the commit position becomes unknown (-1). */
 void offsets_reset(bs_offsets *o);
-/* Records a consumed offset (offsets must increase; gaps are fine). BS_ERR when full or the
- * offset does not increase. */
+/* Records a consumed offset (offsets must increase; gaps are fine) and fills *ticket: BS_OK.
+ * OFFSETS_DUPLICATE: the offset is at or before the last one pushed (a re-delivery of a message
+ * already tracked). OFFSETS_FULL: no room even after popping the acknowledged prefix (every entry
+ * is still awaited). Acknowledged entries are popped on demand, so a ring as large as the number of
+ * messages in flight never fills, however seldom offsets_advance runs. */
+#define OFFSETS_DUPLICATE 1
+#define OFFSETS_FULL 2
 int offsets_push(bs_offsets *o, int64_t offset, bs_offset_ticket *ticket);
 /* Marks a ticket acknowledged. Returns 1, or 0 for a stale ticket (older epoch) that was ignored. */
 int offsets_done(bs_offsets *o, bs_offset_ticket ticket);
@@ -42,8 +47,9 @@ int offsets_done(bs_offsets *o, bs_offset_ticket ticket);
  * never passes it and nothing waits for it any more (offsets_in_flight leaves it out). Returns 1, or 0
  * for a stale ticket. */
 int offsets_abandon(bs_offsets *o, bs_offset_ticket ticket);
-/* Pops the contiguous done prefix. Returns 1 when the commit position moved, and sets *next to
- * it (last acknowledged offset + 1: what Kafka stores as the committed offset). */
+/* Pops the contiguous done prefix. Returns 1 when the commit position moved since the last call
+ * that returned 1 (pushes may pop too), and sets *next to it (last acknowledged offset + 1: what
+ * Kafka stores as the committed offset). */
 int offsets_advance(bs_offsets *o, int64_t *next);
 /* Commit position after the last advance (-1 = nothing acknowledged since the reset). */
 int64_t offsets_committable(bs_offsets *o);
@@ -83,6 +89,7 @@ void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_
  *             "bertstream-<group.id>-<hostname>").
  * Defaults the user may override: consumer partition.assignment.strategy=cooperative-sticky,
  * auto.offset.reset=earliest, auto.commit.interval.ms=1000 (what a kill -9 can repeat),
+ * queued.min.messages=worker.queue_depth (a pause drops the prefetch: keep it near what fits),
  * client.id=bertstream-worker; producer message.max.bytes =
  * KAFKA_PRODUCER_MESSAGE_MAX_BYTES (a dead letter carries a too_large value unchanged),
  * client.id=bertstream-worker.

@@ -842,12 +842,16 @@ static int dispatch(bs_worker *w, rd_kafka_message_t *m) {
     int32_t idx = free_pop(w);
     if (idx < 0) return 0;
     wslot *s = &w->slots[idx];
-    if (offsets_push(pp->tracker, m->offset, &s->ticket) != BS_OK) {
-        /* An offset at or before one already taken (a re-delivery): it is in flight already. */
+    int rc = offsets_push(pp->tracker, m->offset, &s->ticket);
+    if (rc == OFFSETS_DUPLICATE) { /* a re-delivery: the first copy is tracked and in flight already */
         log_debug("duplicate delivery dropped", "partition=%d offset=%lld", (int)m->partition, (long long)m->offset);
         rd_kafka_message_destroy(m);
         slot_release(w, s);
         return 1;
+    }
+    if (rc != BS_OK) { /* OFFSETS_FULL: cannot happen with a ring of queue_depth; keep it for later */
+        slot_release(w, s);
+        return 0;
     }
     s->msg = m;
     s->tracker = pp->tracker;

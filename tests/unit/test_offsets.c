@@ -49,12 +49,34 @@ static void offsets_refuse_push_when_full_or_not_increasing(void) {
     bs_offsets *o = offsets_new(3); /* rounded up to 4 */
     bs_offset_ticket t[5];
     for (int i = 0; i < 4; i++) CHECK_INT(offsets_push(o, i, &t[i]), BS_OK);
-    CHECK_INT(offsets_push(o, 4, &t[4]), BS_ERR);
+    CHECK_INT(offsets_push(o, 4, &t[4]), OFFSETS_FULL); /* all four still awaited */
     CHECK_INT(offsets_done(o, t[0]), 1);
     CHECK_INT(offsets_advance(o, NULL), 1);
     CHECK_INT(offsets_push(o, 4, &t[4]), BS_OK); /* the ring wrapped */
-    CHECK_INT(offsets_push(o, 4, &t[4]), BS_ERR);
-    CHECK_INT(offsets_push(o, 2, &t[4]), BS_ERR);
+    CHECK_INT(offsets_push(o, 4, &t[4]), OFFSETS_DUPLICATE);
+    CHECK_INT(offsets_push(o, 2, &t[4]), OFFSETS_DUPLICATE);
+    offsets_free(o);
+}
+
+/* The bug this pins: acknowledged entries that no advance has popped yet must not make the ring
+ * look full (the worker advances only every few milliseconds). */
+static void offsets_push_makes_room_from_acknowledged_entries(void) {
+    bs_offsets *o = offsets_new(4);
+    bs_offset_ticket t[8];
+    for (int i = 0; i < 4; i++) CHECK_INT(offsets_push(o, 10 + i, &t[i]), BS_OK);
+    CHECK_INT(offsets_done(o, t[0]), 1);
+    CHECK_INT(offsets_done(o, t[1]), 1);
+    CHECK_INT(offsets_done(o, t[3]), 1);
+    CHECK_INT(offsets_push(o, 14, &t[4]), BS_OK); /* 10 and 11 popped to make room */
+    CHECK_INT(offsets_push(o, 15, &t[5]), BS_OK);
+    CHECK_INT(offsets_push(o, 16, &t[6]), OFFSETS_FULL); /* 12 is awaited: 13 cannot be popped past it */
+    int64_t next;
+    CHECK_INT(offsets_advance(o, &next), 1); /* the pops inside push still count as a move */
+    CHECK_INT(next, 12);
+    CHECK_INT(offsets_advance(o, &next), 0);
+    CHECK_INT(offsets_done(o, t[2]), 1);
+    CHECK_INT(offsets_advance(o, &next), 1);
+    CHECK_INT(next, 14);
     offsets_free(o);
 }
 
@@ -127,6 +149,7 @@ static void offsets_never_pass_an_abandoned_offset(void) {
 
 /* Four threads acknowledge a shuffled half each while the main thread pushes and advances. */
 #define MT_N 200000
+#define MT_RING 1024 /* far fewer than MT_N: pushes must make room from acknowledged entries */
 static bs_offsets *mt_o;
 static bs_offset_ticket mt_t[MT_N];
 static volatile int mt_pushed;
@@ -142,12 +165,13 @@ static void *mt_acker(void *arg) {
 }
 
 static void offsets_are_consistent_across_threads(void) {
-    mt_o = offsets_new(1 << 18);
+    mt_o = offsets_new(MT_RING);
     pthread_t th[4];
     for (int k = 0; k < 4; k++) pthread_create(&th[k], NULL, mt_acker, (void *)(intptr_t)k);
     int64_t next = -1, prev = -1, monotonic = 1;
     for (int i = 0; i < MT_N; i++) {
-        offsets_push(mt_o, 2 * i, &mt_t[i]);
+        while (offsets_push(mt_o, 2 * i, &mt_t[i]) == OFFSETS_FULL) {
+        }
         __atomic_store_n(&mt_pushed, i + 1, __ATOMIC_RELEASE);
         if (offsets_advance(mt_o, &next)) {
             if (next <= prev) monotonic = 0;
@@ -166,6 +190,7 @@ int main(void) {
     RUN(offsets_advance_only_over_contiguous_acks);
     RUN(offsets_skip_gaps_between_consumed_offsets);
     RUN(offsets_refuse_push_when_full_or_not_increasing);
+    RUN(offsets_push_makes_room_from_acknowledged_entries);
     RUN(offsets_reset_makes_old_tickets_stale);
     RUN(offsets_ignore_double_ack_after_advance);
     RUN(offsets_track_highest_emitted_until_reset);
