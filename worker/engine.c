@@ -66,8 +66,51 @@ bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) 
 
 int engine_forward(bs_engine *e, const bs_batch *b, const bs_outputs *out, char *err) {
     if (engine_check_batch(e->model, &e->opts, b, err) != BS_OK) return BS_ERR;
+    /* An asynchronous engine's forward is submit + wait on a free slot (engine_cuda.c). */
+    if (e->submit && e->slot_busy[0] && e->slot_busy[1])
+        return bs_err(err, "engine_forward: both engine slots hold a batch (engine_wait one first)");
     return e->forward(e, b, out, err);
 }
+
+/* ---- two batches in flight (engine.h) ---- */
+
+static int slot_ok(int slot, const char *fn, char *err) {
+    if (slot < 0 || slot >= BS_ENGINE_SLOTS)
+        return bs_err(err, "%s: engine slot %d does not exist (0..%d)", fn, slot, BS_ENGINE_SLOTS - 1);
+    return BS_OK;
+}
+
+int engine_submit(bs_engine *e, int slot, const bs_batch *b, const bs_outputs *out, char *err) {
+    if (slot_ok(slot, "engine_submit", err) != BS_OK) return BS_ERR;
+    if (e->slot_busy[slot])
+        return bs_err(err, "engine_submit: engine slot %d already holds a batch (engine_wait it first)", slot);
+    if (engine_check_batch(e->model, &e->opts, b, err) != BS_OK) return BS_ERR;
+    if (e->submit) {
+        if (e->submit(e, slot, b, out, err) != BS_OK) return BS_ERR; /* nothing in flight there */
+    } else {
+        /* synchronous engine: the batch is done before submit returns; wait reports how it went */
+        e->slot_err[slot][0] = '\0';
+        e->slot_rc[slot] = e->forward(e, b, out, e->slot_err[slot]);
+    }
+    e->slot_busy[slot] = 1;
+    return BS_OK;
+}
+
+int engine_wait(bs_engine *e, int slot, char *err) {
+    if (slot_ok(slot, "engine_wait", err) != BS_OK) return BS_ERR;
+    if (!e->slot_busy[slot]) return bs_err(err, "engine_wait: engine slot %d holds no batch", slot);
+    e->slot_busy[slot] = 0; /* free again whatever the outcome */
+    if (e->wait) return e->wait(e, slot, err);
+    if (e->slot_rc[slot] != BS_OK) return bs_err(err, "%s", e->slot_err[slot]);
+    return BS_OK;
+}
+
+int engine_ready(bs_engine *e, int slot) {
+    if (slot < 0 || slot >= BS_ENGINE_SLOTS || !e->slot_busy[slot]) return 0;
+    return e->ready ? e->ready(e, slot) : 1;
+}
+
+int engine_slots(const bs_engine *e) { return e->n_slots > 0 ? e->n_slots : 1; }
 
 void engine_free(bs_engine *e) {
     if (e) e->destroy(e);

@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 
+#include "common.h"
 #include "model.h"
 
 typedef enum { BS_PREC_AUTO, BS_PREC_FP32, BS_PREC_FP16, BS_PREC_BF16, BS_PREC_FP8 } bs_precision;
@@ -53,6 +54,42 @@ const char *engine_describe(const bs_engine *e); /* "cpu fp32 openblas", "cuda:0
 bs_precision engine_precision(const bs_engine *e);
 int engine_is_cuda(const bs_engine *e);
 
+/* ---- Two batches in flight ----
+ *
+ * engine_forward is host in, host out. The asynchronous pair below lets the caller keep the
+ * device busy: while the GPU computes the batch in one slot, the host tokenizes the next batch,
+ * submits it to the other slot (its inputs are staged and copied in while the first computes) and
+ * collects the first one's features (copied out while the second computes).
+ *
+ *   engine_submit(e, slot, b, out) starts a forward pass of b in slot 0 or 1 and returns. It reads
+ *     b (ids, cu_seqlens) only while it runs: those arrays may be reused as soon as it returns.
+ *     out's buffers are written by engine_wait (out->hidden, rarely wanted, already by submit,
+ *     which then blocks until the batch is computed); the caller must not read or free them until
+ *     engine_wait(slot) returns. The bs_outputs struct itself is copied.
+ *   engine_wait(e, slot) blocks until that slot's features are in out's buffers; the slot is then
+ *     free again, whatever the result.
+ *   engine_ready(e, slot) is 1 when the slot holds a batch that engine_wait would return without
+ *     blocking, 0 otherwise (still computing, or nothing submitted): poll it between other work.
+ *   engine_slots(e) is how many slots are worth keeping in flight: 2 on CUDA; 1 on the CPU, whose
+ *     submit computes the whole batch before it returns (its wait returns the stored status).
+ *     Both slot numbers are accepted by every engine, so one caller loop serves both; a caller
+ *     that keeps only engine_slots(e) batches in flight gets overlap on CUDA and no added latency
+ *     on the CPU.
+ *
+ * Errors (one line in err): a slot other than 0 or 1, a slot already holding a batch ("submit
+ * twice"), engine_wait on a slot holding none, an invalid batch (engine_check_batch). A batch can
+ * fail in engine_submit (nothing is then in flight in that slot: do not wait for it) or in
+ * engine_wait; either way its outputs are not valid. engine_forward is engine_submit + engine_wait
+ * on a free slot (it fails only if both slots are in flight). Batches complete in submission
+ * order. One thread at a time per engine; engine_free with batches in flight waits for the device
+ * and drops their outputs. Nothing here allocates: every buffer is sized at engine_new. */
+#define BS_ENGINE_SLOTS 2
+
+int engine_submit(bs_engine *e, int slot, const bs_batch *b, const bs_outputs *out, char *err);
+int engine_wait(bs_engine *e, int slot, char *err);
+int engine_ready(bs_engine *e, int slot);
+int engine_slots(const bs_engine *e);
+
 /* Validates a batch against the engine's limits and the model (ids in vocab, lengths). */
 int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batch *b, char *err);
 
@@ -68,6 +105,19 @@ struct bs_engine {
     bs_precision precision;
     int is_cuda;
     char desc[256];
+
+    /* Asynchronous entry points (engine.c checks the slot, its state and the batch first). An
+     * implementation that leaves submit NULL is synchronous: engine.c runs forward inside
+     * engine_submit and engine_wait returns the stored status (that is the CPU engine). */
+    int (*submit)(bs_engine *e, int slot, const bs_batch *b, const bs_outputs *out, char *err);
+    int (*wait)(bs_engine *e, int slot, char *err);
+    int (*ready)(bs_engine *e, int slot); /* NULL: always ready */
+    int n_slots;                          /* engine_slots(); 0 means 1 */
+
+    /* engine.c's bookkeeping per slot */
+    int slot_busy[BS_ENGINE_SLOTS];            /* submitted, not yet waited */
+    int slot_rc[BS_ENGINE_SLOTS];              /* synchronous engines: forward's status */
+    char slot_err[BS_ENGINE_SLOTS][BS_ERRLEN]; /* and its message */
 };
 
 bs_engine *engine_cpu_new(const bs_model *m, const bs_engine_opts *opts, char *err);

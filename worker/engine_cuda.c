@@ -87,6 +87,20 @@ typedef struct {
     float *scale;                         /* (4) E4M3 dequantisation scales, by G_* kind */
 } dev_layer;
 
+/* What one of the two in-flight batches owns (see "batches in flight" below for why only this). */
+typedef struct {
+    int32_t *h_in;        /* pinned input staging, o_ids + Tcap int32 (layout_inputs) */
+    int32_t *d_stage;     /* device: the H2D target, copied to d_in on the compute stream */
+    float *d_feat;        /* device (3, B, C) fp32: the requested features, packed, after the encoder */
+    float *h_out;         /* pinned (3, Bcap, C): d_feat copied out */
+    cudaEvent_t in_done;  /* h2d: inputs are in d_stage */
+    cudaEvent_t computed; /* compute: features are in d_feat (and d_stage was consumed) */
+    cudaEvent_t out_done; /* d2h: features are in h_out; implies the other two */
+    float *dst[3];        /* the caller's buffers for d_feat's n_feat parts, filled by wait */
+    int n_feat;
+    size_t BC; /* B * C of the batch in flight */
+} cuda_slot;
+
 typedef struct {
     bs_engine base; /* first: engine.c sees a bs_engine */
     int dev, cc_major, cc_minor;
@@ -94,7 +108,8 @@ typedef struct {
     bs_dtype act, gemm;
     int fp8;
     int Tcap, Bcap, R, tiles_cap;
-    cudaStream_t stream;
+    cudaStream_t stream;   /* compute: every encoder, in submission order */
+    cudaStream_t h2d, d2h; /* copies in and out, one stream (and copy engine) per direction */
     cublasLtHandle_t lt;
     cudnnHandle_t dnn;
     size_t cudnn_version;
@@ -111,7 +126,7 @@ typedef struct {
     /* activations: one device allocation, sized once */
     void *amem;
     size_t abytes;
-    int32_t *d_in; /* staged inputs, same layout as h_in */
+    int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
     int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
     void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
     void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
@@ -120,10 +135,9 @@ typedef struct {
     float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
     void *gemm_ws, *sdpa_ws;
 
-    /* pinned host staging */
-    int32_t *h_in;
-    size_t o_cu, o_seqlen, o_offq, o_offo, o_tiles, o_ids; /* int32 offsets into h_in / d_in */
-    float *h_out;                                          /* (3, Bcap, C): cls, mean, pooler */
+    /* staging: per slot (two batches in flight) */
+    cuda_slot slot[BS_ENGINE_SLOTS];
+    size_t o_cu, o_seqlen, o_offq, o_offo, o_tiles, o_ids; /* int32 offsets into h_in / d_stage / d_in */
 
     gemm_plan plans[MAX_PLANS];
     graph_entry graphs[MAX_GRAPHS];
@@ -283,6 +297,10 @@ static void layout_activations(cuda_engine *e, arena *a) {
         e->hidden32 = take(a, (size_t)e->Tcap * C * 4);
     e->gemm_ws = take(a, GEMM_WS_BYTES);
     e->sdpa_ws = (e->act != BS_DT_F32) ? take(a, SDPA_WS_BYTES) : NULL;
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
+        e->slot[i].d_stage = take(a, in_ints * 4);
+        e->slot[i].d_feat = take(a, 3 * (size_t)e->Bcap * C * 4);
+    }
 }
 
 /* Input staging layout (int32 units, each part 256-byte aligned so cuDNN accepts the pointers):
@@ -608,49 +626,144 @@ static int bucket(int x, int min_step, int cap) {
     return r > cap ? cap : r;
 }
 
-/* Fills the pinned input staging for a batch padded to (Tb, Bb); returns the bytes to copy. */
-static size_t stage_inputs(cuda_engine *e, const bs_batch *b, int Tb, int Bb) {
+/* Fills a slot's pinned input staging h_in for a batch padded to (Tb, Bb); returns the bytes to copy. */
+static size_t stage_inputs(const cuda_engine *e, int32_t *h_in, const bs_batch *b, int Tb, int Bb) {
     const int B = b->n_seq, T = b->cu_seqlens[B], C = e->base.model->cfg.hidden;
-    int32_t *cu = e->h_in + e->o_cu, *ids = e->h_in + e->o_ids;
+    int32_t *cu = h_in + e->o_cu, *ids = h_in + e->o_ids;
     memcpy(cu, b->cu_seqlens, sizeof(int32_t) * (size_t)(B + 1));
     for (int s = B + 1; s <= Bb; s++) cu[s] = T; /* padding slots: empty sequences */
     memcpy(ids, b->ids, sizeof(int32_t) * (size_t)T);
     if (Tb > T) memset(ids + T, 0, sizeof(int32_t) * (size_t)(Tb - T)); /* [PAD] rows: computed, never read */
-    (void)attention_tiles(e->h_in + e->o_tiles, attention_tiles_cap(Tb, Bb), cu, B);
+    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(Tb, Bb), cu, B);
     if (e->use_cudnn)
-        sdpa_cudnn_fill(e->h_in + e->o_seqlen, e->h_in + e->o_offq, e->h_in + e->o_offo, cu, B, Bb, C, e->sdpa_unit);
+        sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, cu, B, Bb, C, e->sdpa_unit);
     return (e->o_ids + (size_t)Tb) * sizeof(int32_t);
 }
 
-static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
-    cuda_engine *e = (cuda_engine *)base;
-    const int C = base->model->cfg.hidden, B = b->n_seq, T = b->cu_seqlens[B];
+/* ---- batches in flight: submit and wait ----
+ *
+ * Two batches can be in flight (engine.h): while the GPU computes batch N, batch N+1's inputs are
+ * staged by the host and copied in, and batch N-1's features are copied out and handed over.
+ *
+ * Streams. `stream` (compute) runs every batch's encoder, in submission order; `h2d` copies each
+ * batch's inputs in, `d2h` its features out. A stream per copy direction, because one shared copy
+ * stream would queue batch N+1's H2D behind batch N's D2H, which waits for batch N's compute: the
+ * overlap would be lost. (The GPU also has a copy engine per direction.) Events order the three.
+ *
+ * Why the slots share the activations, the CUDA graphs, the GEMM plans and the cuDNN SDPA plans:
+ * all compute is on the one compute stream, so two batches never compute at the same time; batch
+ * N+1's first kernel starts after batch N's last. What must be per slot is only what is alive
+ * outside that serialized compute:
+ *   h_in     pinned input staging: the host fills it in submit while the other slot's inputs may
+ *            still be copying in from its own h_in;
+ *   d_stage  the H2D target: batch N+1's inputs land there while batch N's kernels still read
+ *            d_in. The compute stream copies d_stage -> d_in (device to device, ~1 us for 100 KiB)
+ *            right before the encoder, so captured graphs and SDPA plans, which hold d_in's
+ *            address, serve both slots;
+ *   d_feat   the requested features, copied there on the compute stream right after the encoder,
+ *            so batch N+1's pooling may overwrite cls/mean/pooler while d2h still reads batch N's;
+ *   h_out    pinned output staging: d2h writes it, the host reads it in wait.
+ * Two compute streams (one per slot) would need every activation buffer twice (~580 MiB for
+ * BERT-base bf16 at 256 x 128), graphs and SDPA plans per slot (they bind buffer addresses), and
+ * would gain little: one batch of useful size fills the GPU; what pipelining must hide is the host
+ * work and the copies, and this does.
+ *
+ * Per slot s, batch N:
+ *   host     stage_inputs -> h_in[s]
+ *   h2d      H2D h_in[s] -> d_stage[s]; record in_done[s]
+ *   compute  wait in_done[s]; D2D d_stage[s] -> d_in; encoder (graph or eager); D2D cls/mean/pooler
+ *            -> d_feat[s]; [hidden: widen, D2H to the caller]; record computed[s]
+ *   d2h      wait computed[s]; D2H d_feat[s] -> h_out[s]; record out_done[s]
+ *   wait     synchronize out_done[s]; memcpy h_out[s] -> the caller's buffers
+ * out_done[s] completes after computed[s] and in_done[s] (stream order plus the two waits), so once
+ * engine_wait has seen it every buffer of slot s is free for the slot's next batch, which engine.c
+ * refuses to submit before that wait. d_in is only touched on the compute stream, in order. */
+
+/* Enqueues a batch in slot s. On error some of it may be enqueued: cuda_submit drains. */
+static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const bs_outputs *out, char *err) {
+    const int C = e->base.model->cfg.hidden, B = b->n_seq, T = b->cu_seqlens[B];
     const int Tb = bucket(T, 16, e->Tcap), Bb = bucket(B, 4, e->Bcap);
     CUDA_CHECK(cudaSetDevice(e->dev)); /* the calling thread may not have selected it */
-    const size_t in_bytes = stage_inputs(e, b, Tb, Bb);
-    CUDA_CHECK(cudaMemcpyAsync(e->d_in, e->h_in, in_bytes, cudaMemcpyHostToDevice, e->stream));
+    const size_t in_bytes = stage_inputs(e, s->h_in, b, Tb, Bb);
+    CUDA_CHECK(cudaMemcpyAsync(s->d_stage, s->h_in, in_bytes, cudaMemcpyHostToDevice, e->h2d));
+    CUDA_CHECK(cudaEventRecord(s->in_done, e->h2d));
+    /* before any capture begins: a captured stream may not wait on an event recorded outside */
+    CUDA_CHECK(cudaStreamWaitEvent(e->stream, s->in_done, 0));
+    CUDA_CHECK(cudaMemcpyAsync(e->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->stream));
     if (run_encoder(e, Tb, Bb, err) != BS_OK) return BS_ERR;
 
+    /* the requested features back to back in d_feat: (B, C) each, one D2H for all of them */
     const size_t BC = (size_t)B * C;
-    float *h_cls = e->h_out, *h_mean = e->h_out + (size_t)e->Bcap * C, *h_pool = e->h_out + 2 * (size_t)e->Bcap * C;
-    if (out->cls) CUDA_CHECK(cudaMemcpyAsync(h_cls, e->cls, BC * 4, cudaMemcpyDeviceToHost, e->stream));
-    if (out->mean) CUDA_CHECK(cudaMemcpyAsync(h_mean, e->mean, BC * 4, cudaMemcpyDeviceToHost, e->stream));
-    if (out->pooler) CUDA_CHECK(cudaMemcpyAsync(h_pool, e->pooler, BC * 4, cudaMemcpyDeviceToHost, e->stream));
-    if (out->hidden) {
-        /* rare (tests, --emit-hidden): straight into the caller's pageable buffer */
-        const float *src = (const float *)e->x;
-        if (e->act != BS_DT_F32) {
-            float *dst = e->hidden32 ? e->hidden32 : (float *)e->ff;
-            CUDA_CHECK(convert_forward(dst, BS_DT_F32, e->x, e->act, (size_t)T * C, e->stream));
-            src = dst;
-        }
-        CUDA_CHECK(cudaMemcpyAsync(out->hidden, src, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream));
+    const float *src[3] = {e->cls, e->mean, e->pooler};
+    float *dst[3] = {out->cls, out->mean, out->pooler};
+    s->n_feat = 0;
+    s->BC = BC;
+    for (int k = 0; k < 3; k++) {
+        if (!dst[k]) continue;
+        CUDA_CHECK(
+            cudaMemcpyAsync(s->d_feat + (size_t)s->n_feat * BC, src[k], BC * 4, cudaMemcpyDeviceToDevice, e->stream));
+        s->dst[s->n_feat++] = dst[k];
     }
-    CUDA_CHECK(cudaStreamSynchronize(e->stream));
-    if (out->cls) memcpy(out->cls, h_cls, BC * 4);
-    if (out->mean) memcpy(out->mean, h_mean, BC * 4);
-    if (out->pooler) memcpy(out->pooler, h_pool, BC * 4);
+    if (out->hidden) {
+        /* rare (tests, --emit-hidden): straight into the caller's pageable buffer, on the compute
+         * stream (x is overwritten by the next batch). A copy to pageable memory returns only when
+         * done, so submit blocks here until this batch is computed. */
+        const float *hs = (const float *)e->x;
+        if (e->act != BS_DT_F32) {
+            float *dst32 = e->hidden32 ? e->hidden32 : (float *)e->ff;
+            CUDA_CHECK(convert_forward(dst32, BS_DT_F32, e->x, e->act, (size_t)T * C, e->stream));
+            hs = dst32;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(out->hidden, hs, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream));
+    }
+    CUDA_CHECK(cudaEventRecord(s->computed, e->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(e->d2h, s->computed, 0));
+    if (s->n_feat)
+        CUDA_CHECK(cudaMemcpyAsync(s->h_out, s->d_feat, (size_t)s->n_feat * BC * 4, cudaMemcpyDeviceToHost, e->d2h));
+    CUDA_CHECK(cudaEventRecord(s->out_done, e->d2h));
     return BS_OK;
+}
+
+/* engine.c has checked the slot (free) and the batch. */
+static int cuda_submit(bs_engine *base, int slot, const bs_batch *b, const bs_outputs *out, char *err) {
+    cuda_engine *e = (cuda_engine *)base;
+    if (submit_enqueue(e, &e->slot[slot], b, out, err) == BS_OK) return BS_OK;
+    /* Part of the batch may be queued and would still write this slot's buffers (and out->hidden):
+     * let it finish, so the slot really is free as engine.h promises. Errors here are the same
+     * one already in err, or a sticky one the next call will report. */
+    cudaStreamSynchronize(e->h2d);
+    cudaStreamSynchronize(e->stream);
+    cudaStreamSynchronize(e->d2h);
+    (void)cudaGetLastError();
+    return BS_ERR;
+}
+
+static int cuda_wait(bs_engine *base, int slot, char *err) {
+    cuda_engine *e = (cuda_engine *)base;
+    cuda_slot *s = &e->slot[slot];
+    CUDA_CHECK(cudaSetDevice(e->dev));
+    CUDA_CHECK(cudaEventSynchronize(s->out_done)); /* also reports a fault of this batch's kernels */
+    for (int i = 0; i < s->n_feat; i++) memcpy(s->dst[i], s->h_out + (size_t)i * s->BC, s->BC * 4);
+    return BS_OK;
+}
+
+static int cuda_ready(bs_engine *base, int slot) {
+    cuda_engine *e = (cuda_engine *)base;
+    cudaError_t st = cudaEventQuery(e->slot[slot].out_done);
+    if (st == cudaErrorNotReady) {
+        /* not an error, but do not leave it for the next launcher's cudaGetLastError() to find
+         * (every other runtime call is checked at once, so nothing else is pending here) */
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return 1; /* done, or failed: either way engine_wait returns at once */
+}
+
+/* engine_forward: submit + wait on a free slot (engine.c refuses when both are taken). */
+static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
+    const int slot = base->slot_busy[0] ? 1 : 0;
+    if (cuda_submit(base, slot, b, out, err) != BS_OK) return BS_ERR;
+    return cuda_wait(base, slot, err);
 }
 
 /* ---- attention path selection ---- */
@@ -677,14 +790,14 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
     }
     bs_rng r = {12345};
     for (size_t i = 0; i < n; i++) h[i] = (float)(bs_rng_uniform(&r) * 4.0 - 2.0);
-    /* stage cu/tiles/seqlen/offsets like a real batch */
-    memcpy(e->h_in + e->o_cu, cu, sizeof cu);
+    /* stage cu/tiles/seqlen/offsets like a real batch (slot 0's staging: nothing is in flight yet) */
+    int32_t *h_in = e->slot[0].h_in;
+    memcpy(h_in + e->o_cu, cu, sizeof cu);
     cu[3] = T;
-    (void)attention_tiles(e->h_in + e->o_tiles, attention_tiles_cap(T, Bb), e->h_in + e->o_cu, B);
-    e->h_in[e->o_cu + 4] = T;
-    sdpa_cudnn_fill(e->h_in + e->o_seqlen, e->h_in + e->o_offq, e->h_in + e->o_offo, e->h_in + e->o_cu, B, Bb, C,
-                    e->sdpa_unit);
-    if (cudaMemcpyAsync(e->d_in, e->h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(T, Bb), h_in + e->o_cu, B);
+    h_in[e->o_cu + 4] = T;
+    sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, h_in + e->o_cu, B, Bb, C, e->sdpa_unit);
+    if (cudaMemcpyAsync(e->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         cudaMemcpyAsync(scratch, h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         convert_forward(e->qkv, e->act, scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
         attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, e->act, e->stream) !=
@@ -785,18 +898,29 @@ static void cuda_destroy(bs_engine *base) {
     cuda_engine *e = (cuda_engine *)base;
     if (!e) return;
     cudaSetDevice(e->dev);
+    /* batches still in flight finish (their outputs are dropped) before anything is freed */
+    if (e->h2d) cudaStreamSynchronize(e->h2d);
     if (e->stream) cudaStreamSynchronize(e->stream);
+    if (e->d2h) cudaStreamSynchronize(e->d2h);
     while (e->n_graphs) graph_evict(e, 0);
     for (int i = 0; i < e->n_sdpa; i++) sdpa_cudnn_free(e->sdpa[i].p);
     for (int i = 0; i < MAX_PLANS; i++)
         if (e->plans[i].used) plan_release(&e->plans[i]);
     if (e->dnn) cudnnDestroy(e->dnn);
     if (e->lt) cublasLtDestroy(e->lt);
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
+        cuda_slot *s = &e->slot[i];
+        if (s->in_done) cudaEventDestroy(s->in_done);
+        if (s->computed) cudaEventDestroy(s->computed);
+        if (s->out_done) cudaEventDestroy(s->out_done);
+        cudaFreeHost(s->h_in);
+        cudaFreeHost(s->h_out);
+    }
     if (e->stream) cudaStreamDestroy(e->stream);
+    if (e->h2d) cudaStreamDestroy(e->h2d);
+    if (e->d2h) cudaStreamDestroy(e->d2h);
     cudaFree(e->wmem);
     cudaFree(e->amem);
-    cudaFreeHost(e->h_in);
-    cudaFreeHost(e->h_out);
     free(e->layer);
     free(e);
 }
@@ -850,6 +974,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
 
     e->base.forward = cuda_forward;
     e->base.destroy = cuda_destroy;
+    e->base.submit = cuda_submit;
+    e->base.wait = cuda_wait;
+    e->base.ready = cuda_ready;
+    e->base.n_slots = BS_ENGINE_SLOTS;
     e->base.model = m;
     e->base.opts = *opts;
     e->base.precision = prec;
@@ -871,6 +999,8 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
 
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&e->h2d, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&e->d2h, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->cudnn_version = cudnnGetVersion();
     if (e->act != BS_DT_F32) {
@@ -905,9 +1035,16 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->d_offo = e->d_in + e->o_offo;
     e->d_tiles = e->d_in + e->o_tiles;
     e->d_ids = e->d_in + e->o_ids;
-    CUDA_CHECK(cudaHostAlloc((void **)&e->h_in, (e->o_ids + (size_t)e->Tcap) * 4, cudaHostAllocDefault));
-    CUDA_CHECK(cudaHostAlloc((void **)&e->h_out, 3 * (size_t)e->Bcap * c->hidden * 4, cudaHostAllocDefault));
-    memset(e->h_in, 0, (e->o_ids + (size_t)e->Tcap) * 4);
+    const size_t in_bytes = (e->o_ids + (size_t)e->Tcap) * 4;
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
+        cuda_slot *s = &e->slot[i];
+        CUDA_CHECK(cudaHostAlloc((void **)&s->h_in, in_bytes, cudaHostAllocDefault));
+        CUDA_CHECK(cudaHostAlloc((void **)&s->h_out, 3 * (size_t)e->Bcap * c->hidden * 4, cudaHostAllocDefault));
+        memset(s->h_in, 0, in_bytes);
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->in_done, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->computed, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->out_done, cudaEventDisableTiming));
+    }
 
     if (upload_weights(e, err) != BS_OK) return BS_ERR;
     CUDA_CHECK(attention_setup(c->hidden / c->heads));
