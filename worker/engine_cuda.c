@@ -749,6 +749,7 @@ static int cuda_wait(bs_engine *base, int slot, char *err) {
 
 static int cuda_ready(bs_engine *base, int slot) {
     cuda_engine *e = (cuda_engine *)base;
+    (void)cudaSetDevice(e->dev); /* a failure shows in the query */
     cudaError_t st = cudaEventQuery(e->slot[slot].out_done);
     if (st == cudaErrorNotReady) {
         /* not an error, but do not leave it for the next launcher's cudaGetLastError() to find
