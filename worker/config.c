@@ -507,7 +507,33 @@ static int yaml_error(const yaml_parser_t *p, const char *yaml, size_t len, cons
                   p->problem ? p->problem : "syntax error", (int)p->problem_mark.column + 1);
 }
 
+/* A configuration is two levels deep. libyaml's scanner costs O(depth) per token, so a file of 200,000
+ * nested brackets takes minutes: an event pass stops at the first node nested too deep. Syntax errors are
+ * left to the document loader, which reports them the same way. */
+#define CONFIG_MAX_DEPTH 16
+static int yaml_depth_ok(const char *yaml, size_t len, const char *name, char *err) {
+    yaml_parser_t p;
+    yaml_event_t ev;
+    int depth = 0, rc = BS_OK;
+    if (!yaml_parser_initialize(&p)) return bs_err(err, "%s: out of memory", name);
+    yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
+    while (yaml_parser_parse(&p, &ev)) {
+        yaml_event_type_t t = ev.type;
+        int line = (int)ev.start_mark.line + 1;
+        yaml_event_delete(&ev);
+        if (t == YAML_STREAM_END_EVENT) break;
+        if (t == YAML_SEQUENCE_END_EVENT || t == YAML_MAPPING_END_EVENT) depth--;
+        if ((t == YAML_SEQUENCE_START_EVENT || t == YAML_MAPPING_START_EVENT) && ++depth > CONFIG_MAX_DEPTH) {
+            rc = bs_err(err, "%s:%d: YAML: nested deeper than %d levels", name, line, CONFIG_MAX_DEPTH);
+            break;
+        }
+    }
+    yaml_parser_delete(&p);
+    return rc;
+}
+
 int config_load_string(bs_config *c, const char *yaml, size_t len, const char *name, char *err) {
+    if (yaml_depth_ok(yaml, len, name, err) != BS_OK) return BS_ERR;
     yaml_parser_t parser;
     yaml_document_t doc;
     int rc = BS_ERR, have_doc = 0;

@@ -192,6 +192,12 @@ static void config_yaml_syntax_error_names_the_line(void) {
     CHECK_CONTAINS(e, "YAML: found unexpected end of stream");
     e = load_err("topics: {input: \xff\xfe}\n");
     CHECK_CONTAINS(e, "t.yaml:1: YAML: invalid");
+    /* deep nesting stops early (libyaml's scanner is quadratic in depth) */
+    static char deep[400010];
+    memcpy(deep, "kafka:\n  a: ", 12);
+    memset(deep + 12, '[', 200000);
+    memset(deep + 200012, ']', 199990);
+    CHECK_STR(load_err(deep), "t.yaml:2: YAML: nested deeper than 16 levels");
 }
 
 static void config_empty_file_and_empty_sections_keep_defaults(void) {
