@@ -18,6 +18,7 @@
 #include "batcher.h"
 #include "codec.h"
 #include "engine.h"
+#include "heads.h"
 #include "http.h"
 #include "kafka.h"
 #include "log.h"
@@ -92,6 +93,7 @@ struct bs_worker {
     int64_t head_version;
     worker_head_fn head_fn;
     void *head_ctx;
+    bs_heads *heads; /* the heads-topic follower (topics.heads), the default head source */
     /* observability */
     bs_worker_metrics *m;
     bs_http *http;
@@ -524,6 +526,7 @@ static void wait_txn_reports(bs_worker *w) {
  * results that failed permanently turned into dead letters; a fatal error stops the worker. */
 static void txn_commit(bs_worker *w) {
     if (!w->txn_open) return;
+    int n_offs = 0;
     for (int attempt = 0; !atomic_load(&w->fatal); attempt++) {
         rd_kafka_error_t *e = NULL;
         const char *what = "produce";
@@ -541,6 +544,7 @@ static void txn_commit(bs_worker *w) {
                 if (next >= 0) rd_kafka_topic_partition_list_add(offs, w->cfg->topics.input, s->partition)->offset = next;
             }
             what = "send_offsets_to_transaction";
+            n_offs = offs->cnt;
             if (offs->cnt > 0) {
                 rd_kafka_consumer_group_metadata_t *cg = rd_kafka_consumer_group_metadata(w->consumer);
                 e = rd_kafka_send_offsets_to_transaction(w->producer, offs, cg, -1);
@@ -554,7 +558,7 @@ static void txn_commit(bs_worker *w) {
             if (!e) {
                 wait_txn_reports(w);
                 for (int i = 0; i < w->txn_n; i++) slot_acknowledged(w, w->txn_slots[i]);
-                log_debug("transaction committed", "messages=%d", w->txn_n);
+                log_debug("transaction committed", "messages=%d offsets_partitions=%d", w->txn_n, n_offs);
                 w->txn_n = 0;
                 w->txn_open = 0;
                 return;
@@ -737,7 +741,7 @@ static void *engine_main(void *arg) {
             struct timespec ts;
             abs_deadline(&ts, wait);
             pthread_cond_timedwait(&q->cv, &q->mu, &ts);
-            if (!w->head || w->eos) break; /* re-check the head source, or the open transaction */
+            break; /* back to the top: head swaps, flags and the open transaction are checked there */
         }
         /* Pull what is ready: dead letters go straight out, sequences into the batcher. */
         while (q->n > 0 && w->head) {
@@ -1033,6 +1037,8 @@ static int64_t kv_int(const bs_config *c, const char *key, int64_t def) {
     return v ? strtoll(v, NULL, 10) : def;
 }
 
+static bs_head *heads_source(void *ctx, int64_t have_version) { return heads_acquire_newer(ctx, have_version); }
+
 bs_worker *worker_new(const bs_config *c, char *err) {
     char vocab[2048];
     bs_worker *w = calloc(1, sizeof *w);
@@ -1090,16 +1096,29 @@ bs_worker *worker_new(const bs_config *c, char *err) {
                          .max_tokens = max_tokens, .max_seq_len = w->max_seq_len};
     if (!(w->engine = engine_new(w->model, &eo, err))) goto fail;
     if (w->http) http_set_ready(w->http, BS_READY_MODEL, 1);
-    if (c->head.file[0]) {
+    /* The head: the newest valid one on topics.heads (waiting up to head.wait_ms for it), else
+     * head.file, else none yet (the engine thread waits for the follower; /readyz says so). */
+    const char *head_from = "(none yet)";
+    if (c->topics.heads[0]) {
+        if (!(w->heads = heads_new(c, w->model->encoder_id, w->model->cfg.hidden, w->m->heads_rejected, err)))
+            goto fail;
+        worker_set_head_source(w, heads_source, w->heads);
+        if (heads_wait(w->heads, (int)c->head.wait_ms) && (w->head = heads_acquire_newer(w->heads, -1)))
+            head_from = c->topics.heads;
+    }
+    if (!w->head && c->head.file[0]) {
         if (!(w->head = head_load(c->head.file, NULL, err))) goto fail;
         if (head_validate(w->head, w->model->cfg.hidden, err) != BS_OK) goto fail;
+        head_from = c->head.file;
+    }
+    if (w->head) {
         w->head_version = w->head->version;
         metrics_set(w->m->head_version, (double)w->head_version);
         if (w->http) http_set_ready(w->http, BS_READY_HEAD, 1);
     }
-    log_info("model loaded", "dir=%s encoder_id=%s engine=\"%s\" feature=%s max_seq_len=%d head=%s", c->model.dir,
-             w->model->encoder_id, engine_describe(w->engine), bs_feature_name(c->model.feature), w->max_seq_len,
-             c->head.file[0] ? c->head.file : "(none yet)");
+    log_info("model loaded", "dir=%s encoder_id=%s engine=\"%s\" feature=%s max_seq_len=%d head=%s head_version=%lld",
+             c->model.dir, w->model->encoder_id, engine_describe(w->engine), bs_feature_name(c->model.feature),
+             w->max_seq_len, head_from, (long long)w->head_version);
 
     /* Slots, queues and the engine thread's buffers: everything the hot path touches, sized once. */
     w->n_slots = (int)c->worker.queue_depth;
@@ -1150,6 +1169,8 @@ bs_worker *worker_new(const bs_config *c, char *err) {
             rd_kafka_error_destroy(e);
             goto fail;
         }
+        char tid[512];
+        log_info("transactional producer ready", "transactional.id=%s", kafka_transactional_id(c, tid, sizeof tid));
     }
     w->hooks = (kafka_rebalance_hooks){.assigned = on_assigned, .revoking = on_revoking, .ctx = w};
     if (!(w->consumer = kafka_consumer_new(c, &w->hooks, err))) goto fail;
@@ -1359,6 +1380,7 @@ void worker_free(bs_worker *w) {
     free(w->dl_pending);
     free(w->txn_slots);
     http_stop(w->http);
+    heads_free(w->heads);
     head_free(w->head);
     engine_free(w->engine);
     model_free(w->model);

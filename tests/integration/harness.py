@@ -107,6 +107,7 @@ def _schema(name):
 
 REVIEW = _schema("review")
 REVIEW_SCORE = _schema("review_score")
+HEAD_WEIGHTS = _schema("head_weights")
 
 
 def avro_encode(schema, datum):
@@ -158,15 +159,33 @@ def imdb_reviews(n=None):
     return out[:n] if n else out
 
 
-def write_head(path, hidden, width=64, seed=1, scale=0.2):
-    """A ClassificationHead state dict as safetensors, written by hand: u64 header length, JSON, data."""
+def head_tensors(hidden, width=64, seed=1, scale=0.2):
+    """Random ClassificationHead tensors: [(name, little-endian F32 array)]."""
     rng = np.random.default_rng(seed)
-    tensors = [
+    return [
         ("fc1.weight", (rng.standard_normal((width, hidden)) * scale).astype("<f4")),
         ("fc1.bias", (rng.standard_normal(width) * scale).astype("<f4")),
         ("fc2.weight", (rng.standard_normal((1, width)) * scale).astype("<f4")),
         ("fc2.bias", np.array([0.05], dtype="<f4")),
     ]
+
+
+def head_weights_bytes(tensors, version, encoder_id, feature="pooler"):
+    """A HeadWeights record (schemas/head_weights.avsc), bare Avro, unsigned: what `train` publishes."""
+    import datetime
+    t = dict(tensors)
+    return avro_encode(HEAD_WEIGHTS, {
+        "version": version, "encoder_id": encoder_id, "feature": feature,
+        "input_dim": int(t["fc1.weight"].shape[1]), "hidden_dim": int(t["fc1.weight"].shape[0]),
+        "fc1_weight": t["fc1.weight"].tobytes(), "fc1_bias": t["fc1.bias"].tobytes(),
+        "fc2_weight": t["fc2.weight"].tobytes(), "fc2_bias": t["fc2.bias"].tobytes(),
+        "metrics": {"eval_accuracy": 0.5}, "created_at": datetime.datetime.now(tz=datetime.timezone.utc),
+        "signature": None})
+
+
+def write_head(path, hidden, width=64, seed=1, scale=0.2, tensors=None):
+    """A ClassificationHead state dict as safetensors, written by hand: u64 header length, JSON, data."""
+    tensors = tensors or head_tensors(hidden, width, seed, scale)
     header, blobs, off = {}, [], 0
     for name, t in tensors:
         b = t.tobytes()
