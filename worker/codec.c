@@ -223,7 +223,10 @@ int codec_utf8_valid(const char *str, size_t len) {
     while (i < len) {
         unsigned c = s[i];
         if (c < 0x80) {
-            i++;
+            /* ASCII runs (most review text) 8 bytes at a time */
+            uint64_t w;
+            while (len - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ull) == 0)) i += 8;
+            if (i < len && s[i] < 0x80) i++;
             continue;
         }
         size_t n;
