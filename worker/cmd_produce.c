@@ -214,11 +214,11 @@ int cmd_produce(int argc, char **argv) {
             bad++;
             continue;
         }
+        const void *kp = *key_field ? key.data : NULL; /* RD_KAFKA_V_KEY does not parenthesise its argument */
         for (;;) {
-            rd_kafka_resp_err_t e = rd_kafka_producev(
-                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_VALUE(out.data, out.len), RD_KAFKA_V_KEY(*key_field ? key.data : NULL, key.len),
-                RD_KAFKA_V_END);
+            rd_kafka_resp_err_t e =
+                rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                  RD_KAFKA_V_VALUE(out.data, out.len), RD_KAFKA_V_KEY(kp, key.len), RD_KAFKA_V_END);
             if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && run) {
                 rd_kafka_poll(rk, 100); /* wait for deliveries to make room */
                 continue;
