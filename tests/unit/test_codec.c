@@ -1,6 +1,7 @@
 /* The wire layer: exact Avro bytes (computed by hand: zigzag varints, little-endian floats),
  * round trips through every record and framing, and one test per dead-letter code. */
 #include <jansson.h>
+#include <pthread.h>
 
 #include "codec.h"
 #include "test.h"
@@ -458,6 +459,39 @@ static void codec_reuse_keeps_earlier_results_independent(void) {
     bs_buf_free(&b);
 }
 
+/* One codec per thread is the contract: codecs on different threads must not share state. */
+static void *thread_round_trips(void *arg) {
+    long id = (long)arg, bad = 0;
+    char terr[BS_ERRLEN], text[64];
+    bs_codec *c = codec_new(terr);
+    bs_buf b = {0};
+    if (!c) return (void *)1;
+    for (int i = 0; i < 3000; i++) {
+        int tl = snprintf(text, sizeof text, "thread %ld message %d", id, i);
+        bs_review_score s = {.review_id = text, .review_id_len = (size_t)tl, .label = "positive", .tokens = i,
+                             .model_id = "m", .source_offset = id};
+        bs_review_score out;
+        if (codec_encode_review_score(c, BS_FRAMING_CONFLUENT, (int32_t)id, &s, &b, terr) != BS_OK ||
+            codec_decode_review_score(c, BS_FRAMING_CONFLUENT, (int32_t)id, b.data, b.len, &out, NULL, terr) != BS_OK ||
+            out.review_id_len != (size_t)tl || memcmp(out.review_id, text, (size_t)tl) != 0 || out.tokens != i ||
+            out.source_offset != id)
+            bad++;
+    }
+    bs_buf_free(&b);
+    codec_free(c);
+    return (void *)bad;
+}
+
+static void codec_per_thread_codecs_do_not_interfere(void) {
+    pthread_t t[4];
+    for (long i = 0; i < 4; i++) CHECK_INT(pthread_create(&t[i], NULL, thread_round_trips, (void *)i), 0);
+    for (int i = 0; i < 4; i++) {
+        void *bad = NULL;
+        pthread_join(t[i], &bad);
+        CHECK_INT((long)bad, 0);
+    }
+}
+
 int main(void) {
     codec = codec_new(err);
     if (!codec) {
@@ -486,6 +520,7 @@ int main(void) {
     RUN(codec_json_appenders_escape_and_round_floats);
     RUN(codec_framing_and_schema_names_parse);
     RUN(codec_reuse_keeps_earlier_results_independent);
+    RUN(codec_per_thread_codecs_do_not_interfere);
     codec_free(codec);
     return bs_test_done();
 }
