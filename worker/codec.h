@@ -178,8 +178,7 @@ int codec_encode_labeled_review(bs_codec *c, bs_framing framing, int32_t schema_
 /* ReviewScore: avro | confluent. */
 int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review_score *s,
                               bs_buf *out, char *err);
-/* HeadWeights: avro | confluent. A signature, when used, should cover the encoding of the same
- * record with has_signature = 0 (framing avro): those bytes are what this function writes then. */
+/* HeadWeights: avro | confluent. The signature is opaque bytes here (heads.h defines what it signs). */
 int codec_encode_head_weights(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_head_weights *h,
                               bs_buf *out, char *err);
 
