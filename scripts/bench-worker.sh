@@ -6,7 +6,8 @@
 #      acknowledged (the worker's bertstream_messages_scored_total);
 #   2. latency: --rate reviews/s (default: half the measured throughput) for --seconds; per review,
 #      input timestamp -> result produced (record timestamps) and -> result seen by a consumer
-#      (which is after the broker acknowledged it); p50/p99 of each.
+#      (which is after the broker acknowledged it); p50/p99 of each. The worker runs with
+#      consumer.fetch.wait.max.ms=5: the mock broker holds an empty Fetch for the whole wait.
 # Prints one JSON summary line on stdout (progress on stderr).
 # Usage: scripts/bench-worker.sh [--reviews N] [--rate R] [--seconds S] [--max-len N] [--batch N]
 #        (env: BUILD_DIR (default build), BERTSTREAM_DATA)
@@ -53,8 +54,10 @@ def pct(xs, q):
 
 
 with H.Harness("bench", topics="reviews:4,review-scores:4,reviews-dlq:1") as h:
+    # The mock broker answers an empty Fetch only after fetch.wait.max.ms (a real broker answers as soon
+    # as data arrives): without a short wait, every idle fetch would add up to 500 ms of latency.
     w = h.worker(overrides={"model.max_seq_len": str(maxlen), "batch.max_sequences": str(batch),
-                            "log.level": "warn"})
+                            "consumer.fetch.wait.max.ms": "5", "log.level": "warn"})
     w.wait_ready()
     # -- 1. throughput: a burst --
     payloads = [H.review_bytes(f"t{i}", texts[i % len(texts)]) for i in range(n_reviews)]
@@ -106,8 +109,9 @@ with H.Harness("bench", topics="reviews:4,review-scores:4,reviews-dlq:1") as h:
         if d > 0:
             time.sleep(d)
         k = f"l{i}"
-        p.produce("reviews", key=k.encode(), value=H.review_bytes(k, texts[i % len(texts)]),
-                  on_delivery=lambda err, msg, k=k: sent.__setitem__(k, msg.timestamp()[1] / 1000.0))
+        ms = int(time.time() * 1000)  # the input timestamp (CreateTime), set explicitly
+        sent[k] = ms / 1000.0
+        p.produce("reviews", key=k.encode(), value=H.review_bytes(k, texts[i % len(texts)]), timestamp=ms)
         p.poll(0)
     p.flush(30)
     t_end = time.time() + 30
