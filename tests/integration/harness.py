@@ -44,6 +44,10 @@ def find_bin():
 
 
 BIN = find_bin()
+# The worker alone may run from another build (e.g. a ThreadSanitizer one) while the broker and the
+# tools come from BIN: BERTSTREAM_TEST_WORKER_BIN (not BERTSTREAM_WORKER_*: that prefix is the worker
+# section of the configuration, and the worker rejects unknown keys there).
+WORKER_BIN = os.environ.get("BERTSTREAM_TEST_WORKER_BIN") or BIN
 
 # ---------------------------------------------------------------------------------------------
 # Children: every process a test starts is registered here and killed at exit.
@@ -270,7 +274,7 @@ class Worker:
             "log.level": "info",
         }
         o.update(overrides or {})
-        args = [BIN, "worker"]
+        args = [WORKER_BIN, "worker"]
         for k, v in o.items():
             args += ["-o", f"{k}={v}"]
         e = dict(os.environ)
