@@ -657,6 +657,10 @@ static void run_batch(bs_worker *w) {
     char err[BS_ERRLEN];
     double t0 = bs_now();
     int rc = engine_forward(w->engine, &b, &out, err);
+    if (rc != BS_OK) { /* once more before giving the batch up: a device hiccup should not cost reviews */
+        log_warn("engine failed a batch, retrying it once", "sequences=%d tokens=%d error=\"%s\"", n, w->b_cu[n], err);
+        rc = engine_forward(w->engine, &b, &out, err);
+    }
     double t1 = bs_now();
     engine_busy(w, t1 - t0);
     if (rc != BS_OK) {
@@ -744,11 +748,11 @@ static void *engine_main(void *arg) {
             break; /* back to the top: head swaps, flags and the open transaction are checked there */
         }
         /* Pull what is ready: dead letters go straight out, sequences into the batcher. */
-        while (q->n > 0 && w->head) {
+        while (q->n > 0) {
             wslot *s = &w->slots[q->ring[q->head]];
             int direct = s->dl_code || slot_stale(s) || drain_drops(w, s); /* these skip the batch */
-            if (!direct && batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK)
-                break; /* batch full: run it first */
+            if (!direct && (!w->head || batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK))
+                break; /* no head yet (wait for one), or the batch is full (run it first) */
             q->head = (q->head + 1) % q->cap;
             q->n--;
             if (direct) w->dl_pending[ndl++] = s; /* produced (or released) below, outside the lock */
