@@ -12,11 +12,11 @@ struct bs_batcher {
     int max_seqs, max_tokens;
     double max_delay; /* seconds */
     int n, tokens;
-    double first_at;  /* arrival time of the oldest pending sequence */
-    int32_t *items;   /* (max_seqs) in arrival order */
-    int32_t *lens;    /* (max_seqs) */
-    uint64_t *keys;   /* (max_seqs) sort keys */
-    uint64_t *tmp;    /* (max_seqs) merge scratch */
+    double first_at; /* arrival time of the oldest pending sequence */
+    int32_t *items;  /* (max_seqs) in arrival order */
+    int32_t *lens;   /* (max_seqs) */
+    uint64_t *keys;  /* (max_seqs) sort keys */
+    uint64_t *tmp;   /* (max_seqs) merge scratch */
 };
 
 bs_batcher *batcher_new(int max_sequences, int max_tokens, int max_delay_ms) {
@@ -57,8 +57,12 @@ int batcher_add(bs_batcher *b, int32_t item, int n_tokens, double now) {
     return BS_OK;
 }
 
-int batcher_count(const bs_batcher *b) { return b->n; }
-int batcher_tokens(const bs_batcher *b) { return b->tokens; }
+int batcher_count(const bs_batcher *b) {
+    return b->n;
+}
+int batcher_tokens(const bs_batcher *b) {
+    return b->tokens;
+}
 
 static int batcher_full(const bs_batcher *b) {
     return b->n == b->max_seqs || b->tokens + BATCHER_MIN_TOKENS > b->max_tokens;

@@ -18,12 +18,12 @@ enum { ENTRY_PENDING, ENTRY_DONE, ENTRY_ABANDONED };
 
 struct bs_offsets {
     pthread_mutex_t mu;
-    int64_t *offset;  /* (cap) offset of each ring entry */
-    uint8_t *done;    /* (cap) ENTRY_* state */
-    int n_pending;    /* ENTRY_PENDING entries between head and tail */
-    uint64_t head;    /* seq of the oldest entry not yet popped */
-    uint64_t tail;    /* seq the next push gets */
-    uint64_t mask;    /* cap - 1 (cap is a power of two) */
+    int64_t *offset; /* (cap) offset of each ring entry */
+    uint8_t *done;   /* (cap) ENTRY_* state */
+    int n_pending;   /* ENTRY_PENDING entries between head and tail */
+    uint64_t head;   /* seq of the oldest entry not yet popped */
+    uint64_t tail;   /* seq the next push gets */
+    uint64_t mask;   /* cap - 1 (cap is a power of two) */
     uint32_t epoch;
     int64_t next;     /* commit position: last popped offset + 1, -1 unknown */
     int64_t reported; /* the position offsets_advance last returned as moved */
@@ -188,15 +188,16 @@ int64_t offsets_emitted(bs_offsets *o) {
  * Rebalance
  * ------------------------------------------------------------------------------------------- */
 
-void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
-                        void *opaque) {
+void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts, void *opaque) {
     kafka_rebalance_hooks *h = opaque;
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_error_t *e = NULL;
         rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
-        if (cooperative) e = rd_kafka_incremental_assign(rk, parts);
-        else r = rd_kafka_assign(rk, parts);
+        if (cooperative)
+            e = rd_kafka_incremental_assign(rk, parts);
+        else
+            r = rd_kafka_assign(rk, parts);
         if (e || r) {
             log_error("partition assignment failed", "error=\"%s\" partitions=%d",
                       e ? rd_kafka_error_string(e) : rd_kafka_err2str(r), parts->cnt);
@@ -212,8 +213,10 @@ void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_
         if (h && h->revoking) h->revoking(h->ctx, rk, parts, lost);
         rd_kafka_error_t *e = NULL;
         rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
-        if (cooperative) e = rd_kafka_incremental_unassign(rk, parts);
-        else r = rd_kafka_assign(rk, NULL);
+        if (cooperative)
+            e = rd_kafka_incremental_unassign(rk, parts);
+        else
+            r = rd_kafka_assign(rk, NULL);
         if (e || r) {
             log_error("partition unassignment failed", "error=\"%s\"",
                       e ? rd_kafka_error_string(e) : rd_kafka_err2str(r));

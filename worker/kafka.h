@@ -78,8 +78,7 @@ typedef struct {
     void *ctx;
 } kafka_rebalance_hooks;
 
-void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
-                        void *opaque);
+void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts, void *opaque);
 
 /* ---- clients ----
  * Properties are applied in this order: the worker's defaults, kafka.*, consumer.* (or producer.*),

@@ -26,11 +26,11 @@
 #include "model.h"
 #include "tokenizer.h"
 
-#define POLL_MS 50             /* consumer poll timeout: bounds shutdown and offset-store latency */
-#define STORE_EVERY_S 0.02     /* how often acknowledged offsets are stored (then auto-committed) */
-#define LAG_EVERY_S 1.0        /* consumer_lag refresh */
-#define HOLD_MAX 256           /* messages kept while no slot is free (pause makes this rare) */
-#define RETRY_MIN_S 0.1        /* produce retry backoff: doubles per attempt up to RETRY_MAX_S */
+#define POLL_MS 50         /* consumer poll timeout: bounds shutdown and offset-store latency */
+#define STORE_EVERY_S 0.02 /* how often acknowledged offsets are stored (then auto-committed) */
+#define LAG_EVERY_S 1.0    /* consumer_lag refresh */
+#define HOLD_MAX 256       /* messages kept while no slot is free (pause makes this rare) */
+#define RETRY_MIN_S 0.1    /* produce retry backoff: doubles per attempt up to RETRY_MAX_S */
 #define RETRY_MAX_S 10.0
 #define REVOKE_WAIT_MAX_S 10.0 /* longest wait for the in-flight work of revoked partitions */
 #define TXN_MAX_OPEN_S 1.0     /* exactly_once: commit even with offset gaps after this long */
@@ -45,23 +45,23 @@ typedef struct wslot {
     bs_offset_ticket ticket;
     int32_t partition;
     int64_t offset;
-    int64_t ts_ms;           /* input message timestamp (-1 when absent) */
+    int64_t ts_ms; /* input message timestamp (-1 when absent) */
     /* tokenizer thread */
-    int32_t *ids;            /* (max_seq_len) carved out of one allocation */
+    int32_t *ids; /* (max_seq_len) carved out of one allocation */
     int n_tokens, truncated;
-    char *review_id;         /* grow-only copy (decoded strings die with the next decode) */
+    char *review_id; /* grow-only copy (decoded strings die with the next decode) */
     size_t review_id_len, review_id_cap;
-    const char *dl_code;     /* non-NULL: dead letter with this code */
+    const char *dl_code; /* non-NULL: dead letter with this code */
     char dl_reason[256];
     /* engine thread */
     int64_t head_version;
-    bs_buf out;              /* encoded ReviewScore, kept for re-produce */
+    bs_buf out; /* encoded ReviewScore, kept for re-produce */
     out_kind kind;
     /* delivery side */
     int attempts;
     double retry_at;
     struct wslot *next_retry;
-    atomic_int txn_err;      /* exactly_once: delivery error seen for this slot's message */
+    atomic_int txn_err; /* exactly_once: delivery error seen for this slot's message */
 } wslot;
 
 typedef struct {
@@ -75,8 +75,8 @@ typedef struct {
     bs_offsets *tracker;
     int assigned;
     bs_series *lag;
-    int64_t seen_pos;  /* commit position at the last check, and when it last moved: a */
-    double moved_at;   /* partition stuck behind an unacknowledged message gets logged */
+    int64_t seen_pos; /* commit position at the last check, and when it last moved: a */
+    double moved_at;  /* partition stuck behind an unacknowledged message gets logged */
     double warned_at;
 } wpart;
 
@@ -202,7 +202,6 @@ static void queue_wake(slot_queue *q) {
     pthread_mutex_unlock(&q->mu);
 }
 
-
 static int32_t free_pop(bs_worker *w) {
     int32_t idx = -1;
     pthread_mutex_lock(&w->free_mu);
@@ -227,7 +226,9 @@ static void slot_release(bs_worker *w, wslot *s) {
     pthread_mutex_unlock(&w->free_mu);
 }
 
-static int slot_stale(const wslot *s) { return offsets_epoch(s->tracker) != s->ticket.epoch; }
+static int slot_stale(const wslot *s) {
+    return offsets_epoch(s->tracker) != s->ticket.epoch;
+}
 
 static bs_series *dl_series(bs_worker *w, const char *code) {
     for (int i = 0; i < w->n_dl_codes; i++)
@@ -256,22 +257,22 @@ static rd_kafka_resp_err_t slot_produce(bs_worker *w, wslot *s) {
             key = s->review_id;
             key_len = s->review_id_len;
         }
-        return rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(w->cfg->topics.output),
-                                 RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(s->out.data, s->out.len),
-                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(s), RD_KAFKA_V_END);
+        return rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(w->cfg->topics.output), RD_KAFKA_V_KEY(key, key_len),
+                                 RD_KAFKA_V_VALUE(s->out.data, s->out.len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_OPAQUE(s), RD_KAFKA_V_END);
     }
     /* Dead letter: the original key and value bytes, unchanged, and the reason in headers. */
     char part[16], off[24];
     snprintf(part, sizeof part, "%d", (int)s->partition);
     snprintf(off, sizeof off, "%lld", (long long)s->offset);
-    return rd_kafka_producev(
-        w->producer, RD_KAFKA_V_TOPIC(w->cfg->topics.dead_letter), RD_KAFKA_V_KEY(m->key, m->key_len),
-        RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(s),
-        RD_KAFKA_V_HEADER("bertstream.error.code", s->dl_code, -1),
-        RD_KAFKA_V_HEADER("bertstream.error.reason", s->dl_reason, -1),
-        RD_KAFKA_V_HEADER("bertstream.source.topic", w->cfg->topics.input, -1),
-        RD_KAFKA_V_HEADER("bertstream.source.partition", part, -1),
-        RD_KAFKA_V_HEADER("bertstream.source.offset", off, -1), RD_KAFKA_V_END);
+    return rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(w->cfg->topics.dead_letter),
+                             RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(s),
+                             RD_KAFKA_V_HEADER("bertstream.error.code", s->dl_code, -1),
+                             RD_KAFKA_V_HEADER("bertstream.error.reason", s->dl_reason, -1),
+                             RD_KAFKA_V_HEADER("bertstream.source.topic", w->cfg->topics.input, -1),
+                             RD_KAFKA_V_HEADER("bertstream.source.partition", part, -1),
+                             RD_KAFKA_V_HEADER("bertstream.source.offset", off, -1), RD_KAFKA_V_END);
 }
 
 static void retry_schedule(bs_worker *w, wslot *s, double delay_s) {
@@ -291,9 +292,8 @@ static void slot_delivery_failed(bs_worker *w, wslot *s, rd_kafka_resp_err_t err
         return;
     }
     if (s->kind == OUT_RESULT && !kafka_err_is_transient(err)) {
-        log_warn("result produce failed permanently, dead-lettering the input",
-                 "partition=%d offset=%lld error=\"%s\"", (int)s->partition, (long long)s->offset,
-                 rd_kafka_err2str(err));
+        log_warn("result produce failed permanently, dead-lettering the input", "partition=%d offset=%lld error=\"%s\"",
+                 (int)s->partition, (long long)s->offset, rd_kafka_err2str(err));
         char reason[256];
         snprintf(reason, sizeof reason, "producing the result to %s failed: %s", w->cfg->topics.output,
                  rd_kafka_err2str(err));
@@ -335,8 +335,10 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaqu
         atomic_fetch_sub(&w->txn_outstanding, 1);
         return;
     }
-    if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) slot_acknowledged(w, s);
-    else slot_delivery_failed(w, s, rkm->err);
+    if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        slot_acknowledged(w, s);
+    else
+        slot_delivery_failed(w, s, rkm->err);
 }
 
 /* At-least-once produce from the engine thread: waits out a full local queue, treats any other
@@ -382,8 +384,10 @@ static void *delivery_main(void *arg) {
                 continue;
             }
             rd_kafka_resp_err_t e = slot_produce(w, s);
-            if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) retry_schedule(w, s, 0.01);
-            else if (e) slot_delivery_failed(w, s, e);
+            if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                retry_schedule(w, s, 0.01);
+            else if (e)
+                slot_delivery_failed(w, s, e);
         }
     }
     return NULL;
@@ -405,9 +409,8 @@ static void tokenize_slot(bs_worker *w, bs_codec *codec, bs_tokens *tk, wslot *s
     bs_review r;
     s->dl_code = NULL;
     s->kind = OUT_RESULT;
-    if (codec_decode_review(codec, w->in_framing, (int32_t)w->cfg->format.input_schema_id, m->payload, m->len,
-                            m->key, m->key_len, w->cfg->topics.input, s->partition, s->offset, &r, &code,
-                            err) != BS_OK) {
+    if (codec_decode_review(codec, w->in_framing, (int32_t)w->cfg->format.input_schema_id, m->payload, m->len, m->key,
+                            m->key_len, w->cfg->topics.input, s->partition, s->offset, &r, &code, err) != BS_OK) {
         slot_dead_letter(s, code ? code : BS_DL_INVALID_AVRO, err);
         return;
     }
@@ -506,8 +509,10 @@ static void emit(bs_worker *w, wslot *s) {
         return;
     }
     offsets_note_emitted(s->tracker, s->offset);
-    if (w->eos) txn_add(w, s);
-    else produce_or_retry(w, s);
+    if (w->eos)
+        txn_add(w, s);
+    else
+        produce_or_retry(w, s);
 }
 
 /* Graceful stop: a queued message is still worth finishing only when something after it on its
@@ -541,7 +546,8 @@ static void txn_commit(bs_worker *w) {
                     continue;
                 int64_t next;
                 offsets_advance(s->tracker, &next);
-                if (next >= 0) rd_kafka_topic_partition_list_add(offs, w->cfg->topics.input, s->partition)->offset = next;
+                if (next >= 0)
+                    rd_kafka_topic_partition_list_add(offs, w->cfg->topics.input, s->partition)->offset = next;
             }
             what = "send_offsets_to_transaction";
             n_offs = offs->cnt;
@@ -575,8 +581,8 @@ static void txn_commit(bs_worker *w) {
                 continue;
             }
         }
-        log_warn("aborting transaction and replaying it", "what=%s messages=%d attempt=%d error=\"%s\"", what,
-                 w->txn_n, attempt, e ? rd_kafka_error_string(e) : "a produce failed");
+        log_warn("aborting transaction and replaying it", "what=%s messages=%d attempt=%d error=\"%s\"", what, w->txn_n,
+                 attempt, e ? rd_kafka_error_string(e) : "a produce failed");
         if (e) rd_kafka_error_destroy(e);
         e = rd_kafka_abort_transaction(w->producer, -1);
         if (e) {
@@ -651,9 +657,12 @@ static void run_batch(bs_worker *w) {
     }
     bs_batch b = {.n_seq = n, .ids = w->b_ids, .cu_seqlens = w->b_cu};
     bs_outputs out = {0};
-    if (w->cfg->model.feature == BS_FEATURE_POOLER) out.pooler = w->b_feat;
-    else if (w->cfg->model.feature == BS_FEATURE_CLS) out.cls = w->b_feat;
-    else out.mean = w->b_feat;
+    if (w->cfg->model.feature == BS_FEATURE_POOLER)
+        out.pooler = w->b_feat;
+    else if (w->cfg->model.feature == BS_FEATURE_CLS)
+        out.cls = w->b_feat;
+    else
+        out.mean = w->b_feat;
     char err[BS_ERRLEN];
     double t0 = bs_now();
     int rc = engine_forward(w->engine, &b, &out, err);
@@ -825,7 +834,8 @@ static void set_paused(bs_worker *w, int pause) {
     for (int p = 0; p < w->n_parts; p++)
         if (w->parts[p].assigned) rd_kafka_topic_partition_list_add(l, w->cfg->topics.input, p);
     if (l->cnt > 0) {
-        rd_kafka_resp_err_t e = pause ? rd_kafka_pause_partitions(w->consumer, l) : rd_kafka_resume_partitions(w->consumer, l);
+        rd_kafka_resp_err_t e =
+            pause ? rd_kafka_pause_partitions(w->consumer, l) : rd_kafka_resume_partitions(w->consumer, l);
         if (e) log_warn(pause ? "pause failed" : "resume failed", "error=\"%s\"", rd_kafka_err2str(e));
     }
     rd_kafka_topic_partition_list_destroy(l);
@@ -834,8 +844,10 @@ static void set_paused(bs_worker *w, int pause) {
 static void drop_held(bs_worker *w, int32_t partition) {
     int k = 0;
     for (int i = 0; i < w->n_held; i++) {
-        if (partition < 0 || w->held[i]->partition == partition) rd_kafka_message_destroy(w->held[i]);
-        else w->held[k++] = w->held[i];
+        if (partition < 0 || w->held[i]->partition == partition)
+            rd_kafka_message_destroy(w->held[i]);
+        else
+            w->held[k++] = w->held[i];
     }
     w->n_held = k;
 }
@@ -934,8 +946,10 @@ static rd_kafka_topic_partition_list_t *store_offsets(bs_worker *w, const rd_kaf
 static void commit_sync(bs_worker *w, rd_kafka_topic_partition_list_t *l, const char *why) {
     if (w->eos) return; /* offsets travel in the transactions */
     rd_kafka_resp_err_t e = rd_kafka_commit(w->consumer, l, 0);
-    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET) log_warn("synchronous commit failed", "why=%s error=\"%s\"", why, rd_kafka_err2str(e));
-    else log_info("offsets committed", "why=%s partitions=%d", why, l ? l->cnt : -1);
+    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        log_warn("synchronous commit failed", "why=%s error=\"%s\"", why, rd_kafka_err2str(e));
+    else
+        log_info("offsets committed", "why=%s partitions=%d", why, l ? l->cnt : -1);
 }
 
 static void update_lag(bs_worker *w) {
@@ -949,8 +963,9 @@ static void update_lag(bs_worker *w) {
             pp->seen_pos = pos;
             pp->moved_at = now;
         } else if (now - pp->moved_at >= STALL_WARN_S && now - pp->warned_at >= STALL_WARN_S) {
-            log_warn("offsets waiting for an acknowledgement", "partition=%d committable=%lld in_flight=%d waited_s=%.0f",
-                     p, (long long)pos, waiting, now - pp->moved_at);
+            log_warn("offsets waiting for an acknowledgement",
+                     "partition=%d committable=%lld in_flight=%d waited_s=%.0f", p, (long long)pos, waiting,
+                     now - pp->moved_at);
             pp->warned_at = now;
         }
         if (rd_kafka_get_watermark_offsets(w->consumer, w->cfg->topics.input, p, &lo, &hi) || hi < 0) continue;
@@ -1041,7 +1056,9 @@ static int64_t kv_int(const bs_config *c, const char *key, int64_t def) {
     return v ? strtoll(v, NULL, 10) : def;
 }
 
-static bs_head *heads_source(void *ctx, int64_t have_version) { return heads_acquire_newer(ctx, have_version); }
+static bs_head *heads_source(void *ctx, int64_t have_version) {
+    return heads_acquire_newer(ctx, have_version);
+}
 
 bs_worker *worker_new(const bs_config *c, char *err) {
     char vocab[2048];
@@ -1096,8 +1113,11 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     }
     int max_seqs = (int)c->batch.max_sequences, max_tokens = (int)c->batch.max_tokens;
     if (max_tokens < w->max_seq_len) max_tokens = w->max_seq_len;
-    bs_engine_opts eo = {.device = c->model.device, .precision = c->model.precision, .max_seqs = max_seqs,
-                         .max_tokens = max_tokens, .max_seq_len = w->max_seq_len};
+    bs_engine_opts eo = {.device = c->model.device,
+                         .precision = c->model.precision,
+                         .max_seqs = max_seqs,
+                         .max_tokens = max_tokens,
+                         .max_seq_len = w->max_seq_len};
     if (!(w->engine = engine_new(w->model, &eo, err))) goto fail;
     if (w->http) http_set_ready(w->http, BS_READY_MODEL, 1);
     /* The head: the newest valid one on topics.heads (waiting up to head.wait_ms for it), else
@@ -1139,8 +1159,8 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     w->b_feat = malloc(sizeof(float) * (size_t)max_seqs * (size_t)w->model->cfg.hidden);
     w->b_logit = malloc(sizeof(float) * (size_t)max_seqs);
     w->b_prob = malloc(sizeof(float) * (size_t)max_seqs);
-    if (!w->slots || !w->ids_mem || !w->free_stack || !w->dl_pending || !w->txn_slots || !w->batcher ||
-        !w->b_items || !w->b_lens || !w->b_cu || !w->b_ids || !w->b_feat || !w->b_logit || !w->b_prob ||
+    if (!w->slots || !w->ids_mem || !w->free_stack || !w->dl_pending || !w->txn_slots || !w->batcher || !w->b_items ||
+        !w->b_lens || !w->b_cu || !w->b_ids || !w->b_feat || !w->b_logit || !w->b_prob ||
         queue_init(&w->tokq, w->n_slots) != BS_OK || queue_init(&w->engq, w->n_slots) != BS_OK) {
         bs_err(err, "out of memory allocating %d slots", w->n_slots);
         goto fail;
@@ -1178,7 +1198,8 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     }
     w->hooks = (kafka_rebalance_hooks){.assigned = on_assigned, .revoking = on_revoking, .ctx = w};
     if (!(w->consumer = kafka_consumer_new(c, &w->hooks, err))) goto fail;
-    log_info("worker ready", "input=%s output=%s dead_letter=%s delivery=%s tokenizer_threads=%d queue_depth=%d "
+    log_info("worker ready",
+             "input=%s output=%s dead_letter=%s delivery=%s tokenizer_threads=%d queue_depth=%d "
              "max_sequences=%d max_tokens=%d max_delay_ms=%d",
              c->topics.input, c->topics.output, c->topics.dead_letter, config_delivery_name(c->delivery),
              w->n_tok_threads, w->n_slots, max_seqs, max_tokens, (int)c->batch.max_delay_ms);
@@ -1193,7 +1214,9 @@ void worker_set_head_source(bs_worker *w, worker_head_fn fn, void *ctx) {
     w->head_ctx = ctx;
 }
 
-int worker_http_port(const bs_worker *w) { return w->http ? http_port(w->http) : -1; }
+int worker_http_port(const bs_worker *w) {
+    return w->http ? http_port(w->http) : -1;
+}
 
 static int start_threads(bs_worker *w, char *err) {
     /* The threads inherit this mask: SIGTERM/SIGINT reach the consumer thread (librdkafka's threads
@@ -1206,7 +1229,8 @@ static int start_threads(bs_worker *w, char *err) {
     int rc = BS_OK;
     for (int i = 0; i < w->n_tok_threads && rc == BS_OK; i++) {
         tok_arg *a = malloc(sizeof *a);
-        if (!a) rc = bs_err(err, "out of memory");
+        if (!a)
+            rc = bs_err(err, "out of memory");
         else {
             *a = (tok_arg){.w = w, .id = i};
             if (pthread_create(&w->tok_threads[i], NULL, tokenizer_main, a)) {
@@ -1217,10 +1241,14 @@ static int start_threads(bs_worker *w, char *err) {
             }
         }
     }
-    if (rc == BS_OK && pthread_create(&w->engine_thread, NULL, engine_main, w)) rc = bs_err(err, "cannot start engine thread");
-    else if (rc == BS_OK) w->threads_started |= 2;
-    if (rc == BS_OK && pthread_create(&w->delivery_thread, NULL, delivery_main, w)) rc = bs_err(err, "cannot start delivery thread");
-    else if (rc == BS_OK) w->threads_started |= 4;
+    if (rc == BS_OK && pthread_create(&w->engine_thread, NULL, engine_main, w))
+        rc = bs_err(err, "cannot start engine thread");
+    else if (rc == BS_OK)
+        w->threads_started |= 2;
+    if (rc == BS_OK && pthread_create(&w->delivery_thread, NULL, delivery_main, w))
+        rc = bs_err(err, "cannot start delivery thread");
+    else if (rc == BS_OK)
+        w->threads_started |= 4;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
 }

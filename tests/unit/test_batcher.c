@@ -23,7 +23,7 @@ static void batcher_rejects_sequence_past_max_tokens(void) {
     CHECK_INT(batcher_due(b, 0.0), 0);            /* 8 tokens of room left */
     CHECK_INT(batcher_add(b, 1, 7, 0.0), BS_OK);
     CHECK_INT(batcher_tokens(b), 19);
-    CHECK_INT(batcher_due(b, 0.0), 1);            /* not even [CLS] [SEP] fits in the last token */
+    CHECK_INT(batcher_due(b, 0.0), 1); /* not even [CLS] [SEP] fits in the last token */
     CHECK_INT(batcher_add(b, 2, 0, 0.0), BS_ERR);
     CHECK_INT(batcher_add(b, 2, 21, 0.0), BS_ERR);
     batcher_free(b);

@@ -92,7 +92,7 @@ static void offsets_reset_makes_old_tickets_stale(void) {
     CHECK_INT(offsets_done(o, old), 0);
     int64_t next;
     CHECK_INT(offsets_advance(o, &next), 0);
-    CHECK_INT(offsets_settled_through(o, old), 1);   /* stale: nothing to wait for */
+    CHECK_INT(offsets_settled_through(o, old), 1); /* stale: nothing to wait for */
     CHECK_INT(offsets_settled_through(o, fresh), 0);
     CHECK_INT(offsets_done(o, fresh), 1);
     CHECK_INT(offsets_settled_through(o, fresh), 0); /* done but not yet advanced over */
@@ -133,14 +133,14 @@ static void offsets_never_pass_an_abandoned_offset(void) {
     CHECK_INT(offsets_abandon(o, t[1]), 1);
     CHECK_INT(offsets_done(o, t[1]), 0); /* abandoned stays abandoned */
     CHECK_INT(offsets_done(o, t[2]), 1);
-    CHECK_INT(offsets_in_flight(o), 1);  /* only 23 still awaits an outcome */
+    CHECK_INT(offsets_in_flight(o), 1); /* only 23 still awaits an outcome */
     int64_t next;
     CHECK_INT(offsets_advance(o, &next), 1);
     CHECK_INT(next, 21); /* stops before the abandoned 21 for good */
     CHECK_INT(offsets_done(o, t[3]), 1);
     CHECK_INT(offsets_advance(o, &next), 0);
     CHECK_INT(next, 21);
-    CHECK_INT(offsets_in_flight(o), 0);  /* 22 and 23 are done, stuck behind the abandoned 21 */
+    CHECK_INT(offsets_in_flight(o), 0); /* 22 and 23 are done, stuck behind the abandoned 21 */
     offsets_reset(o);
     CHECK_INT(offsets_in_flight(o), 0);
     CHECK_INT(offsets_abandon(o, t[0]), 0); /* stale */
