@@ -82,8 +82,17 @@ signal.signal(signal.SIGTERM, _on_term)
 signal.signal(signal.SIGHUP, _on_term)
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the test process dies, even by SIGKILL (a CTest timeout)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def spawn(args, **kw):
-    p = subprocess.Popen(args, **kw)
+    p = subprocess.Popen(args, preexec_fn=_die_with_parent, **kw)
     _children.append(p)
     return p
 
