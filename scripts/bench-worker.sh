@@ -35,7 +35,9 @@ if [ ! -x "$build/bertstream" ]; then
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     cmake --build "$build" -j"$(nproc)" --target bertstream >/dev/null
 fi
-export BERTSTREAM_BIN=$(pwd)/$build/bertstream BERTSTREAM_SOURCE_DIR=$(pwd)
+BERTSTREAM_BIN=$(pwd)/$build/bertstream
+BERTSTREAM_SOURCE_DIR=$(pwd)
+export BERTSTREAM_BIN BERTSTREAM_SOURCE_DIR
 echo "bench-worker: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores" >&2
 
 exec /usr/bin/python3 - "$reviews" "$rate" "$seconds" "$maxlen" "$batch" <<'EOF'
