@@ -103,8 +103,9 @@ rd_kafka_t *kafka_producer_new(const bs_config *c, void (*dr_msg_cb)(rd_kafka_t 
 /* The transactional.id kafka_producer_new uses with exactly_once (buf of cap bytes). */
 const char *kafka_transactional_id(const bs_config *c, char *buf, size_t cap);
 
-/* 1 for delivery errors worth producing again later (broker down, timed out, purged), 0 for
- * errors the same message will meet again (too large, invalid record, authorization...). */
+/* 1 for delivery errors worth producing again later (broker down, timed out, purged, unknown
+ * topic or partition: Kafka's retriable errors), 0 for errors the same message will meet again
+ * (too large, invalid record, authorization...). */
 int kafka_err_is_transient(rd_kafka_resp_err_t err);
 
 #endif
