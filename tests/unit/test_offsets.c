@@ -1,6 +1,7 @@
 /* Offset tracker: the commit position moves only over a contiguous run of acknowledged offsets,
  * whatever order acknowledgements arrive in; gaps in offsets are fine; a reset (revocation)
- * makes older tickets stale; a full ring refuses pushes; and it is safe across threads. */
+ * makes older tickets stale; a ring full of awaited offsets refuses pushes; and it is safe across
+ * threads. Also the delivery-error classification the worker's retry policy rests on. */
 #include <pthread.h>
 
 #include "kafka.h"
@@ -147,6 +148,17 @@ static void offsets_never_pass_an_abandoned_offset(void) {
     offsets_free(o);
 }
 
+static void kafka_classifies_delivery_errors(void) {
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR__MSG_TIMED_OUT), 1);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR__TRANSPORT), 1);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION), 1);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), 1);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR__PURGE_QUEUE), 1);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR_INVALID_RECORD), 0);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE), 0);
+    CHECK_INT(kafka_err_is_transient(RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED), 0);
+}
+
 /* Four threads acknowledge a shuffled half each while the main thread pushes and advances. */
 #define MT_N 200000
 #define MT_RING 1024 /* far fewer than MT_N: pushes must make room from acknowledged entries */
@@ -195,6 +207,7 @@ int main(void) {
     RUN(offsets_ignore_double_ack_after_advance);
     RUN(offsets_track_highest_emitted_until_reset);
     RUN(offsets_never_pass_an_abandoned_offset);
+    RUN(kafka_classifies_delivery_errors);
     RUN(offsets_are_consistent_across_threads);
     return bs_test_done();
 }
