@@ -743,25 +743,30 @@ static void *engine_main(void *arg) {
         int draining = atomic_load(&w->draining) || atomic_load(&w->abandon);
         int barrier = atomic_load(&w->barrier_req) != atomic_load(&w->barrier_done);
         pthread_mutex_lock(&q->mu);
-        for (;;) {
-            double now = bs_now();
-            int due = batcher_due(w->batcher, now) || (draining && batcher_count(w->batcher) > 0);
-            if (due || barrier || atomic_load(&w->stop_engine)) break;
-            if (q->n > 0 && w->head) break;
+        double now = bs_now();
+        int due = batcher_due(w->batcher, now) || (draining && batcher_count(w->batcher) > 0);
+        if (!due && !barrier && !atomic_load(&w->stop_engine) && !(q->n > 0 && w->head)) {
+            /* Nothing to do before the batch deadline; wake at least every 100 ms for head swaps and
+             * the stop and drain flags (every 10 ms while a transaction is open). */
             double wait = batcher_count(w->batcher) > 0 ? batcher_wait(w->batcher, now) : 0.1;
-            if (wait > 0.1) wait = 0.1; /* wake regularly for head swaps, stop and drain flags */
+            if (wait > 0.1) wait = 0.1;
             if (w->eos && w->txn_open && wait > 0.01) wait = 0.01;
             struct timespec ts;
             abs_deadline(&ts, wait);
             pthread_cond_timedwait(&q->cv, &q->mu, &ts);
-            break; /* back to the top: head swaps, flags and the open transaction are checked there */
         }
         /* Pull what is ready: dead letters go straight out, sequences into the batcher. */
+        int blocked = 0; /* the next sequence does not fit: the batch runs now */
         while (q->n > 0) {
             wslot *s = &w->slots[q->ring[q->head]];
             int direct = s->dl_code || slot_stale(s) || drain_drops(w, s); /* these skip the batch */
-            if (!direct && (!w->head || batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK))
-                break; /* no head yet (wait for one), or the batch is full (run it first) */
+            if (!direct) {
+                if (!w->head) break; /* no head yet: wait for one */
+                if (batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK) {
+                    blocked = 1;
+                    break;
+                }
+            }
             q->head = (q->head + 1) % q->cap;
             q->n--;
             if (direct) w->dl_pending[ndl++] = s; /* produced (or released) below, outside the lock */
@@ -778,7 +783,7 @@ static void *engine_main(void *arg) {
         }
         ndl = 0;
         draining = atomic_load(&w->draining) || atomic_load(&w->abandon);
-        if (batcher_due(w->batcher, bs_now()) || (draining && batcher_count(w->batcher) > 0)) run_batch(w);
+        if (blocked || batcher_due(w->batcher, bs_now()) || (draining && batcher_count(w->batcher) > 0)) run_batch(w);
         if (w->eos && w->txn_open) {
             barrier = atomic_load(&w->barrier_req) != atomic_load(&w->barrier_done);
             if (barrier || draining || bs_now() - w->txn_began >= TXN_MAX_OPEN_S || txn_gapless(w)) txn_commit(w);
