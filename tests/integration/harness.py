@@ -433,8 +433,9 @@ class Harness:
         c.update(conf)
         return Producer(c)
 
-    def produce(self, topic, items, partition=None, **conf):
-        """items: (key, value) pairs. Returns [(partition, offset)] in item order."""
+    def produce(self, topic, items, partition=None, spread=0, **conf):
+        """items: (key, value) pairs; partition: all to that partition; spread=N: item i to partition
+        i % N. Returns [(partition, offset)] in item order."""
         p = self.producer(**conf)
         where = [None] * len(items)
 
@@ -447,6 +448,8 @@ class Harness:
 
         for i, (k, v) in enumerate(items):
             kw = {"partition": partition} if partition is not None else {}
+            if spread:
+                kw = {"partition": i % spread}
             while True:
                 try:
                     p.produce(topic, key=k, value=v, on_delivery=dr(i), **kw)
@@ -459,13 +462,14 @@ class Harness:
             raise AssertionError(f"test producer: {left} messages not delivered")
         return where
 
-    def produce_reviews(self, texts, prefix="r", keyed=lambda i: i % 2 == 0, topic="reviews"):
-        """Reviews r0..rN-1; even ones keyed by review_id (the worker's key fallback is tested on the odd)."""
+    def produce_reviews(self, texts, prefix="r", keyed=lambda i: i % 2 == 0, topic="reviews", spread=0):
+        """Reviews r0..rN-1; even ones keyed by review_id (the worker's key fallback is tested on the odd).
+        spread=N: review i goes to partition i % N (else the partitioner decides)."""
         items = []
         for i, t in enumerate(texts):
             rid = f"{prefix}{i}"
             items.append((rid.encode() if keyed(i) else None, review_bytes(rid, t)))
-        return self.produce(topic, items)
+        return self.produce(topic, items, spread=spread)
 
     def read_topic(self, topic, min_count=0, timeout=30, isolation="read_uncommitted", settle=0.0):
         """Every message in topic (read from the start to the high watermarks), waiting until there

@@ -19,7 +19,7 @@ def test():
         env = {"BERTSTREAM_TEST_BATCH_DELAY_MS": "400"}  # ~20 reviews/s: the stream outlasts the rebalance
         w1 = h.worker("first", overrides=o, env=env)
         w1.wait_ready()
-        h.produce_reviews(texts)
+        h.produce_reviews(texts, spread=4)  # every partition has work left when some of them move
         w1.wait_metric("bertstream_messages_scored_total", 40, timeout=40)
         w2 = h.worker("second", overrides=o, env=env)
         w2.wait_ready(timeout=40)
