@@ -19,32 +19,33 @@ static const char *usage =
     "                        [--lengths fixed|uniform:MIN:MAX] [--seconds 10] [--seed 1]\n"
     "Runs the encoder on random ids (random weights with --preset) and prints one JSON line.\n";
 
-/* GFLOP/s of cblas_sgemm alone on the four GEMM shapes of one encoder layer over T tokens. */
+/* GFLOP/s of cblas_sgemm alone on the four GEMM shapes of one encoder layer over T tokens:
+ * the best of repeated rounds, as the engine's figure is, so both see the same machine noise. */
 static double sgemm_peak(int T, int C, int FF, double seconds) {
     float *a = calloc((size_t)T * FF, sizeof(float)), *w = calloc((size_t)FF * C, sizeof(float));
     float *y = calloc((size_t)T * FF, sizeof(float));
-    if (!a || !w || !y) {
-        free(a);
-        free(w);
-        free(y);
-        return 0;
+    double best = 0;
+    if (a && w && y) {
+        for (size_t i = 0; i < (size_t)T * FF; i++) a[i] = (float)(i % 7) * 0.01f;
+        for (size_t i = 0; i < (size_t)FF * C; i++) w[i] = (float)(i % 5) * 0.01f;
+        const int shapes[4][2] = {{3 * C, C}, {C, C}, {FF, C}, {C, FF}}; /* (out, in) */
+        double t_end = bs_now() + seconds;
+        int rounds = 0;
+        do {
+            double flops = 0, t0 = bs_now();
+            for (int k = 0; k < 4; k++) {
+                int out = shapes[k][0], in = shapes[k][1];
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, a, in, w, in, 0.0f, y, out);
+                flops += 2.0 * T * out * in;
+            }
+            double gf = flops / (bs_now() - t0) / 1e9;
+            if (rounds++ > 0 && gf > best) best = gf; /* round 0 warms the caches and threads */
+        } while (bs_now() < t_end || rounds < 4);
     }
-    for (size_t i = 0; i < (size_t)T * FF; i++) a[i] = (float)(i % 7) * 0.01f;
-    for (size_t i = 0; i < (size_t)FF * C; i++) w[i] = (float)(i % 5) * 0.01f;
-    const int shapes[4][2] = {{3 * C, C}, {C, C}, {FF, C}, {C, FF}}; /* (out, in) */
-    double flops = 0, t0 = bs_now();
-    do {
-        for (int k = 0; k < 4; k++) {
-            int out = shapes[k][0], in = shapes[k][1];
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, a, in, w, in, 0.0f, y, out);
-            flops += 2.0 * T * out * in;
-        }
-    } while (bs_now() - t0 < seconds);
-    double gf = flops / (bs_now() - t0) / 1e9;
     free(a);
     free(w);
     free(y);
-    return gf;
+    return best;
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -128,22 +129,28 @@ int cmd_bench(int argc, char **argv) {
     bs_outputs out = {.pooler = pool};
     if (engine_forward(e, &b, &out, err) != BS_OK) goto done; /* warm-up */
     int iters = 0;
-    double t0 = bs_now(), dt;
+    double t0 = bs_now(), dt, best = 1e300;
     do {
+        double t1 = bs_now();
         if (engine_forward(e, &b, &out, err) != BS_OK) goto done;
+        double t = bs_now() - t1;
+        best = t < best ? t : best;
         iters++;
         dt = bs_now() - t0;
     } while (dt < seconds || iters < 3);
     double per_batch = dt / iters, T = cu[batch];
     double gflops = engine_flops(&m->cfg, &b) / per_batch / 1e9;
+    double gflops_best = engine_flops(&m->cfg, &b) / best / 1e9;
     printf("{\"device\": \"%s\", \"engine\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, "
            "\"lengths\": \"%s\", \"tokens_per_batch\": %.0f, \"iterations\": %d, \"seq_per_s\": %.1f, "
            "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f",
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
            seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops);
     if (!engine_is_cuda(e)) {
-        double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 2 ? seconds : 2);
-        printf(", \"sgemm_gflops\": %.1f, \"ratio_to_sgemm\": %.3f", peak, peak > 0 ? gflops / peak : 0);
+        /* the figure of merit: the engine's best batch against cblas_sgemm's best round */
+        double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 3 ? seconds : 3);
+        printf(", \"gflops_best\": %.1f, \"sgemm_gflops\": %.1f, \"ratio_to_sgemm\": %.3f", gflops_best, peak,
+               peak > 0 ? gflops_best / peak : 0);
     }
     printf("}\n");
     rc = 0;
