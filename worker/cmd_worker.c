@@ -12,14 +12,15 @@
 #include "worker.h"
 
 static const char *usage =
-    "usage: bertstream worker --config FILE [-o section.key=value ...]\n"
+    "usage: bertstream worker --config FILE [-o section.key=value ...] [--dump-config]\n"
     "Consumes reviews from topics.input, scores them (model.dir + head.file / the heads topic) and\n"
     "publishes ReviewScore records to topics.output; undecodable input goes to topics.dead_letter\n"
     "with the original bytes and the reason in headers. Offsets are committed only after the\n"
     "result or dead letter was acknowledged (at-least-once; delivery: exactly_once for transactions).\n"
     "BERTSTREAM_<SECTION>_<KEY> variables override the file, -o overrides both.\n"
     "SIGTERM/SIGINT: stop fetching, finish in-flight batches, commit, exit 0 (twice: stop waiting).\n"
-    "HTTP (http.listen): /metrics, /healthz, /readyz.\n";
+    "HTTP (http.listen): /metrics, /healthz, /readyz.\n"
+    "--dump-config prints the effective configuration (secrets as \"***\") and exits.\n";
 
 static volatile sig_atomic_t stop_signals = 0;
 
@@ -35,6 +36,13 @@ int cmd_worker(int argc, char **argv) {
         fprintf(stderr, "bertstream worker: out of memory\n");
         return 1;
     }
+    /* --dump-config is this command's own flag: take it out before the shared config parser sees argv */
+    int dump = 0, n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && strcmp(argv[i], "--dump-config") == 0) dump = 1;
+        else argv[n++] = argv[i];
+    }
+    argc = n;
     int rc = config_parse_args(c, argc, argv, NULL, err);
     if (rc == CONFIG_HELP) {
         fputs(usage, stdout);
@@ -45,6 +53,11 @@ int cmd_worker(int argc, char **argv) {
         fprintf(stderr, "bertstream worker: %s\n", err);
         config_free(c);
         return 2;
+    }
+    if (dump) {
+        rc = config_dump(c, stdout) == BS_OK ? 0 : 1;
+        config_free(c);
+        return rc;
     }
     config_apply_logging(c);
 
