@@ -35,6 +35,7 @@
 #define REVOKE_WAIT_MAX_S 10.0 /* longest wait for the in-flight work of revoked partitions */
 #define TXN_MAX_OPEN_S 1.0     /* exactly_once: commit even with offset gaps after this long */
 #define STALL_WARN_S 10.0      /* log a partition whose commit position is stuck this long */
+#define ENGINE_POLL_S 0.0002   /* engine_ready poll period while a batch is in flight */
 
 typedef enum { OUT_NONE, OUT_RESULT, OUT_DEAD_LETTER } out_kind;
 
@@ -70,6 +71,17 @@ typedef struct {
     int32_t *ring;
     int cap, head, n;
 } slot_queue;
+
+/* One encoder batch from engine_submit to engine_wait; eb[i] is engine slot i (sized at start). */
+typedef struct {
+    int32_t *items; /* (B) wslot indices, shortest sequence first */
+    int32_t *cu;    /* (B+1) cu_seqlens */
+    float *feat;    /* (B, C) the feature engine_wait delivers */
+    int n;          /* B */
+    int attempts;   /* submits so far (a failed batch is tried twice) */
+    double t_submit;   /* engine_submit called */
+    double t_returned; /* engine_submit returned (the test latency counts from here) */
+} wbatch;
 
 typedef struct {
     bs_offsets *tracker;
@@ -130,12 +142,17 @@ struct bs_worker {
     char fatal_msg[BS_ERRLEN];
     /* engine thread */
     bs_batcher *batcher;
-    int32_t *b_items, *b_lens, *b_ids, *b_cu;
-    float *b_feat, *b_logit, *b_prob;
+    int batch_full;             /* the next queued sequence does not fit: the batch goes first */
+    wbatch eb[BS_ENGINE_SLOTS]; /* the batches in flight: eb[e_head], then eb[(e_head + 1) % e_slots] */
+    int e_slots, e_head, e_inflight;
+    int32_t *b_ids; /* (max_tokens) staging for engine_submit, shared by the slots */
+    float *b_logit, *b_prob;
     wslot **dl_pending;
     bs_codec *enc_codec;
     int test_delay_ms;
-    double busy_acc, busy_window_start;
+    double test_latency_s;
+    double busy_acc, busy_window_start, busy_through;
+    int64_t n_batches, n_overlapped; /* batches submitted; of those, submitted with another in flight */
     /* retry list (delivery thread consumes; any thread adds) */
     pthread_mutex_t retry_mu;
     wslot *retry_head;
@@ -634,62 +651,133 @@ static int txn_gapless(bs_worker *w) {
     return 1;
 }
 
-static void engine_busy(bs_worker *w, double busy_s) {
-    double now = bs_now();
-    w->busy_acc += busy_s;
+/* ---- The encoder pipeline (engine.h, "Two batches in flight") ----
+ *
+ * A batch goes batcher -> engine slot (engine_submit) -> engine_wait -> head -> results, and up to
+ * e_slots batches are in flight: engine_slots() is 2 on CUDA, where the host gathers, packs and
+ * publishes one batch while the device computes the other, and 1 on the CPU, whose submit
+ * computes the whole batch, so the batch is collected at once, exactly as a plain forward pass.
+ * Batches complete in submission order: the ones in flight are eb[e_head], eb[e_head + 1]
+ * (mod e_slots), and each still owns its wslots (their messages, ids and trackers) until it is
+ * collected, which is why every stop, drain and transaction barrier collects them first. */
+
+static int batch_ready(bs_worker *w, int slot) {
+    if (!engine_ready(w->engine, slot)) return 0;
+    return w->test_latency_s <= 0 || bs_now() - w->eb[slot].t_returned >= w->test_latency_s;
+}
+
+/* bertstream_gpu_busy_ratio: the share of wall time with a batch in the engine (submit to the
+ * return of its wait), over windows of a second or more. busy_through is how far busy time has
+ * been counted, so overlapping batches count once; a running batch counts up to now at every tick,
+ * so a long batch or an idle engine shows in the window where it happens. */
+static void engine_busy(bs_worker *w, double t_submit, double now) {
+    double from = t_submit > w->busy_through ? t_submit : w->busy_through;
+    if (now > from) w->busy_acc += now - from;
+    if (now > w->busy_through) w->busy_through = now;
+}
+
+static void engine_busy_tick(bs_worker *w, double now) {
+    if (w->e_inflight > 0) engine_busy(w, w->eb[w->e_head].t_submit, now);
     double span = now - w->busy_window_start;
-    if (span >= 1.0) {
-        double r = w->busy_acc / span;
-        metrics_set(w->m->gpu_busy_ratio, r > 1 ? 1 : r);
-        w->busy_acc = 0;
-        w->busy_window_start = now;
+    if (span < 1.0) return;
+    double r = w->busy_acc / span;
+    metrics_set(w->m->gpu_busy_ratio, r > 1 ? 1 : r);
+    w->busy_acc = 0;
+    w->busy_window_start = now;
+}
+
+/* Packs the batch's token ids into b_ids (engine_submit reads them only while it runs, so one
+ * buffer serves every slot) and submits it. */
+static int batch_submit(bs_worker *w, int slot, char *err) {
+    wbatch *b = &w->eb[slot];
+    for (int i = 0; i < b->n; i++) {
+        const wslot *s = &w->slots[b->items[i]];
+        memcpy(w->b_ids + b->cu[i], s->ids, sizeof(int32_t) * (size_t)s->n_tokens);
+    }
+    bs_batch bb = {.n_seq = b->n, .ids = w->b_ids, .cu_seqlens = b->cu};
+    bs_outputs out = {0};
+    if (w->cfg->model.feature == BS_FEATURE_POOLER)
+        out.pooler = b->feat;
+    else if (w->cfg->model.feature == BS_FEATURE_CLS)
+        out.cls = b->feat;
+    else
+        out.mean = b->feat;
+    b->attempts++;
+    b->t_submit = bs_now();
+    int rc = engine_submit(w->engine, slot, &bb, &out, err);
+    b->t_returned = bs_now();
+    return rc;
+}
+
+static void batch_failed(bs_worker *w, const wbatch *b, const char *err) {
+    log_error("engine failed a batch, dead-lettering it", "sequences=%d tokens=%d error=\"%s\"", b->n, b->cu[b->n],
+              err);
+    for (int i = 0; i < b->n; i++) {
+        wslot *s = &w->slots[b->items[i]];
+        slot_dead_letter(s, WORKER_DL_ENGINE_FAILED, err);
+        emit(w, s);
     }
 }
 
-static void run_batch(bs_worker *w) {
-    int n = batcher_take(w->batcher, w->b_items, w->b_lens);
-    if (n == 0) return;
-    w->b_cu[0] = 0;
-    for (int i = 0; i < n; i++) {
-        wslot *s = &w->slots[w->b_items[i]];
-        memcpy(w->b_ids + w->b_cu[i], s->ids, sizeof(int32_t) * (size_t)s->n_tokens);
-        w->b_cu[i + 1] = w->b_cu[i] + s->n_tokens;
-    }
-    bs_batch b = {.n_seq = n, .ids = w->b_ids, .cu_seqlens = w->b_cu};
-    bs_outputs out = {0};
-    if (w->cfg->model.feature == BS_FEATURE_POOLER)
-        out.pooler = w->b_feat;
-    else if (w->cfg->model.feature == BS_FEATURE_CLS)
-        out.cls = w->b_feat;
-    else
-        out.mean = w->b_feat;
+/* The batcher's sequences go into the next engine slot. A batch the engine refuses is tried once
+ * more (a device hiccup should not cost reviews), then dead-lettered: nothing is in flight then. */
+static void submit_batch(bs_worker *w) {
+    int slot = (w->e_head + w->e_inflight) % w->e_slots;
+    wbatch *b = &w->eb[slot];
+    w->batch_full = 0;
+    b->n = batcher_take(w->batcher, b->items, NULL);
+    if (b->n == 0) return;
+    b->cu[0] = 0;
+    for (int i = 0; i < b->n; i++) b->cu[i + 1] = b->cu[i] + w->slots[b->items[i]].n_tokens;
+    b->attempts = 0;
     char err[BS_ERRLEN];
-    double t0 = bs_now();
-    int rc = engine_forward(w->engine, &b, &out, err);
-    if (rc != BS_OK) { /* once more before giving the batch up: a device hiccup should not cost reviews */
-        log_warn("engine failed a batch, retrying it once", "sequences=%d tokens=%d error=\"%s\"", n, w->b_cu[n], err);
-        rc = engine_forward(w->engine, &b, &out, err);
-    }
-    double t1 = bs_now();
-    engine_busy(w, t1 - t0);
+    int rc = batch_submit(w, slot, err);
     if (rc != BS_OK) {
-        log_error("engine failed a batch, dead-lettering it", "sequences=%d tokens=%d error=\"%s\"", n, w->b_cu[n],
-                  err);
-        for (int i = 0; i < n; i++) {
-            wslot *s = &w->slots[w->b_items[i]];
-            slot_dead_letter(s, WORKER_DL_ENGINE_FAILED, err);
-            emit(w, s);
-        }
+        log_warn("engine failed a batch, retrying it once", "sequences=%d tokens=%d error=\"%s\"", b->n, b->cu[b->n],
+                 err);
+        rc = batch_submit(w, slot, err);
+    }
+    if (rc != BS_OK) {
+        batch_failed(w, b, err);
         return;
     }
-    head_apply(w->head, w->b_feat, n, w->b_logit, w->b_prob);
+    w->n_batches++;
+    if (w->e_inflight > 0) w->n_overlapped++;
+    w->e_inflight++;
+}
+
+/* The oldest batch in flight: wait for its features, apply the head in use now (a swap since the
+ * submit is fine: every result carries the version of the head that actually scored it), publish. */
+static void collect_batch(bs_worker *w) {
+    int slot = w->e_head;
+    wbatch *b = &w->eb[slot];
+    char err[BS_ERRLEN];
+    int rc = engine_wait(w->engine, slot, err);
+    if (rc != BS_OK && b->attempts < 2) {
+        /* The slot is free again whatever happened; a batch in the other slot, submitted after this
+         * one, now completes first, and this wait covers both. */
+        log_warn("engine failed a batch, retrying it once", "sequences=%d tokens=%d error=\"%s\"", b->n, b->cu[b->n],
+                 err);
+        rc = batch_submit(w, slot, err);
+        if (rc == BS_OK) rc = engine_wait(w->engine, slot, err);
+    }
+    double t1 = bs_now();
+    w->e_head = (slot + 1) % w->e_slots;
+    w->e_inflight--;
+    engine_busy(w, b->t_submit, t1);
+    if (rc != BS_OK) {
+        batch_failed(w, b, err);
+        return;
+    }
+    int n = b->n;
+    head_apply(w->head, b->feat, n, w->b_logit, w->b_prob);
     metrics_observe(w->m->batch_sequences, n);
-    metrics_observe(w->m->batch_tokens, w->b_cu[n]);
-    metrics_observe(w->m->encode_seconds, t1 - t0);
+    metrics_observe(w->m->batch_tokens, b->cu[n]);
+    metrics_observe(w->m->encode_seconds, t1 - b->t_submit);
     if (w->test_delay_ms > 0) sleep_s(w->test_delay_ms / 1000.0);
     int64_t now_ms = bs_wall_ms();
     for (int i = 0; i < n; i++) {
-        wslot *s = &w->slots[w->b_items[i]];
+        wslot *s = &w->slots[b->items[i]];
         bs_review_score rs = {
             .review_id = s->review_id,
             .review_id_len = s->review_id_len,
@@ -713,7 +801,8 @@ static void run_batch(bs_worker *w) {
     }
 }
 
-/* Between batches only: take a newer head from the source, if any. */
+/* Between head applications only: take a newer head from the source, if any. Batches may be in
+ * the encoder meanwhile; the head is applied when they are collected. */
 static void maybe_swap_head(bs_worker *w) {
     if (!w->head_fn) return;
     bs_head *h = w->head_fn(w->head_ctx, w->head ? w->head_version : -1);
@@ -724,8 +813,8 @@ static void maybe_swap_head(bs_worker *w) {
         head_free(h);
         return;
     }
-    log_info("head swapped", "from_version=%lld to_version=%lld", (long long)(w->head ? w->head_version : -1),
-             (long long)h->version);
+    log_info("head swapped", "from_version=%lld to_version=%lld batches_in_flight=%d",
+             (long long)(w->head ? w->head_version : -1), (long long)h->version, w->e_inflight);
     head_free(w->head);
     w->head = h;
     w->head_version = h->version;
@@ -733,39 +822,51 @@ static void maybe_swap_head(bs_worker *w) {
     if (w->http) http_set_ready(w->http, BS_READY_HEAD, 1);
 }
 
+/* One loop: (1) gather ready slots (dead letters straight out, sequences into the batcher), (2)
+ * submit the batch when it is due and a slot is free, (3) collect finished batches, oldest first.
+ * While a batch is in flight the gather step waits at most ENGINE_POLL_S, so the engine is polled
+ * (engine_wait would spin a core) and the next batch is ready when a slot frees. */
 static void *engine_main(void *arg) {
     bs_worker *w = arg;
     slot_queue *q = &w->engq;
     int ndl = 0;
-    w->busy_window_start = bs_now();
+    w->busy_window_start = w->busy_through = bs_now();
     for (;;) {
         maybe_swap_head(w);
+        double now = bs_now();
+        engine_busy_tick(w, now);
         int draining = atomic_load(&w->draining) || atomic_load(&w->abandon);
         int barrier = atomic_load(&w->barrier_req) != atomic_load(&w->barrier_done);
+        int can_submit = w->e_inflight < w->e_slots, pending = batcher_count(w->batcher);
+        int submit_now = can_submit && (w->batch_full || batcher_due(w->batcher, now) || (draining && pending > 0));
+        int collect_now = w->e_inflight > 0 && (draining || batch_ready(w, w->e_head));
         pthread_mutex_lock(&q->mu);
-        double now = bs_now();
-        int due = batcher_due(w->batcher, now) || (draining && batcher_count(w->batcher) > 0);
-        if (!due && !barrier && !atomic_load(&w->stop_engine) && !(q->n > 0 && w->head)) {
+        int gather_now = q->n > 0 && w->head && !w->batch_full;
+        if (!submit_now && !collect_now && !gather_now && !barrier && !atomic_load(&w->stop_engine)) {
             /* Nothing to do before the batch deadline; wake at least every 100 ms for head swaps and
              * the stop and drain flags (every 10 ms while a transaction is open). */
-            double wait = batcher_count(w->batcher) > 0 ? batcher_wait(w->batcher, now) : 0.1;
-            if (wait > 0.1) wait = 0.1;
+            double wait = 0.1;
+            if (can_submit && pending > 0 && batcher_wait(w->batcher, now) < wait) wait = batcher_wait(w->batcher, now);
             if (w->eos && w->txn_open && wait > 0.01) wait = 0.01;
+            if (w->e_inflight > 0 && wait > ENGINE_POLL_S) wait = ENGINE_POLL_S;
             struct timespec ts;
             abs_deadline(&ts, wait);
             pthread_cond_timedwait(&q->cv, &q->mu, &ts);
         }
-        /* Pull what is ready: dead letters go straight out, sequences into the batcher. */
-        int blocked = 0; /* the next sequence does not fit: the batch runs now */
+        /* (1) Pull what is ready: dead letters go straight out, sequences into the batcher. */
         while (q->n > 0) {
             wslot *s = &w->slots[q->ring[q->head]];
             int direct = s->dl_code || slot_stale(s) || drain_drops(w, s); /* these skip the batch */
             if (!direct) {
                 if (!w->head) break; /* no head yet: wait for one */
                 if (batcher_add(w->batcher, s->index, s->n_tokens, bs_now()) != BS_OK) {
-                    blocked = 1;
+                    w->batch_full = 1; /* the next sequence does not fit: the batch goes first */
                     break;
                 }
+                /* A graceful stop finishes every batched message, so from now on it counts as
+                 * emitted for drain_drops: an earlier message of its partition still queued (the
+                 * tokenizer threads reorder) is then finished too, never dropped below it. */
+                offsets_note_emitted(s->tracker, s->offset);
             }
             q->head = (q->head + 1) % q->cap;
             q->n--;
@@ -782,21 +883,31 @@ static void *engine_main(void *arg) {
             }
         }
         ndl = 0;
+        /* (2) Submit. */
         draining = atomic_load(&w->draining) || atomic_load(&w->abandon);
-        if (blocked || batcher_due(w->batcher, bs_now()) || (draining && batcher_count(w->batcher) > 0)) run_batch(w);
+        if (w->e_inflight < w->e_slots &&
+            (w->batch_full || batcher_due(w->batcher, bs_now()) || (draining && batcher_count(w->batcher) > 0)))
+            submit_batch(w);
+        /* (3) Collect what the engine finished; everything in flight at a drain, a transaction
+         * barrier (a revocation waits for those results), a stop or a fatal error. */
+        barrier = atomic_load(&w->barrier_req) != atomic_load(&w->barrier_done);
+        int flush = draining || barrier || atomic_load(&w->stop_engine) || atomic_load(&w->fatal);
+        while (w->e_inflight > 0 && (flush || batch_ready(w, w->e_head))) collect_batch(w);
         if (w->eos && w->txn_open) {
-            barrier = atomic_load(&w->barrier_req) != atomic_load(&w->barrier_done);
             if (barrier || draining || bs_now() - w->txn_began >= TXN_MAX_OPEN_S || txn_gapless(w)) txn_commit(w);
         }
         int req = atomic_load(&w->barrier_req);
-        if (req != atomic_load(&w->barrier_done) && !w->txn_open) atomic_store(&w->barrier_done, req);
+        if (req != atomic_load(&w->barrier_done) && !w->txn_open && w->e_inflight == 0)
+            atomic_store(&w->barrier_done, req);
         if (atomic_load(&w->stop_engine)) {
             pthread_mutex_lock(&q->mu);
             int idle = q->n == 0 || atomic_load(&w->abandon) || !w->head;
             pthread_mutex_unlock(&q->mu);
-            if (idle && (batcher_count(w->batcher) == 0 || atomic_load(&w->abandon)) && !w->txn_open) break;
+            if (idle && (batcher_count(w->batcher) == 0 || atomic_load(&w->abandon)) && !w->txn_open &&
+                w->e_inflight == 0)
+                break;
         }
-        if (atomic_load(&w->fatal)) break;
+        if (atomic_load(&w->fatal) && w->e_inflight == 0) break;
     }
     return NULL;
 }
@@ -1124,6 +1235,25 @@ bs_worker *worker_new(const bs_config *c, char *err) {
                          .max_tokens = max_tokens,
                          .max_seq_len = w->max_seq_len};
     if (!(w->engine = engine_new(w->model, &eo, err))) goto fail;
+    w->e_slots = engine_slots(w->engine);
+    const char *slots = getenv(WORKER_TEST_ENGINE_SLOTS_ENV);
+    if (slots && *slots) {
+        char *end;
+        long n = strtol(slots, &end, 10);
+        if (*end || n < 1 || n > BS_ENGINE_SLOTS) {
+            bs_err(err, "%s=%s: expected 1..%d", WORKER_TEST_ENGINE_SLOTS_ENV, slots, BS_ENGINE_SLOTS);
+            goto fail;
+        }
+        w->e_slots = (int)n;
+        log_warn("test hook active: engine slots overridden", "env=%s engine_slots=%d", WORKER_TEST_ENGINE_SLOTS_ENV,
+                 w->e_slots);
+    }
+    const char *latency = getenv(WORKER_TEST_ENGINE_LATENCY_ENV);
+    if (latency && *latency) {
+        w->test_latency_s = atof(latency) / 1000.0;
+        log_warn("test hook active: batches complete no sooner than the latency", "env=%s latency_ms=%.0f",
+                 WORKER_TEST_ENGINE_LATENCY_ENV, w->test_latency_s * 1000.0);
+    }
     if (w->http) http_set_ready(w->http, BS_READY_MODEL, 1);
     /* The head: the newest valid one on topics.heads (waiting up to head.wait_ms for it), else
      * head.file, else none yet (the engine thread waits for the follower; /readyz says so). */
@@ -1157,15 +1287,19 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     w->dl_pending = malloc(sizeof(wslot *) * (size_t)w->n_slots);
     w->txn_slots = malloc(sizeof(wslot *) * (size_t)w->n_slots);
     w->batcher = batcher_new(max_seqs, max_tokens, (int)c->batch.max_delay_ms);
-    w->b_items = malloc(sizeof(int32_t) * (size_t)max_seqs);
-    w->b_lens = malloc(sizeof(int32_t) * (size_t)max_seqs);
-    w->b_cu = malloc(sizeof(int32_t) * (size_t)(max_seqs + 1));
     w->b_ids = malloc(sizeof(int32_t) * (size_t)max_tokens);
-    w->b_feat = malloc(sizeof(float) * (size_t)max_seqs * (size_t)w->model->cfg.hidden);
     w->b_logit = malloc(sizeof(float) * (size_t)max_seqs);
     w->b_prob = malloc(sizeof(float) * (size_t)max_seqs);
-    if (!w->slots || !w->ids_mem || !w->free_stack || !w->dl_pending || !w->txn_slots || !w->batcher || !w->b_items ||
-        !w->b_lens || !w->b_cu || !w->b_ids || !w->b_feat || !w->b_logit || !w->b_prob ||
+    int eb_ok = 1;
+    for (int i = 0; i < w->e_slots; i++) {
+        wbatch *b = &w->eb[i];
+        b->items = malloc(sizeof(int32_t) * (size_t)max_seqs);
+        b->cu = malloc(sizeof(int32_t) * (size_t)(max_seqs + 1));
+        b->feat = malloc(sizeof(float) * (size_t)max_seqs * (size_t)w->model->cfg.hidden);
+        eb_ok = eb_ok && b->items && b->cu && b->feat;
+    }
+    if (!w->slots || !w->ids_mem || !w->free_stack || !w->dl_pending || !w->txn_slots || !w->batcher || !eb_ok ||
+        !w->b_ids || !w->b_logit || !w->b_prob ||
         queue_init(&w->tokq, w->n_slots) != BS_OK || queue_init(&w->engq, w->n_slots) != BS_OK) {
         bs_err(err, "out of memory allocating %d slots", w->n_slots);
         goto fail;
@@ -1205,9 +1339,9 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     if (!(w->consumer = kafka_consumer_new(c, &w->hooks, err))) goto fail;
     log_info("worker ready",
              "input=%s output=%s dead_letter=%s delivery=%s tokenizer_threads=%d queue_depth=%d "
-             "max_sequences=%d max_tokens=%d max_delay_ms=%d",
+             "max_sequences=%d max_tokens=%d max_delay_ms=%d engine_slots=%d",
              c->topics.input, c->topics.output, c->topics.dead_letter, config_delivery_name(c->delivery),
-             w->n_tok_threads, w->n_slots, max_seqs, max_tokens, (int)c->batch.max_delay_ms);
+             w->n_tok_threads, w->n_slots, max_seqs, max_tokens, (int)c->batch.max_delay_ms, w->e_slots);
     return w;
 fail:
     worker_free(w);
@@ -1373,8 +1507,9 @@ int worker_run(bs_worker *w, volatile sig_atomic_t *stop, char *err) {
     }
     rd_kafka_resp_err_t e = rd_kafka_consumer_close(w->consumer);
     if (e) log_warn("consumer close failed", "error=\"%s\"", rd_kafka_err2str(e));
-    log_info("worker stopped", "drain_s=%.3f consumed=%.0f scored=%.0f", bs_now() - t0, metrics_value(w->m->consumed),
-             metrics_value(w->m->scored));
+    log_info("worker stopped", "drain_s=%.3f consumed=%.0f scored=%.0f engine_slots=%d batches=%lld overlapped=%lld",
+             bs_now() - t0, metrics_value(w->m->consumed), metrics_value(w->m->scored), w->e_slots,
+             (long long)w->n_batches, (long long)w->n_overlapped);
     return rc;
 }
 
@@ -1404,11 +1539,6 @@ void worker_free(bs_worker *w) {
     queue_destroy(&w->tokq);
     queue_destroy(&w->engq);
     batcher_free(w->batcher);
-    free(w->b_items);
-    free(w->b_lens);
-    free(w->b_cu);
-    free(w->b_ids);
-    free(w->b_feat);
     free(w->b_logit);
     free(w->b_prob);
     free(w->slots);
@@ -1419,7 +1549,13 @@ void worker_free(bs_worker *w) {
     http_stop(w->http);
     heads_free(w->heads);
     head_free(w->head);
-    engine_free(w->engine);
+    engine_free(w->engine); /* nothing is in flight (the engine thread collects all before it ends) */
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
+        free(w->eb[i].items);
+        free(w->eb[i].cu);
+        free(w->eb[i].feat);
+    }
+    free(w->b_ids);
     model_free(w->model);
     tokenizer_free(w->tok);
     if (w->m) metrics_worker_free(w->m);

@@ -20,13 +20,19 @@
 /* Test hook (documented in docs/architecture.md): when set, the engine thread sleeps this many
  * milliseconds after every batch, to make scoring slower than max.poll.interval.ms in tests. */
 #define WORKER_TEST_BATCH_DELAY_ENV "BERTSTREAM_TEST_BATCH_DELAY_MS"
+/* Test hooks for the two-batch pipeline on the CPU: the number of batches kept in flight (1..2,
+ * instead of engine_slots()), and a latency in milliseconds before a submitted batch counts as
+ * finished (a stand-in for a device computing it asynchronously), so two batches really overlap. */
+#define WORKER_TEST_ENGINE_SLOTS_ENV "BERTSTREAM_TEST_ENGINE_SLOTS"
+#define WORKER_TEST_ENGINE_LATENCY_ENV "BERTSTREAM_TEST_ENGINE_LATENCY_MS"
 
 typedef struct bs_worker bs_worker;
 
-/* The head hot-swap hook. The engine thread calls it between batches only (never during one), with
- * the version it scores with now (-1 when it has none). It returns a newer, already validated head
- * (ownership passes to the worker, which frees the one it replaces) or NULL to keep the current one.
- * Every result carries the head_version of the head that scored it. */
+/* The head hot-swap hook. The engine thread calls it between head applications only (never while a
+ * batch's head runs; encoder batches may be in flight: the head is applied when each is collected),
+ * with the version it scores with now (-1 when it has none). It returns a newer, already validated
+ * head (ownership passes to the worker, which frees the one it replaces) or NULL to keep the current
+ * one. Every result carries the head_version of the head that scored it. */
 typedef bs_head *(*worker_head_fn)(void *ctx, int64_t have_version);
 
 /* Loads the tokenizer, model, engine and head.file (when set), starts the HTTP server and creates

@@ -2,7 +2,8 @@
 Avro ReviewScores out, decoded with schemas/review_score.avsc: every review scored exactly once, with
 the offline `bertstream score` result for the same model and head (probability within 1e-6), the
 input key (else review_id) as key, the encoder_id as model_id and the input's partition and offset;
-/metrics and /readyz agree; SIGTERM exits 0."""
+/metrics and /readyz agree; SIGTERM exits 0. test_worker_two_slots runs the same with two batches in
+flight on the CPU engine (run(env=...))."""
 import os
 import sys
 import time
@@ -13,13 +14,16 @@ import harness as H  # noqa: E402
 N = 300
 
 
-def test():
+def run(name="end_to_end", env=None, during=None):
+    """The whole check; during(worker) runs while the reviews are scored. Returns the worker's log."""
     texts = H.imdb_reviews(N - 2) + ["", "Short and sweet. Loved it!"]  # an empty review is valid
-    with H.Harness("end_to_end") as h:
-        w = h.worker(overrides={"batch.max_sequences": "32"})
+    with H.Harness(name) as h:
+        w = h.worker(overrides={"batch.max_sequences": "32"}, env=env)
         w.wait_ready()
         t_produce = time.time()
         where = h.produce_reviews(texts)
+        if during:
+            during(w)
         w.wait_metric("bertstream_messages_scored_total", N, timeout=45)
         H.log(f"{N} reviews scored {time.time() - t_produce:.2f}s after produce started")
         scores = h.scores(N, settle=0.5)
@@ -69,6 +73,12 @@ def test():
         for p, o in where:
             ends[p] = max(ends.get(p, -1), o + 1)
         H.check(all(committed.get(p) == e for p, e in ends.items()), f"committed {committed} != ends {ends}")
+        with open(w.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def test():
+    run()
 
 
 if __name__ == "__main__":

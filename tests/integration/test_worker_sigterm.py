@@ -1,6 +1,7 @@
 """worker_sigterm_mid_batch_drains_without_duplicates: SIGTERM while batches are in flight (slowed
 with BERTSTREAM_TEST_BATCH_DELAY_MS) -> the worker finishes what it started, commits and exits 0
-promptly; a restarted worker scores the rest; every review is scored exactly once (ZERO duplicates)."""
+promptly; a restarted worker scores the rest; every review is scored exactly once (ZERO duplicates).
+test_worker_sigterm_two_slots runs it with two batches in flight (run(env=...))."""
 import os
 import sys
 import time
@@ -11,11 +12,12 @@ import harness as H  # noqa: E402
 N = 600
 
 
-def test():
+def run(name="sigterm", env=None):
+    """Returns the first worker's log."""
     texts = H.imdb_reviews(N)
     o = {"batch.max_sequences": "16", "model.max_seq_len": "64"}
-    env = {"BERTSTREAM_TEST_BATCH_DELAY_MS": "150"}
-    with H.Harness("sigterm") as h:
+    env = dict({"BERTSTREAM_TEST_BATCH_DELAY_MS": "150"}, **(env or {}))
+    with H.Harness(name) as h:
         w1 = h.worker("first", overrides=o, env=env)
         w1.wait_ready()
         h.produce_reviews(texts)
@@ -40,6 +42,12 @@ def test():
         H.check(w2.metric("bertstream_messages_consumed_total") == N - n1,
                 f"second worker consumed {w2.metric('bertstream_messages_consumed_total')}, wanted {N - n1}")
         H.check(w2.stop() == 0, "second worker exit status")
+        with open(w1.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def test():
+    run()
 
 
 if __name__ == "__main__":
