@@ -13,21 +13,13 @@
 #include "codec.h"
 #include "commands.h"
 #include "common.h"
+#include "kafka.h"
 
 static volatile sig_atomic_t run = 1;
 
 static void on_signal(int sig) {
     (void)sig;
     run = 0;
-}
-
-/* librdkafka logs (connection failures, retries) stay quiet unless -X debug=... or -X log_level=...
- * asked for them, so an error is the one line this command prints. */
-static int kafka_verbose = 0;
-
-static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    (void)rk;
-    if (kafka_verbose) fprintf(stderr, "%%%d|%s|%s\n", level, fac, buf);
 }
 
 static void usage(FILE *f) {
@@ -235,7 +227,7 @@ int cmd_consume(int argc, char **argv) {
     bs_schema schema = BS_SCHEMA_REVIEW_SCORE;
     bs_framing framing = BS_FRAMING_AVRO;
     long long schema_id = -1, max = 0, timeout_ms = 0;
-    int from_beginning = 0, status = 1;
+    int from_beginning = 0, status = 1, kafka_verbose = 0;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_t *rk = NULL;
     bs_codec *codec = NULL;
@@ -274,18 +266,7 @@ int cmd_consume(int argc, char **argv) {
         } else if (strcmp(a, "--timeout-ms") == 0) {
             if (cli_int("--timeout-ms", v, 1, 86400000, &timeout_ms, err) != BS_OK) goto usage_error;
         } else { /* -X */
-            const char *eq = strchr(v, '=');
-            if (!eq || eq == v) {
-                bs_err(err, "-X: expected property=value, got '%s'", v);
-                goto usage_error;
-            }
-            char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)(eq - v), v);
-            if (strcmp(name, "debug") == 0 || strcmp(name, "log_level") == 0) kafka_verbose = 1;
-            if (rd_kafka_conf_set(conf, name, eq + 1, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-                bs_err(err, "-X %s: %s", name, errstr);
-                goto usage_error;
-            }
+            if (kafka_conf_set_arg(conf, v, &kafka_verbose, err) != BS_OK) goto usage_error;
         }
     }
     if (!brokers || !topic) {
@@ -311,11 +292,13 @@ int cmd_consume(int argc, char **argv) {
         {"enable.auto.commit", group ? "true" : "false"},
     };
     for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
-        if (props[i].v && rd_kafka_conf_set(conf, props[i].k, props[i].v, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-            fprintf(stderr, "bertstream consume: %s: %s\n", props[i].k, errstr);
+        if (props[i].v && kafka_conf_set(conf, "", props[i].k, props[i].v, err) != BS_OK) {
+            fprintf(stderr, "bertstream consume: %s\n", err);
             goto done;
         }
-    rd_kafka_conf_set_log_cb(conf, on_log);
+    /* librdkafka logs (connection failures, retries) stay quiet unless -X debug=... or -X log_level=...
+     * asked for them, so an error is the one line this command prints. */
+    kafka_conf_set_cli_log(conf, kafka_verbose);
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!rk) {
         fprintf(stderr, "bertstream consume: %s\n", errstr);

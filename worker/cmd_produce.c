@@ -13,21 +13,13 @@
 #include "codec.h"
 #include "commands.h"
 #include "common.h"
+#include "kafka.h"
 
 static volatile sig_atomic_t run = 1;
 
 static void on_signal(int sig) {
     (void)sig;
     run = 0;
-}
-
-/* librdkafka logs (connection failures, retries) stay quiet unless -X debug=... or -X log_level=...
- * asked for them, so an error is the one line this command prints. */
-static int kafka_verbose = 0;
-
-static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    (void)rk;
-    if (kafka_verbose) fprintf(stderr, "%%%d|%s|%s\n", level, fac, buf);
 }
 
 static void usage(FILE *f) {
@@ -95,7 +87,7 @@ int cmd_produce(int argc, char **argv) {
     bs_schema schema = BS_SCHEMA_REVIEW;
     bs_framing framing = BS_FRAMING_AVRO;
     long long schema_id = -1, timeout_ms = 30000;
-    int status = 1;
+    int status = 1, kafka_verbose = 0;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_t *rk = NULL;
     bs_codec *codec = NULL;
@@ -136,18 +128,7 @@ int cmd_produce(int argc, char **argv) {
         } else if (strcmp(a, "--timeout-ms") == 0) {
             if (cli_int("--timeout-ms", v, 0, 3600000, &timeout_ms, err) != BS_OK) goto usage_error;
         } else { /* -X */
-            const char *eq = strchr(v, '=');
-            if (!eq || eq == v) {
-                bs_err(err, "-X: expected property=value, got '%s'", v);
-                goto usage_error;
-            }
-            char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)(eq - v), v);
-            if (strcmp(name, "debug") == 0 || strcmp(name, "log_level") == 0) kafka_verbose = 1;
-            if (rd_kafka_conf_set(conf, name, eq + 1, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-                bs_err(err, "-X %s: %s", name, errstr);
-                goto usage_error;
-            }
+            if (kafka_conf_set_arg(conf, v, &kafka_verbose, err) != BS_OK) goto usage_error;
         }
     }
     if (!brokers || !topic) {
@@ -163,12 +144,14 @@ int cmd_produce(int argc, char **argv) {
         goto usage_error;
     }
 
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "bertstream produce: bootstrap.servers: %s\n", errstr);
+    if (kafka_conf_set(conf, "", "bootstrap.servers", brokers, err) != BS_OK) {
+        fprintf(stderr, "bertstream produce: %s\n", err);
         goto done;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_log_cb(conf, on_log);
+    /* librdkafka logs (connection failures, retries) stay quiet unless -X debug=... or -X log_level=...
+     * asked for them, so an error is the one line this command prints. */
+    kafka_conf_set_cli_log(conf, kafka_verbose);
     rd_kafka_conf_set_opaque(conf, &st);
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!rk) {

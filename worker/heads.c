@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kafka.h"
 #include "log.h"
 
 const char *const heads_reject_reasons[] = {HEADS_R_ENCODER_MISMATCH, HEADS_R_BAD_SHAPE, HEADS_R_NOT_FINITE,
@@ -229,66 +230,38 @@ bs_head *heads_to_head(const bs_head_weights *hw) {
 
 /* ---- librdkafka plumbing shared with the trainer ---- */
 
-static void heads_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    bs_log_level l = level <= 3 ? BS_LOG_ERROR : level == 4 ? BS_LOG_WARN : level <= 6 ? BS_LOG_INFO : BS_LOG_DEBUG;
-    bs_log(l, "librdkafka", "client=%s facility=%s detail=\"%s\"", rd_kafka_name(rk), fac, buf);
-}
-
-static void heads_error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque) {
-    (void)opaque;
-    bs_log(e == RD_KAFKA_RESP_ERR__FATAL ? BS_LOG_ERROR : BS_LOG_WARN, "kafka client error",
-           "client=%s code=%s reason=\"%s\"", rd_kafka_name(rk), rd_kafka_err2name((rd_kafka_resp_err_t)e), reason);
-}
-
-static int conf_set(rd_kafka_conf_t *conf, const char *section, const char *key, const char *value, char *err) {
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
-        return bs_err(err, "%s%s%s: %s", section, *section ? "." : "", key, errstr);
-    return BS_OK;
-}
-
-static int conf_apply(rd_kafka_conf_t *conf, const char *section, const bs_kvlist *l, char *err) {
-    for (size_t i = 0; i < l->n; i++)
-        if (conf_set(conf, section, l->items[i].key, l->items[i].value, err) != BS_OK) return BS_ERR;
-    return BS_OK;
+/* client.id (unless the user set one), then kafka.* and the client's own section (consumer.* or
+ * producer.*), with kafka.c's log and error callbacks. */
+static rd_kafka_conf_t *client_conf(const bs_config *cfg, const char *section, const bs_kvlist *own,
+                                    const char *client_id, char *err) {
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kafka_conf_default(conf, &cfg->kafka, own, "client.id", client_id, err) != BS_OK ||
+        kafka_conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK ||
+        kafka_conf_apply(conf, section, own, err) != BS_OK) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+    return conf;
 }
 
 rd_kafka_conf_t *heads_consumer_conf(const bs_config *cfg, const char *client_id, char *err) {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (!config_kv_get(&cfg->kafka, "client.id") && !config_kv_get(&cfg->consumer, "client.id") &&
-        conf_set(conf, "", "client.id", client_id, err) != BS_OK)
-        goto fail;
-    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK ||
-        conf_apply(conf, "consumer", &cfg->consumer, err) != BS_OK)
-        goto fail;
+    rd_kafka_conf_t *conf = client_conf(cfg, "consumer", &cfg->consumer, client_id, err);
+    if (!conf) return NULL;
     /* An assign-only reader: it never joins a group and never commits, so whatever group.id the
      * config carries (the worker's own) is left untouched. */
-    if (conf_set(conf, "", "enable.auto.commit", "false", err) != BS_OK ||
-        conf_set(conf, "", "enable.auto.offset.store", "false", err) != BS_OK ||
-        conf_set(conf, "", "enable.partition.eof", "true", err) != BS_OK)
-        goto fail;
-    rd_kafka_conf_set_log_cb(conf, heads_log_cb);
-    rd_kafka_conf_set_error_cb(conf, heads_error_cb);
+    if (kafka_conf_set(conf, "", "enable.auto.commit", "false", err) != BS_OK ||
+        kafka_conf_set(conf, "", "enable.auto.offset.store", "false", err) != BS_OK ||
+        kafka_conf_set(conf, "", "enable.partition.eof", "true", err) != BS_OK) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     return conf;
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
 }
 
 rd_kafka_conf_t *heads_producer_conf(const bs_config *cfg, const char *client_id, char *err) {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (!config_kv_get(&cfg->kafka, "client.id") && !config_kv_get(&cfg->producer, "client.id") &&
-        conf_set(conf, "", "client.id", client_id, err) != BS_OK)
-        goto fail;
-    if (conf_apply(conf, "kafka", &cfg->kafka, err) != BS_OK ||
-        conf_apply(conf, "producer", &cfg->producer, err) != BS_OK)
-        goto fail;
-    rd_kafka_conf_set_log_cb(conf, heads_log_cb);
-    rd_kafka_conf_set_error_cb(conf, heads_error_cb);
-    return conf;
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
+    return client_conf(cfg, "producer", &cfg->producer, client_id, err);
 }
 
 /* Partition ids of topic (empty when it does not exist). *ids is malloc'd. */

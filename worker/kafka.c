@@ -1,5 +1,6 @@
-/* librdkafka plumbing: client configuration from bs_config, the per-partition offset tracker
- * (a ring of in-flight offsets with done flags) and the rebalance callback. */
+/* librdkafka plumbing: client configuration from bs_config (and the helpers the other Kafka
+ * clients share), the per-partition offset tracker (a ring of in-flight offsets with done flags)
+ * and the rebalance callback. */
 #include "kafka.h"
 
 #include <pthread.h>
@@ -244,40 +245,62 @@ static const char *kv_get(const bs_kvlist *l, const char *key) {
     return NULL;
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *section, const char *key, const char *value, char *err) {
+int kafka_conf_set(rd_kafka_conf_t *conf, const char *section, const char *key, const char *value, char *err) {
     char errstr[512];
     if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
         return bs_err(err, "%s%s%s: %s", section, *section ? "." : "", key, errstr);
     return BS_OK;
 }
 
-static int conf_apply(rd_kafka_conf_t *conf, const char *section, const bs_kvlist *l, char *err) {
+int kafka_conf_apply(rd_kafka_conf_t *conf, const char *section, const bs_kvlist *l, char *err) {
     for (size_t i = 0; i < l->n; i++)
-        if (conf_set(conf, section, l->items[i].key, l->items[i].value, err) != BS_OK) return BS_ERR;
+        if (kafka_conf_set(conf, section, l->items[i].key, l->items[i].value, err) != BS_OK) return BS_ERR;
     return BS_OK;
 }
 
-/* A user's value wins over the worker's default: set the default only when neither list has the key. */
-static int conf_default(rd_kafka_conf_t *conf, const bs_kvlist *a, const bs_kvlist *b, const char *key,
-                        const char *value, char *err) {
+int kafka_conf_default(rd_kafka_conf_t *conf, const bs_kvlist *a, const bs_kvlist *b, const char *key,
+                       const char *value, char *err) {
     if (kv_get(a, key) || kv_get(b, key)) return BS_OK;
-    return conf_set(conf, "", key, value, err);
+    return kafka_conf_set(conf, "", key, value, err);
 }
 
-static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    (void)rk;
+void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     /* syslog levels: 0..3 error, 4 warning, 5..6 info, 7 debug */
     bs_log_level l = level <= 3 ? BS_LOG_ERROR : level == 4 ? BS_LOG_WARN : level <= 6 ? BS_LOG_INFO : BS_LOG_DEBUG;
     bs_log(l, "librdkafka", "client=%s facility=%s detail=\"%s\"", rd_kafka_name(rk), fac, buf);
 }
 
-static void kafka_error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque) {
+void kafka_error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque) {
     (void)opaque;
     rd_kafka_resp_err_t err = (rd_kafka_resp_err_t)e;
     /* Transport errors and "all brokers down" are routine during broker restarts: warn only. */
     int fatal = err == RD_KAFKA_RESP_ERR__FATAL;
     bs_log(fatal ? BS_LOG_ERROR : BS_LOG_WARN, "kafka client error", "client=%s code=%s reason=\"%s\"",
            rd_kafka_name(rk), rd_kafka_err2name(err), reason);
+}
+
+int kafka_conf_set_arg(rd_kafka_conf_t *conf, const char *arg, int *verbose, char *err) {
+    char errstr[512], name[256];
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg) return bs_err(err, "-X: expected property=value, got '%s'", arg);
+    snprintf(name, sizeof name, "%.*s", (int)(eq - arg), arg);
+    if (strcmp(name, "debug") == 0 || strcmp(name, "log_level") == 0) *verbose = 1;
+    if (rd_kafka_conf_set(conf, name, eq + 1, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
+        return bs_err(err, "-X %s: %s", name, errstr);
+    return BS_OK;
+}
+
+static void cli_log_stderr(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    (void)rk;
+    fprintf(stderr, "%%%d|%s|%s\n", level, fac, buf);
+}
+
+static void cli_log_quiet(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    (void)rk, (void)level, (void)fac, (void)buf;
+}
+
+void kafka_conf_set_cli_log(rd_kafka_conf_t *conf, int verbose) {
+    rd_kafka_conf_set_log_cb(conf, verbose ? cli_log_stderr : cli_log_quiet);
 }
 
 static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets,
@@ -318,21 +341,21 @@ rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks,
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_topic_partition_list_t *topics = NULL;
     const bs_kvlist *k = &c->kafka, *u = &c->consumer;
-    if (conf_default(conf, k, u, "partition.assignment.strategy", "cooperative-sticky", err) != BS_OK ||
-        conf_default(conf, k, u, "auto.offset.reset", "earliest", err) != BS_OK ||
-        conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
-        conf_default(conf, k, u, "auto.commit.interval.ms", "1000", err) != BS_OK ||
-        conf_default(conf, k, u, "queued.min.messages", qmin, err) != BS_OK ||
-        conf_apply(conf, "kafka", k, err) != BS_OK || conf_apply(conf, "consumer", u, err) != BS_OK)
+    if (kafka_conf_default(conf, k, u, "partition.assignment.strategy", "cooperative-sticky", err) != BS_OK ||
+        kafka_conf_default(conf, k, u, "auto.offset.reset", "earliest", err) != BS_OK ||
+        kafka_conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
+        kafka_conf_default(conf, k, u, "auto.commit.interval.ms", "1000", err) != BS_OK ||
+        kafka_conf_default(conf, k, u, "queued.min.messages", qmin, err) != BS_OK ||
+        kafka_conf_apply(conf, "kafka", k, err) != BS_OK || kafka_conf_apply(conf, "consumer", u, err) != BS_OK)
         goto fail;
     if (!kv_get(k, "group.id") && !kv_get(u, "group.id") &&
-        conf_set(conf, "consumer", "group.id", "bertstream", err) != BS_OK)
+        kafka_conf_set(conf, "consumer", "group.id", "bertstream", err) != BS_OK)
         goto fail;
     /* The guarantees: offsets are stored only by the worker, after acknowledgement. */
-    if (conf_set(conf, "", "enable.auto.offset.store", "false", err) != BS_OK) goto fail;
+    if (kafka_conf_set(conf, "", "enable.auto.offset.store", "false", err) != BS_OK) goto fail;
     if (c->delivery == BS_DELIVERY_EXACTLY_ONCE) {
-        if (conf_set(conf, "", "enable.auto.commit", "false", err) != BS_OK ||
-            conf_set(conf, "", "isolation.level", "read_committed", err) != BS_OK)
+        if (kafka_conf_set(conf, "", "enable.auto.commit", "false", err) != BS_OK ||
+            kafka_conf_set(conf, "", "isolation.level", "read_committed", err) != BS_OK)
             goto fail;
     }
     rd_kafka_conf_set_rebalance_cb(conf, kafka_rebalance_cb);
@@ -373,12 +396,12 @@ rd_kafka_t *kafka_producer_new(const bs_config *c, void (*dr_msg_cb)(rd_kafka_t 
     /* A dead letter carries the original value, which may be larger than worker.max_message_bytes
      * (that is what too_large means): as large as anything the consumer can receive. The broker's
      * limit for the dead-letter topic still applies: keep it at least the input topic's. */
-    if (conf_default(conf, k, u, "message.max.bytes", KAFKA_PRODUCER_MESSAGE_MAX_BYTES, err) != BS_OK ||
-        conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
-        conf_apply(conf, "kafka", k, err) != BS_OK || conf_apply(conf, "producer", u, err) != BS_OK)
+    if (kafka_conf_default(conf, k, u, "message.max.bytes", KAFKA_PRODUCER_MESSAGE_MAX_BYTES, err) != BS_OK ||
+        kafka_conf_default(conf, k, u, "client.id", "bertstream-worker", err) != BS_OK ||
+        kafka_conf_apply(conf, "kafka", k, err) != BS_OK || kafka_conf_apply(conf, "producer", u, err) != BS_OK)
         goto fail;
     if (c->delivery == BS_DELIVERY_EXACTLY_ONCE &&
-        conf_set(conf, "producer", "transactional.id", kafka_transactional_id(c, buf, sizeof buf), err) != BS_OK)
+        kafka_conf_set(conf, "producer", "transactional.id", kafka_transactional_id(c, buf, sizeof buf), err) != BS_OK)
         goto fail;
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_error_cb);

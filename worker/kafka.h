@@ -1,6 +1,7 @@
 /* librdkafka plumbing for the worker: consumer and producer set up from bs_config, the
  * per-partition offset tracker that decides how far an input partition may be committed, and
- * the rebalance callback (cooperative or eager) that hands assign/revoke to the worker. */
+ * the rebalance callback (cooperative or eager) that hands assign/revoke to the worker. Also the
+ * configuration helpers the other Kafka clients (heads, produce, consume) share. */
 #ifndef BS_KAFKA_H
 #define BS_KAFKA_H
 
@@ -99,6 +100,31 @@ void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_
 rd_kafka_t *kafka_consumer_new(const bs_config *c, kafka_rebalance_hooks *hooks, char *err);
 rd_kafka_t *kafka_producer_new(const bs_config *c, void (*dr_msg_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
                                void *opaque, char *err);
+
+/* ---- configuration helpers ----
+ * The pieces kafka_consumer_new/kafka_producer_new build from; heads.c builds its own clients
+ * (the heads follower, the trainer's publisher) from them too. */
+/* rd_kafka_conf_set; the error names "section.key" ("key" when section is ""). */
+int kafka_conf_set(rd_kafka_conf_t *conf, const char *section, const char *key, const char *value, char *err);
+/* Every key=value of l in order; errors name "section.key". */
+int kafka_conf_apply(rd_kafka_conf_t *conf, const char *section, const bs_kvlist *l, char *err);
+/* A default the user may override: sets key=value only when neither a (kafka.*) nor b (consumer.* or
+ * producer.*) has the key. */
+int kafka_conf_default(rd_kafka_conf_t *conf, const bs_kvlist *a, const bs_kvlist *b, const char *key,
+                       const char *value, char *err);
+/* librdkafka's log lines and client errors into bertstream's log (syslog levels mapped to ours;
+ * client errors warn unless fatal): install with rd_kafka_conf_set_log_cb / _set_error_cb. */
+void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+
+/* ---- command-line clients (produce, consume) ----
+ * One `-X property=value` argument: sets the property on conf (error "-X name: reason", or a usage
+ * line when there is no '='). Sets *verbose to 1 when the property is debug or log_level: the user
+ * asked to see librdkafka's log. */
+int kafka_conf_set_arg(rd_kafka_conf_t *conf, const char *arg, int *verbose, char *err);
+/* librdkafka's log on stderr ("%level|facility|message") when verbose, else nothing at all, so that
+ * an error is the one line a command prints. */
+void kafka_conf_set_cli_log(rd_kafka_conf_t *conf, int verbose);
 
 /* The transactional.id kafka_producer_new uses with exactly_once (buf of cap bytes). */
 const char *kafka_transactional_id(const bs_config *c, char *buf, size_t cap);
