@@ -110,18 +110,6 @@ struct bs_codec {
 
 /* ---- small helpers ---- */
 
-static int fail(const char **err_code, const char *code, char *err, const char *fmt, ...) BS_PRINTF(4, 5);
-static int fail(const char **err_code, const char *code, char *err, const char *fmt, ...) {
-    if (err_code) *err_code = code;
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, BS_ERRLEN, fmt, ap);
-        va_end(ap);
-    }
-    return BS_ERR;
-}
-
 void bs_buf_free(bs_buf *b) {
     if (!b) return;
     free(b->data);
@@ -360,9 +348,11 @@ typedef struct {
 static int walk_varint(walk *w, int64_t *out, const char *what) {
     uint64_t v = 0;
     for (int i = 0;; i++) {
-        if (w->p == w->end) return fail(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: data ends inside a varint", what);
+        if (w->p == w->end)
+            return bs_err_code(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: data ends inside a varint", what);
         uint8_t b = *w->p++;
-        if (i == 9 && b > 1) return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: varint longer than 64 bits", what);
+        if (i == 9 && b > 1)
+            return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: varint longer than 64 bits", what);
         v |= (uint64_t)(b & 0x7f) << (7 * i);
         if (!(b & 0x80)) break;
     }
@@ -374,22 +364,22 @@ static int walk_varint(walk *w, int64_t *out, const char *what) {
 static int walk_blob(walk *w, int is_string, const char *what) {
     int64_t n;
     if (walk_varint(w, &n, what) != BS_OK) return BS_ERR;
-    if (n < 0) return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: negative length %" PRId64, what, n);
+    if (n < 0) return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: negative length %" PRId64, what, n);
     size_t left = (size_t)(w->end - w->p);
     if ((uint64_t)n > left)
-        return fail(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: length %" PRId64 " but only %zu bytes left", what,
-                    n, left);
+        return bs_err_code(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: length %" PRId64 " but only %zu bytes left",
+                           what, n, left);
     if (is_string && !codec_utf8_valid((const char *)w->p, (size_t)n))
-        return fail(w->err_code, BS_DL_INVALID_UTF8, w->err, "%s: invalid UTF-8 at byte %zu", what,
-                    utf8_bad_offset((const char *)w->p, (size_t)n));
+        return bs_err_code(w->err_code, BS_DL_INVALID_UTF8, w->err, "%s: invalid UTF-8 at byte %zu", what,
+                           utf8_bad_offset((const char *)w->p, (size_t)n));
     w->p += n;
     return BS_OK;
 }
 
 static int walk_fixed(walk *w, size_t n, const char *what) {
     if ((size_t)(w->end - w->p) < n)
-        return fail(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: needs %zu bytes, %zu left", what, n,
-                    (size_t)(w->end - w->p));
+        return bs_err_code(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: needs %zu bytes, %zu left", what, n,
+                           (size_t)(w->end - w->p));
     w->p += n;
     return BS_OK;
 }
@@ -400,12 +390,14 @@ static int walk_value(walk *w, avro_schema_t s, const char *what) {
     case AVRO_NULL: return BS_OK;
     case AVRO_BOOLEAN:
         if (walk_fixed(w, 1, what) != BS_OK) return BS_ERR;
-        if (w->p[-1] > 1) return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: boolean byte %u", what, w->p[-1]);
+        if (w->p[-1] > 1)
+            return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: boolean byte %u", what, w->p[-1]);
         return BS_OK;
     case AVRO_INT32:
         if (walk_varint(w, &v, what) != BS_OK) return BS_ERR;
         if (v < INT32_MIN || v > INT32_MAX)
-            return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: %" PRId64 " out of range for int", what, v);
+            return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: %" PRId64 " out of range for int", what,
+                               v);
         return BS_OK;
     case AVRO_INT64: return walk_varint(w, &v, what);
     case AVRO_FLOAT: return walk_fixed(w, 4, what);
@@ -423,7 +415,8 @@ static int walk_value(walk *w, avro_schema_t s, const char *what) {
     case AVRO_UNION:
         if (walk_varint(w, &v, what) != BS_OK) return BS_ERR;
         if (v < 0 || (uint64_t)v >= avro_schema_union_size(s))
-            return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: union index %" PRId64 " out of range", what, v);
+            return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: union index %" PRId64 " out of range",
+                               what, v);
         return walk_value(w, avro_schema_union_branch(s, (int)v), what);
     case AVRO_MAP: {
         avro_schema_t values = avro_schema_map_values(s);
@@ -434,22 +427,22 @@ static int walk_value(walk *w, avro_schema_t s, const char *what) {
             if (count < 0) {
                 int64_t block_bytes;
                 if (count == INT64_MIN)
-                    return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: bad map block count", what);
+                    return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: bad map block count", what);
                 count = -count;
                 if (walk_varint(w, &block_bytes, what) != BS_OK) return BS_ERR;
                 if (block_bytes < 0)
-                    return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: negative map block size", what);
+                    return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: negative map block size", what);
             }
             /* every entry takes at least one byte (its key length), so this bounds the loop */
             if ((uint64_t)count > (size_t)(w->end - w->p))
-                return fail(w->err_code, BS_DL_TRUNCATED_AVRO, w->err, "%s: %" PRId64 " map entries in %zu bytes",
-                            what, count, (size_t)(w->end - w->p));
+                return bs_err_code(w->err_code, BS_DL_TRUNCATED_AVRO, w->err,
+                                   "%s: %" PRId64 " map entries in %zu bytes", what, count, (size_t)(w->end - w->p));
             for (int64_t i = 0; i < count; i++)
                 if (walk_blob(w, 1, what) != BS_OK || walk_value(w, values, what) != BS_OK) return BS_ERR;
         }
     }
     default:
-        return fail(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: schema type not supported by the codec", what);
+        return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: schema type not supported by the codec", what);
     }
 }
 
@@ -458,30 +451,33 @@ static int read_avro(bs_codec *c, bs_schema s, bs_framing framing, int32_t expec
                      const char **err_code, char *err) {
     const uint8_t *p = val;
     if (len > c->max_value)
-        return fail(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len, c->max_value);
+        return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len,
+                           c->max_value);
     if (framing == BS_FRAMING_CONFLUENT) {
-        if (len == 0) return fail(err_code, BS_DL_TRUNCATED_AVRO, err, "empty value (confluent framing)");
-        if (p[0] != 0) return fail(err_code, BS_DL_BAD_MAGIC_BYTE, err, "magic byte is 0x%02x, expected 0x00", p[0]);
-        if (len < 5) return fail(err_code, BS_DL_TRUNCATED_AVRO, err, "confluent header needs 5 bytes, got %zu", len);
+        if (len == 0) return bs_err_code(err_code, BS_DL_TRUNCATED_AVRO, err, "empty value (confluent framing)");
+        if (p[0] != 0)
+            return bs_err_code(err_code, BS_DL_BAD_MAGIC_BYTE, err, "magic byte is 0x%02x, expected 0x00", p[0]);
+        if (len < 5)
+            return bs_err_code(err_code, BS_DL_TRUNCATED_AVRO, err, "confluent header needs 5 bytes, got %zu", len);
         int32_t id = (int32_t)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4]);
         if (expect_id >= 0 && id != expect_id)
-            return fail(err_code, BS_DL_UNKNOWN_SCHEMA_ID, err, "schema id %" PRId32 ", expected %" PRId32, id,
-                        expect_id);
+            return bs_err_code(err_code, BS_DL_UNKNOWN_SCHEMA_ID, err, "schema id %" PRId32 ", expected %" PRId32, id,
+                               expect_id);
         p += 5;
         len -= 5;
     } else if (framing != BS_FRAMING_AVRO) {
-        return fail(err_code, BS_DL_UNSUPPORTED_FRAMING, err, "%s framing is not supported for %s",
-                    codec_framing_name(framing), schema_names[s]);
+        return bs_err_code(err_code, BS_DL_UNSUPPORTED_FRAMING, err, "%s framing is not supported for %s",
+                           codec_framing_name(framing), schema_names[s]);
     }
-    if (len == 0) return fail(err_code, BS_DL_TRUNCATED_AVRO, err, "empty Avro value");
+    if (len == 0) return bs_err_code(err_code, BS_DL_TRUNCATED_AVRO, err, "empty Avro value");
     walk w = {p, p + len, err_code, err};
     if (walk_value(&w, c->schema[s], schema_names[s]) != BS_OK) return BS_ERR;
     if (w.p != w.end)
-        return fail(err_code, BS_DL_INVALID_AVRO, err, "%zu trailing bytes after the %s record",
-                    (size_t)(w.end - w.p), schema_names[s]);
+        return bs_err_code(err_code, BS_DL_INVALID_AVRO, err, "%zu trailing bytes after the %s record",
+                           (size_t)(w.end - w.p), schema_names[s]);
     avro_reader_memory_set_source(c->reader, (const char *)p, (int64_t)len);
     if (avro_value_read(c->reader, &c->value[s]) != 0)
-        return fail(err_code, BS_DL_INVALID_AVRO, err, "Avro-C: %s", avro_strerror());
+        return bs_err_code(err_code, BS_DL_INVALID_AVRO, err, "Avro-C: %s", avro_strerror());
     return BS_OK;
 }
 
@@ -526,7 +522,8 @@ static int get_optional(avro_value_t *rec, size_t idx, avro_value_t *branch) {
 }
 
 static int internal_fail(const char **err_code, char *err, const char *what) {
-    return fail(err_code, BS_DL_INVALID_AVRO, err, "cannot read %s from the Avro value: %s", what, avro_strerror());
+    return bs_err_code(err_code, BS_DL_INVALID_AVRO, err, "cannot read %s from the Avro value: %s", what,
+                       avro_strerror());
 }
 
 /* ---- JSON framing helpers ---- */
@@ -537,14 +534,16 @@ static int json_parse(bs_codec *c, const void *val, size_t len, const char **err
         c->json = NULL;
     }
     if (len > c->max_value)
-        return fail(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len, c->max_value);
+        return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len,
+                           c->max_value);
     if (!codec_utf8_valid(val, len))
-        return fail(err_code, BS_DL_INVALID_UTF8, err, "JSON value: invalid UTF-8 at byte %zu",
-                    utf8_bad_offset(val, len));
+        return bs_err_code(err_code, BS_DL_INVALID_UTF8, err, "JSON value: invalid UTF-8 at byte %zu",
+                           utf8_bad_offset(val, len));
     json_error_t je;
     c->json = json_loadb(val, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &je);
-    if (!c->json) return fail(err_code, BS_DL_INVALID_JSON, err, "JSON value: %s at byte %d", je.text, je.position);
-    if (!json_is_object(c->json)) return fail(err_code, BS_DL_WRONG_TYPE, err, "JSON value is not an object");
+    if (!c->json)
+        return bs_err_code(err_code, BS_DL_INVALID_JSON, err, "JSON value: %s at byte %d", je.text, je.position);
+    if (!json_is_object(c->json)) return bs_err_code(err_code, BS_DL_WRONG_TYPE, err, "JSON value is not an object");
     return BS_OK;
 }
 
@@ -552,12 +551,13 @@ static int json_string_field(json_t *o, const char *name, int required, const ch
                              const char **err_code, char *err) {
     json_t *v = json_object_get(o, name);
     if (!v || json_is_null(v)) {
-        if (required) return fail(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"%s\" is missing", name);
+        if (required) return bs_err_code(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"%s\" is missing", name);
         *s = NULL;
         *len = 0;
         return BS_OK;
     }
-    if (!json_is_string(v)) return fail(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"%s\" is not a string", name);
+    if (!json_is_string(v))
+        return bs_err_code(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"%s\" is not a string", name);
     *s = json_string_value(v);
     *len = json_string_length(v);
     return BS_OK;
@@ -572,10 +572,11 @@ int codec_decode_review(bs_codec *c, bs_framing framing, int32_t expect_schema_i
     if (!val) val = "";
     if (framing == BS_FRAMING_TEXT) {
         if (len > c->max_value)
-            return fail(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len,
-                        c->max_value);
+            return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "value of %zu bytes exceeds the limit of %zu", len,
+                               c->max_value);
         if (!codec_utf8_valid(val, len))
-            return fail(err_code, BS_DL_INVALID_UTF8, err, "text: invalid UTF-8 at byte %zu", utf8_bad_offset(val, len));
+            return bs_err_code(err_code, BS_DL_INVALID_UTF8, err, "text: invalid UTF-8 at byte %zu",
+                               utf8_bad_offset(val, len));
         out->text = val;
         out->text_len = len;
         if (key && key_len > 0 && codec_utf8_valid(key, key_len)) {
@@ -584,7 +585,7 @@ int codec_decode_review(bs_codec *c, bs_framing framing, int32_t expect_schema_i
         } else {
             c->id.len = 0;
             if (bs_buf_printf(&c->id, "%s/%" PRId32 "/%" PRId64, topic ? topic : "", partition, offset) != BS_OK)
-                return fail(err_code, BS_DL_TOO_LARGE, err, "out of memory for the review id");
+                return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "out of memory for the review id");
             out->review_id = (const char *)c->id.data;
             out->review_id_len = c->id.len;
         }
@@ -600,7 +601,7 @@ int codec_decode_review(bs_codec *c, bs_framing framing, int32_t expect_schema_i
         json_t *ts = json_object_get(c->json, "created_at");
         if (ts && !json_is_null(ts)) {
             if (!json_is_integer(ts))
-                return fail(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"created_at\" is not an integer (ms)");
+                return bs_err_code(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"created_at\" is not an integer (ms)");
             out->has_created_at = 1;
             out->created_at = json_integer_value(ts);
         }
@@ -635,7 +636,7 @@ int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_
             return BS_ERR;
         json_t *l = json_object_get(c->json, "label");
         if (!l || !json_is_integer(l) || json_integer_value(l) < INT32_MIN || json_integer_value(l) > INT32_MAX)
-            return fail(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"label\" is missing or not an int");
+            return bs_err_code(err_code, BS_DL_WRONG_TYPE, err, "JSON field \"label\" is missing or not an int");
         out->label = (int32_t)json_integer_value(l);
         return BS_OK;
     }
@@ -710,21 +711,22 @@ int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_sc
         if (get_bytes(rec, HW_FC1_W + i, &t[i], &tlen[i]) != BS_OK) return internal_fail(err_code, err, "a tensor");
     int64_t C = out->input_dim, Hd = out->hidden_dim;
     if (C <= 0 || Hd <= 0)
-        return fail(err_code, BS_DL_WRONG_TYPE, err, "HeadWeights: input_dim %" PRId64 " and hidden_dim %" PRId64
-                    " must be positive", C, Hd);
+        return bs_err_code(err_code, BS_DL_WRONG_TYPE, err,
+                           "HeadWeights: input_dim %" PRId64 " and hidden_dim %" PRId64 " must be positive", C, Hd);
     /* floats per tensor: fc1_weight (Hd, C), fc1_bias (Hd), fc2_weight (1, Hd), fc2_bias (1) */
     const int64_t want[4] = {Hd * C, Hd, Hd, 1};
     static const char *const names[4] = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"};
     size_t total = 0;
     for (int i = 0; i < 4; i++) {
         if ((uint64_t)tlen[i] != (uint64_t)want[i] * 4)
-            return fail(err_code, BS_DL_WRONG_TYPE, err, "HeadWeights: %s has %zu bytes, expected %" PRId64
-                        " (F32 x %" PRId64 ")", names[i], tlen[i], want[i] * 4, want[i]);
+            return bs_err_code(err_code, BS_DL_WRONG_TYPE, err,
+                               "HeadWeights: %s has %zu bytes, expected %" PRId64 " (F32 x %" PRId64 ")", names[i],
+                               tlen[i], want[i] * 4, want[i]);
         total += (size_t)want[i];
     }
     if (total > c->tensors_cap) {
         float *p = realloc(c->tensors, total * sizeof *p);
-        if (!p) return fail(err_code, BS_DL_TOO_LARGE, err, "HeadWeights: out of memory for %zu floats", total);
+        if (!p) return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "HeadWeights: out of memory for %zu floats", total);
         c->tensors = p;
         c->tensors_cap = total;
     }
@@ -743,7 +745,7 @@ int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_sc
         if (nm) c->metric_names = nm;
         double *mv = realloc(c->metric_values, n * sizeof *mv);
         if (mv) c->metric_values = mv;
-        if (!nm || !mv) return fail(err_code, BS_DL_TOO_LARGE, err, "HeadWeights: out of memory for metrics");
+        if (!nm || !mv) return bs_err_code(err_code, BS_DL_TOO_LARGE, err, "HeadWeights: out of memory for metrics");
         c->metrics_cap = (int)n;
     }
     for (size_t i = 0; i < n; i++) {

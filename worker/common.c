@@ -10,13 +10,24 @@
 #include <string.h>
 #include <time.h>
 
+static void verr(char *err, const char *fmt, va_list ap) {
+    if (err) vsnprintf(err, BS_ERRLEN, fmt, ap);
+}
+
 int bs_err(char *err, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, BS_ERRLEN, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    verr(err, fmt, ap);
+    va_end(ap);
+    return BS_ERR;
+}
+
+int bs_err_code(const char **code_out, const char *code, char *err, const char *fmt, ...) {
+    if (code_out) *code_out = code;
+    va_list ap;
+    va_start(ap, fmt);
+    verr(err, fmt, ap);
+    va_end(ap);
     return BS_ERR;
 }
 

@@ -19,6 +19,8 @@
 
 /* Writes a formatted message into err (BS_ERRLEN bytes) when err is not NULL. Returns BS_ERR. */
 int bs_err(char *err, const char *fmt, ...) BS_PRINTF(2, 3);
+/* bs_err for errors counted by a stable reason: also sets *code_out = code (when code_out is not NULL). */
+int bs_err_code(const char **code_out, const char *code, char *err, const char *fmt, ...) BS_PRINTF(4, 5);
 
 /* Reads a whole file into a NUL-terminated heap buffer; *len gets the size without the NUL. */
 char *bs_read_file(const char *path, size_t *len, char *err);

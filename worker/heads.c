@@ -9,7 +9,6 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,18 +131,6 @@ int heads_verify(const bs_head_weights *hw, const char *key, size_t key_len) {
 
 /* ---- validation ---- */
 
-static int reject(const char **reason_code, const char *code, char *err, const char *fmt, ...) BS_PRINTF(4, 5);
-static int reject(const char **reason_code, const char *code, char *err, const char *fmt, ...) {
-    if (reason_code) *reason_code = code;
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, BS_ERRLEN, fmt, ap);
-        va_end(ap);
-    }
-    return BS_ERR;
-}
-
 static int all_finite(const float *f, size_t n, size_t *bad) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(f[i])) {
@@ -158,30 +145,32 @@ int heads_validate(const bs_head_weights *hw, const char *expect_encoder_id, int
     if (reason_code) *reason_code = NULL;
     const char *enc = hw->encoder_id ? hw->encoder_id : "";
     if (strcmp(enc, expect_encoder_id ? expect_encoder_id : "") != 0)
-        return reject(reason_code, HEADS_R_ENCODER_MISMATCH, err, "head v%" PRId64 ": encoder_id %.80s is not %.80s",
-                      hw->version, enc, expect_encoder_id ? expect_encoder_id : "");
+        return bs_err_code(reason_code, HEADS_R_ENCODER_MISMATCH, err,
+                           "head v%" PRId64 ": encoder_id %.80s is not %.80s", hw->version, enc,
+                           expect_encoder_id ? expect_encoder_id : "");
     if (hw->input_dim != expect_input_dim)
-        return reject(reason_code, HEADS_R_BAD_SHAPE, err,
-                      "head v%" PRId64 ": input_dim %d, the model's hidden size is %d", hw->version, hw->input_dim,
-                      expect_input_dim);
+        return bs_err_code(reason_code, HEADS_R_BAD_SHAPE, err,
+                           "head v%" PRId64 ": input_dim %d, the model's hidden size is %d", hw->version, hw->input_dim,
+                           expect_input_dim);
     if (hw->hidden_dim < 1 || hw->hidden_dim > (1 << 20))
-        return reject(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": hidden_dim %d is out of range 1..%d",
-                      hw->version, hw->hidden_dim, 1 << 20);
+        return bs_err_code(reason_code, HEADS_R_BAD_SHAPE, err,
+                           "head v%" PRId64 ": hidden_dim %d is out of range 1..%d", hw->version, hw->hidden_dim,
+                           1 << 20);
     if (!hw->fc1_weight || !hw->fc1_bias || !hw->fc2_weight || !hw->fc2_bias)
-        return reject(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": a tensor is missing", hw->version);
+        return bs_err_code(reason_code, HEADS_R_BAD_SHAPE, err, "head v%" PRId64 ": a tensor is missing", hw->version);
     const char *feat = hw->feature ? hw->feature : "";
     if (strcmp(feat, expect_feature ? expect_feature : "") != 0)
-        return reject(reason_code, HEADS_R_FEATURE_MISMATCH, err,
-                      "head v%" PRId64 ": feature '%.32s', the model uses '%.32s'", hw->version, feat,
-                      expect_feature ? expect_feature : "");
+        return bs_err_code(reason_code, HEADS_R_FEATURE_MISMATCH, err,
+                           "head v%" PRId64 ": feature '%.32s', the model uses '%.32s'", hw->version, feat,
+                           expect_feature ? expect_feature : "");
     if (hmac_key && *hmac_key) {
         if (!hw->has_signature)
-            return reject(reason_code, HEADS_R_UNSIGNED, err, "head v%" PRId64 ": unsigned, and head.hmac_key is set",
-                          hw->version);
+            return bs_err_code(reason_code, HEADS_R_UNSIGNED, err,
+                               "head v%" PRId64 ": unsigned, and head.hmac_key is set", hw->version);
         if (!heads_verify(hw, hmac_key, strlen(hmac_key)))
-            return reject(reason_code, HEADS_R_BAD_SIGNATURE, err,
-                          "head v%" PRId64 ": signature (%zu bytes) does not match head.hmac_key", hw->version,
-                          hw->signature_len);
+            return bs_err_code(reason_code, HEADS_R_BAD_SIGNATURE, err,
+                               "head v%" PRId64 ": signature (%zu bytes) does not match head.hmac_key", hw->version,
+                               hw->signature_len);
     }
     size_t Hd = (size_t)hw->hidden_dim, C = (size_t)hw->input_dim, bad = 0;
     const float *t[4] = {hw->fc1_weight, hw->fc1_bias, hw->fc2_weight, hw->fc2_bias};
@@ -189,8 +178,8 @@ int heads_validate(const bs_head_weights *hw, const char *expect_encoder_id, int
     static const char *const names[4] = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"};
     for (int i = 0; i < 4; i++)
         if (!all_finite(t[i], n[i], &bad))
-            return reject(reason_code, HEADS_R_NOT_FINITE, err, "head v%" PRId64 ": %s[%zu] is %g", hw->version,
-                          names[i], bad, (double)t[i][bad]);
+            return bs_err_code(reason_code, HEADS_R_NOT_FINITE, err, "head v%" PRId64 ": %s[%zu] is %g", hw->version,
+                               names[i], bad, (double)t[i][bad]);
     return BS_OK;
 }
 
