@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -168,22 +167,6 @@ out:
     return rc;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *dir, char *err) {
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return bs_err(err, "%s: path too long", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-    struct stat sb;
-    if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) return bs_err(err, "%s: not a directory", p);
-    return BS_OK;
-}
-
 int cmd_init_model(int argc, char **argv) {
     char err[BS_ERRLEN];
     const char *preset = NULL, *out = NULL, *vocab = NULL;
@@ -231,7 +214,7 @@ int cmd_init_model(int argc, char **argv) {
         }
     }
     if (!(m = model_init_random(&cfg, (uint64_t)seed, err))) goto done;
-    if (make_dirs(out, err) != BS_OK || model_save(m, out, err) != BS_OK) goto done;
+    if (bs_mkdir_p(out, err) != BS_OK || model_save(m, out, err) != BS_OK) goto done;
 
     char path[4200];
     snprintf(path, sizeof path, "%s/vocab.txt", out);

@@ -2,7 +2,6 @@
  * encodes only the reviews the feature cache lacks, trains a head (AdamW + BCE, trainer.h), gates it
  * against the current head on the same held-out split, publishes it to the heads topic, and prints one
  * JSON summary line. docs/retraining.md describes every step. */
-#include <errno.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <math.h>
@@ -10,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "codec.h"
@@ -513,19 +511,6 @@ out:
     return rc;
 }
 
-static int mkdir_p(const char *dir, char *err) {
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return bs_err(err, "%s: path too long", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-    return BS_OK;
-}
-
 /* A finite double as JSON, else null (NaN AUC with one class, metrics of an empty split). */
 static json_t *jnum(double v) {
     return isfinite(v) ? json_real(v) : json_null();
@@ -562,7 +547,7 @@ static json_t *counts_json(const train_counts *c) {
 static int write_head_files(const bs_config *cfg, const bs_head *head, const bs_head_weights *hw, const delivery *d,
                             const trainer_opts *to, int max_len, bs_precision prec, const char *gate, char *hpath,
                             char *jpath, char *err) {
-    if (mkdir_p(cfg->train.out_dir, err) != BS_OK) return BS_ERR;
+    if (bs_mkdir_p(cfg->train.out_dir, err) != BS_OK) return BS_ERR;
     snprintf(hpath, 4096, "%s/head-v%lld.safetensors", cfg->train.out_dir, (long long)hw->version);
     snprintf(jpath, 4096, "%s/head-v%lld.json", cfg->train.out_dir, (long long)hw->version);
     if (head_save(head, hpath, err) != BS_OK) return BS_ERR;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static void verr(char *err, const char *fmt, va_list ap) {
@@ -66,6 +67,21 @@ char *bs_read_file(const char *path, size_t *len, char *err) {
     buf[n] = '\0';
     if (len) *len = n;
     return buf;
+}
+
+int bs_mkdir_p(const char *path, char *err) {
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) return bs_err(err, "%s: path too long", path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
+    struct stat sb;
+    if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) return bs_err(err, "%s: not a directory", p);
+    return BS_OK;
 }
 
 double bs_now(void) {

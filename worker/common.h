@@ -25,6 +25,10 @@ int bs_err_code(const char **code_out, const char *code, char *err, const char *
 /* Reads a whole file into a NUL-terminated heap buffer; *len gets the size without the NUL. */
 char *bs_read_file(const char *path, size_t *len, char *err);
 
+/* mkdir -p: creates path and any missing parents (mode 0755). BS_ERR when one cannot be created
+ * or path exists and is not a directory; the error names the component. */
+int bs_mkdir_p(const char *path, char *err);
+
 /* Monotonic clock in seconds. */
 double bs_now(void);
 

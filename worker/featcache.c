@@ -113,19 +113,6 @@ static int index_put(bs_featcache *fc, const uint8_t *key, int64_t rec) {
     return BS_OK;
 }
 
-static int mkdir_p(const char *dir, char *err) {
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return bs_err(err, "%s: path too long", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return bs_err(err, "%s: %s", p, strerror(errno));
-    return BS_OK;
-}
-
 static void put_u32(uint8_t *d, uint32_t v) {
     for (int i = 0; i < 4; i++) d[i] = (uint8_t)(v >> (8 * i));
 }
@@ -213,7 +200,7 @@ bs_featcache *featcache_open(const char *dir, const char *encoder_id, const char
         bs_err(err, "out of memory");
         goto fail;
     }
-    if (mkdir_p(dir, err) != BS_OK) goto fail;
+    if (bs_mkdir_p(dir, err) != BS_OK) goto fail;
     uint8_t idh[32];
     const void *p[1] = {encoder_id};
     size_t l[1] = {strlen(encoder_id)};
