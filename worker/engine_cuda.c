@@ -468,6 +468,24 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *ou
 
 /* ---- attention ---- */
 
+/* cuDNN SDPA over the engine's qkv -> att buffers for Bb sequence slots of max_seq_len tokens. */
+static bs_sdpa_desc sdpa_desc(const cuda_engine *e, int Bb) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    return (bs_sdpa_desc){.B = Bb,
+                          .S = e->base.opts.max_seq_len,
+                          .NH = c->heads,
+                          .HS = c->hidden / c->heads,
+                          .dt = e->act,
+                          .offset_unit = e->sdpa_unit,
+                          .qkv = e->qkv,
+                          .out = e->att,
+                          .seqlen = e->d_seqlen,
+                          .off_qkv = e->d_offq,
+                          .off_out = e->d_offo,
+                          .workspace = e->sdpa_ws,
+                          .workspace_cap = SDPA_WS_BYTES};
+}
+
 /* The SDPA plan for Bb slots (entry with p == NULL: the kernel runs that shape). Plans are never
  * freed while the engine lives: captured graphs may hold kernels that cuDNN compiled for them. */
 static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
@@ -475,20 +493,7 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     for (int i = 0; i < e->n_sdpa; i++)
         if (e->sdpa[i].Bb == Bb) return &e->sdpa[i];
     if (e->n_sdpa == MAX_SDPA) return &none;
-    const bs_bert_config *c = &e->base.model->cfg;
-    bs_sdpa_desc d = {.B = Bb,
-                      .S = e->base.opts.max_seq_len,
-                      .NH = c->heads,
-                      .HS = c->hidden / c->heads,
-                      .dt = e->act,
-                      .offset_unit = e->sdpa_unit,
-                      .qkv = e->qkv,
-                      .out = e->att,
-                      .seqlen = e->d_seqlen,
-                      .off_qkv = e->d_offq,
-                      .off_out = e->d_offo,
-                      .workspace = e->sdpa_ws,
-                      .workspace_cap = SDPA_WS_BYTES};
+    bs_sdpa_desc d = sdpa_desc(e, Bb);
     sdpa_entry *s = &e->sdpa[e->n_sdpa++];
     s->Bb = Bb;
     s->p = sdpa_cudnn_new(e->dnn, &d, err);
@@ -810,19 +815,7 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
         bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
         goto done;
     }
-    bs_sdpa_desc d = {.B = Bb,
-                      .S = S,
-                      .NH = NH,
-                      .HS = HS,
-                      .dt = e->act,
-                      .offset_unit = e->sdpa_unit,
-                      .qkv = e->qkv,
-                      .out = e->att,
-                      .seqlen = e->d_seqlen,
-                      .off_qkv = e->d_offq,
-                      .off_out = e->d_offo,
-                      .workspace = e->sdpa_ws,
-                      .workspace_cap = SDPA_WS_BYTES};
+    bs_sdpa_desc d = sdpa_desc(e, Bb);
     bs_sdpa *p = sdpa_cudnn_new(e->dnn, &d, why);
     if (!p) {
         rc = 0;
