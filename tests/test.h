@@ -5,11 +5,16 @@
 #ifndef BS_TEST_H
 #define BS_TEST_H
 
+#include <ftw.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "common.h"
+#include "safetensors.h"
 
 static int bs_test_failures = 0;
 static int bs_test_checks = 0;
@@ -118,6 +123,46 @@ static inline const char *bs_test_tmpdir(void) {
         exit(1);
     }
     return dir;
+}
+
+static inline int bs_test_rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* rm -rf dir (a bs_test_tmpdir at the end of a test). */
+static inline void bs_test_rmtree(const char *dir) {
+    nftw(dir, bs_test_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Reference tensor `name` of f as F32 in a malloc'd buffer (caller frees). A missing tensor, one
+ * of another size than expect_numel (when >= 0) or one that does not convert ends the test
+ * (exit 1): the reference data is broken. */
+static inline float *bs_test_f32(const st_file *f, const char *name, int64_t expect_numel) {
+    const st_tensor *t = st_find(f, name);
+    if (!t || (expect_numel >= 0 && t->numel != expect_numel)) {
+        fprintf(stderr, "golden tensor %s missing or of the wrong size\n", name);
+        exit(1);
+    }
+    float *d = malloc(sizeof(float) * (size_t)t->numel);
+    char err[BS_ERRLEN];
+    if (!d || st_to_f32(t, d, err) != BS_OK) {
+        fprintf(stderr, "%s\n", d ? err : "out of memory");
+        exit(1);
+    }
+    return d;
+}
+
+/* max |a[i] - b[i]|; a NaN difference replaces the running maximum (it is not skipped). */
+static inline double bs_test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
 }
 
 #endif

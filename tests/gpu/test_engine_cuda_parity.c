@@ -17,34 +17,10 @@
 
 #define TOL 1e-4
 
-static float *f32(const st_file *f, const char *name) {
-    const st_tensor *t = st_find(f, name);
-    if (!t) {
-        fprintf(stderr, "golden tensor %s missing\n", name);
-        exit(1);
-    }
-    float *d = malloc(sizeof(float) * (size_t)t->numel);
-    char err[BS_ERRLEN];
-    if (!d || st_to_f32(t, d, err) != BS_OK) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
-    return d;
-}
-
 static float *falloc(size_t n) {
     float *p = calloc(n ? n : 1, sizeof(float));
     if (!p) exit(1);
     return p;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
 }
 
 static double cosine(const float *a, const float *b, int n) {
@@ -151,11 +127,12 @@ static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
         CHECK_INT(engine_precision(e), BS_PREC_FP32);
         features f = features_alloc(pb.B, pb.T, C);
         CHECK_INT(run(e, pb.B, pb.ids, pb.cu, &f), BS_OK);
-        float *gh = f32(g, "last_hidden_state");
+        float *gh = bs_test_f32(g, "last_hidden_state", -1);
         double worst = 0;
         for (int s = 0; s < pb.B; s++)
             for (int t = 0; t < pb.cu[s + 1] - pb.cu[s]; t++) {
-                double d = max_abs_diff(f.hidden + (size_t)(pb.cu[s] + t) * C, gh + ((size_t)s * pb.L + t) * C, C);
+                double d =
+                    bs_test_max_abs_diff(f.hidden + (size_t)(pb.cu[s] + t) * C, gh + ((size_t)s * pb.L + t) * C, C);
                 if (!(d <= worst)) worst = d;
             }
         fprintf(stderr, "  last_hidden_state max |diff| %.3g\n", worst);
@@ -163,8 +140,8 @@ static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
         const char *names[3] = {"pooler_output", "cls", "mean_pooled"};
         float *mine[3] = {f.pooler, f.cls, f.mean};
         for (int k = 0; k < 3; k++) {
-            float *ref = f32(g, names[k]);
-            double d = max_abs_diff(mine[k], ref, (size_t)pb.B * C);
+            float *ref = bs_test_f32(g, names[k], -1);
+            double d = bs_test_max_abs_diff(mine[k], ref, (size_t)pb.B * C);
             fprintf(stderr, "  %s max |diff| %.3g\n", names[k], d);
             CHECK_NEAR(d, 0, TOL);
             free(ref);
@@ -172,10 +149,11 @@ static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
         bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
         CHECK(h != NULL);
         if (h) {
-            float *logit = falloc(pb.B), *prob = falloc(pb.B), *gl = f32(g, "head_logit"), *gp = f32(g, "head_prob");
+            float *logit = falloc(pb.B), *prob = falloc(pb.B), *gl = bs_test_f32(g, "head_logit", -1),
+                  *gp = bs_test_f32(g, "head_prob", -1);
             head_apply(h, f.pooler, pb.B, logit, prob);
-            CHECK_NEAR(max_abs_diff(logit, gl, pb.B), 0, TOL);
-            CHECK_NEAR(max_abs_diff(prob, gp, pb.B), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(logit, gl, pb.B), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(prob, gp, pb.B), 0, TOL);
             free(logit), free(prob), free(gl), free(gp);
             head_free(h);
         }
@@ -232,17 +210,17 @@ static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
             CHECK_INT(run(eg, B, ids[k], cus[k], &fg), BS_OK);
             CHECK_INT(run(ee, B, ids[k], cus[k], &fe), BS_OK);
             CHECK_INT(run(ec, B, ids[k], cus[k], &fc), BS_OK);
-            const double dg = max_abs_diff(fg.hidden, fe.hidden, (size_t)T * C);
-            const double dp = max_abs_diff(fg.pooler, fe.pooler, (size_t)B * C);
-            const double dc = max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C);
+            const double dg = bs_test_max_abs_diff(fg.hidden, fe.hidden, (size_t)T * C);
+            const double dp = bs_test_max_abs_diff(fg.pooler, fe.pooler, (size_t)B * C);
+            const double dc = bs_test_max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C);
             fprintf(stderr, "  run %d batch %c (B=%d T=%d): graph vs eager %.3g / %.3g, graph vs cpu %.3g\n", r,
                     "ARC"[k], B, T, dg, dp, dc);
             CHECK_NEAR(dg, 0, 1e-6);
             CHECK_NEAR(dp, 0, 1e-6);
             CHECK_NEAR(dc, 0, TOL);
-            CHECK_NEAR(max_abs_diff(fg.mean, fc.mean, (size_t)B * C), 0, TOL);
-            CHECK_NEAR(max_abs_diff(fg.cls, fc.cls, (size_t)B * C), 0, TOL);
-            CHECK_NEAR(max_abs_diff(fg.pooler, fc.pooler, (size_t)B * C), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(fg.mean, fc.mean, (size_t)B * C), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(fg.cls, fc.cls, (size_t)B * C), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(fg.pooler, fc.pooler, (size_t)B * C), 0, TOL);
             features_free(&fg), features_free(&fe), features_free(&fc);
         }
         CHECK_CONTAINS(engine_describe(eg), "graphs=on"); /* no capture fell back to eager */
@@ -288,8 +266,9 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
         features fg = features_alloc(B, T, C), fc = features_alloc(B, T, C);
         CHECK_INT(run(eg, B, ids, cu, &fg), BS_OK);
         CHECK_INT(run(ec, B, ids, cu, &fc), BS_OK);
-        double dh = max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C), dp = max_abs_diff(fg.pooler, fc.pooler, B * C);
-        double dm = max_abs_diff(fg.mean, fc.mean, B * C), dc = max_abs_diff(fg.cls, fc.cls, B * C);
+        double dh = bs_test_max_abs_diff(fg.hidden, fc.hidden, (size_t)T * C),
+               dp = bs_test_max_abs_diff(fg.pooler, fc.pooler, B * C);
+        double dm = bs_test_max_abs_diff(fg.mean, fc.mean, B * C), dc = bs_test_max_abs_diff(fg.cls, fc.cls, B * C);
         fprintf(stderr, "  C=%d NH=%d L=%d I=%d: max |diff| hidden %.3g pooler %.3g mean %.3g cls %.3g\n", C, cfg.heads,
                 cfg.layers, cfg.intermediate, dh, dp, dm, dc);
         CHECK_NEAR(dh, 0, TOL);
@@ -303,7 +282,7 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
             bs_batch b1 = {.n_seq = 1, .ids = ids + cu[s], .cu_seqlens = cu1};
             bs_outputs o1 = {.pooler = one};
             CHECK_INT(engine_forward(eg, &b1, &o1, err), BS_OK);
-            CHECK_NEAR(max_abs_diff(one, fg.pooler + (size_t)s * C, C), 0, 1e-5);
+            CHECK_NEAR(bs_test_max_abs_diff(one, fg.pooler + (size_t)s * C, C), 0, 1e-5);
         }
         free(one);
         features_free(&fg), features_free(&fc);

@@ -12,31 +12,6 @@
 
 #define TOL 1e-4
 
-static float *f32(const st_file *f, const char *name, int64_t *numel) {
-    const st_tensor *t = st_find(f, name);
-    if (!t) {
-        fprintf(stderr, "golden tensor %s missing\n", name);
-        exit(1);
-    }
-    float *d = malloc(sizeof(float) * (size_t)t->numel);
-    char err[BS_ERRLEN];
-    if (st_to_f32(t, d, err) != BS_OK) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
-    if (numel) *numel = t->numel;
-    return d;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
-}
-
 static void engine_cpu_matches_hf_golden_tiny_bert(void) {
     char err[BS_ERRLEN];
     const char *dir = bs_test_data("golden/tiny-bert");
@@ -77,11 +52,11 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
     bs_outputs out = {.pooler = pooler, .cls = cls, .mean = mean, .hidden = hidden};
     CHECK_INT(engine_forward(e, &batch, &out, err), BS_OK);
 
-    float *g_hidden = f32(g, "last_hidden_state", NULL);
+    float *g_hidden = bs_test_f32(g, "last_hidden_state", -1);
     double worst = 0;
     for (int s = 0; s < B; s++)
         for (int t = 0; t < cu[s + 1] - cu[s]; t++) {
-            double d = max_abs_diff(hidden + (size_t)(cu[s] + t) * C, g_hidden + ((size_t)s * L + t) * C, C);
+            double d = bs_test_max_abs_diff(hidden + (size_t)(cu[s] + t) * C, g_hidden + ((size_t)s * L + t) * C, C);
             if (!(d <= worst)) worst = d;
         }
     CHECK_NEAR(worst, 0, TOL);
@@ -89,8 +64,8 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
     const char *names[3] = {"pooler_output", "cls", "mean_pooled"};
     float *mine[3] = {pooler, cls, mean};
     for (int k = 0; k < 3; k++) {
-        float *ref = f32(g, names[k], NULL);
-        double d = max_abs_diff(mine[k], ref, (size_t)B * C);
+        float *ref = bs_test_f32(g, names[k], -1);
+        double d = bs_test_max_abs_diff(mine[k], ref, (size_t)B * C);
         fprintf(stderr, "  %s max |diff| %.3g\n", names[k], d);
         CHECK_NEAR(d, 0, TOL);
         free(ref);
@@ -101,9 +76,9 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
     if (h) {
         float logit[B], prob[B];
         head_apply(h, pooler, B, logit, prob);
-        float *g_logit = f32(g, "head_logit", NULL), *g_prob = f32(g, "head_prob", NULL);
-        CHECK_NEAR(max_abs_diff(logit, g_logit, B), 0, TOL);
-        CHECK_NEAR(max_abs_diff(prob, g_prob, B), 0, TOL);
+        float *g_logit = bs_test_f32(g, "head_logit", -1), *g_prob = bs_test_f32(g, "head_prob", -1);
+        CHECK_NEAR(bs_test_max_abs_diff(logit, g_logit, B), 0, TOL);
+        CHECK_NEAR(bs_test_max_abs_diff(prob, g_prob, B), 0, TOL);
         free(g_logit);
         free(g_prob);
         head_free(h);
@@ -258,7 +233,7 @@ static void engine_cpu_matches_naive_reference_on_another_shape(void) {
         bs_batch b1 = {.n_seq = 1, .ids = ids + cu[s], .cu_seqlens = cu1};
         bs_outputs o1 = {.pooler = one};
         CHECK_INT(engine_forward(e, &b1, &o1, err), BS_OK);
-        CHECK_NEAR(max_abs_diff(one, pooler + s * C, C), 0, 1e-6);
+        CHECK_NEAR(bs_test_max_abs_diff(one, pooler + s * C, C), 0, 1e-6);
     }
     free(ids);
     free(hidden);

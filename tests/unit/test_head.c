@@ -1,6 +1,5 @@
 /* Classification head: the golden head applied to golden pooler_output must give PyTorch's
  * logits and probabilities; prefixed loading, save/load, shape and value checks, sigmoid. */
-#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,13 +11,6 @@
 #include "test.h"
 
 static char tmp[256];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static void head_matches_golden_logits_and_probabilities(void) {
     char err[BS_ERRLEN] = "";
@@ -207,6 +199,6 @@ int main(void) {
     RUN(bs_sigmoid_is_stable_for_large_inputs);
     RUN(head_load_reads_init_and_final_from_trainer_golden);
     RUN(head_matches_golden_logits_and_probabilities);
-    nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    bs_test_rmtree(tmp);
     return bs_test_done();
 }

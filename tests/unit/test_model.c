@@ -5,7 +5,6 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <stdint.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,13 +18,6 @@
 #include "tokenizer.h"
 
 static char tmp[256];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static uint32_t bits(float f) {
     uint32_t u;
@@ -776,6 +768,6 @@ int main(void) {
     RUN(model_load_reports_missing_shard);
     RUN(model_load_reports_shard_without_its_tensor);
     model_free(golden);
-    nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    bs_test_rmtree(tmp);
     return bs_test_done();
 }

@@ -3,7 +3,6 @@
  * conversion, and the writer's layout. */
 #include <math.h>
 #include <stdint.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,13 +11,6 @@
 #include "test.h"
 
 static char tmp[256];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static uint32_t bits(float f) {
     uint32_t u;
@@ -465,6 +457,6 @@ int main(void) {
     RUN(st_write_rejects_duplicate_names);
     RUN(st_expect_names_expected_and_actual_shape);
     RUN(st_open_reports_missing_file);
-    nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    bs_test_rmtree(tmp);
     return bs_test_done();
 }

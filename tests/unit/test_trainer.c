@@ -47,30 +47,6 @@ static void free_head(bs_head *h) {
     free(h);
 }
 
-static float *golden(const st_file *f, const char *name, int64_t expect_numel) {
-    const st_tensor *t = st_find(f, name);
-    if (!t || t->numel != expect_numel) {
-        fprintf(stderr, "golden tensor %s missing or of the wrong size\n", name);
-        exit(1);
-    }
-    float *d = malloc(sizeof(float) * (size_t)t->numel);
-    char err[BS_ERRLEN];
-    if (st_to_f32(t, d, err) != BS_OK) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
-    return d;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
-}
-
 typedef struct {
     int n;
     int epoch[64];
@@ -96,7 +72,8 @@ static void trainer_matches_pytorch_golden_run(void) {
     if (!f) return;
     const st_tensor *lt = st_find(f, "labels");
     CHECK(lt && lt->ndim == 2 && lt->shape[0] == 16 && lt->shape[1] == 1);
-    float *X = golden(f, "features", 16 * 128), *y = golden(f, "labels", 16), *sl = golden(f, "step_loss", 20);
+    float *X = bs_test_f32(f, "features", 16 * 128), *y = bs_test_f32(f, "labels", 16),
+          *sl = bs_test_f32(f, "step_loss", 20);
     bs_head *h = mk_head(128, 64);
     const char *parts[4] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"};
     float *dst[4] = {h->fc1_w, h->fc1_b, h->fc2_w, h->fc2_b};
@@ -104,7 +81,7 @@ static void trainer_matches_pytorch_golden_run(void) {
     for (int k = 0; k < 4; k++) {
         char name[64];
         snprintf(name, sizeof name, "init.%s", parts[k]);
-        float *w = golden(f, name, sizes[k]);
+        float *w = bs_test_f32(f, name, sizes[k]);
         memcpy(dst[k], w, sizeof(float) * (size_t)sizes[k]);
         free(w);
     }
@@ -125,8 +102,8 @@ static void trainer_matches_pytorch_golden_run(void) {
     for (int k = 0; k < 4; k++) {
         char name[64];
         snprintf(name, sizeof name, "final.%s", parts[k]);
-        float *w = golden(f, name, sizes[k]);
-        double d = max_abs_diff(dst[k], w, (size_t)sizes[k]);
+        float *w = bs_test_f32(f, name, sizes[k]);
+        double d = bs_test_max_abs_diff(dst[k], w, (size_t)sizes[k]);
         fprintf(stderr, "  %s: max |diff| vs PyTorch %.3g\n", name, d);
         CHECK(d <= TOL);
         free(w);
