@@ -154,22 +154,31 @@ def decode_score(value):
 # Data, model, head
 # ---------------------------------------------------------------------------------------------
 
-def imdb_reviews(n=None):
-    path = os.path.join(DATA, "imdb", "reviews.tsv")
+def data_file(*parts):
+    """Path of a reference file under DATA. Missing: skip the test (exit 77), or fail under CI=true."""
+    path = os.path.join(DATA, *parts)
     if not os.path.exists(path):
         if os.environ.get("CI") in ("true", "1"):
             raise SystemExit(f"FAIL: {path} missing")
         print(f"SKIP: {path} missing", file=sys.stderr)
         sys.exit(77)
+    return path
+
+
+def imdb_labeled(n=None):
+    """[(label, text)] from the IMDB sample (split on '\\n' only: U+0085 is inside some reviews)."""
     out = []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    for line in lines[1:]:
-        if not line:
-            continue
-        label, text = line.split(b"\t", 1)
-        out.append(text.decode("utf-8"))
+    with open(data_file("imdb", "reviews.tsv"), "rb") as f:
+        for line in f.read().split(b"\n")[1:]:
+            if line:
+                label, text = line.split(b"\t", 1)
+                out.append((int(label), text.decode("utf-8")))
     return out[:n] if n else out
+
+
+def imdb_reviews(n=None):
+    """The texts of imdb_labeled(n)."""
+    return [text for _, text in imdb_labeled(n)]
 
 
 def head_tensors(hidden, width=64, seed=1, scale=0.2):
@@ -196,12 +205,11 @@ def head_weights_bytes(tensors, version, encoder_id, feature="pooler"):
         "signature": None})
 
 
-def write_head(path, hidden, width=64, seed=1, scale=0.2, tensors=None):
-    """A ClassificationHead state dict as safetensors, written by hand: u64 header length, JSON, data."""
-    tensors = tensors or head_tensors(hidden, width, seed, scale)
+def write_safetensors(path, tensors):
+    """[(name, array)] as an F32 safetensors file, written by hand: u64 header length, JSON, data."""
     header, blobs, off = {}, [], 0
     for name, t in tensors:
-        b = t.tobytes()
+        b = np.ascontiguousarray(t, "<f4").tobytes()
         header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
@@ -210,6 +218,11 @@ def write_head(path, hidden, width=64, seed=1, scale=0.2, tensors=None):
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
     return path
+
+
+def write_head(path, hidden, width=64, seed=1, scale=0.2, tensors=None):
+    """A ClassificationHead state dict as safetensors (random head_tensors unless tensors are given)."""
+    return write_safetensors(path, tensors or head_tensors(hidden, width, seed, scale))
 
 
 def score_offline(model_dir, head, texts, max_len=128):

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as H  # noqa: E402
-from harness import check, log  # noqa: E402,F401
+from harness import check, imdb_labeled, log  # noqa: E402,F401
 
 import numpy as np  # noqa: E402  (harness skipped already when missing)
 
@@ -24,31 +24,8 @@ LABELED = H._schema("labeled_review")
 HEAD_WEIGHTS = H._schema("head_weights")
 
 
-def imdb_labeled(n=None):
-    """[(label, text)] from the IMDB sample (split on '\\n' only: U+0085 is inside some reviews)."""
-    path = os.path.join(H.DATA, "imdb", "reviews.tsv")
-    if not os.path.exists(path):
-        if os.environ.get("CI") in ("true", "1"):
-            raise SystemExit(f"FAIL: {path} missing")
-        print(f"SKIP: {path} missing", file=sys.stderr)
-        sys.exit(77)
-    out = []
-    with open(path, "rb") as f:
-        for line in f.read().split(b"\n")[1:]:
-            if line:
-                label, text = line.split(b"\t", 1)
-                out.append((int(label), text.decode("utf-8")))
-    return out[:n] if n else out
-
-
 def vocab_path():
-    p = os.path.join(H.DATA, "bert-base-uncased", "vocab.txt")
-    if not os.path.exists(p):
-        if os.environ.get("CI") in ("true", "1"):
-            raise SystemExit(f"FAIL: {p} missing")
-        print(f"SKIP: {p} missing", file=sys.stderr)
-        sys.exit(77)
-    return p
+    return H.data_file("bert-base-uncased", "vocab.txt")
 
 
 def labeled_bytes(review_id, text, label, framing="avro"):
@@ -120,18 +97,7 @@ def head_arrays(d):
 def write_head_file(path, d):
     """The record's tensors as a ClassificationHead safetensors file (for offline `score --head`)."""
     w1, b1, w2, b2 = head_arrays(d)
-    tensors = [("fc1.weight", w1), ("fc1.bias", b1), ("fc2.weight", w2), ("fc2.bias", b2)]
-    header, blobs, off = {}, [], 0
-    for name, t in tensors:
-        b = np.ascontiguousarray(t, "<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * ((8 - len(hj) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
-    return path
+    return H.write_safetensors(path, [("fc1.weight", w1), ("fc1.bias", b1), ("fc2.weight", w2), ("fc2.bias", b2)])
 
 
 def read_safetensors(path):
