@@ -74,11 +74,11 @@ typedef struct {
 
 /* One encoder batch from engine_submit to engine_wait; eb[i] is engine slot i (sized at start). */
 typedef struct {
-    int32_t *items; /* (B) wslot indices, shortest sequence first */
-    int32_t *cu;    /* (B+1) cu_seqlens */
-    float *feat;    /* (B, C) the feature engine_wait delivers */
-    int n;          /* B */
-    int attempts;   /* submits so far (a failed batch is tried twice) */
+    int32_t *items;    /* (B) wslot indices, shortest sequence first */
+    int32_t *cu;       /* (B+1) cu_seqlens */
+    float *feat;       /* (B, C) the feature engine_wait delivers */
+    int n;             /* B */
+    int attempts;      /* submits so far (a failed batch is tried twice) */
     double t_submit;   /* engine_submit called */
     double t_returned; /* engine_submit returned (the test latency counts from here) */
 } wbatch;
@@ -1299,8 +1299,8 @@ bs_worker *worker_new(const bs_config *c, char *err) {
         eb_ok = eb_ok && b->items && b->cu && b->feat;
     }
     if (!w->slots || !w->ids_mem || !w->free_stack || !w->dl_pending || !w->txn_slots || !w->batcher || !eb_ok ||
-        !w->b_ids || !w->b_logit || !w->b_prob ||
-        queue_init(&w->tokq, w->n_slots) != BS_OK || queue_init(&w->engq, w->n_slots) != BS_OK) {
+        !w->b_ids || !w->b_logit || !w->b_prob || queue_init(&w->tokq, w->n_slots) != BS_OK ||
+        queue_init(&w->engq, w->n_slots) != BS_OK) {
         bs_err(err, "out of memory allocating %d slots", w->n_slots);
         goto fail;
     }
