@@ -13,6 +13,15 @@
 #include "common.h"
 #include "engine.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+static int bs_thread_num(void) { return omp_get_thread_num(); }
+static int bs_max_threads(void) { return omp_get_max_threads(); }
+#else
+static int bs_thread_num(void) { return 0; }
+static int bs_max_threads(void) { return 1; }
+#endif
+
 typedef struct {
     bs_engine base;
     float *x;      /* (T, C) running hidden state */
@@ -20,7 +29,8 @@ typedef struct {
     float *ctx;    /* (T, C) attention output before the dense layer */
     float *tmp;    /* (T, C) */
     float *ff;     /* (T, I) */
-    float *scores; /* (S, S) one sequence's attention probabilities, S = max_seq_len */
+    float *scores; /* (threads, S, S) attention probabilities, one (S, S) block per thread, S = max_seq_len */
+    int threads;   /* OpenMP threads for attention heads and the element-wise loops */
     float *pool_in; /* (B, C) CLS rows gathered for the pooler */
 } cpu_engine;
 
@@ -113,19 +123,57 @@ BS_VECTOR_CLONES static void softmax_rows(float *S, int n) {
     }
 }
 
-/* Self-attention of one sequence of n tokens starting at packed row s0, all heads. */
-static void attention_seq(cpu_engine *e, int s0, int n, int C, int NH) {
-    const int HS = C / NH, ld = 3 * C;
+/* Self-attention of one head h of one sequence of n tokens starting at packed row s0. S: (n, n) scratch. */
+static void attention_head(cpu_engine *e, int s0, int n, int h, float *S) {
+    const int C = e->base.model->cfg.hidden, HS = C / e->base.model->cfg.heads, ld = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
-    float *S = e->scores; /* (n, n) */
-    for (int h = 0; h < NH; h++) {
-        const float *Q = e->qkv + (size_t)s0 * ld + h * HS;
-        const float *K = Q + C;
-        const float *V = Q + 2 * C;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, HS, scale, Q, ld, K, ld, 0.0f, S, n);
-        softmax_rows(S, n);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, HS, n, 1.0f, S, n, V, ld, 0.0f,
-                    e->ctx + (size_t)s0 * C + h * HS, C);
+    const float *Q = e->qkv + (size_t)s0 * ld + h * HS;
+    const float *K = Q + C;
+    const float *V = Q + 2 * C;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, HS, scale, Q, ld, K, ld, 0.0f, S, n);
+    softmax_rows(S, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, HS, n, 1.0f, S, n, V, ld, 0.0f,
+                e->ctx + (size_t)s0 * C + h * HS, C);
+}
+
+/* All (sequence, head) pairs, spread over the engine's threads. These GEMMs are small
+ * (n x n x HS): OpenBLAS would split each over its own threads and spend the time
+ * synchronising, so it runs single-threaded here while the pairs run in parallel. */
+static void attention(cpu_engine *e, const bs_batch *b) {
+    const int NH = e->base.model->cfg.heads, pairs = b->n_seq * NH;
+    const size_t S = (size_t)e->base.opts.max_seq_len;
+    int blas_threads = openblas_get_num_threads();
+    if (e->threads > 1) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(e->threads) if (e->threads > 1)
+    for (int p = 0; p < pairs; p++) {
+        int s = p / NH, s0 = b->cu_seqlens[s];
+        attention_head(e, s0, b->cu_seqlens[s + 1] - s0, p % NH, e->scores + (size_t)bs_thread_num() * S * S);
+    }
+    if (e->threads > 1) openblas_set_num_threads(blas_threads);
+}
+
+/* The element-wise steps in row chunks over the engine's threads (the GEMMs around them use
+ * OpenBLAS's own threads; leaving these on one core would idle the other one). */
+#define ROW_CHUNK 32
+
+static void gelu_parallel(cpu_engine *e, float *x /* (T, FF) */, int T, int FF) {
+#pragma omp parallel for schedule(static) num_threads(e->threads) if (e->threads > 1)
+    for (int t0 = 0; t0 < T; t0 += ROW_CHUNK) {
+        int n = T - t0 < ROW_CHUNK ? T - t0 : ROW_CHUNK;
+        gelu_erf(x + (size_t)t0 * FF, (size_t)n * FF);
+    }
+}
+
+/* out = LayerNorm(y + x) row-wise; y is overwritten with the sum. */
+static void add_layernorm_parallel(cpu_engine *e, float *out /* (T, C) */, float *y /* (T, C) */,
+                                   const float *x /* (T, C) */, const float *w, const float *b, int T, int C,
+                                   float eps) {
+#pragma omp parallel for schedule(static) num_threads(e->threads) if (e->threads > 1)
+    for (int t0 = 0; t0 < T; t0 += ROW_CHUNK) {
+        int n = T - t0 < ROW_CHUNK ? T - t0 : ROW_CHUNK;
+        size_t off = (size_t)t0 * C;
+        add_inplace(y + off, x + off, (size_t)n * C);
+        layernorm_rows(out + off, y + off, w, b, n, C, eps);
     }
 }
 
@@ -134,7 +182,7 @@ static int cpu_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out
     cpu_engine *e = (cpu_engine *)base;
     const bs_model *m = base->model;
     const bs_bert_config *cfg = &m->cfg;
-    const int C = cfg->hidden, FF = cfg->intermediate, NH = cfg->heads, B = b->n_seq;
+    const int C = cfg->hidden, FF = cfg->intermediate, B = b->n_seq;
     const int T = b->cu_seqlens[B];
 
     /* embeddings: word + position (within the sequence) + token type 0, then LayerNorm */
@@ -152,16 +200,13 @@ static int cpu_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out
     for (int l = 0; l < cfg->layers; l++) {
         const bs_layer_weights *w = &m->layer[l];
         linear(e->qkv, e->x, w->qkv_w, w->qkv_b, T, 3 * C, C);
-        for (int s = 0; s < B; s++)
-            attention_seq(e, b->cu_seqlens[s], b->cu_seqlens[s + 1] - b->cu_seqlens[s], C, NH);
+        attention(e, b);
         linear(e->tmp, e->ctx, w->ao_w, w->ao_b, T, C, C);
-        add_inplace(e->tmp, e->x, (size_t)T * C);
-        layernorm_rows(e->x, e->tmp, w->ln1_w, w->ln1_b, T, C, cfg->ln_eps);
+        add_layernorm_parallel(e, e->x, e->tmp, e->x, w->ln1_w, w->ln1_b, T, C, cfg->ln_eps);
         linear(e->ff, e->x, w->ff1_w, w->ff1_b, T, FF, C);
-        gelu_erf(e->ff, (size_t)T * FF);
+        gelu_parallel(e, e->ff, T, FF);
         linear(e->tmp, e->ff, w->ff2_w, w->ff2_b, T, C, FF);
-        add_inplace(e->tmp, e->x, (size_t)T * C);
-        layernorm_rows(e->x, e->tmp, w->ln2_w, w->ln2_b, T, C, cfg->ln_eps);
+        add_layernorm_parallel(e, e->x, e->tmp, e->x, w->ln2_w, w->ln2_b, T, C, cfg->ln_eps);
     }
 
     for (int s = 0; s < B; s++)
@@ -217,7 +262,8 @@ bs_engine *engine_cpu_new(const bs_model *m, const bs_engine_opts *opts, char *e
     e->ctx = alloc_floats(T, C);
     e->tmp = alloc_floats(T, C);
     e->ff = alloc_floats(T, FF);
-    e->scores = alloc_floats(S, S);
+    e->threads = bs_max_threads();
+    e->scores = alloc_floats((size_t)e->threads * S, S);
     e->pool_in = alloc_floats((size_t)opts->max_seqs, C);
     if (!e->x || !e->qkv || !e->ctx || !e->tmp || !e->ff || !e->scores || !e->pool_in) {
         bs_err(err, "cpu engine: cannot allocate activations for %zu tokens x %zu hidden", T, C);
