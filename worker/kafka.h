@@ -61,7 +61,8 @@ int offsets_settled_through(bs_offsets *o, bs_offset_ticket ticket);
 /* Offset of the last push + 1 (-1 = none since the reset): the consume position. */
 int64_t offsets_position(bs_offsets *o);
 uint32_t offsets_epoch(bs_offsets *o);
-/* The highest offset whose output was handed to the producer (-1 none since the reset). A graceful
+/* The highest offset whose output is committed to being produced: its message entered an engine
+ * batch, or its result or dead letter went to the producer (-1 none since the reset). A graceful
  * stop finishes every message below it and drops (leaves uncommitted) the rest: then nothing
  * produced lies beyond the final commit, so a restart repeats nothing. */
 void offsets_note_emitted(bs_offsets *o, int64_t offset);
