@@ -15,10 +15,10 @@ int bs_cuda_fail(char *err, const char *what, const char *status, const char *fi
 }
 #endif
 
-#define BS_CHECK_GENERIC(stmt, ok_expr, status_str)                                   \
-    do {                                                                              \
-        __typeof__(stmt) _st = (stmt);                                                \
-        if (!(ok_expr)) return bs_cuda_fail(err, #stmt, (status_str), __FILE__, __LINE__); \
+#define BS_CHECK_GENERIC(stmt, ok_expr, status_str)                                                                    \
+    do {                                                                                                               \
+        __typeof__(stmt) _st = (stmt);                                                                                 \
+        if (!(ok_expr)) return bs_cuda_fail(err, #stmt, (status_str), __FILE__, __LINE__);                             \
     } while (0)
 
 #define CUDA_CHECK(stmt) BS_CHECK_GENERIC(stmt, _st == cudaSuccess, cudaGetErrorString(_st))

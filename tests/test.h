@@ -20,68 +20,67 @@ static int bs_test_failures = 0;
 static int bs_test_checks = 0;
 static const char *bs_test_current = "";
 
-#define CHECK(cond)                                                                         \
-    do {                                                                                    \
-        bs_test_checks++;                                                                   \
-        if (!(cond)) {                                                                      \
-            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__,            \
-                    bs_test_current, #cond);                                                \
-            bs_test_failures++;                                                             \
-        }                                                                                   \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        bs_test_checks++;                                                                                              \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__, bs_test_current, #cond);              \
+            bs_test_failures++;                                                                                        \
+        }                                                                                                              \
     } while (0)
 
-#define CHECK_INT(a, b)                                                                     \
-    do {                                                                                    \
-        long long _a = (long long)(a), _b = (long long)(b);                                 \
-        bs_test_checks++;                                                                   \
-        if (_a != _b) {                                                                     \
-            fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__,   \
-                    bs_test_current, #a, _a, _b);                                           \
-            bs_test_failures++;                                                             \
-        }                                                                                   \
+#define CHECK_INT(a, b)                                                                                                \
+    do {                                                                                                               \
+        long long _a = (long long)(a), _b = (long long)(b);                                                            \
+        bs_test_checks++;                                                                                              \
+        if (_a != _b) {                                                                                                \
+            fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__, bs_test_current, #a, _a,     \
+                    _b);                                                                                               \
+            bs_test_failures++;                                                                                        \
+        }                                                                                                              \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                     \
-    do {                                                                                    \
-        const char *_a = (a), *_b = (b);                                                    \
-        bs_test_checks++;                                                                   \
-        if (!_a || !_b || strcmp(_a, _b) != 0) {                                            \
-            fprintf(stderr, "%s:%d: %s: %s == \"%s\", expected \"%s\"\n", __FILE__,         \
-                    __LINE__, bs_test_current, #a, _a ? _a : "(null)", _b ? _b : "(null)"); \
-            bs_test_failures++;                                                             \
-        }                                                                                   \
+#define CHECK_STR(a, b)                                                                                                \
+    do {                                                                                                               \
+        const char *_a = (a), *_b = (b);                                                                               \
+        bs_test_checks++;                                                                                              \
+        if (!_a || !_b || strcmp(_a, _b) != 0) {                                                                       \
+            fprintf(stderr, "%s:%d: %s: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, bs_test_current, #a,     \
+                    _a ? _a : "(null)", _b ? _b : "(null)");                                                           \
+            bs_test_failures++;                                                                                        \
+        }                                                                                                              \
     } while (0)
 
 /* |a - b| <= tol */
-#define CHECK_NEAR(a, b, tol)                                                               \
-    do {                                                                                    \
-        double _a = (double)(a), _b = (double)(b);                                          \
-        bs_test_checks++;                                                                   \
-        if (!(fabs(_a - _b) <= (tol))) {                                                    \
-            fprintf(stderr, "%s:%d: %s: %s == %.9g, expected %.9g (tol %g)\n", __FILE__,    \
-                    __LINE__, bs_test_current, #a, _a, _b, (double)(tol));                  \
-            bs_test_failures++;                                                             \
-        }                                                                                   \
+#define CHECK_NEAR(a, b, tol)                                                                                          \
+    do {                                                                                                               \
+        double _a = (double)(a), _b = (double)(b);                                                                     \
+        bs_test_checks++;                                                                                              \
+        if (!(fabs(_a - _b) <= (tol))) {                                                                               \
+            fprintf(stderr, "%s:%d: %s: %s == %.9g, expected %.9g (tol %g)\n", __FILE__, __LINE__, bs_test_current,    \
+                    #a, _a, _b, (double)(tol));                                                                        \
+            bs_test_failures++;                                                                                        \
+        }                                                                                                              \
     } while (0)
 
 /* err buffer must contain the substring */
-#define CHECK_CONTAINS(s, sub)                                                              \
-    do {                                                                                    \
-        const char *_s = (s);                                                               \
-        bs_test_checks++;                                                                   \
-        if (!_s || !strstr(_s, (sub))) {                                                    \
-            fprintf(stderr, "%s:%d: %s: \"%s\" does not contain \"%s\"\n", __FILE__,        \
-                    __LINE__, bs_test_current, _s ? _s : "(null)", (sub));                  \
-            bs_test_failures++;                                                             \
-        }                                                                                   \
+#define CHECK_CONTAINS(s, sub)                                                                                         \
+    do {                                                                                                               \
+        const char *_s = (s);                                                                                          \
+        bs_test_checks++;                                                                                              \
+        if (!_s || !strstr(_s, (sub))) {                                                                               \
+            fprintf(stderr, "%s:%d: %s: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__, bs_test_current,        \
+                    _s ? _s : "(null)", (sub));                                                                        \
+            bs_test_failures++;                                                                                        \
+        }                                                                                                              \
     } while (0)
 
-#define RUN(fn)                                                                             \
-    do {                                                                                    \
-        int _before = bs_test_failures;                                                     \
-        bs_test_current = #fn;                                                              \
-        fn();                                                                               \
-        fprintf(stderr, "%s %s\n", bs_test_failures == _before ? "ok  " : "FAIL", #fn);     \
+#define RUN(fn)                                                                                                        \
+    do {                                                                                                               \
+        int _before = bs_test_failures;                                                                                \
+        bs_test_current = #fn;                                                                                         \
+        fn();                                                                                                          \
+        fprintf(stderr, "%s %s\n", bs_test_failures == _before ? "ok  " : "FAIL", #fn);                                \
     } while (0)
 
 static inline int bs_test_done(void) {

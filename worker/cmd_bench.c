@@ -61,10 +61,14 @@ int cmd_bench(int argc, char **argv) {
             return 0;
         }
         if (!(v = cli_value(argc, argv, &i, err))) goto usage_err;
-        if (!strcmp(a, "--model")) model_dir = v;
-        else if (!strcmp(a, "--preset")) preset = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--lengths")) lengths = v;
+        if (!strcmp(a, "--model"))
+            model_dir = v;
+        else if (!strcmp(a, "--preset"))
+            preset = v;
+        else if (!strcmp(a, "--device"))
+            device = v;
+        else if (!strcmp(a, "--lengths"))
+            lengths = v;
         else if (!strcmp(a, "--precision")) {
             if (bs_precision_parse(v, &prec, err) != BS_OK) goto usage_err;
         } else if (!strcmp(a, "--batch")) {
@@ -106,8 +110,11 @@ int cmd_bench(int argc, char **argv) {
         bs_err(err, "--seq-len %lld exceeds the model's max_position_embeddings %d", seq_len, m->cfg.max_positions);
         goto done;
     }
-    bs_engine_opts o = {.device = device, .precision = prec, .max_seqs = (int)batch,
-                        .max_tokens = (int)(batch * seq_len), .max_seq_len = (int)seq_len};
+    bs_engine_opts o = {.device = device,
+                        .precision = prec,
+                        .max_seqs = (int)batch,
+                        .max_tokens = (int)(batch * seq_len),
+                        .max_seq_len = (int)seq_len};
     if (!(e = engine_new(m, &o, err))) goto done;
     ids = malloc(sizeof(int32_t) * (size_t)(batch * seq_len));
     cu = malloc(sizeof(int32_t) * (size_t)(batch + 1));

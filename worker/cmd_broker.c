@@ -57,12 +57,29 @@ static const struct {
     const char *name;
     int16_t key;
 } api_keys[] = {
-    {"Produce", 0},           {"Fetch", 1},          {"ListOffsets", 2},       {"Metadata", 3},
-    {"OffsetCommit", 8},      {"OffsetFetch", 9},    {"FindCoordinator", 10},  {"JoinGroup", 11},
-    {"Heartbeat", 12},        {"LeaveGroup", 13},    {"SyncGroup", 14},        {"DescribeGroups", 15},
-    {"ListGroups", 16},       {"SaslHandshake", 17}, {"ApiVersions", 18},      {"CreateTopics", 19},
-    {"DeleteTopics", 20},     {"InitProducerId", 22}, {"AddPartitionsToTxn", 24}, {"AddOffsetsToTxn", 25},
-    {"EndTxn", 26},           {"TxnOffsetCommit", 28}, {"SaslAuthenticate", 36},
+    {"Produce", 0},
+    {"Fetch", 1},
+    {"ListOffsets", 2},
+    {"Metadata", 3},
+    {"OffsetCommit", 8},
+    {"OffsetFetch", 9},
+    {"FindCoordinator", 10},
+    {"JoinGroup", 11},
+    {"Heartbeat", 12},
+    {"LeaveGroup", 13},
+    {"SyncGroup", 14},
+    {"DescribeGroups", 15},
+    {"ListGroups", 16},
+    {"SaslHandshake", 17},
+    {"ApiVersions", 18},
+    {"CreateTopics", 19},
+    {"DeleteTopics", 20},
+    {"InitProducerId", 22},
+    {"AddPartitionsToTxn", 24},
+    {"AddOffsetsToTxn", 25},
+    {"EndTxn", 26},
+    {"TxnOffsetCommit", 28},
+    {"SaslAuthenticate", 36},
 };
 
 static int parse_api_key(const char *s, int16_t *out, char *err) {
@@ -128,9 +145,9 @@ static int control(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *e
     int32_t id = 0, part = 0;
     long long v = 0;
     int nargs = !!a1 + !!a2 + !!a3 + !!extra;
-#define NEED(n, use)                                                                  \
-    do {                                                                              \
-        if (nargs != (n)) return bs_err(err, "%s takes %d argument(s): %s", cmd, (n), use); \
+#define NEED(n, use)                                                                                                   \
+    do {                                                                                                               \
+        if (nargs != (n)) return bs_err(err, "%s takes %d argument(s): %s", cmd, (n), use);                            \
     } while (0)
     if (strcmp(cmd, "quit") == 0) {
         NEED(0, "quit");
@@ -173,7 +190,7 @@ static int control(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *e
     }
     if (strcmp(cmd, "coordinator") == 0) {
         NEED(3, "group|txn KEY ID");
-        const char *type = strcmp(a1, "group") == 0 ? "group"
+        const char *type = strcmp(a1, "group") == 0                                     ? "group"
                            : (strcmp(a1, "txn") == 0 || strcmp(a1, "transaction") == 0) ? "transaction"
                                                                                         : NULL;
         if (!type) return bs_err(err, "coordinator type must be group or txn, got '%s'", a1);
@@ -194,8 +211,10 @@ static int control(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *e
         return create_topic(mc, a1, (int)v, brokers, err);
     }
 #undef NEED
-    return bs_err(err, "unknown command '%s' (broker-down, broker-up, rtt, push-errors, clear-errors, coordinator, "
-                       "leader, create-topic, quit)", cmd);
+    return bs_err(err,
+                  "unknown command '%s' (broker-down, broker-up, rtt, push-errors, clear-errors, coordinator, "
+                  "leader, create-topic, quit)",
+                  cmd);
 }
 
 /* Creates the --topics list: "name[:partitions],..." */
@@ -240,8 +259,10 @@ static int serve_stdin(rd_kafka_mock_cluster_t *mc, int brokers, char *line, siz
         if (line[strspn(line, " \t")] != 0) { /* blank lines get no answer */
             rc = control(mc, brokers, line, err);
             quit = rc == 1;
-            if (rc == BS_ERR) printf("error: %s\n", err);
-            else printf("ok\n");
+            if (rc == BS_ERR)
+                printf("error: %s\n", err);
+            else
+                printf("ok\n");
             fflush(stdout);
         }
         memmove(line, nl + 1, *used - len - 1);

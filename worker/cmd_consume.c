@@ -23,32 +23,33 @@ static void on_signal(int sig) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: bertstream consume --brokers HOSTS --topic T [--schema review_score|review|labeled_review|head_weights]\n"
-            "                          [--framing avro|confluent|json|text] [--schema-id N] [--from-beginning]\n"
-            "                          [--max N] [--timeout-ms MS] [--group G] [-X property=value ...]\n"
-            "\n"
-            "Prints one JSON line per message of topic T: the decoded record's fields plus \"_partition\",\n"
-            "\"_offset\", \"_timestamp\" (ms), \"_key\" (a string, or {\"base64\": ...} when not UTF-8, or null) and\n"
-            "\"_headers\" when the message has headers (dead letters carry bertstream.error.code and friends).\n"
-            "A value that does not decode prints \"_error\": {\"code\", \"reason\"} and \"_value\" (string or base64).\n"
-            "Tensors of head_weights print as arrays of floats; its signature as hex.\n"
-            "\n"
-            "  --brokers HOSTS    bootstrap servers (host:port,...)\n"
-            "  --topic T          topic to read\n"
-            "  --schema S         review_score (default), review, labeled_review or head_weights\n"
-            "  --framing F        avro (default), confluent, json (review, labeled_review) or text (review)\n"
-            "  --schema-id N      with confluent framing: the id values must carry (default: any)\n"
-            "  --from-beginning   start at the oldest message (default: only new messages)\n"
-            "  --max N            exit after N messages (default: no limit)\n"
-            "  --timeout-ms MS    exit after MS milliseconds without a message (default: wait until SIGINT)\n"
-            "  --group G          consume as member of consumer group G and commit its offsets; without it every\n"
-            "                     partition is read directly and nothing is committed\n"
-            "  -X prop=value      any librdkafka consumer property (repeatable)\n"
-            "  --help             this text\n"
-            "\n"
-            "Exit status: 0 after --max messages, the idle timeout or SIGINT; 1 on a Kafka error (e.g. no such\n"
-            "topic); 2 on a usage error.\n");
+    fprintf(
+        f, "usage: bertstream consume --brokers HOSTS --topic T [--schema "
+           "review_score|review|labeled_review|head_weights]\n"
+           "                          [--framing avro|confluent|json|text] [--schema-id N] [--from-beginning]\n"
+           "                          [--max N] [--timeout-ms MS] [--group G] [-X property=value ...]\n"
+           "\n"
+           "Prints one JSON line per message of topic T: the decoded record's fields plus \"_partition\",\n"
+           "\"_offset\", \"_timestamp\" (ms), \"_key\" (a string, or {\"base64\": ...} when not UTF-8, or null) and\n"
+           "\"_headers\" when the message has headers (dead letters carry bertstream.error.code and friends).\n"
+           "A value that does not decode prints \"_error\": {\"code\", \"reason\"} and \"_value\" (string or base64).\n"
+           "Tensors of head_weights print as arrays of floats; its signature as hex.\n"
+           "\n"
+           "  --brokers HOSTS    bootstrap servers (host:port,...)\n"
+           "  --topic T          topic to read\n"
+           "  --schema S         review_score (default), review, labeled_review or head_weights\n"
+           "  --framing F        avro (default), confluent, json (review, labeled_review) or text (review)\n"
+           "  --schema-id N      with confluent framing: the id values must carry (default: any)\n"
+           "  --from-beginning   start at the oldest message (default: only new messages)\n"
+           "  --max N            exit after N messages (default: no limit)\n"
+           "  --timeout-ms MS    exit after MS milliseconds without a message (default: wait until SIGINT)\n"
+           "  --group G          consume as member of consumer group G and commit its offsets; without it every\n"
+           "                     partition is read directly and nothing is committed\n"
+           "  -X prop=value      any librdkafka consumer property (repeatable)\n"
+           "  --help             this text\n"
+           "\n"
+           "Exit status: 0 after --max messages, the idle timeout or SIGINT; 1 on a Kafka error (e.g. no such\n"
+           "topic); 2 on a usage error.\n");
 }
 
 static int append_base64(bs_buf *b, const uint8_t *p, size_t n) {
@@ -76,7 +77,9 @@ static int append_bytes(bs_buf *b, const void *p, size_t n) {
     return rc | bs_buf_append(b, "\"}", 2);
 }
 
-static int append_field(bs_buf *b, const char *name) { return bs_buf_printf(b, ",\"%s\":", name); }
+static int append_field(bs_buf *b, const char *name) {
+    return bs_buf_printf(b, ",\"%s\":", name);
+}
 
 static int append_floats(bs_buf *b, const float *x, size_t n) {
     int rc = bs_buf_append(b, "[", 1);
@@ -213,8 +216,10 @@ static int assign_all(rd_kafka_t *rk, const char *brokers, const char *topic, in
         rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)->offset = start;
     e = rd_kafka_assign(rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
-    if (e) bs_err(err, "assign %s: %s", topic, rd_kafka_err2str(e));
-    else rc = BS_OK;
+    if (e)
+        bs_err(err, "assign %s: %s", topic, rd_kafka_err2str(e));
+    else
+        rc = BS_OK;
 done:
     if (md) rd_kafka_metadata_destroy(md);
     rd_kafka_topic_destroy(rkt);
@@ -252,9 +257,12 @@ int cmd_consume(int argc, char **argv) {
             goto usage_error;
         }
         if (!(v = cli_value(argc, argv, &i, err))) goto usage_error;
-        if (strcmp(a, "--brokers") == 0) brokers = v;
-        else if (strcmp(a, "--topic") == 0) topic = v;
-        else if (strcmp(a, "--group") == 0) group = v;
+        if (strcmp(a, "--brokers") == 0)
+            brokers = v;
+        else if (strcmp(a, "--topic") == 0)
+            topic = v;
+        else if (strcmp(a, "--group") == 0)
+            group = v;
         else if (strcmp(a, "--schema") == 0) {
             if (codec_schema_parse(v, &schema, err) != BS_OK) goto usage_error;
         } else if (strcmp(a, "--framing") == 0) {
@@ -355,8 +363,10 @@ int cmd_consume(int argc, char **argv) {
         int64_t ts = rd_kafka_message_timestamp(m, &tstype);
         const char *code = NULL;
         line.len = 0;
-        int rc = bs_buf_printf(&line, "{\"_partition\":%" PRId32 ",\"_offset\":%" PRId64 ",\"_timestamp\":%" PRId64
-                                      ",\"_key\":", m->partition, m->offset, ts);
+        int rc = bs_buf_printf(
+            &line,
+            "{\"_partition\":%" PRId32 ",\"_offset\":%" PRId64 ",\"_timestamp\":%" PRId64 ",\"_key\":", m->partition,
+            m->offset, ts);
         rc |= append_bytes(&line, m->key, m->key_len);
         rc |= append_headers(&line, m);
         size_t before = line.len;

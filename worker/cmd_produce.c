@@ -23,30 +23,31 @@ static void on_signal(int sig) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: bertstream produce --brokers HOSTS --topic T [--schema review|labeled_review]\n"
-            "                          [--framing avro|confluent|json|text] [--schema-id N] [--key-field NAME]\n"
-            "                          [--timeout-ms MS] [-X property=value ...]\n"
-            "\n"
-            "Reads JSON lines on stdin and produces one message per line to topic T:\n"
-            "  review          {\"review_id\": \"...\", \"text\": \"...\", \"source\": \"...\"|null, \"created_at\": ms|null}\n"
-            "  labeled_review  {\"review_id\": \"...\", \"text\": \"...\", \"label\": 0|1}\n"
-            "Extra fields are ignored. Lines that are not such objects are reported on stderr (with their line\n"
-            "number) and skipped. Blank lines are ignored.\n"
-            "\n"
-            "  --brokers HOSTS    bootstrap servers (host:port,...)\n"
-            "  --topic T          topic to produce to\n"
-            "  --schema S         review (default) or labeled_review\n"
-            "  --framing F        avro (default): bare Avro binary; confluent: magic byte 0 + 4-byte schema id + Avro;\n"
-            "                     json: the record as one JSON object; text: the review text alone (review only)\n"
-            "  --schema-id N      schema registry id written by --framing confluent (required there)\n"
-            "  --key-field NAME   JSON field whose value is the message key (default review_id; \"\" for no key)\n"
-            "  --timeout-ms MS    how long to wait for outstanding deliveries at the end (default 30000)\n"
-            "  -X prop=value      any librdkafka producer property (repeatable)\n"
-            "  --help             this text\n"
-            "\n"
-            "Prints one summary line on stderr. Exit status: 0 when every line was delivered, 1 when a line was\n"
-            "bad or a delivery failed, 2 on a usage error.\n");
+    fprintf(
+        f, "usage: bertstream produce --brokers HOSTS --topic T [--schema review|labeled_review]\n"
+           "                          [--framing avro|confluent|json|text] [--schema-id N] [--key-field NAME]\n"
+           "                          [--timeout-ms MS] [-X property=value ...]\n"
+           "\n"
+           "Reads JSON lines on stdin and produces one message per line to topic T:\n"
+           "  review          {\"review_id\": \"...\", \"text\": \"...\", \"source\": \"...\"|null, \"created_at\": "
+           "ms|null}\n"
+           "  labeled_review  {\"review_id\": \"...\", \"text\": \"...\", \"label\": 0|1}\n"
+           "Extra fields are ignored. Lines that are not such objects are reported on stderr (with their line\n"
+           "number) and skipped. Blank lines are ignored.\n"
+           "\n"
+           "  --brokers HOSTS    bootstrap servers (host:port,...)\n"
+           "  --topic T          topic to produce to\n"
+           "  --schema S         review (default) or labeled_review\n"
+           "  --framing F        avro (default): bare Avro binary; confluent: magic byte 0 + 4-byte schema id + Avro;\n"
+           "                     json: the record as one JSON object; text: the review text alone (review only)\n"
+           "  --schema-id N      schema registry id written by --framing confluent (required there)\n"
+           "  --key-field NAME   JSON field whose value is the message key (default review_id; \"\" for no key)\n"
+           "  --timeout-ms MS    how long to wait for outstanding deliveries at the end (default 30000)\n"
+           "  -X prop=value      any librdkafka producer property (repeatable)\n"
+           "  --help             this text\n"
+           "\n"
+           "Prints one summary line on stderr. Exit status: 0 when every line was delivered, 1 when a line was\n"
+           "bad or a delivery failed, 2 on a usage error.\n");
 }
 
 typedef struct {
@@ -73,10 +74,14 @@ static int line_key(const char *line, size_t len, const char *field, bs_buf *key
     key->len = 0;
     if (!o) return bs_err(err, "%s", je.text);
     v = json_object_get(o, field);
-    if (!v || json_is_null(v)) rc = bs_err(err, "key field \"%s\" is missing", field);
-    else if (json_is_string(v)) rc = bs_buf_append(key, json_string_value(v), json_string_length(v));
-    else if (json_is_integer(v)) rc = bs_buf_printf(key, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-    else rc = bs_err(err, "key field \"%s\" is not a string or an integer", field);
+    if (!v || json_is_null(v))
+        rc = bs_err(err, "key field \"%s\" is missing", field);
+    else if (json_is_string(v))
+        rc = bs_buf_append(key, json_string_value(v), json_string_length(v));
+    else if (json_is_integer(v))
+        rc = bs_buf_printf(key, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    else
+        rc = bs_err(err, "key field \"%s\" is not a string or an integer", field);
     json_decref(o);
     return rc;
 }
@@ -112,9 +117,12 @@ int cmd_produce(int argc, char **argv) {
             goto usage_error;
         }
         if (!(v = cli_value(argc, argv, &i, err))) goto usage_error;
-        if (strcmp(a, "--brokers") == 0) brokers = v;
-        else if (strcmp(a, "--topic") == 0) topic = v;
-        else if (strcmp(a, "--key-field") == 0) key_field = v;
+        if (strcmp(a, "--brokers") == 0)
+            brokers = v;
+        else if (strcmp(a, "--topic") == 0)
+            topic = v;
+        else if (strcmp(a, "--key-field") == 0)
+            key_field = v;
         else if (strcmp(a, "--schema") == 0) {
             if (codec_schema_parse(v, &schema, err) != BS_OK) goto usage_error;
             if (schema != BS_SCHEMA_REVIEW && schema != BS_SCHEMA_LABELED_REVIEW) {
@@ -189,8 +197,10 @@ int cmd_produce(int argc, char **argv) {
         }
         key.len = 0;
         if (rc == BS_OK && *key_field) {
-            if (strcmp(key_field, "review_id") == 0) rc = bs_buf_append(&key, id, id_len);
-            else rc = line_key(line, len, key_field, &key, err);
+            if (strcmp(key_field, "review_id") == 0)
+                rc = bs_buf_append(&key, id, id_len);
+            else
+                rc = line_key(line, len, key_field, &key, err);
         }
         if (rc != BS_OK) {
             fprintf(stderr, "bertstream produce: line %ld: %s\n", lines, err);
@@ -219,10 +229,11 @@ int cmd_produce(int argc, char **argv) {
     if (ferror(stdin)) fprintf(stderr, "bertstream produce: error reading stdin\n");
     rd_kafka_flush(rk, (int)timeout_ms);
     long undelivered = produced - st.delivered - st.failed;
-    fprintf(stderr,
-            "bertstream produce: %ld delivered, %ld failed, %ld undelivered, %ld bad lines to %s (%s/%s) in %.2f s%s%s\n",
-            st.delivered, st.failed, undelivered, bad, topic, codec_schema_name(schema), codec_framing_name(framing),
-            bs_now() - t0, st.failed ? "; first error: " : "", st.first_error);
+    fprintf(
+        stderr,
+        "bertstream produce: %ld delivered, %ld failed, %ld undelivered, %ld bad lines to %s (%s/%s) in %.2f s%s%s\n",
+        st.delivered, st.failed, undelivered, bad, topic, codec_schema_name(schema), codec_framing_name(framing),
+        bs_now() - t0, st.failed ? "; first error: " : "", st.first_error);
     status = (st.failed == 0 && undelivered == 0 && bad == 0 && run && !ferror(stdin)) ? 0 : 1;
     goto done;
 

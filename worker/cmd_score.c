@@ -22,10 +22,10 @@ static const char *usage =
     "        --emit-features; without --head the features only); a bad line gives {\"id\", \"error\"}.\n";
 
 typedef struct {
-    json_t *id;      /* owned reference (json null when absent) */
+    json_t *id; /* owned reference (json null when absent) */
     char error[BS_ERRLEN];
     int ok;
-    int seq;         /* index in the engine batch */
+    int seq; /* index in the engine batch */
     int tokens;
     int truncated;
 } score_item;
@@ -107,9 +107,12 @@ static int flush_batch(scorer *s, int n_items, int n_seq, char *err) {
     if (n_seq > 0) {
         bs_batch b = {.n_seq = n_seq, .ids = s->ids, .cu_seqlens = s->cu};
         bs_outputs out = {0};
-        if (s->feature == BS_FEATURE_POOLER) out.pooler = s->feat;
-        else if (s->feature == BS_FEATURE_CLS) out.cls = s->feat;
-        else out.mean = s->feat;
+        if (s->feature == BS_FEATURE_POOLER)
+            out.pooler = s->feat;
+        else if (s->feature == BS_FEATURE_CLS)
+            out.cls = s->feat;
+        else
+            out.mean = s->feat;
         if (engine_forward(s->engine, &b, &out, err) != BS_OK) return BS_ERR;
         if (s->head) head_apply(s->head, s->feat, n_seq, s->logit, s->prob);
     }
@@ -135,10 +138,14 @@ int cmd_score(int argc, char **argv) {
             continue;
         }
         if (!(v = cli_value(argc, argv, &i, err))) goto usage_err;
-        if (!strcmp(a, "--model")) model_dir = v;
-        else if (!strcmp(a, "--vocab")) vocab = v;
-        else if (!strcmp(a, "--head")) head_path = v;
-        else if (!strcmp(a, "--device")) device = v;
+        if (!strcmp(a, "--model"))
+            model_dir = v;
+        else if (!strcmp(a, "--vocab"))
+            vocab = v;
+        else if (!strcmp(a, "--head"))
+            head_path = v;
+        else if (!strcmp(a, "--device"))
+            device = v;
         else if (!strcmp(a, "--precision")) {
             if (bs_precision_parse(v, &prec, err) != BS_OK) goto usage_err;
         } else if (!strcmp(a, "--feature")) {
@@ -179,8 +186,11 @@ int cmd_score(int argc, char **argv) {
         if (!(head = head_load(head_path, NULL, err))) goto fail;
         if (head_validate(head, m->cfg.hidden, err) != BS_OK) goto fail;
     }
-    bs_engine_opts o = {.device = device, .precision = prec, .max_seqs = (int)batch,
-                        .max_tokens = (int)(batch * max_len), .max_seq_len = (int)max_len};
+    bs_engine_opts o = {.device = device,
+                        .precision = prec,
+                        .max_seqs = (int)batch,
+                        .max_tokens = (int)(batch * max_len),
+                        .max_seq_len = (int)max_len};
     if (!(s.engine = engine_new(m, &o, err))) goto fail;
     s.tok = tok;
     s.head = head;

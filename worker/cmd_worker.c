@@ -39,8 +39,10 @@ int cmd_worker(int argc, char **argv) {
     /* --dump-config is this command's own flag: take it out before the shared config parser sees argv */
     int dump = 0, n = 0;
     for (int i = 0; i < argc; i++) {
-        if (i > 0 && strcmp(argv[i], "--dump-config") == 0) dump = 1;
-        else argv[n++] = argv[i];
+        if (i > 0 && strcmp(argv[i], "--dump-config") == 0)
+            dump = 1;
+        else
+            argv[n++] = argv[i];
     }
     argc = n;
     int rc = config_parse_args(c, argc, argv, NULL, err);

@@ -69,24 +69,42 @@ static const char head_weights_schema_json[] =
 
 static const char *const schema_json[BS_SCHEMA_COUNT] = {review_schema_json, labeled_review_schema_json,
                                                          review_score_schema_json, head_weights_schema_json};
-static const char *const schema_names[BS_SCHEMA_COUNT] = {"review", "labeled_review", "review_score",
-                                                          "head_weights"};
+static const char *const schema_names[BS_SCHEMA_COUNT] = {"review", "labeled_review", "review_score", "head_weights"};
 
 /* Field positions, in schema order. */
 enum { RV_ID, RV_TEXT, RV_SOURCE, RV_CREATED_AT };
 enum { LR_ID, LR_TEXT, LR_LABEL };
 enum {
-    RS_ID, RS_LABEL, RS_PROB, RS_LOGIT, RS_TOKENS, RS_TRUNCATED, RS_HEAD_VERSION, RS_MODEL_ID, RS_SCORED_AT,
-    RS_PARTITION, RS_OFFSET
+    RS_ID,
+    RS_LABEL,
+    RS_PROB,
+    RS_LOGIT,
+    RS_TOKENS,
+    RS_TRUNCATED,
+    RS_HEAD_VERSION,
+    RS_MODEL_ID,
+    RS_SCORED_AT,
+    RS_PARTITION,
+    RS_OFFSET
 };
 enum {
-    HW_VERSION, HW_ENCODER_ID, HW_FEATURE, HW_INPUT_DIM, HW_HIDDEN_DIM, HW_FC1_W, HW_FC1_B, HW_FC2_W, HW_FC2_B,
-    HW_METRICS, HW_CREATED_AT, HW_SIGNATURE
+    HW_VERSION,
+    HW_ENCODER_ID,
+    HW_FEATURE,
+    HW_INPUT_DIM,
+    HW_HIDDEN_DIM,
+    HW_FC1_W,
+    HW_FC1_B,
+    HW_FC2_W,
+    HW_FC2_B,
+    HW_METRICS,
+    HW_CREATED_AT,
+    HW_SIGNATURE
 };
 
 const char *const codec_dead_letter_codes[] = {
-    BS_DL_TRUNCATED_AVRO, BS_DL_INVALID_AVRO, BS_DL_WRONG_TYPE, BS_DL_INVALID_UTF8, BS_DL_UNKNOWN_SCHEMA_ID,
-    BS_DL_BAD_MAGIC_BYTE, BS_DL_INVALID_JSON, BS_DL_TOO_LARGE, BS_DL_UNSUPPORTED_FRAMING,
+    BS_DL_TRUNCATED_AVRO, BS_DL_INVALID_AVRO, BS_DL_WRONG_TYPE, BS_DL_INVALID_UTF8,        BS_DL_UNKNOWN_SCHEMA_ID,
+    BS_DL_BAD_MAGIC_BYTE, BS_DL_INVALID_JSON, BS_DL_TOO_LARGE,  BS_DL_UNSUPPORTED_FRAMING,
 };
 const int codec_dead_letter_code_count = (int)(sizeof codec_dead_letter_codes / sizeof codec_dead_letter_codes[0]);
 
@@ -95,14 +113,14 @@ struct bs_codec {
     avro_value_iface_t *iface[BS_SCHEMA_COUNT];
     avro_value_t value[BS_SCHEMA_COUNT]; /* reused for every decode and encode of that record */
     int value_ok[BS_SCHEMA_COUNT];
-    avro_reader_t reader;                /* memory reader, re-pointed at each message */
-    avro_writer_t writer;                /* memory writer, re-pointed at each output buffer */
+    avro_reader_t reader; /* memory reader, re-pointed at each message */
+    avro_writer_t writer; /* memory writer, re-pointed at each output buffer */
     size_t max_value;
-    json_t *json;                        /* last parsed JSON value: decoded strings point into it */
-    bs_buf id;                           /* text framing's "topic/partition/offset" review id */
-    bs_buf strs;                         /* NUL-terminated copies of encode-side strings */
-    float *tensors;                      /* decoded head tensors, fc1_w | fc1_b | fc2_w | fc2_b */
-    size_t tensors_cap;                  /* in floats */
+    json_t *json;       /* last parsed JSON value: decoded strings point into it */
+    bs_buf id;          /* text framing's "topic/partition/offset" review id */
+    bs_buf strs;        /* NUL-terminated copies of encode-side strings */
+    float *tensors;     /* decoded head tensors, fc1_w | fc1_b | fc2_w | fc2_b */
+    size_t tensors_cap; /* in floats */
     const char **metric_names;
     double *metric_values;
     int metrics_cap;
@@ -166,13 +184,27 @@ int bs_buf_append_json_string(bs_buf *b, const char *s, size_t len) {
         char esc[7] = {'\\', 0, 0, 0, 0, 0, 0};
         size_t n = 2;
         switch (ch) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
         default:
             esc[1] = 'u', esc[2] = '0', esc[3] = '0', esc[4] = hex[ch >> 4], esc[5] = hex[ch & 15];
             n = 6;
@@ -219,14 +251,22 @@ int codec_utf8_valid(const char *str, size_t len) {
         }
         size_t n;
         unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-        if (c >= 0xC2 && c <= 0xDF) n = 2;
-        else if (c == 0xE0) n = 3, lo = 0xA0;
-        else if (c == 0xED) n = 3, hi = 0x9F; /* no UTF-16 surrogates */
-        else if (c >= 0xE1 && c <= 0xEF) n = 3;
-        else if (c == 0xF0) n = 4, lo = 0x90;
-        else if (c >= 0xF1 && c <= 0xF3) n = 4;
-        else if (c == 0xF4) n = 4, hi = 0x8F; /* <= U+10FFFF */
-        else return 0;
+        if (c >= 0xC2 && c <= 0xDF)
+            n = 2;
+        else if (c == 0xE0)
+            n = 3, lo = 0xA0;
+        else if (c == 0xED)
+            n = 3, hi = 0x9F; /* no UTF-16 surrogates */
+        else if (c >= 0xE1 && c <= 0xEF)
+            n = 3;
+        else if (c == 0xF0)
+            n = 4, lo = 0x90;
+        else if (c >= 0xF1 && c <= 0xF3)
+            n = 4;
+        else if (c == 0xF4)
+            n = 4, hi = 0x8F; /* <= U+10FFFF */
+        else
+            return 0;
         if (len - i < n) return 0;
         if (s[i + 1] < lo || s[i + 1] > hi) return 0;
         for (size_t k = 2; k < n; k++)
@@ -242,8 +282,10 @@ static size_t utf8_bad_offset(const char *s, size_t len) {
     /* the longest valid prefix, by bisection on whole-prefix validity (rare path) */
     while (lo < hi) {
         size_t mid = lo + (hi - lo + 1) / 2;
-        if (codec_utf8_valid(s, mid)) lo = mid;
-        else hi = mid - 1;
+        if (codec_utf8_valid(s, mid))
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }
@@ -260,10 +302,14 @@ int codec_framing_parse(const char *name, bs_framing *out, char *err) {
 
 const char *codec_framing_name(bs_framing f) {
     switch (f) {
-    case BS_FRAMING_AVRO: return "avro";
-    case BS_FRAMING_CONFLUENT: return "confluent";
-    case BS_FRAMING_JSON: return "json";
-    case BS_FRAMING_TEXT: return "text";
+    case BS_FRAMING_AVRO:
+        return "avro";
+    case BS_FRAMING_CONFLUENT:
+        return "confluent";
+    case BS_FRAMING_JSON:
+        return "json";
+    case BS_FRAMING_TEXT:
+        return "text";
     }
     return "?";
 }
@@ -274,12 +320,15 @@ int codec_schema_parse(const char *name, bs_schema *out, char *err) {
             *out = (bs_schema)i;
             return BS_OK;
         }
-    return bs_err(err, "unknown schema '%s' (review|labeled_review|review_score|head_weights)",
-                  name ? name : "(null)");
+    return bs_err(err, "unknown schema '%s' (review|labeled_review|review_score|head_weights)", name ? name : "(null)");
 }
 
-const char *codec_schema_name(bs_schema s) { return (unsigned)s < BS_SCHEMA_COUNT ? schema_names[s] : "?"; }
-const char *codec_schema_json(bs_schema s) { return (unsigned)s < BS_SCHEMA_COUNT ? schema_json[s] : NULL; }
+const char *codec_schema_name(bs_schema s) {
+    return (unsigned)s < BS_SCHEMA_COUNT ? schema_names[s] : "?";
+}
+const char *codec_schema_json(bs_schema s) {
+    return (unsigned)s < BS_SCHEMA_COUNT ? schema_json[s] : NULL;
+}
 
 /* ---- construction ---- */
 
@@ -335,7 +384,9 @@ void codec_free(bs_codec *c) {
     free(c);
 }
 
-void codec_set_max_value_bytes(bs_codec *c, size_t max_bytes) { c->max_value = max_bytes; }
+void codec_set_max_value_bytes(bs_codec *c, size_t max_bytes) {
+    c->max_value = max_bytes;
+}
 
 /* ---- the validating walk: exactly one record of `schema` in [p, end), nothing after ---- */
 
@@ -387,7 +438,8 @@ static int walk_fixed(walk *w, size_t n, const char *what) {
 static int walk_value(walk *w, avro_schema_t s, const char *what) {
     int64_t v;
     switch (avro_typeof(s)) {
-    case AVRO_NULL: return BS_OK;
+    case AVRO_NULL:
+        return BS_OK;
     case AVRO_BOOLEAN:
         if (walk_fixed(w, 1, what) != BS_OK) return BS_ERR;
         if (w->p[-1] > 1)
@@ -399,11 +451,16 @@ static int walk_value(walk *w, avro_schema_t s, const char *what) {
             return bs_err_code(w->err_code, BS_DL_INVALID_AVRO, w->err, "%s: %" PRId64 " out of range for int", what,
                                v);
         return BS_OK;
-    case AVRO_INT64: return walk_varint(w, &v, what);
-    case AVRO_FLOAT: return walk_fixed(w, 4, what);
-    case AVRO_DOUBLE: return walk_fixed(w, 8, what);
-    case AVRO_STRING: return walk_blob(w, 1, what);
-    case AVRO_BYTES: return walk_blob(w, 0, what);
+    case AVRO_INT64:
+        return walk_varint(w, &v, what);
+    case AVRO_FLOAT:
+        return walk_fixed(w, 4, what);
+    case AVRO_DOUBLE:
+        return walk_fixed(w, 8, what);
+    case AVRO_STRING:
+        return walk_blob(w, 1, what);
+    case AVRO_BYTES:
+        return walk_blob(w, 0, what);
     case AVRO_RECORD: {
         size_t n = avro_schema_record_size(s);
         for (size_t i = 0; i < n; i++)
@@ -493,8 +550,7 @@ static int get_string(avro_value_t *rec, size_t idx, const char **s, size_t *len
 
 static int get_bytes(avro_value_t *rec, size_t idx, const void **b, size_t *len) {
     avro_value_t f;
-    return avro_value_get_by_index(rec, idx, &f, NULL) == 0 && avro_value_get_bytes(&f, b, len) == 0 ? BS_OK
-                                                                                                      : BS_ERR;
+    return avro_value_get_by_index(rec, idx, &f, NULL) == 0 && avro_value_get_bytes(&f, b, len) == 0 ? BS_OK : BS_ERR;
 }
 
 static int get_int(avro_value_t *rec, size_t idx, int32_t *v) {
@@ -625,8 +681,8 @@ int codec_decode_review(bs_codec *c, bs_framing framing, int32_t expect_schema_i
     return BS_OK;
 }
 
-int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                                size_t len, bs_labeled_review *out, const char **err_code, char *err) {
+int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                                bs_labeled_review *out, const char **err_code, char *err) {
     memset(out, 0, sizeof *out);
     if (!val) val = "";
     if (framing == BS_FRAMING_JSON) {
@@ -649,8 +705,8 @@ int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_
     return BS_OK;
 }
 
-int codec_decode_review_score(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                              size_t len, bs_review_score *out, const char **err_code, char *err) {
+int codec_decode_review_score(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                              bs_review_score *out, const char **err_code, char *err) {
     memset(out, 0, sizeof *out);
     if (!val) val = "";
     if (read_avro(c, BS_SCHEMA_REVIEW_SCORE, framing, expect_schema_id, val, len, err_code, err) != BS_OK)
@@ -661,9 +717,8 @@ int codec_decode_review_score(bs_codec *c, bs_framing framing, int32_t expect_sc
     if (get_string(rec, RS_ID, &out->review_id, &out->review_id_len) != BS_OK ||
         get_string(rec, RS_LABEL, &out->label, &label_len) != BS_OK ||
         get_float(rec, RS_PROB, &out->probability) != BS_OK || get_float(rec, RS_LOGIT, &out->logit) != BS_OK ||
-        get_int(rec, RS_TOKENS, &out->tokens) != BS_OK ||
-        avro_value_get_by_index(rec, RS_TRUNCATED, &f, NULL) != 0 || avro_value_get_boolean(&f, &truncated) != 0 ||
-        get_long(rec, RS_HEAD_VERSION, &out->head_version) != BS_OK ||
+        get_int(rec, RS_TOKENS, &out->tokens) != BS_OK || avro_value_get_by_index(rec, RS_TRUNCATED, &f, NULL) != 0 ||
+        avro_value_get_boolean(&f, &truncated) != 0 || get_long(rec, RS_HEAD_VERSION, &out->head_version) != BS_OK ||
         get_string(rec, RS_MODEL_ID, &out->model_id, &model_len) != BS_OK ||
         get_long(rec, RS_SCORED_AT, &out->scored_at) != BS_OK ||
         get_int(rec, RS_PARTITION, &out->source_partition) != BS_OK ||
@@ -687,12 +742,12 @@ static void f32_to_le(uint8_t *dst, const float *src, size_t n) {
         uint32_t u;
         memcpy(&u, &src[i], 4);
         dst[4 * i] = (uint8_t)u, dst[4 * i + 1] = (uint8_t)(u >> 8), dst[4 * i + 2] = (uint8_t)(u >> 16),
-        dst[4 * i + 3] = (uint8_t)(u >> 24);
+                dst[4 * i + 3] = (uint8_t)(u >> 24);
     }
 }
 
-int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                              size_t len, bs_head_weights *out, const char **err_code, char *err) {
+int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                              bs_head_weights *out, const char **err_code, char *err) {
     memset(out, 0, sizeof *out);
     if (!val) val = "";
     if (read_avro(c, BS_SCHEMA_HEAD_WEIGHTS, framing, expect_schema_id, val, len, err_code, err) != BS_OK)
@@ -704,7 +759,8 @@ int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_sc
     if (get_long(rec, HW_VERSION, &out->version) != BS_OK ||
         get_string(rec, HW_ENCODER_ID, &out->encoder_id, &slen) != BS_OK ||
         get_string(rec, HW_FEATURE, &out->feature, &slen) != BS_OK ||
-        get_int(rec, HW_INPUT_DIM, &out->input_dim) != BS_OK || get_int(rec, HW_HIDDEN_DIM, &out->hidden_dim) != BS_OK ||
+        get_int(rec, HW_INPUT_DIM, &out->input_dim) != BS_OK ||
+        get_int(rec, HW_HIDDEN_DIM, &out->hidden_dim) != BS_OK ||
         get_long(rec, HW_CREATED_AT, &out->created_at) != BS_OK)
         return internal_fail(err_code, err, "a HeadWeights field");
     for (int i = 0; i < 4; i++)
@@ -869,8 +925,9 @@ int codec_encode_review(bs_codec *c, bs_framing framing, int32_t schema_id, cons
             (r->has_source && !codec_utf8_valid(r->source, r->source_len)))
             return bs_err(err, "review: invalid UTF-8 in a string field");
         out->len = 0;
-        int rc = bs_buf_append(out, "{\"review_id\":", 13) | bs_buf_append_json_string(out, r->review_id, r->review_id_len) |
-                 bs_buf_append(out, ",\"text\":", 8) | bs_buf_append_json_string(out, r->text, r->text_len);
+        int rc = bs_buf_append(out, "{\"review_id\":", 13) |
+                 bs_buf_append_json_string(out, r->review_id, r->review_id_len) | bs_buf_append(out, ",\"text\":", 8) |
+                 bs_buf_append_json_string(out, r->text, r->text_len);
         if (r->has_source)
             rc |= bs_buf_append(out, ",\"source\":", 10) | bs_buf_append_json_string(out, r->source, r->source_len);
         if (r->has_created_at) rc |= bs_buf_printf(out, ",\"created_at\":%" PRId64, r->created_at);
@@ -881,7 +938,8 @@ int codec_encode_review(bs_codec *c, bs_framing framing, int32_t schema_id, cons
     avro_value_t *rec = &c->value[BS_SCHEMA_REVIEW], br;
     size_t at = 0;
     avro_value_reset(rec);
-    if (prepare_strs(&c->strs, r->review_id_len + r->text_len + (r->has_source ? r->source_len : 0) + 3, err) != BS_OK ||
+    if (prepare_strs(&c->strs, r->review_id_len + r->text_len + (r->has_source ? r->source_len : 0) + 3, err) !=
+            BS_OK ||
         set_lstring(rec, RV_ID, r->review_id, r->review_id_len, &at, &c->strs, "review_id", err) != BS_OK ||
         set_lstring(rec, RV_TEXT, r->text, r->text_len, &at, &c->strs, "text", err) != BS_OK)
         goto fail;
@@ -913,8 +971,9 @@ int codec_encode_labeled_review(bs_codec *c, bs_framing framing, int32_t schema_
         if (!codec_utf8_valid(r->review_id, r->review_id_len) || !codec_utf8_valid(r->text, r->text_len))
             return bs_err(err, "labeled review: invalid UTF-8 in a string field");
         out->len = 0;
-        int rc = bs_buf_append(out, "{\"review_id\":", 13) | bs_buf_append_json_string(out, r->review_id, r->review_id_len) |
-                 bs_buf_append(out, ",\"text\":", 8) | bs_buf_append_json_string(out, r->text, r->text_len) |
+        int rc = bs_buf_append(out, "{\"review_id\":", 13) |
+                 bs_buf_append_json_string(out, r->review_id, r->review_id_len) | bs_buf_append(out, ",\"text\":", 8) |
+                 bs_buf_append_json_string(out, r->text, r->text_len) |
                  bs_buf_printf(out, ",\"label\":%" PRId32 "}", r->label);
         return rc == BS_OK ? BS_OK : bs_err(err, "codec: out of memory");
     }
@@ -936,8 +995,8 @@ fail:
     return BS_ERR;
 }
 
-int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review_score *s,
-                              bs_buf *out, char *err) {
+int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review_score *s, bs_buf *out,
+                              char *err) {
     if (check_avro_framing(framing, "review_score", err) != BS_OK) return BS_ERR;
     avro_value_t *rec = &c->value[BS_SCHEMA_REVIEW_SCORE], f;
     size_t at = 0;
@@ -949,8 +1008,10 @@ int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id
         goto fail;
     if (set_float(rec, RS_PROB, s->probability) != BS_OK || set_float(rec, RS_LOGIT, s->logit) != BS_OK ||
         set_int(rec, RS_TOKENS, s->tokens) != BS_OK || avro_value_get_by_index(rec, RS_TRUNCATED, &f, NULL) != 0 ||
-        avro_value_set_boolean(&f, s->truncated != 0) != 0 || set_long(rec, RS_HEAD_VERSION, s->head_version) != BS_OK ||
-        set_long(rec, RS_SCORED_AT, s->scored_at) != BS_OK || set_int(rec, RS_PARTITION, s->source_partition) != BS_OK ||
+        avro_value_set_boolean(&f, s->truncated != 0) != 0 ||
+        set_long(rec, RS_HEAD_VERSION, s->head_version) != BS_OK ||
+        set_long(rec, RS_SCORED_AT, s->scored_at) != BS_OK ||
+        set_int(rec, RS_PARTITION, s->source_partition) != BS_OK ||
         set_long(rec, RS_OFFSET, s->source_offset) != BS_OK) {
         bs_err(err, "codec: Avro-C: %s", avro_strerror());
         goto fail;
@@ -961,8 +1022,8 @@ fail:
     return BS_ERR;
 }
 
-int codec_encode_head_weights(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_head_weights *h,
-                              bs_buf *out, char *err) {
+int codec_encode_head_weights(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_head_weights *h, bs_buf *out,
+                              char *err) {
     if (check_avro_framing(framing, "head_weights", err) != BS_OK) return BS_ERR;
     if (h->input_dim <= 0 || h->hidden_dim <= 0)
         return bs_err(err, "head_weights: input_dim %d and hidden_dim %d must be positive", h->input_dim,

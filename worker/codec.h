@@ -56,13 +56,13 @@ extern const int codec_dead_letter_code_count;
 typedef struct {
     const char *review_id;
     size_t review_id_len;
-    const char *text;       /* may be empty ("" is a valid review) */
+    const char *text; /* may be empty ("" is a valid review) */
     size_t text_len;
-    int has_source;         /* 0: source is null */
+    int has_source; /* 0: source is null */
     const char *source;
     size_t source_len;
-    int has_created_at;     /* 0: created_at is null */
-    int64_t created_at;     /* ms since the Unix epoch (timestamp-millis) */
+    int has_created_at; /* 0: created_at is null */
+    int64_t created_at; /* ms since the Unix epoch (timestamp-millis) */
 } bs_review;
 
 typedef struct {
@@ -70,21 +70,21 @@ typedef struct {
     size_t review_id_len;
     const char *text;
     size_t text_len;
-    int32_t label;          /* 0 negative, 1 positive; the codec does not range-check it (the trainer does) */
+    int32_t label; /* 0 negative, 1 positive; the codec does not range-check it (the trainer does) */
 } bs_labeled_review;
 
 /* Encode-side strings are NUL-terminated C strings except review_id (length given). */
 typedef struct {
     const char *review_id;
     size_t review_id_len;
-    const char *label;      /* "positive" | "negative" (head_label) */
+    const char *label; /* "positive" | "negative" (head_label) */
     float probability;
     float logit;
-    int32_t tokens;         /* ids fed to the encoder, [CLS] and [SEP] included */
-    int truncated;          /* 1 when max_seq_len cut the review */
+    int32_t tokens; /* ids fed to the encoder, [CLS] and [SEP] included */
+    int truncated;  /* 1 when max_seq_len cut the review */
     int64_t head_version;
     const char *model_id;
-    int64_t scored_at;      /* ms since the Unix epoch */
+    int64_t scored_at; /* ms since the Unix epoch */
     int32_t source_partition;
     int64_t source_offset;
 } bs_review_score;
@@ -93,19 +93,19 @@ typedef struct {
  * Decoded: the float pointers point into codec-owned, float-aligned buffers. */
 typedef struct {
     int64_t version;
-    const char *encoder_id;   /* NUL-terminated (decoded: codec-owned copy) */
-    const char *feature;      /* "pooler" | "cls" | "mean" (not checked by the codec) */
-    int32_t input_dim;        /* C */
-    int32_t hidden_dim;       /* Hd */
-    const float *fc1_weight;  /* (Hd, C) */
-    const float *fc1_bias;    /* (Hd) */
-    const float *fc2_weight;  /* (1, Hd) */
-    const float *fc2_bias;    /* (1) */
+    const char *encoder_id;  /* NUL-terminated (decoded: codec-owned copy) */
+    const char *feature;     /* "pooler" | "cls" | "mean" (not checked by the codec) */
+    int32_t input_dim;       /* C */
+    int32_t hidden_dim;      /* Hd */
+    const float *fc1_weight; /* (Hd, C) */
+    const float *fc1_bias;   /* (Hd) */
+    const float *fc2_weight; /* (1, Hd) */
+    const float *fc2_bias;   /* (1) */
     int n_metrics;
     const char *const *metric_names; /* [n_metrics] NUL-terminated; decoded: in wire order */
     const double *metric_values;     /* [n_metrics] */
-    int64_t created_at;       /* ms since the Unix epoch */
-    int has_signature;        /* 0: signature is null */
+    int64_t created_at;              /* ms since the Unix epoch */
+    int has_signature;               /* 0: signature is null */
     const uint8_t *signature;
     size_t signature_len;
 } bs_head_weights;
@@ -154,33 +154,32 @@ int codec_decode_review(bs_codec *c, bs_framing framing, int32_t expect_schema_i
                         const void *key, size_t key_len, const char *topic, int32_t partition, int64_t offset,
                         bs_review *out, const char **err_code, char *err);
 /* LabeledReview: avro | confluent | json. */
-int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                                size_t len, bs_labeled_review *out, const char **err_code, char *err);
+int codec_decode_labeled_review(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                                bs_labeled_review *out, const char **err_code, char *err);
 /* ReviewScore: avro | confluent. Decoded strings are NUL-terminated codec-owned copies. */
-int codec_decode_review_score(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                              size_t len, bs_review_score *out, const char **err_code, char *err);
+int codec_decode_review_score(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                              bs_review_score *out, const char **err_code, char *err);
 /* HeadWeights: avro | confluent. Also checks the tensor byte lengths against the dims
  * (fc1_weight = 4*Hd*C ...; dims > 0) -> wrong_type. Values are not checked for finiteness
  * (head_validate does that). */
-int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val,
-                              size_t len, bs_head_weights *out, const char **err_code, char *err);
+int codec_decode_head_weights(bs_codec *c, bs_framing framing, int32_t expect_schema_id, const void *val, size_t len,
+                              bs_head_weights *out, const char **err_code, char *err);
 
 /* Encoders: write the framed message into out (overwriting it). schema_id is used by the
  * confluent framing only. BS_ERR (with err) for an unsupported framing, a string that is not
  * UTF-8, or an allocation failure. */
 
 /* Review: avro | confluent | json ({"review_id","text"[,"source"][,"created_at"]}) | text (the text alone). */
-int codec_encode_review(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review *r, bs_buf *out,
-                        char *err);
+int codec_encode_review(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review *r, bs_buf *out, char *err);
 /* LabeledReview: avro | confluent | json. */
 int codec_encode_labeled_review(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_labeled_review *r,
                                 bs_buf *out, char *err);
 /* ReviewScore: avro | confluent. */
-int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review_score *s,
-                              bs_buf *out, char *err);
+int codec_encode_review_score(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_review_score *s, bs_buf *out,
+                              char *err);
 /* HeadWeights: avro | confluent. The signature is opaque bytes here (heads.h defines what it signs). */
-int codec_encode_head_weights(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_head_weights *h,
-                              bs_buf *out, char *err);
+int codec_encode_head_weights(bs_codec *c, bs_framing framing, int32_t schema_id, const bs_head_weights *h, bs_buf *out,
+                              char *err);
 
 /* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 int codec_utf8_valid(const char *s, size_t len);

@@ -53,7 +53,9 @@ static inline uint64_t bs_rng_next(bs_rng *r) {
     return z ^ (z >> 31);
 }
 /* Uniform in [0, 1). */
-static inline double bs_rng_uniform(bs_rng *r) { return (double)(bs_rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+static inline double bs_rng_uniform(bs_rng *r) {
+    return (double)(bs_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}
 /* Standard normal (Box-Muller). */
 double bs_rng_normal(bs_rng *r);
 

@@ -19,7 +19,9 @@ int bs_precision_parse(const char *s, bs_precision *out, char *err) {
     return bs_err(err, "unknown precision '%s' (auto, fp32, fp16, bf16, fp8)", s);
 }
 
-const char *bs_precision_name(bs_precision p) { return prec_names[p]; }
+const char *bs_precision_name(bs_precision p) {
+    return prec_names[p];
+}
 
 int bs_feature_parse(const char *s, bs_feature *out, char *err) {
     for (int i = 0; i < 3; i++)
@@ -30,7 +32,9 @@ int bs_feature_parse(const char *s, bs_feature *out, char *err) {
     return bs_err(err, "unknown feature '%s' (pooler, cls, mean)", s);
 }
 
-const char *bs_feature_name(bs_feature f) { return feature_names[f]; }
+const char *bs_feature_name(bs_feature f) {
+    return feature_names[f];
+}
 
 bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
     const char *dev = opts->device ? opts->device : "auto";
@@ -110,15 +114,23 @@ int engine_ready(bs_engine *e, int slot) {
     return e->ready ? e->ready(e, slot) : 1;
 }
 
-int engine_slots(const bs_engine *e) { return e->n_slots > 0 ? e->n_slots : 1; }
+int engine_slots(const bs_engine *e) {
+    return e->n_slots > 0 ? e->n_slots : 1;
+}
 
 void engine_free(bs_engine *e) {
     if (e) e->destroy(e);
 }
 
-const char *engine_describe(const bs_engine *e) { return e->desc; }
-bs_precision engine_precision(const bs_engine *e) { return e->precision; }
-int engine_is_cuda(const bs_engine *e) { return e->is_cuda; }
+const char *engine_describe(const bs_engine *e) {
+    return e->desc;
+}
+bs_precision engine_precision(const bs_engine *e) {
+    return e->precision;
+}
+int engine_is_cuda(const bs_engine *e) {
+    return e->is_cuda;
+}
 
 int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batch *b, char *err) {
     if (b->n_seq < 1 || b->n_seq > o->max_seqs)

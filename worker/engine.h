@@ -22,9 +22,9 @@ int bs_feature_parse(const char *s, bs_feature *out, char *err);
 const char *bs_feature_name(bs_feature f);
 
 typedef struct {
-    int n_seq;                  /* B */
-    const int32_t *ids;         /* (T) token ids, sequences back to back */
-    const int32_t *cu_seqlens;  /* (B+1) cu_seqlens[0] = 0, cu_seqlens[B] = T */
+    int n_seq;                 /* B */
+    const int32_t *ids;        /* (T) token ids, sequences back to back */
+    const int32_t *cu_seqlens; /* (B+1) cu_seqlens[0] = 0, cu_seqlens[B] = T */
 } bs_batch;
 
 /* Outputs wanted from a forward pass; NULL members are not computed/copied. */
@@ -36,11 +36,11 @@ typedef struct {
 } bs_outputs;
 
 typedef struct {
-    const char *device;      /* "auto", "cpu", "cuda", "cuda:N" */
-    bs_precision precision;  /* AUTO: fp32 on CPU, bf16 on CUDA */
-    int max_seqs;            /* largest B forward will be given */
-    int max_tokens;          /* largest T */
-    int max_seq_len;         /* longest sequence (<= max_positions) */
+    const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
+    bs_precision precision; /* AUTO: fp32 on CPU, bf16 on CUDA */
+    int max_seqs;           /* largest B forward will be given */
+    int max_tokens;         /* largest T */
+    int max_seq_len;        /* longest sequence (<= max_positions) */
 } bs_engine_opts;
 
 typedef struct bs_engine bs_engine;

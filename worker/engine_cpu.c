@@ -2,7 +2,8 @@
  * Padding-free: every GEMM runs over the T packed tokens, attention runs per
  * sequence and head over that sequence's own length, so padding costs nothing.
  *
- * Legend: B sequences, T packed tokens, C hidden, NH heads, HS = C/NH, I (FF in code: complex.h owns I) intermediate. */
+ * Legend: B sequences, T packed tokens, C hidden, NH heads, HS = C/NH, I (FF in code: complex.h owns I) intermediate.
+ */
 #include <cblas.h>
 #undef I /* complex.h, pulled in by openblas_config.h, defines I */
 #include <math.h>
@@ -15,22 +16,30 @@
 
 #ifdef _OPENMP
 #include <omp.h>
-static int bs_thread_num(void) { return omp_get_thread_num(); }
-static int bs_max_threads(void) { return omp_get_max_threads(); }
+static int bs_thread_num(void) {
+    return omp_get_thread_num();
+}
+static int bs_max_threads(void) {
+    return omp_get_max_threads();
+}
 #else
-static int bs_thread_num(void) { return 0; }
-static int bs_max_threads(void) { return 1; }
+static int bs_thread_num(void) {
+    return 0;
+}
+static int bs_max_threads(void) {
+    return 1;
+}
 #endif
 
 typedef struct {
     bs_engine base;
-    float *x;      /* (T, C) running hidden state */
-    float *qkv;    /* (T, 3C) */
-    float *ctx;    /* (T, C) attention output before the dense layer */
-    float *tmp;    /* (T, C) */
-    float *ff;     /* (T, I) */
-    float *scores; /* (threads, S, S) attention probabilities, one (S, S) block per thread, S = max_seq_len */
-    int threads;   /* OpenMP threads for attention heads and the element-wise loops */
+    float *x;       /* (T, C) running hidden state */
+    float *qkv;     /* (T, 3C) */
+    float *ctx;     /* (T, C) attention output before the dense layer */
+    float *tmp;     /* (T, C) */
+    float *ff;      /* (T, I) */
+    float *scores;  /* (threads, S, S) attention probabilities, one (S, S) block per thread, S = max_seq_len */
+    int threads;    /* OpenMP threads for attention heads and the element-wise loops */
     float *pool_in; /* (B, C) CLS rows gathered for the pooler */
 } cpu_engine;
 

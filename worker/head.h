@@ -7,18 +7,18 @@
 #include <stdint.h>
 
 typedef struct {
-    int in_dim;     /* C */
-    int hidden;     /* Hd */
-    float *fc1_w;   /* (Hd, C) */
-    float *fc1_b;   /* (Hd) */
-    float *fc2_w;   /* (1, Hd) */
-    float *fc2_b;   /* (1) */
+    int in_dim;      /* C */
+    int hidden;      /* Hd */
+    float *fc1_w;    /* (Hd, C) */
+    float *fc1_b;    /* (Hd) */
+    float *fc2_w;    /* (1, Hd) */
+    float *fc2_b;    /* (1) */
     int64_t version; /* 0 for a head from a file */
 } bs_head;
 
 /* Loads fc1.weight... (or PREFIX + "fc1.weight"... when prefix is not NULL, e.g. "init."). */
 bs_head *head_load(const char *path, const char *prefix, char *err);
-bs_head *head_new(int in_dim, int hidden);           /* zeroed */
+bs_head *head_new(int in_dim, int hidden); /* zeroed */
 bs_head *head_clone(const bs_head *h);
 /* Checks shapes and that every value is finite. */
 int head_validate(const bs_head *h, int expect_in_dim, char *err);

@@ -23,9 +23,12 @@ int bs_log_set_level(const char *name) {
 }
 
 int bs_log_set_format(const char *name) {
-    if (strcmp(name, "json") == 0) log_json = 1;
-    else if (strcmp(name, "logfmt") == 0) log_json = 0;
-    else return BS_ERR;
+    if (strcmp(name, "json") == 0)
+        log_json = 1;
+    else if (strcmp(name, "logfmt") == 0)
+        log_json = 0;
+    else
+        return BS_ERR;
     return BS_OK;
 }
 
@@ -59,8 +62,8 @@ void bs_log_write(bs_log_level lvl, const char *msg, const char *fmt, ...) {
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char tbuf[96];
-    snprintf(tbuf, sizeof tbuf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    snprintf(tbuf, sizeof tbuf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
     size_t n;
     if (log_json) {
         n = (size_t)snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", tbuf, level_names[lvl]);

@@ -21,34 +21,34 @@ typedef struct {
 } bs_bert_config;
 
 typedef struct {
-    float *qkv_w;  /* (3C, C) rows: query, key, value */
-    float *qkv_b;  /* (3C) */
-    float *ao_w;   /* (C, C) attention.output.dense */
-    float *ao_b;   /* (C) */
-    float *ln1_w;  /* (C) attention.output.LayerNorm */
-    float *ln1_b;  /* (C) */
-    float *ff1_w;  /* (I, C) intermediate.dense */
-    float *ff1_b;  /* (I) */
-    float *ff2_w;  /* (C, I) output.dense */
-    float *ff2_b;  /* (C) */
-    float *ln2_w;  /* (C) output.LayerNorm */
-    float *ln2_b;  /* (C) */
+    float *qkv_w; /* (3C, C) rows: query, key, value */
+    float *qkv_b; /* (3C) */
+    float *ao_w;  /* (C, C) attention.output.dense */
+    float *ao_b;  /* (C) */
+    float *ln1_w; /* (C) attention.output.LayerNorm */
+    float *ln1_b; /* (C) */
+    float *ff1_w; /* (I, C) intermediate.dense */
+    float *ff1_b; /* (I) */
+    float *ff2_w; /* (C, I) output.dense */
+    float *ff2_b; /* (C) */
+    float *ln2_w; /* (C) output.LayerNorm */
+    float *ln2_b; /* (C) */
 } bs_layer_weights;
 
 typedef struct {
     bs_bert_config cfg;
-    float *params;      /* one allocation of n_params floats */
+    float *params; /* one allocation of n_params floats */
     size_t n_params;
-    float *word_emb;    /* (V, C) */
-    float *pos_emb;     /* (P, C) */
-    float *type_emb;    /* (TV, C) */
-    float *emb_ln_w;    /* (C) */
-    float *emb_ln_b;    /* (C) */
+    float *word_emb;         /* (V, C) */
+    float *pos_emb;          /* (P, C) */
+    float *type_emb;         /* (TV, C) */
+    float *emb_ln_w;         /* (C) */
+    float *emb_ln_b;         /* (C) */
     bs_layer_weights *layer; /* [L] */
-    float *pool_w;      /* (C, C) */
-    float *pool_b;      /* (C) */
-    char encoder_id[72]; /* "sha256:" + 64 hex: hash of the loaded weights, names and shapes */
-    char dir[1024];      /* where it was loaded from ("" when generated) */
+    float *pool_w;           /* (C, C) */
+    float *pool_b;           /* (C) */
+    char encoder_id[72];     /* "sha256:" + 64 hex: hash of the loaded weights, names and shapes */
+    char dir[1024];          /* where it was loaded from ("" when generated) */
 } bs_model;
 
 /* config.json: parses the keys bertstream needs; missing or out-of-range keys are errors naming the key. */

@@ -12,11 +12,11 @@ typedef struct bs_tokenizer bs_tokenizer;
 
 /* Reusable output (and scratch) buffer: zero-initialise, reuse across calls, free with tokens_free. */
 typedef struct {
-    int32_t *ids;   /* [n]: [CLS] pieces... [SEP] */
+    int32_t *ids; /* [n]: [CLS] pieces... [SEP] */
     int n;
     int cap;
-    int truncated;  /* 1 when max_len cut pieces off */
-    void *scratch;  /* tokenizer-private working memory */
+    int truncated; /* 1 when max_len cut pieces off */
+    void *scratch; /* tokenizer-private working memory */
     size_t scratch_cap;
 } bs_tokens;
 

@@ -66,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     bs_labeled_review lr;
     code = NULL;
     if (codec_decode_labeled_review(codec, (data[0] & 16) ? BS_FRAMING_JSON : af, expect, v, n, &lr, &code, err) !=
-            BS_OK && !code)
+            BS_OK &&
+        !code)
         abort();
     bs_review_score s;
     code = NULL;

@@ -50,16 +50,25 @@ static void codec_embedded_schemas_equal_avsc_files(void) {
 }
 
 static void codec_review_score_has_exact_avro_bytes(void) {
-    bs_review_score s = {.review_id = "r1", .review_id_len = 2, .label = "positive", .probability = 0.5f,
-                         .logit = -1.0f, .tokens = 5, .truncated = 1, .head_version = -1, .model_id = "m",
-                         .scored_at = 1000, .source_partition = 2, .source_offset = 7};
+    bs_review_score s = {.review_id = "r1",
+                         .review_id_len = 2,
+                         .label = "positive",
+                         .probability = 0.5f,
+                         .logit = -1.0f,
+                         .tokens = 5,
+                         .truncated = 1,
+                         .head_version = -1,
+                         .model_id = "m",
+                         .scored_at = 1000,
+                         .source_partition = 2,
+                         .source_offset = 7};
     bs_buf b = {0};
     CHECK_INT(codec_encode_review_score(codec, BS_FRAMING_AVRO, 0, &s, &b, err), BS_OK);
     /* "r1": len 2 -> zigzag 4; "positive": len 8 -> 0x10; 0.5f = 0x3f000000 LE; -1.0f = 0xbf800000 LE;
      * tokens 5 -> 0x0a; true -> 0x01; head_version -1 -> zigzag 1; "m"; scored_at 1000 -> zigzag 2000 =
      * 0x7d0 -> d0 0f; partition 2 -> 0x04; offset 7 -> 0x0e */
-    CHECK(bytes_equal(&b, BYTES(0x04, 'r', '1', 0x10, 'p', 'o', 's', 'i', 't', 'i', 'v', 'e', 0x00, 0x00, 0x00,
-                                0x3f, 0x00, 0x00, 0x80, 0xbf, 0x0a, 0x01, 0x01, 0x02, 'm', 0xd0, 0x0f, 0x04, 0x0e)));
+    CHECK(bytes_equal(&b, BYTES(0x04, 'r', '1', 0x10, 'p', 'o', 's', 'i', 't', 'i', 'v', 'e', 0x00, 0x00, 0x00, 0x3f,
+                                0x00, 0x00, 0x80, 0xbf, 0x0a, 0x01, 0x01, 0x02, 'm', 0xd0, 0x0f, 0x04, 0x0e)));
     /* confluent: magic 0, id 258 big-endian, then the same Avro bytes */
     CHECK_INT(codec_encode_review_score(codec, BS_FRAMING_CONFLUENT, 258, &s, &b, err), BS_OK);
     CHECK_INT(b.len, 5 + 29);
@@ -69,8 +78,8 @@ static void codec_review_score_has_exact_avro_bytes(void) {
 }
 
 static void codec_review_has_exact_avro_bytes(void) {
-    bs_review r = {.review_id = "a", .review_id_len = 1, .text = "", .text_len = 0, .has_created_at = 1,
-                   .created_at = -65};
+    bs_review r = {
+        .review_id = "a", .review_id_len = 1, .text = "", .text_len = 0, .has_created_at = 1, .created_at = -65};
     bs_buf b = {0};
     CHECK_INT(codec_encode_review(codec, BS_FRAMING_AVRO, 0, &r, &b, err), BS_OK);
     /* "a"; "" -> 0x00; source null -> branch 0; created_at branch 1 -> 0x02, -65 -> zigzag 129 -> 81 01 */
@@ -98,9 +107,16 @@ static void codec_decodes_hand_written_review(void) {
 }
 
 static void codec_review_round_trips_in_every_framing(void) {
-    const char text[] = "Gr\xc3\xa9" "at \"film\"\n\twith a NUL \0 inside";
-    bs_review in = {.review_id = "rev-1", .review_id_len = 5, .text = text, .text_len = sizeof text - 1,
-                    .has_source = 1, .source = "imdb", .source_len = 4, .has_created_at = 1,
+    const char text[] = "Gr\xc3\xa9"
+                        "at \"film\"\n\twith a NUL \0 inside";
+    bs_review in = {.review_id = "rev-1",
+                    .review_id_len = 5,
+                    .text = text,
+                    .text_len = sizeof text - 1,
+                    .has_source = 1,
+                    .source = "imdb",
+                    .source_len = 4,
+                    .has_created_at = 1,
                     .created_at = 1700000000123LL};
     bs_framing fr[] = {BS_FRAMING_AVRO, BS_FRAMING_CONFLUENT, BS_FRAMING_JSON};
     bs_buf b = {0};
@@ -170,9 +186,17 @@ static void codec_labeled_review_round_trips(void) {
 }
 
 static void codec_review_score_round_trips(void) {
-    bs_review_score in = {.review_id = "abc", .review_id_len = 3, .label = "negative", .probability = 0.123456789f,
-                          .logit = -1.96f, .tokens = 128, .truncated = 1, .head_version = 1234567890123LL,
-                          .model_id = "bert-base-uncased", .scored_at = 1700000000000LL, .source_partition = 11,
+    bs_review_score in = {.review_id = "abc",
+                          .review_id_len = 3,
+                          .label = "negative",
+                          .probability = 0.123456789f,
+                          .logit = -1.96f,
+                          .tokens = 128,
+                          .truncated = 1,
+                          .head_version = 1234567890123LL,
+                          .model_id = "bert-base-uncased",
+                          .scored_at = 1700000000000LL,
+                          .source_partition = 11,
                           .source_offset = 9876543210LL};
     bs_buf b = {0};
     CHECK_INT(codec_encode_review_score(codec, BS_FRAMING_CONFLUENT, 3, &in, &b, err), BS_OK);
@@ -198,10 +222,22 @@ static void codec_head_weights_round_trip_with_metrics_and_signature(void) {
     const char *names[] = {"accuracy", "loss"};
     double vals[] = {0.626, 0.41};
     uint8_t sig[] = {0xde, 0xad, 0xbe, 0xef};
-    bs_head_weights in = {.version = 17, .encoder_id = "bert-base-uncased@abc", .feature = "pooler", .input_dim = C,
-                          .hidden_dim = Hd, .fc1_weight = w1, .fc1_bias = b1, .fc2_weight = w2, .fc2_bias = b2,
-                          .n_metrics = 2, .metric_names = names, .metric_values = vals, .created_at = 1700000000001LL,
-                          .has_signature = 1, .signature = sig, .signature_len = 4};
+    bs_head_weights in = {.version = 17,
+                          .encoder_id = "bert-base-uncased@abc",
+                          .feature = "pooler",
+                          .input_dim = C,
+                          .hidden_dim = Hd,
+                          .fc1_weight = w1,
+                          .fc1_bias = b1,
+                          .fc2_weight = w2,
+                          .fc2_bias = b2,
+                          .n_metrics = 2,
+                          .metric_names = names,
+                          .metric_values = vals,
+                          .created_at = 1700000000001LL,
+                          .has_signature = 1,
+                          .signature = sig,
+                          .signature_len = 4};
     bs_buf b = {0};
     CHECK_INT(codec_encode_head_weights(codec, BS_FRAMING_AVRO, 0, &in, &b, err), BS_OK);
     /* version 17 -> 0x22, then encoder_id (len 21 -> 0x2a) */
@@ -242,8 +278,15 @@ static void codec_head_weights_round_trip_with_metrics_and_signature(void) {
 
 static void codec_head_weights_with_wrong_tensor_size_is_wrong_type(void) {
     float w1[4] = {0}, b1[2] = {0}, w2[2] = {0}, b2[1] = {0};
-    bs_head_weights in = {.version = 1, .encoder_id = "e", .feature = "cls", .input_dim = 2, .hidden_dim = 2,
-                          .fc1_weight = w1, .fc1_bias = b1, .fc2_weight = w2, .fc2_bias = b2};
+    bs_head_weights in = {.version = 1,
+                          .encoder_id = "e",
+                          .feature = "cls",
+                          .input_dim = 2,
+                          .hidden_dim = 2,
+                          .fc1_weight = w1,
+                          .fc1_bias = b1,
+                          .fc2_weight = w2,
+                          .fc2_bias = b2};
     bs_buf b = {0};
     CHECK_INT(codec_encode_head_weights(codec, BS_FRAMING_AVRO, 0, &in, &b, err), BS_OK);
     /* claim input_dim 3 (field 4: after version 0x02, "e", "cls"): bytes 02 | 02 'e' | 06 'c' 'l' 's' | 04 -> 06 */
@@ -260,8 +303,15 @@ static void codec_head_weights_with_wrong_tensor_size_is_wrong_type(void) {
 static void codec_empty_or_truncated_avro_is_truncated_avro(void) {
     CHECK_STR(review_code(BS_FRAMING_AVRO, -1, NULL, 0), BS_DL_TRUNCATED_AVRO);
     CHECK_STR(review_code(BS_FRAMING_AVRO, -1, "", 0), BS_DL_TRUNCATED_AVRO);
-    bs_review in = {.review_id = "abc", .review_id_len = 3, .text = "some text", .text_len = 9, .has_source = 1,
-                    .source = "s", .source_len = 1, .has_created_at = 1, .created_at = 1LL << 40};
+    bs_review in = {.review_id = "abc",
+                    .review_id_len = 3,
+                    .text = "some text",
+                    .text_len = 9,
+                    .has_source = 1,
+                    .source = "s",
+                    .source_len = 1,
+                    .has_created_at = 1,
+                    .created_at = 1LL << 40};
     bs_buf b = {0};
     CHECK_INT(codec_encode_review(codec, BS_FRAMING_AVRO, 0, &in, &b, err), BS_OK);
     for (size_t n = 0; n < b.len; n++) CHECK_STR(review_code(BS_FRAMING_AVRO, -1, b.data, n), BS_DL_TRUNCATED_AVRO);
@@ -300,8 +350,8 @@ static void codec_malformed_avro_is_invalid_avro(void) {
     CHECK_CONTAINS(err, "truncated");
     /* an int out of the int32 range in LabeledReview.label (zigzag 2^32 = 2^31 * 2) */
     bs_labeled_review lr;
-    CHECK_INT(codec_decode_labeled_review(codec, BS_FRAMING_AVRO, -1,
-                                          BYTES(0x00, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10), &lr, &code, err),
+    CHECK_INT(codec_decode_labeled_review(codec, BS_FRAMING_AVRO, -1, BYTES(0x00, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10),
+                                          &lr, &code, err),
               BS_ERR);
     CHECK_STR(code, BS_DL_INVALID_AVRO);
     bs_buf_free(&b);
@@ -343,8 +393,12 @@ static void codec_json_framing_errors(void) {
     CHECK_STR(review_code(BS_FRAMING_JSON, -1, ok, strlen(ok)), "ok");
     const char *bad[] = {"{\"review_id\":", "", "not json"};
     for (int i = 0; i < 3; i++) CHECK_STR(review_code(BS_FRAMING_JSON, -1, bad[i], strlen(bad[i])), BS_DL_INVALID_JSON);
-    const char *wrong[] = {"[1,2]", "\"text\"", "{\"review_id\":\"r\"}", "{\"text\":\"t\"}",
-                           "{\"review_id\":1,\"text\":\"t\"}", "{\"review_id\":\"r\",\"text\":5}",
+    const char *wrong[] = {"[1,2]",
+                           "\"text\"",
+                           "{\"review_id\":\"r\"}",
+                           "{\"text\":\"t\"}",
+                           "{\"review_id\":1,\"text\":\"t\"}",
+                           "{\"review_id\":\"r\",\"text\":5}",
                            "{\"review_id\":\"r\",\"text\":\"t\",\"created_at\":\"yesterday\"}",
                            "{\"review_id\":\"r\",\"text\":\"t\",\"source\":3}"};
     for (int i = 0; i < 8; i++)
@@ -388,9 +442,9 @@ static void codec_unsupported_framing_is_reported(void) {
 }
 
 static void codec_dead_letter_code_list_is_complete(void) {
-    const char *want[] = {BS_DL_TRUNCATED_AVRO, BS_DL_INVALID_AVRO, BS_DL_WRONG_TYPE, BS_DL_INVALID_UTF8,
-                          BS_DL_UNKNOWN_SCHEMA_ID, BS_DL_BAD_MAGIC_BYTE, BS_DL_INVALID_JSON, BS_DL_TOO_LARGE,
-                          BS_DL_UNSUPPORTED_FRAMING};
+    const char *want[] = {BS_DL_TRUNCATED_AVRO, BS_DL_INVALID_AVRO,      BS_DL_WRONG_TYPE,
+                          BS_DL_INVALID_UTF8,   BS_DL_UNKNOWN_SCHEMA_ID, BS_DL_BAD_MAGIC_BYTE,
+                          BS_DL_INVALID_JSON,   BS_DL_TOO_LARGE,         BS_DL_UNSUPPORTED_FRAMING};
     CHECK_INT(codec_dead_letter_code_count, 9);
     for (int i = 0; i < 9 && i < codec_dead_letter_code_count; i++) CHECK_STR(codec_dead_letter_codes[i], want[i]);
 }
@@ -442,8 +496,13 @@ static void codec_reuse_keeps_earlier_results_independent(void) {
     for (int i = 0; i < 2000; i++) {
         snprintf(id, sizeof id, "id-%d", i);
         int tl = snprintf(text, sizeof text, "text number %d %s", i, i % 2 ? "odd" : "even");
-        bs_review in = {.review_id = id, .review_id_len = strlen(id), .text = text, .text_len = (size_t)tl,
-                        .has_source = i % 3 == 0, .source = "s", .source_len = 1};
+        bs_review in = {.review_id = id,
+                        .review_id_len = strlen(id),
+                        .text = text,
+                        .text_len = (size_t)tl,
+                        .has_source = i % 3 == 0,
+                        .source = "s",
+                        .source_len = 1};
         if (codec_encode_review(codec, BS_FRAMING_CONFLUENT, 1, &in, &b, err) != BS_OK) {
             CHECK(0);
             break;
@@ -468,8 +527,12 @@ static void *thread_round_trips(void *arg) {
     if (!c) return (void *)1;
     for (int i = 0; i < 3000; i++) {
         int tl = snprintf(text, sizeof text, "thread %ld message %d", id, i);
-        bs_review_score s = {.review_id = text, .review_id_len = (size_t)tl, .label = "positive", .tokens = i,
-                             .model_id = "m", .source_offset = id};
+        bs_review_score s = {.review_id = text,
+                             .review_id_len = (size_t)tl,
+                             .label = "positive",
+                             .tokens = i,
+                             .model_id = "m",
+                             .source_offset = id};
         bs_review_score out;
         if (codec_encode_review_score(c, BS_FRAMING_CONFLUENT, (int32_t)id, &s, &b, terr) != BS_OK ||
             codec_decode_review_score(c, BS_FRAMING_CONFLUENT, (int32_t)id, b.data, b.len, &out, NULL, terr) != BS_OK ||

@@ -95,24 +95,26 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
 }
 
 /* A deliberately naive double-precision BERT for one sequence: no BLAS, no packing. */
-static void naive_forward(const bs_model *m, const int32_t *ids, int n, double *hid /* (n, C) */, double *pool /* (C) */) {
+static void naive_forward(const bs_model *m, const int32_t *ids, int n, double *hid /* (n, C) */,
+                          double *pool /* (C) */) {
     const bs_bert_config *c = &m->cfg;
     const int C = c->hidden, NH = c->heads, HS = C / NH, FF = c->intermediate;
     double *qkv = calloc((size_t)n * 3 * C, sizeof(double)), *ctx = calloc((size_t)n * C, sizeof(double));
     double *ff = calloc((size_t)n * FF, sizeof(double)), *tmp = calloc((size_t)n * C, sizeof(double));
     double *p = calloc((size_t)n, sizeof(double));
-#define LN(v, w, b)                                                                                   \
-    do {                                                                                              \
-        double mu = 0, var = 0;                                                                       \
-        for (int k = 0; k < C; k++) mu += (v)[k];                                                     \
-        mu /= C;                                                                                      \
-        for (int k = 0; k < C; k++) var += ((v)[k] - mu) * ((v)[k] - mu);                             \
-        var /= C;                                                                                     \
-        for (int k = 0; k < C; k++) (v)[k] = ((v)[k] - mu) / sqrt(var + c->ln_eps) * (w)[k] + (b)[k]; \
+#define LN(v, w, b)                                                                                                    \
+    do {                                                                                                               \
+        double mu = 0, var = 0;                                                                                        \
+        for (int k = 0; k < C; k++) mu += (v)[k];                                                                      \
+        mu /= C;                                                                                                       \
+        for (int k = 0; k < C; k++) var += ((v)[k] - mu) * ((v)[k] - mu);                                              \
+        var /= C;                                                                                                      \
+        for (int k = 0; k < C; k++) (v)[k] = ((v)[k] - mu) / sqrt(var + c->ln_eps) * (w)[k] + (b)[k];                  \
     } while (0)
     for (int t = 0; t < n; t++) {
         for (int k = 0; k < C; k++)
-            hid[t * C + k] = (double)m->word_emb[(size_t)ids[t] * C + k] + m->pos_emb[(size_t)t * C + k] + m->type_emb[k];
+            hid[t * C + k] =
+                (double)m->word_emb[(size_t)ids[t] * C + k] + m->pos_emb[(size_t)t * C + k] + m->type_emb[k];
         LN(hid + t * C, m->emb_ln_w, m->emb_ln_b);
     }
     for (int l = 0; l < c->layers; l++) {
@@ -176,8 +178,14 @@ static void naive_forward(const bs_model *m, const int32_t *ids, int n, double *
  * nothing in the engine may assume bert-base's or tiny-bert's shape. */
 static void engine_cpu_matches_naive_reference_on_another_shape(void) {
     char err[BS_ERRLEN];
-    bs_bert_config cfg = {.vocab_size = 1000, .hidden = 96, .layers = 3, .heads = 3, .intermediate = 200,
-                          .max_positions = 77, .type_vocab_size = 2, .ln_eps = 1e-7f};
+    bs_bert_config cfg = {.vocab_size = 1000,
+                          .hidden = 96,
+                          .layers = 3,
+                          .heads = 3,
+                          .intermediate = 200,
+                          .max_positions = 77,
+                          .type_vocab_size = 2,
+                          .ln_eps = 1e-7f};
     bs_model *m = model_init_random(&cfg, 42, err);
     CHECK(m != NULL);
     if (!m) {
@@ -199,7 +207,8 @@ static void engine_cpu_matches_naive_reference_on_another_shape(void) {
     const int T = cu[B], C = cfg.hidden;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) ids[t] = (int32_t)(bs_rng_next(&r) % (uint64_t)cfg.vocab_size);
-    bs_engine_opts o = {.device = "cpu", .precision = BS_PREC_AUTO, .max_seqs = 8, .max_tokens = 512, .max_seq_len = 77};
+    bs_engine_opts o = {
+        .device = "cpu", .precision = BS_PREC_AUTO, .max_seqs = 8, .max_tokens = 512, .max_seq_len = 77};
     bs_engine *e = engine_new(m, &o, err);
     CHECK(e != NULL);
     if (!e) return;
