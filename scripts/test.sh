@@ -30,6 +30,13 @@ cmake --build build-asan -j"$JOBS"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --output-on-failure -j"$JOBS" -L 'unit|cli')
 
+echo "== the worker under ASan + UBSan: end to end, dead letters, SIGTERM, 100,000-message soak (memory flat)"
+# The Kafka tools and the independent client stay as they are; only the worker runs instrumented
+# (tests/integration/harness.py: BERTSTREAM_TEST_WORKER_BIN). A leak or UB report fails its exit status.
+(cd build && BERTSTREAM_TEST_WORKER_BIN=$(pwd)/../build-asan/bertstream \
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --output-on-failure -j"$JOBS" -R 'it_test_worker_(end_to_end|dead_letters|sigterm|soak)$')
+
 echo "== libFuzzer targets (${FUZZ_SECONDS}s each)"
 CC=clang cmake -S . -B build-fuzz -DBERTSTREAM_FUZZ=ON -DBERTSTREAM_CUDA=OFF >/dev/null
 cmake --build build-fuzz -j"$JOBS"
@@ -39,7 +46,7 @@ for f in build-fuzz/fuzz/fuzz_*; do
   corpus=build-fuzz/corpus/$name
   mkdir -p "$corpus"
   seeds=tests/fuzz/seeds/${name#fuzz_}
-  [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+  if [ -d "$seeds" ]; then cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true; fi
   echo "-- $name"
   "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 "$corpus" 2>&1 | tail -n 2
 done
