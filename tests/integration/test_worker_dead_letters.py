@@ -48,10 +48,14 @@ def run_phase(h, name, topic, framing, good, poison, overrides=None):
     w.wait_metric("bertstream_messages_consumed_total", len(items), timeout=30)
     t_scored = w.wait_metric("bertstream_messages_scored_total", n_good, timeout=30)
     H.check(t_scored == n_good, f"{name}: scored_total {t_scored} != {n_good}")
-    mt = w.metrics()
     want_codes = {}
     for _, _, code in poison:
         want_codes[code] = want_codes.get(code, 0) + 1
+    # a dead letter is counted when the broker acknowledges it, which for the 2 MB one can come
+    # after every good review was scored: wait for each count, then require it exactly
+    for code, n in want_codes.items():
+        w.wait_metric(f'bertstream_dead_letters_total{{code="{code}"}}', n, timeout=30)
+    mt = w.metrics()
     for code, n in want_codes.items():
         got = mt.get(f'bertstream_dead_letters_total{{code="{code}"}}', 0)
         H.check(got == n, f"{name}: dead_letters_total{{code={code}}} = {got}, wanted {n}")
