@@ -604,26 +604,13 @@ int cmd_train(int argc, char **argv) {
     bs_head *head = NULL, *cur = NULL;
     float *X = NULL, *Xt = NULL, *yt = NULL, *Xe = NULL, *ye = NULL;
     int *ok = NULL;
-    char **args = calloc((size_t)argc + 1, sizeof *args);
     json_t *summary = NULL;
-    if (!cfg || !args) {
+    if (!cfg) {
         fprintf(stderr, "bertstream train: out of memory\n");
-        free(args);
-        config_free(cfg);
         return 1;
     }
-    /* --force is ours; the rest is config_parse_args' (values of -o / --config are skipped over) */
-    int nargs = 0;
-    args[nargs++] = argv[0];
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--force")) {
-            force = 1;
-            continue;
-        }
-        args[nargs++] = argv[i];
-        if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--config")) && i + 1 < argc) args[nargs++] = argv[++i];
-    }
-    int pr = config_parse_args(cfg, nargs, args, NULL, err);
+    force = config_take_flag(&argc, argv, "--force"); /* ours; the rest is config_parse_args' */
+    int pr = config_parse_args(cfg, argc, argv, NULL, err);
     if (pr == CONFIG_HELP) {
         fputs(usage, stdout);
         rc = 0;
@@ -673,11 +660,7 @@ int cmd_train(int argc, char **argv) {
     config_vocab_path(cfg, vocab, sizeof vocab);
     if (!(en.tok = tokenizer_new(vocab, err))) goto fail;
     if (!(en.model = model_load(cfg->model.dir, err))) goto fail;
-    if (tokenizer_vocab_size(en.tok) > en.model->cfg.vocab_size) {
-        bs_err(err, "%s has %d tokens but the model's vocab_size is %d", vocab, tokenizer_vocab_size(en.tok),
-               en.model->cfg.vocab_size);
-        goto fail;
-    }
+    if (tokenizer_check_model_vocab(en.tok, vocab, en.model->cfg.vocab_size, err) != BS_OK) goto fail;
     en.cfg = cfg;
     en.C = en.model->cfg.hidden;
     en.max_len = (int)cfg->model.max_seq_len;
@@ -948,6 +931,5 @@ done:
     free(ok);
     store_free(&st);
     config_free(cfg);
-    free(args);
     return rc;
 }

@@ -36,15 +36,7 @@ int cmd_worker(int argc, char **argv) {
         fprintf(stderr, "bertstream worker: out of memory\n");
         return 1;
     }
-    /* --dump-config is this command's own flag: take it out before the shared config parser sees argv */
-    int dump = 0, n = 0;
-    for (int i = 0; i < argc; i++) {
-        if (i > 0 && strcmp(argv[i], "--dump-config") == 0)
-            dump = 1;
-        else
-            argv[n++] = argv[i];
-    }
-    argc = n;
+    int dump = config_take_flag(&argc, argv, "--dump-config"); /* ours; the rest is config_parse_args' */
     int rc = config_parse_args(c, argc, argv, NULL, err);
     if (rc == CONFIG_HELP) {
         fputs(usage, stdout);

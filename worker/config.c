@@ -677,6 +677,20 @@ int config_validate(const bs_config *c, char *err) {
     return BS_OK;
 }
 
+int config_take_flag(int *argc, char **argv, const char *flag) {
+    int found = 0, n = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], flag)) {
+            found = 1;
+            continue;
+        }
+        argv[n++] = argv[i];
+        if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--config")) && i + 1 < *argc) argv[n++] = argv[++i];
+    }
+    *argc = n;
+    return found;
+}
+
 int config_parse_args(bs_config *c, int argc, char **argv, char **envp, char *err) {
     /* First pass: syntax and --help; files load before env and -o whatever the argument order. */
     for (int i = 1; i < argc; i++) {

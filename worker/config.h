@@ -131,6 +131,10 @@ int config_validate(const bs_config *c, char *err);
  * config_validate. Any other argument is an error. Returns BS_OK, BS_ERR or CONFIG_HELP. */
 int config_parse_args(bs_config *c, int argc, char **argv, char **envp, char *err);
 
+/* A command's own boolean flag (e.g. train's --force): removes every `flag` from argv[1..] in place,
+ * never a value of -o or --config, so config_parse_args sees only its arguments. Returns 1 if present. */
+int config_take_flag(int *argc, char **argv, const char *flag);
+
 /* Writes every key as YAML (loadable again) with secret values replaced by "***". */
 int config_dump(const bs_config *c, FILE *f);
 

@@ -512,6 +512,17 @@ static void config_example_files_load(void) {
     config_free(c);
 }
 
+static void config_take_flag_removes_the_flag_but_never_an_option_value(void) {
+    char *argv[] = {"train", "--force", "-o", "--force", "--config", "--force", "--force", "-o", "a.b=1", NULL};
+    int argc = 9;
+    CHECK_INT(config_take_flag(&argc, argv, "--force"), 1);
+    CHECK_INT(argc, 7);
+    const char *want[] = {"train", "-o", "--force", "--config", "--force", "-o", "a.b=1"};
+    for (int i = 0; i < 7 && i < argc; i++) CHECK_STR(argv[i], want[i]);
+    CHECK_INT(config_take_flag(&argc, argv, "--dump-config"), 0);
+    CHECK_INT(argc, 7);
+}
+
 int main(void) {
     RUN(config_defaults_match_design);
     RUN(config_yaml_sets_every_kind_of_value);
@@ -531,5 +542,6 @@ int main(void) {
     RUN(config_dump_never_shows_secrets);
     RUN(config_dump_is_yaml_that_loads_back_the_same);
     RUN(config_example_files_load);
+    RUN(config_take_flag_removes_the_flag_but_never_an_option_value);
     return bs_test_done();
 }
