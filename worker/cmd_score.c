@@ -176,11 +176,7 @@ int cmd_score(int argc, char **argv) {
     bs_tokenizer *tok = tokenizer_new(vocab, err);
     if (!tok) goto fail;
     if (!(m = model_load(model_dir, err))) goto fail;
-    if (tokenizer_vocab_size(tok) > m->cfg.vocab_size) {
-        bs_err(err, "%s has %d tokens but the model's vocab_size is %d", vocab, tokenizer_vocab_size(tok),
-               m->cfg.vocab_size);
-        goto fail;
-    }
+    if (tokenizer_check_model_vocab(tok, vocab, m->cfg.vocab_size, err) != BS_OK) goto fail;
     if (max_len > m->cfg.max_positions) max_len = s.max_len = m->cfg.max_positions;
     if (head_path) {
         if (!(head = head_load(head_path, NULL, err))) goto fail;

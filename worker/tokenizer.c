@@ -583,3 +583,10 @@ int tokenizer_encode(const bs_tokenizer *t, const char *text, size_t len, int ma
     out->n = e.n;
     return BS_OK;
 }
+
+int tokenizer_check_model_vocab(const bs_tokenizer *t, const char *vocab_path, int model_vocab_size, char *err) {
+    if (tokenizer_vocab_size(t) > model_vocab_size)
+        return bs_err(err, "%s has %d tokens but the model's vocab_size is %d", vocab_path, tokenizer_vocab_size(t),
+                      model_vocab_size);
+    return BS_OK;
+}

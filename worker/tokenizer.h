@@ -29,6 +29,8 @@ int tokenizer_vocab_size(const bs_tokenizer *t);
 /* Id of a vocabulary entry, or -1. */
 int32_t tokenizer_token_id(const bs_tokenizer *t, const char *token);
 int32_t tokenizer_pad_id(const bs_tokenizer *t);
+/* The vocabulary must fit the model's embedding table: BS_ERR naming vocab_path otherwise. */
+int tokenizer_check_model_vocab(const bs_tokenizer *t, const char *vocab_path, int model_vocab_size, char *err);
 
 /* Encodes UTF-8 text of len bytes (may hold NUL). max_len 0 = no truncation; else at most max_len
  * ids including [CLS] and [SEP], and reading stops once max_len-2 pieces exist.

@@ -1216,11 +1216,7 @@ bs_worker *worker_new(const bs_config *c, char *err) {
     config_vocab_path(c, vocab, sizeof vocab);
     if (!(w->tok = tokenizer_new(vocab, err))) goto fail;
     if (!(w->model = model_load(c->model.dir, err))) goto fail;
-    if (tokenizer_vocab_size(w->tok) > w->model->cfg.vocab_size) {
-        bs_err(err, "%s has %d tokens but the model's vocab_size is %d", vocab, tokenizer_vocab_size(w->tok),
-               w->model->cfg.vocab_size);
-        goto fail;
-    }
+    if (tokenizer_check_model_vocab(w->tok, vocab, w->model->cfg.vocab_size, err) != BS_OK) goto fail;
     w->max_seq_len = (int)c->model.max_seq_len;
     if (w->max_seq_len > w->model->cfg.max_positions) {
         log_warn("model.max_seq_len above the model's max_position_embeddings, clamped", "max_seq_len=%d clamped=%d",
