@@ -1,6 +1,10 @@
 """worker_memory_flat_over_100k_messages: 100,000 short reviews through one worker (tiny model, big
-batches) -> RSS measured from /proc at 20k and at 100k scored stays flat (the hot path allocates
-nothing per message that it does not free), and every review is scored."""
+batches) -> RSS, sampled from /proc every 0.2 s, stays flat: its peak while the worker scores
+reviews 60k..100k exceeds its peak over reviews 10k..50k by at most 16 MiB (the hot path allocates
+nothing per message that it does not free; peaks, not single samples, because how full the
+consumer's prefetch queue is at one instant varies by tens of MiB), and every review is scored.
+Under ASan the worker runs with a 16 MiB quarantine (ASan's default is 256 MiB, which fills as
+freed memory is held back and would read as growth), so the RSS is the worker's, not ASan's."""
 import os
 import sys
 import time
@@ -49,7 +53,8 @@ def test():
     with H.Harness("soak", topics="reviews:4,review-scores:4,reviews-dlq:1") as h:
         o = {"batch.max_sequences": "512", "batch.max_tokens": "8192", "model.max_seq_len": "16",
              "batch.max_delay_ms": "5", "log.level": "warn"}
-        w = h.worker(overrides=o)
+        asan = ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""), "quarantine_size_mb=16") if x)
+        w = h.worker(overrides=o, env={"ASAN_OPTIONS": asan})
         w.wait_ready()
         t0 = time.time()
         p = h.producer(**{"linger.ms": 20, "batch.num.messages": 10000})
@@ -62,18 +67,28 @@ def test():
                     p.poll(0.05)
             if i % 1000 == 0:
                 p.poll(0)
-            if i == 20_000:
-                pass
         p.flush(60)
         H.log(f"{N} reviews produced in {time.time() - t0:.1f}s")
-        w.wait_metric("bertstream_messages_scored_total", 20_000, timeout=60)
-        rss20 = w.rss_kb()
-        H.log(f"RSS at {w.metric('bertstream_messages_scored_total'):.0f} scored: {rss20 / 1024:.1f} MiB")
-        w.wait_metric("bertstream_messages_scored_total", N, timeout=150)
-        rss100 = w.rss_kb()
+        samples = []  # (scored, rss_kb)
+        deadline = time.time() + 180
+        while True:
+            scored = w.metric("bertstream_messages_scored_total")
+            samples.append((scored, w.rss_kb()))
+            if scored >= N:
+                break
+            if w.p.poll() is not None:
+                raise AssertionError(f"worker exited with {w.p.returncode}:\n{w.tail()}")
+            H.check(time.time() < deadline, f"only {scored:.0f} of {N} scored within 180s")
+            time.sleep(0.2)
         el = time.time() - t0
-        H.log(f"RSS at {N} scored: {rss100 / 1024:.1f} MiB; {N / el:.0f} reviews/s end to end")
-        H.check(rss100 - rss20 <= 16 * 1024, f"RSS grew {((rss100 - rss20) / 1024):.1f} MiB from 20k to 100k")
+        early = [r for n, r in samples if 10_000 <= n <= 50_000]
+        late = [r for n, r in samples if n >= 60_000]
+        H.check(early and late, f"too few RSS samples ({len(samples)})")
+        H.log(f"RSS peak over 10k..50k scored: {max(early) / 1024:.1f} MiB ({len(early)} samples); "
+              f"over 60k..100k: {max(late) / 1024:.1f} MiB ({len(late)} samples); "
+              f"{N / el:.0f} reviews/s end to end")
+        H.check(max(late) - max(early) <= 16 * 1024,
+                f"RSS peak grew {(max(late) - max(early)) / 1024:.1f} MiB from 10k..50k to 60k..100k")
         msgs = h.read_topic("review-scores", N, timeout=60)
         ids = set(review_id(m.value()) for m in msgs)
         H.check(len(ids) == N, f"{len(ids)} distinct reviews scored of {N} ({len(msgs)} results)")
