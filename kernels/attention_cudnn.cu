@@ -169,6 +169,7 @@ extern "C" bs_sdpa *sdpa_cudnn_new(cudnnHandle_t h, const bs_sdpa_desc *d, char 
     int64_t ws = 0;
     for (int64_t i = 0; i < got && p->st == CUDNN_STATUS_SUCCESS && !p->plan; i++) {
         cudnnBackendDescriptor_t plan = mk(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "execution plan");
+        set(p, plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "plan handle"); // required to finalize
         link(p, plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i], "plan engine config");
         if (p->st != CUDNN_STATUS_SUCCESS || cudnnBackendFinalize(plan) != CUDNN_STATUS_SUCCESS) continue;
         int64_t n = 0, bytes = 0;
