@@ -917,6 +917,9 @@ static void cuda_destroy(bs_engine *base) {
     cudaFree(e->amem);
     free(e->layer);
     free(e);
+    /* a failed creation (cudaSetDevice(99) above, an allocation) leaves its error as the thread's
+     * last error, which the next engine's first kernel launcher would report as its own */
+    (void)cudaGetLastError();
 }
 
 static int parse_device(const char *dev, int *out, char *err) {
