@@ -822,6 +822,8 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
         goto done;
     }
     int run = sdpa_cudnn_run(p, e->dnn, why);
+    /* the plan owns the kernels cuDNN compiled for it: they must have run before it is freed */
+    (void)cudaStreamSynchronize(e->stream);
     sdpa_cudnn_free(p);
     if (run != 0) {
         (void)cudaGetLastError();
