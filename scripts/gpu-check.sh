@@ -50,6 +50,19 @@ else
 fi
 
 echo "== libraries"
+# The GPU image may keep cuBLAS/cuDNN off the loader path: in the toolkit's lib64, or as pip wheels
+# (nvidia-cudnn-cu13, nvidia-cublas...) under its Python. Add the folders that hold them.
+if ldd "$BUNDLE/bertstream" | grep -q "not found"; then
+    extra=$(
+        ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null
+        for py in python3 /usr/bin/python3; do
+            command -v "$py" >/dev/null && "$py" -c 'import nvidia; print("\n".join(nvidia.__path__))' 2>/dev/null
+        done | while read -r d; do ls -d "$d"/*/lib 2>/dev/null; done
+    )
+    for d in $extra; do LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"; done
+    export LD_LIBRARY_PATH
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+fi
 if ldd "$BUNDLE/bertstream" | grep "not found"; then
     echo "gpu-check: the host lacks libraries above (it must provide the CUDA runtime, cuBLAS and cuDNN)"
     failures=$((failures + 1))
