@@ -369,7 +369,9 @@ static void cudnn_sdpa_matches_kernel_where_available(void) {
     const bs_dtype dts[2] = {BS_DT_BF16, BS_DT_F16};
     for (int k = 0; k < 2; k++) {
         const bs_dtype dt = dts[k];
-        const size_t rows = (size_t)T + Bb + 1;
+        /* Twice the rows the batch needs: the offsets-in-bytes attempt (unit 2) doubles every offset,
+         * and if cuDNN counts elements after all, it must still stay inside these buffers. */
+        const size_t rows = 2 * ((size_t)T + Bb + 1);
         float *qkv = rand_host(rows * 3 * C, -2, 2);
         round_host(qkv, rows * 3 * C, dt);
         void *dqkv = up(qkv, rows * 3 * C, dt), *dout = NULL, *ws = NULL;
