@@ -4,6 +4,7 @@
  * excluded on machines without a GPU). */
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <setjmp.h>
 
 #include "attention.h"
 #include "attention_cudnn.h"
@@ -15,12 +16,28 @@
 #include "pooling.h"
 #include "test.h"
 
+/* A CUDA error fails the running test and jumps back to main (RUN_GPU), so the tests after it
+ * still run and report: exiting here would hide every later result. Buffers of the abandoned
+ * test leak; that is fine in a test process. */
+static jmp_buf ck_jmp;
 #define CK(x)                                                                                                          \
     do {                                                                                                               \
         cudaError_t _e = (x);                                                                                          \
         if (_e != cudaSuccess) {                                                                                       \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e));                        \
-            exit(1);                                                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s: %s\n", __FILE__, __LINE__, bs_test_current, #x, cudaGetErrorString(_e));   \
+            bs_test_failures++;                                                                                        \
+            longjmp(ck_jmp, 1);                                                                                        \
+        }                                                                                                              \
+    } while (0)
+
+/* RUN, plus the landing point for CK; a non-sticky error is cleared so the next test starts clean. */
+#define RUN_GPU(fn)                                                                                                    \
+    do {                                                                                                               \
+        if (setjmp(ck_jmp) == 0) {                                                                                     \
+            RUN(fn);                                                                                                   \
+        } else {                                                                                                       \
+            (void)cudaGetLastError();                                                                                  \
+            fprintf(stderr, "FAIL %s (stopped at a CUDA error)\n", #fn);                                               \
         }                                                                                                              \
     } while (0)
 
@@ -466,16 +483,20 @@ int main(void) {
         fprintf(stderr, "FAIL: no CUDA device (GPU tests need one; exclude the gpu label elsewhere)\n");
         return 1;
     }
-    CK(cudaStreamCreate(&S));
-    RUN(convert_rounds_to_nearest_even_like_cpu_twin);
-    RUN(fp8_quantize_uses_amax_scale_and_saturating_rne);
-    RUN(embedding_layernorm_matches_twin_with_positions_per_sequence);
-    RUN(residual_layernorm_matches_twin_in_place_and_without_bias);
-    RUN(bias_gelu_is_erf_gelu_of_x_plus_bias);
-    RUN(attention_tiles_cover_each_sequence_once);
-    RUN(attention_matches_twin_for_ragged_lengths_and_head_sizes);
-    RUN(cudnn_sdpa_matches_kernel_where_available);
-    RUN(pool_and_pooler_match_twins_with_empty_padding_slots);
+    cudaError_t ce = cudaStreamCreate(&S);
+    if (ce != cudaSuccess) {
+        fprintf(stderr, "FAIL: cudaStreamCreate: %s\n", cudaGetErrorString(ce));
+        return 1;
+    }
+    RUN_GPU(convert_rounds_to_nearest_even_like_cpu_twin);
+    RUN_GPU(fp8_quantize_uses_amax_scale_and_saturating_rne);
+    RUN_GPU(embedding_layernorm_matches_twin_with_positions_per_sequence);
+    RUN_GPU(residual_layernorm_matches_twin_in_place_and_without_bias);
+    RUN_GPU(bias_gelu_is_erf_gelu_of_x_plus_bias);
+    RUN_GPU(attention_tiles_cover_each_sequence_once);
+    RUN_GPU(attention_matches_twin_for_ragged_lengths_and_head_sizes);
+    RUN_GPU(cudnn_sdpa_matches_kernel_where_available);
+    RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
     cudaStreamDestroy(S);
     return bs_test_done();
 }
