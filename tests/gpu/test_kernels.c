@@ -493,10 +493,11 @@ int main(void) {
     RUN_GPU(embedding_layernorm_matches_twin_with_positions_per_sequence);
     RUN_GPU(residual_layernorm_matches_twin_in_place_and_without_bias);
     RUN_GPU(bias_gelu_is_erf_gelu_of_x_plus_bias);
+    RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
+    /* last: a fault in the attention kernel or cuDNN is sticky and fails every test after it */
     RUN_GPU(attention_tiles_cover_each_sequence_once);
     RUN_GPU(attention_matches_twin_for_ragged_lengths_and_head_sizes);
     RUN_GPU(cudnn_sdpa_matches_kernel_where_available);
-    RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
     cudaStreamDestroy(S);
     return bs_test_done();
 }
