@@ -527,6 +527,10 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
     cudaStream_t s = e->stream;
     CUDA_CHECK(embedding_layernorm_forward(e->x, e->d_ids, e->d_cu, Bb, e->word, e->pos, e->type0, e->emb_ln_w,
                                            e->emb_ln_b, Tb, C, eps, A, s));
+    /* Attention writes rows < T only; rows T..Tb-1 of att would keep an earlier batch's values. Under
+     * fp8 every GEMM input's per-tensor scale is the max over all Tb rows, so stale rows would make
+     * this batch's features depend on the one before: zero them once per batch (nothing else writes att). */
+    if (e->fp8) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
         if (gemm(e, G_QKV, l, Tb, e->x, e->qkv, err) != BS_OK) return BS_ERR;  /* qkv (Tb, 3C) */

@@ -560,6 +560,56 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
     model_free(m);
 }
 
+/* Under fp8 each GEMM input's scale is the max over every row of the bucket, padding rows
+ * included: those must not hold what an earlier, longer batch left there, or a review's score
+ * would depend on what was scored before it. A 5-token batch (16-row bucket), then the whole
+ * golden batch, then the 5-token batch again: bit-identical features. */
+static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
+    char err[BS_ERRLEN];
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&prop, dev);
+    if (!((prop.major == 8 && prop.minor == 9) || prop.major == 9)) {
+        fprintf(stderr, "  no fp8 on compute capability %d.%d: not applicable\n", prop.major, prop.minor);
+        return;
+    }
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
+    CHECK(g != NULL);
+    if (!g) {
+        model_free(m);
+        return;
+    }
+    packed_batch pb = golden_batch(g);
+    const int C = m->cfg.hidden;
+    bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
+    CHECK(e != NULL);
+    CHECK(pb.T > 16 && pb.cu[1] >= 5);
+    if (e && pb.T > 16 && pb.cu[1] >= 5) {
+        const int32_t small_cu[2] = {0, 5};
+        features a = features_alloc(1, 5, C), b = features_alloc(1, 5, C), big = features_alloc(pb.B, pb.T, C);
+        CHECK_INT(run(e, 1, pb.ids, small_cu, &a), BS_OK);   /* eager: the shape's first batch */
+        CHECK_INT(run(e, 1, pb.ids, small_cu, &a), BS_OK);   /* the graph, rows 5..15 never written */
+        CHECK_INT(run(e, pb.B, pb.ids, pb.cu, &big), BS_OK); /* writes rows up to pb.T */
+        CHECK_INT(run(e, 1, pb.ids, small_cu, &b), BS_OK);   /* the graph again */
+        const double d[4] = {bs_test_max_abs_diff(a.pooler, b.pooler, (size_t)C),
+                             bs_test_max_abs_diff(a.mean, b.mean, (size_t)C),
+                             bs_test_max_abs_diff(a.cls, b.cls, (size_t)C),
+                             bs_test_max_abs_diff(a.hidden, b.hidden, (size_t)5 * C)};
+        fprintf(stderr, "  fp8 5-token batch before/after a %d-token batch: max |diff| %.3g %.3g %.3g %.3g\n", pb.T,
+                d[0], d[1], d[2], d[3]);
+        for (int i = 0; i < 4; i++) CHECK(d[i] == 0);
+        features_free(&a), features_free(&b), features_free(&big);
+    }
+    engine_free(e);
+    free(pb.ids), free(pb.cu);
+    st_close(g);
+    model_free(m);
+}
+
 /* ---- attention paths, description, errors ---- */
 
 static void engine_cuda_attention_paths_agree_and_are_described(void) {
@@ -670,6 +720,7 @@ int main(void) {
     RUN(engine_cuda_attention_paths_agree_and_are_described);
     RUN(engine_cuda_bf16_fp16_track_fp32_cpu);
     RUN(engine_cuda_fp8_tracks_fp32_cpu_or_is_refused);
+    RUN(engine_cuda_fp8_result_does_not_depend_on_the_previous_batch);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
     return bs_test_done();
 }
