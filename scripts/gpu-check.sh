@@ -3,7 +3,9 @@
 # scripts/bundle.sh (default: build/bundle beside this script's repo). Prints the GPU, runs the
 # bundled GPU tests, then benchmarks BERT-base (random weights) with `bertstream bench` over
 # batch 1/16/64/256 x seq-len 32/128/512 in bf16 and fp8, fp32 at 16 x 128, and a mixed-length
-# batch (uniform 8..128), and prints one table. Everything also goes to ${OUT:-.}/gpu-check.txt.
+# batch (uniform 8..128), and prints one table; between the two, the worker end to end on the
+# embedded broker (scripts/bench-worker.sh: reviews/s, engine busy share, p50/p99 latency).
+# Everything also goes to ${OUT:-.}/gpu-check.txt.
 # Reference data (tests): $BERTSTREAM_DATA, else shared/data or ../shared/data near the bundle
 # or the current directory. Budget: under 5 minutes on an H100. Exit 1 when a test or a bench failed.
 set -uo pipefail
@@ -130,6 +132,27 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS]
     rm -f "$log" "$log.err"
 }
 
+# The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
+# half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.
+WORKER_ROW=""
+echo "== worker end to end (BERT-base bf16, random weights; scripts/bench-worker.sh)"
+if [ ! -f "${BERTSTREAM_DATA:-/nonexistent}/imdb/reviews.tsv" ]; then
+    echo "skipped: no reference data (imdb/reviews.tsv)"
+elif ! command -v python3 >/dev/null; then
+    echo "skipped: no python3"
+else
+    wlog=$(mktemp)
+    $TO ${TO:+150} "$HERE/bench-worker.sh" --bin "$BUNDLE/bertstream" --preset base --device cuda \
+        --precision bf16 --reviews "${GPU_CHECK_WORKER_REVIEWS:-60000}" --seconds 10 >"$wlog"
+    rc=$?
+    WORKER_ROW=$(grep -m1 '^{' "$wlog")
+    if [ $rc -ne 0 ] || [ -z "$WORKER_ROW" ]; then
+        echo "FAIL worker bench (exit $rc)"
+        failures=$((failures + 1))
+    fi
+    rm -f "$wlog"
+fi
+
 echo "== bench (BERT-base, random weights, ${SECONDS_PER_BENCH}s per point)"
 bench fp32 16 128
 bench bf16 256 128 uniform:8:128
@@ -146,6 +169,7 @@ echo
 echo "== results ($(elapsed)s; engine MiB = what the engine allocated; GPU MiB = peak of all CUDA processes per nvidia-smi)"
 printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s\n' prec batch len lengths "seq/s" "ms/batch" "tokens/s" "eng MiB" "GPU MiB" notes
 for r in "${ROWS[@]}"; do echo "$r"; done
+[ -z "$WORKER_ROW" ] || printf '\nworker end to end: %s\n' "$WORKER_ROW"
 echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
 if [ $failures -eq 0 ]; then echo "gpu-check: all passed ($(elapsed)s)"; else echo "gpu-check: $failures failure(s) ($(elapsed)s)"; fi

@@ -1,0 +1,300 @@
+"""End-to-end worker benchmark with nothing but bertstream and Python's standard library, so the
+same script runs on the development machine and on a bare GPU host (from the bundle): see
+scripts/bench-worker.sh, which starts it, for what it measures and its options.
+
+Processes: `bertstream broker` (mock cluster on loopback), one `bertstream worker`, `bertstream
+produce` fed JSON lines on stdin (a burst, then a paced stream), `bertstream consume` on the output
+topic. Throughput and the engine's busy share come from the worker's /metrics; latency per review
+is measured here: the paced writer notes when it hands a review to `produce` (within a millisecond
+of the input message's timestamp), the result's own timestamp says when the worker produced it,
+and the consumer notes when it became visible (after the broker acknowledged it)."""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fail(msg):
+    log(f"bench-worker: {msg}")
+    sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def imdb_texts(data):
+    """The review texts of reviews.tsv (split on '\\n' only: U+0085 is inside some reviews)."""
+    with open(os.path.join(data, "imdb", "reviews.tsv"), "rb") as f:
+        rows = [line.split(b"\t", 1) for line in f.read().split(b"\n")[1:] if line]
+    return [text.decode("utf-8") for _, text in rows]
+
+
+def write_head(path, hidden, width=64, seed=1, scale=0.2):
+    """A random ClassificationHead state dict (fc1 (width, hidden), fc2 (1, width)) as safetensors."""
+    rng = random.Random(seed)
+    tensors = [("fc1.weight", [width, hidden]), ("fc1.bias", [width]), ("fc2.weight", [1, width]), ("fc2.bias", [1])]
+    header, blobs, off = {}, [], 0
+    for name, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        blob = struct.pack(f"<{n}f", *(rng.gauss(0, 1) * scale for _ in range(n)))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(blob)]}
+        blobs.append(blob)
+        off += len(blob)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+class Worker:
+    def __init__(self, binary, overrides, logpath):
+        self.port = free_port()
+        args = [binary, "worker"]
+        for k, v in dict(overrides, **{"http.listen": f"127.0.0.1:{self.port}"}).items():
+            args += ["-o", f"{k}={v}"]
+        self.logpath = logpath
+        self.logf = open(logpath, "ab")
+        self.p = subprocess.Popen(args, stdout=self.logf, stderr=subprocess.STDOUT)
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except OSError:
+            return None, ""
+
+    def metrics(self):
+        st, body = self.get("/metrics")
+        out = {}
+        for line in body.splitlines() if st == 200 else []:
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def alive(self):
+        if self.p.poll() is not None:
+            fail(f"the worker exited with {self.p.returncode}:\n{self.tail()}")
+
+    def tail(self, n=30):
+        with open(self.logpath, "rb") as f:
+            return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+
+    def wait_ready(self, timeout):
+        t_end = time.time() + timeout
+        while time.time() < t_end:
+            self.alive()
+            if self.get("/readyz")[0] == 200:
+                return
+            time.sleep(0.2)
+        fail(f"the worker was not ready within {timeout}s:\n{self.tail()}")
+
+    def wait_scored(self, n, timeout):
+        t_end = time.time() + timeout
+        while time.time() < t_end:
+            self.alive()
+            m = self.metrics()
+            if m.get("bertstream_messages_scored_total", 0) >= n:
+                return m
+            time.sleep(0.05)
+        fail(f"fewer than {n} reviews scored within {timeout}s:\n{self.tail()}")
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return -9
+
+
+def produce_cmd(binary, bootstrap):
+    return [binary, "produce", "--brokers", bootstrap, "--topic", "reviews", "-X", "linger.ms=1"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--reviews", type=int, default=3000)
+    ap.add_argument("--rate", type=float, default=0)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--partitions", type=int, default=8)
+    a = ap.parse_args()
+
+    texts = imdb_texts(a.data)
+    tmp = tempfile.mkdtemp(prefix="bertstream-bench-worker-")
+    procs = []
+    try:
+        # -- broker, model, head --
+        topics = f"reviews:{a.partitions},review-scores:{a.partitions},reviews-dlq:1"
+        broker = subprocess.Popen([a.bin, "broker", "--topics", topics], stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        procs.append(broker)
+        bootstrap = broker.stdout.readline().decode().strip()
+        if not bootstrap:
+            fail("bertstream broker printed no bootstrap servers")
+        model = a.model
+        if not model:
+            model = os.path.join(tmp, "model")
+            vocab = os.path.join(a.data, "bert-base-uncased", "vocab.txt")
+            r = subprocess.run([a.bin, "init-model", "--preset", a.preset, "--seed", "1", "--out", model, "--vocab",
+                                vocab], capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"init-model: {r.stderr.strip()}")
+        with open(os.path.join(model, "config.json")) as f:
+            hidden = json.load(f)["hidden_size"]
+        head = os.path.join(tmp, "head.safetensors")
+        write_head(head, hidden)
+
+        # -- worker --
+        # The mock broker answers an empty Fetch only after fetch.wait.max.ms (a real broker answers as
+        # soon as data arrives): without a short wait every idle fetch would add up to 500 ms of latency.
+        w = Worker(a.bin, {
+            "kafka.bootstrap.servers": bootstrap, "consumer.group.id": "bench", "topics.heads": "",
+            "model.dir": model, "model.device": a.device, "model.precision": a.precision,
+            "model.max_seq_len": str(a.max_len), "head.file": head, "batch.max_sequences": str(a.batch),
+            "consumer.fetch.wait.max.ms": "5", "log.level": "info"}, os.path.join(tmp, "worker.log"))
+        procs.append(w.p)
+        w.wait_ready(300)
+        engine = re.search(r'engine="([^"]*)"', w.tail(200))
+        engine = engine.group(1) if engine else a.device
+        log(f"worker ready: {engine}")
+
+        # -- 1. throughput: a burst --
+        burst = "".join(json.dumps({"review_id": f"t{i}", "text": texts[i % len(texts)]}) + "\n"
+                        for i in range(a.reviews)).encode()
+        m0 = w.metrics()
+        t0 = time.time()
+        r = subprocess.run(produce_cmd(a.bin, bootstrap), input=burst, capture_output=True)
+        if r.returncode != 0:
+            fail(f"produce: {r.stderr.decode().strip()}")
+        t_produced = time.time() - t0
+        m1 = w.wait_scored(a.reviews, 600)
+        burst_s = time.time() - t0
+        throughput = a.reviews / burst_s
+
+        def delta(k):
+            return m1.get(k, 0) - m0.get(k, 0)
+
+        busy = delta("bertstream_encode_seconds_sum")
+        n_batches = delta("bertstream_batch_sequences_count")
+        log(f"throughput: {a.reviews} reviews in {burst_s:.2f}s = {throughput:.0f}/s (produce took {t_produced:.2f}s; "
+            f"{n_batches:.0f} batches of {delta('bertstream_batch_sequences_sum') / max(n_batches, 1):.1f} reviews, "
+            f"{delta('bertstream_batch_tokens_sum') / max(n_batches, 1):.0f} tokens; engine busy {busy:.2f}s "
+            f"= {100 * busy / burst_s:.0f}% of the burst)")
+
+        # -- 2. latency at a steady rate --
+        rate = a.rate or max(1.0, throughput / 2)
+        n = max(1, int(rate * a.seconds))
+        seen = {}
+        cons = subprocess.Popen([a.bin, "consume", "--brokers", bootstrap, "--topic", "review-scores", "-X",
+                                 "fetch.wait.max.ms=5"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        procs.append(cons)
+
+        def reader():
+            for line in cons.stdout:
+                t = time.time()
+                rec = json.loads(line)
+                if rec.get("review_id", "").startswith("l"):
+                    seen[rec["review_id"]] = (t, rec["_timestamp"] / 1000.0)
+
+        th = threading.Thread(target=reader, daemon=True)
+        th.start()
+        time.sleep(2)  # the consumer's assignment settles ("only new messages")
+        prod = subprocess.Popen(produce_cmd(a.bin, bootstrap), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(prod)
+        sent = {}
+        start = time.time()
+        i = 0
+        while i < n:  # every review written when it is due, in small groups (one write per millisecond)
+            now = time.time()
+            due = min(n, int((now - start) * rate) + 1)
+            if due > i:
+                chunk = []
+                for j in range(i, due):
+                    k = f"l{j}"
+                    sent[k] = now
+                    chunk.append(json.dumps({"review_id": k, "text": texts[j % len(texts)]}) + "\n")
+                prod.stdin.write("".join(chunk).encode())
+                prod.stdin.flush()
+                i = due
+            time.sleep(0.001)
+        prod.stdin.close()
+        if prod.wait(120) != 0:
+            fail(f"produce (paced): {prod.stderr.read().decode().strip()}")
+        t_end = time.time() + 60
+        while len(seen) < n and time.time() < t_end:
+            time.sleep(0.1)
+        m2 = w.metrics()
+        produced = [seen[k][1] - sent[k] for k in seen if k in sent]
+        visible = [seen[k][0] - sent[k] for k in seen if k in sent]
+        if len(seen) < n:
+            fail(f"latency phase: {len(seen)} of {n} results seen")
+        rc = w.stop()
+        if rc != 0:
+            fail(f"worker exit status {rc}")
+        summary = {
+            "engine": engine, "device": a.device, "precision": a.precision,
+            "model": a.model or f"init-model --preset {a.preset} (random weights)", "max_seq_len": a.max_len,
+            "batch_max_sequences": a.batch, "partitions": a.partitions, "cores": os.cpu_count(),
+            "throughput_reviews": a.reviews, "throughput_reviews_per_s": round(throughput, 1),
+            "engine_busy_fraction": round(busy / burst_s, 3),
+            "mean_batch_sequences": round(delta("bertstream_batch_sequences_sum") / max(n_batches, 1), 1),
+            "busy_ratio_gauge_at_end": m2.get("bertstream_gpu_busy_ratio"),
+            "latency_rate_per_s": round(rate, 1), "latency_reviews": n,
+            "p50_ms_to_result_produced": round(1000 * pct(produced, 0.50), 1),
+            "p99_ms_to_result_produced": round(1000 * pct(produced, 0.99), 1),
+            "p50_ms_to_result_visible": round(1000 * pct(visible, 0.50), 1),
+            "p99_ms_to_result_visible": round(1000 * pct(visible, 0.99), 1),
+        }
+        print(json.dumps(summary), flush=True)
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if os.environ.get("BERTSTREAM_KEEP_TMP"):
+            log(f"files kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
