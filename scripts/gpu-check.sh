@@ -99,7 +99,7 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS]
     fi
     local log
     log=$(mktemp)
-    $TO ${TO:+120} "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$prec" --batch "$batch" \
+    $TO ${TO:+120} "$BUNDLE/bertstream" bench --model "$MODEL" --device cuda --precision "$prec" --batch "$batch" \
         --seq-len "$len" --lengths "$lengths" --seconds "$SECONDS_PER_BENCH" >"$log" 2>"$log.err" &
     local pid=$! peak=0 m
     while kill -0 "$pid" 2>/dev/null; do
@@ -132,6 +132,17 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS]
     rm -f "$log" "$log.err"
 }
 
+# One BERT-base with random weights for every run below (drawing 110 M weights takes seconds, per run
+# with --preset base), with the real vocabulary when the reference data has it (the worker tokenizes).
+MODEL=$(mktemp -d)
+trap 'rm -rf "$MODEL"' EXIT
+vocab=()
+[ -f "${BERTSTREAM_DATA:-/nonexistent}/bert-base-uncased/vocab.txt" ] && vocab=(--vocab "$BERTSTREAM_DATA/bert-base-uncased/vocab.txt")
+if ! "$BUNDLE/bertstream" init-model --preset base --seed 1 --out "$MODEL" ${vocab[@]+"${vocab[@]}"} >/dev/null; then
+    echo "gpu-check: init-model failed"
+    exit 2
+fi
+
 # The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
 # half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.
 WORKER_ROW=""
@@ -142,7 +153,7 @@ elif ! command -v python3 >/dev/null; then
     echo "skipped: no python3"
 else
     wlog=$(mktemp)
-    $TO ${TO:+150} "$HERE/bench-worker.sh" --bin "$BUNDLE/bertstream" --preset base --device cuda \
+    $TO ${TO:+150} "$HERE/bench-worker.sh" --bin "$BUNDLE/bertstream" --model "$MODEL" --device cuda \
         --precision bf16 --reviews "${GPU_CHECK_WORKER_REVIEWS:-60000}" --seconds 10 >"$wlog"
     rc=$?
     WORKER_ROW=$(grep -m1 '^{' "$wlog")
