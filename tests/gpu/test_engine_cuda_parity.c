@@ -108,17 +108,46 @@ static bs_model *load_golden_model(void) {
     return m;
 }
 
+/* The golden tiny-bert, its reference tensors and its batch packed without padding: where most
+ * tests here start. 0 (a CHECK failed) when a part is missing; golden_close frees all of it. */
+typedef struct {
+    bs_model *m;
+    st_file *g;
+    packed_batch pb;
+} golden;
+
+static int golden_open(golden *gd) {
+    char err[BS_ERRLEN];
+    memset(gd, 0, sizeof *gd);
+    gd->m = load_golden_model();
+    CHECK(gd->m != NULL);
+    if (!gd->m) return 0;
+    gd->g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
+    CHECK(gd->g != NULL);
+    if (!gd->g) {
+        fprintf(stderr, "  %s\n", err);
+        model_free(gd->m);
+        return 0;
+    }
+    gd->pb = golden_batch(gd->g);
+    return 1;
+}
+
+static void golden_close(golden *gd) {
+    free(gd->pb.ids), free(gd->pb.cu);
+    st_close(gd->g);
+    model_free(gd->m);
+}
+
 /* ---- fp32 vs the golden ---- */
 
 static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
     char err[BS_ERRLEN];
-    bs_model *m = load_golden_model();
-    CHECK(m != NULL);
-    if (!m) return;
-    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
-    CHECK(g != NULL);
-    if (!g) return;
-    packed_batch pb = golden_batch(g);
+    golden gd;
+    if (!golden_open(&gd)) return;
+    bs_model *m = gd.m;
+    st_file *g = gd.g;
+    packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
     CHECK(e != NULL);
@@ -161,9 +190,7 @@ static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
         features_free(&f);
         engine_free(e);
     }
-    free(pb.ids), free(pb.cu);
-    st_close(g);
-    model_free(m);
+    golden_close(&gd);
 }
 
 /* ---- graphs ---- */
@@ -173,14 +200,10 @@ static void engine_cuda_fp32_matches_hf_golden_tiny_bert(void) {
  * (same bucket, other inputs: replay), C, C (another shape), A reversed again (replay after another
  * graph). Each result equals the eager engine's (same kernels, same GEMM algorithms) and the CPU's. */
 static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
-    char err[BS_ERRLEN];
-    bs_model *m = load_golden_model();
-    CHECK(m != NULL);
-    if (!m) return;
-    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
-    CHECK(g != NULL);
-    if (!g) return;
-    packed_batch pb = golden_batch(g);
+    golden gd;
+    if (!golden_open(&gd)) return;
+    bs_model *m = gd.m;
+    packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
     setenv("BERTSTREAM_CUDA_GRAPHS", "1", 1);
     bs_engine *eg = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
@@ -227,9 +250,7 @@ static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
         free(rids), free(rcu);
     }
     engine_free(eg), engine_free(ee), engine_free(ec);
-    free(pb.ids), free(pb.cu);
-    st_close(g);
-    model_free(m);
+    golden_close(&gd);
 }
 
 /* ---- other shapes at fp32 ---- */
@@ -565,7 +586,6 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
  * would depend on what was scored before it. A 5-token batch (16-row bucket), then the whole
  * golden batch, then the 5-token batch again: bit-identical features. */
 static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
-    char err[BS_ERRLEN];
     int dev = 0;
     struct cudaDeviceProp prop;
     cudaGetDevice(&dev);
@@ -574,16 +594,10 @@ static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
         fprintf(stderr, "  no fp8 on compute capability %d.%d: not applicable\n", prop.major, prop.minor);
         return;
     }
-    bs_model *m = load_golden_model();
-    CHECK(m != NULL);
-    if (!m) return;
-    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
-    CHECK(g != NULL);
-    if (!g) {
-        model_free(m);
-        return;
-    }
-    packed_batch pb = golden_batch(g);
+    golden gd;
+    if (!golden_open(&gd)) return;
+    bs_model *m = gd.m;
+    packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
     CHECK(e != NULL);
@@ -595,32 +609,26 @@ static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
         CHECK_INT(run(e, 1, pb.ids, small_cu, &a), BS_OK);   /* the graph, rows 5..15 never written */
         CHECK_INT(run(e, pb.B, pb.ids, pb.cu, &big), BS_OK); /* writes rows up to pb.T */
         CHECK_INT(run(e, 1, pb.ids, small_cu, &b), BS_OK);   /* the graph again */
-        const double d[4] = {bs_test_max_abs_diff(a.pooler, b.pooler, (size_t)C),
-                             bs_test_max_abs_diff(a.mean, b.mean, (size_t)C),
-                             bs_test_max_abs_diff(a.cls, b.cls, (size_t)C),
-                             bs_test_max_abs_diff(a.hidden, b.hidden, (size_t)5 * C)};
+        const double d[4] = {
+            bs_test_max_abs_diff(a.pooler, b.pooler, (size_t)C), bs_test_max_abs_diff(a.mean, b.mean, (size_t)C),
+            bs_test_max_abs_diff(a.cls, b.cls, (size_t)C), bs_test_max_abs_diff(a.hidden, b.hidden, (size_t)5 * C)};
         fprintf(stderr, "  fp8 5-token batch before/after a %d-token batch: max |diff| %.3g %.3g %.3g %.3g\n", pb.T,
                 d[0], d[1], d[2], d[3]);
         for (int i = 0; i < 4; i++) CHECK(d[i] == 0);
         features_free(&a), features_free(&b), features_free(&big);
     }
     engine_free(e);
-    free(pb.ids), free(pb.cu);
-    st_close(g);
-    model_free(m);
+    golden_close(&gd);
 }
 
 /* ---- attention paths, description, errors ---- */
 
 static void engine_cuda_attention_paths_agree_and_are_described(void) {
     char err[BS_ERRLEN];
-    bs_model *m = load_golden_model();
-    CHECK(m != NULL);
-    if (!m) return;
-    st_file *g = st_open(bs_test_data("golden/tiny-bert/golden.safetensors"), err);
-    CHECK(g != NULL);
-    if (!g) return;
-    packed_batch pb = golden_batch(g);
+    golden gd;
+    if (!golden_open(&gd)) return;
+    bs_model *m = gd.m;
+    packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
     setenv("BERTSTREAM_ATTENTION", "kernel", 1);
     bs_engine *ek = make_engine(m, "cuda", BS_PREC_BF16, pb.B, pb.T, pb.L);
@@ -660,9 +668,7 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
     o.device = "cuda:x";
     CHECK(engine_new(m, &o, err) == NULL);
     CHECK_STR(err, "unknown CUDA device 'cuda:x' (cuda, cuda:N)");
-    free(pb.ids), free(pb.cu);
-    st_close(g);
-    model_free(m);
+    golden_close(&gd);
 }
 
 /* ---- memory ---- */
