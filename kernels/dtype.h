@@ -17,6 +17,12 @@ static inline const char *bs_dtype_name(bs_dtype t) {
     return t == BS_DT_F32 ? "f32" : t == BS_DT_F16 ? "f16" : t == BS_DT_BF16 ? "bf16" : "e4m3";
 }
 
+/* Whether a GPU of compute capability major.minor has the E4M3 tensor-core GEMMs the fp8
+ * precision uses: Ada (8.9) and Hopper (9.x). */
+static inline int bs_cc_has_fp8(int major, int minor) {
+    return (major == 8 && minor == 9) || major == 9;
+}
+
 /* Largest finite E4M3 value (the fn variant the tensor cores use: no infinities). */
 #define BS_E4M3_MAX 448.0f
 

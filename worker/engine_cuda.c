@@ -964,7 +964,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->fp8 = prec == BS_PREC_FP8;
     e->act = prec == BS_PREC_FP32 ? BS_DT_F32 : prec == BS_PREC_FP16 ? BS_DT_F16 : BS_DT_BF16;
     e->gemm = e->fp8 ? BS_DT_E4M3 : e->act;
-    if (e->fp8 && !((prop.major == 8 && prop.minor == 9) || prop.major == 9))
+    if (e->fp8 && !bs_cc_has_fp8(prop.major, prop.minor))
         return bs_err(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper); cuda:%d (%s) is %d.%d", e->dev,
                       prop.name, prop.major, prop.minor);
     if (e->fp8 && (c->hidden % 16 || c->intermediate % 16))

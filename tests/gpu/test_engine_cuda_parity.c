@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "dtype.h"
 #include "engine.h"
 #include "head.h"
 #include "model.h"
@@ -536,16 +537,21 @@ static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
     model_free(m);
 }
 
-static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
-    char err[BS_ERRLEN];
+/* The engine's rule (bs_cc_has_fp8) applied to the current device. */
+static int device_has_fp8(void) {
     int dev = 0;
     struct cudaDeviceProp prop;
     cudaGetDevice(&dev);
     cudaGetDeviceProperties(&prop, dev);
+    return bs_cc_has_fp8(prop.major, prop.minor);
+}
+
+static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
+    char err[BS_ERRLEN];
+    const int has_fp8 = device_has_fp8();
     bs_model *m = load_golden_model();
     CHECK(m != NULL);
     if (!m) return;
-    const int has_fp8 = (prop.major == 8 && prop.minor == 9) || prop.major == 9;
     bs_engine_opts o = {
         .device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128, .max_seq_len = 128};
     bs_engine *e = engine_new(m, &o, err);
@@ -586,12 +592,8 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
  * would depend on what was scored before it. A 5-token batch (16-row bucket), then the whole
  * golden batch, then the 5-token batch again: bit-identical features. */
 static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
-    int dev = 0;
-    struct cudaDeviceProp prop;
-    cudaGetDevice(&dev);
-    cudaGetDeviceProperties(&prop, dev);
-    if (!((prop.major == 8 && prop.minor == 9) || prop.major == 9)) {
-        fprintf(stderr, "  no fp8 on compute capability %d.%d: not applicable\n", prop.major, prop.minor);
+    if (!device_has_fp8()) {
+        fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
         return;
     }
     golden gd;
