@@ -6,6 +6,8 @@
 // the 32 lanes hit 32 banks), the online softmax rescales the running (max, sum, output), then
 // P V accumulates with P broadcast by shuffles and lane owning head dims lane, lane+32, ...
 // Scores live in the log2 domain (Q pre-scaled by log2(e)/sqrt(HS)) so exp2f does the work.
+#include <mma.h>
+
 #include "attention.h"
 
 #define ATT_BK 32
@@ -113,6 +115,211 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
+// ---- tensor-core path (f16/bf16, head size 32, 64 or 128) ----
+//
+// Block = 4 warps, the same 32-query tiles. Sequences are short (BERT: <= 512 tokens), so the
+// whole (32, len) score block fits in shared memory and no online rescaling is needed:
+//   1. S = Q K^T with WMMA 16x16x16 (fp32 accumulate), keys streamed in chunks of 64 rows;
+//   2. softmax per row in fp32 (keys >= len excluded), P written back in T, padding columns 0;
+//   3. O = P V with WMMA, values streamed through the same chunk buffer, O kept in fragments;
+//   4. O through shared memory to the output rows of this tile.
+// Shared memory is sized for max_len (the longest sequence the caller will pass): 40 KiB at
+// max_len 128 and head size 64, so five blocks share an SM. (Measured on an H100, BERT-base bf16:
+// loading all of K and V in one round instead, 68 KiB and three blocks per SM, was slower: 14.0k
+// against 15.7k sequences/s at 256 x 128; docs/performance.md.)
+
+namespace wmma = nvcuda::wmma;
+
+#define TC_KC 64 // keys per K/V chunk
+#define TC_WARPS 4
+
+struct tc_layout {
+    int NK, LDQ, LDS, LDP; // keys capacity; row strides of Q/K/V (T), scores (float), P (T)
+    size_t kv, s, p, bytes;
+};
+
+__host__ __device__ static inline tc_layout tc_layout_for(int HS, int max_len) {
+    tc_layout L;
+    L.NK = (max_len + TC_KC - 1) / TC_KC * TC_KC;
+    L.LDQ = HS + 8; // strides stay multiples of 8 elements (WMMA), rows of 16 start 32-byte aligned
+    L.LDS = (L.NK > HS ? L.NK : HS) + 8;
+    L.LDP = L.NK + 16;
+    L.kv = (size_t)BS_ATT_BQ * L.LDQ * 2;
+    L.s = L.kv + (size_t)TC_KC * L.LDQ * 2;
+    L.p = L.s + (size_t)BS_ATT_BQ * L.LDS * 4;
+    L.bytes = L.p + (size_t)BS_ATT_BQ * L.LDP * 2;
+    return L;
+}
+
+/* rows [r0, r0 + n) of one part of qkv (Q: 0, K: C, V: 2C) for head h into dst (rows x HS, stride
+ * ld), 16 bytes at a time; rows past `valid` are zero */
+template <typename T, int HS>
+__device__ __forceinline__ void tc_load_rows(T *dst, int ld, const T *qkv, size_t row_stride, int part_off, int r0,
+                                             int n, int valid) {
+    constexpr int VPR = HS / 8;
+    for (int i = threadIdx.x; i < n * VPR; i += blockDim.x) {
+        const int r = i / VPR, v = i - r * VPR;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r < valid) val = *(const uint4 *)(qkv + (size_t)(r0 + r) * row_stride + part_off + v * 8);
+        *(uint4 *)(dst + r * ld + v * 8) = val;
+    }
+}
+
+template <typename T, int HS>
+__global__ void __launch_bounds__(TC_WARPS * 32)
+    attention_tc_kernel(T *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int NH, int max_len, float sl2) {
+    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    if (seq < 0) return;
+    const tc_layout L = tc_layout_for(HS, max_len);
+    const int h = blockIdx.y;
+    const int start = cu[seq], len = cu[seq + 1] - start;
+    const int nq = min(BS_ATT_BQ, len - q0);
+    const int C = NH * HS;
+    const size_t ld = 3 * (size_t)C;
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    T *sq = (T *)tc_smem, *skv = (T *)(tc_smem + L.kv), *sp = (T *)(tc_smem + L.p);
+    float *ss = (float *)(tc_smem + L.s);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (len > L.NK) { // longer than the launch was sized for: NaN rows, never out of bounds
+        for (int i = threadIdx.x; i < nq * HS; i += blockDim.x)
+            out[(size_t)(start + q0 + i / HS) * C + h * HS + i % HS] = bs_st<T>(NAN);
+        return;
+    }
+    const int nk16 = (len + 15) / 16 * 16;
+
+    tc_load_rows<T, HS>(sq, L.LDQ, qkv + (size_t)(start + q0) * ld, ld, h * HS, 0, BS_ATT_BQ, nq);
+
+    // 1. scores
+    for (int k0 = 0; k0 < nk16; k0 += TC_KC) {
+        const int kn = min(TC_KC, nk16 - k0);
+        __syncthreads(); // Q stored; the previous chunk consumed
+        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, C + h * HS, 0, kn, len - k0);
+        __syncthreads();
+        for (int t = warp; t < 2 * (kn / 16); t += TC_WARPS) {
+            const int rt = t & 1, ct = t >> 1;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b; // K^T
+                wmma::load_matrix_sync(a, sq + rt * 16 * L.LDQ + kk * 16, L.LDQ);
+                wmma::load_matrix_sync(b, skv + ct * 16 * L.LDQ + kk * 16, L.LDQ);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(ss + rt * 16 * L.LDS + k0 + ct * 16, acc, L.LDS, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+
+    // 2. softmax (log2 domain: sl2 = log2(e) / sqrt(HS))
+    for (int r = warp; r < BS_ATT_BQ; r += TC_WARPS) {
+        float *srow = ss + r * L.LDS;
+        T *prow = sp + r * L.LDP;
+        float mx = -INFINITY;
+        for (int j = lane; j < len; j += 32) mx = fmaxf(mx, srow[j]);
+        mx = bs_warp_max(mx);
+        float sum = 0.0f;
+        for (int j = lane; j < len; j += 32) {
+            const float p = exp2f((srow[j] - mx) * sl2);
+            srow[j] = p;
+            sum += p;
+        }
+        const float inv = 1.0f / bs_warp_sum(sum);
+        for (int j = lane; j < nk16; j += 32) prow[j] = bs_st<T>(j < len ? srow[j] * inv : 0.0f);
+    }
+
+    // 3. O = P V
+    constexpr int NOT = 2 * (HS / 16);                   // output tiles (2 row tiles x HS/16)
+    constexpr int TPW = (NOT + TC_WARPS - 1) / TC_WARPS; // per warp
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[TPW];
+#pragma unroll
+    for (int i = 0; i < TPW; i++) wmma::fill_fragment(o[i], 0.0f);
+    for (int k0 = 0; k0 < nk16; k0 += TC_KC) {
+        const int kn = min(TC_KC, nk16 - k0);
+        __syncthreads(); // P written (first pass); the previous chunk consumed
+        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, 2 * C + h * HS, 0, kn, len - k0);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < TPW; i++) {
+            const int t = warp + i * TC_WARPS;
+            if (t >= NOT) break;
+            const int rt = t & 1, ct = t >> 1;
+            for (int kk = 0; kk < kn / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+                wmma::load_matrix_sync(a, sp + rt * 16 * L.LDP + k0 + kk * 16, L.LDP);
+                wmma::load_matrix_sync(b, skv + kk * 16 * L.LDQ + ct * 16, L.LDQ);
+                wmma::mma_sync(o[i], a, b, o[i]);
+            }
+        }
+    }
+
+    // 4. O out, through the score buffer (no longer read)
+#pragma unroll
+    for (int i = 0; i < TPW; i++) {
+        const int t = warp + i * TC_WARPS;
+        if (t >= NOT) break;
+        const int rt = t & 1, ct = t >> 1;
+        wmma::store_matrix_sync(ss + rt * 16 * L.LDS + ct * 16, o[i], L.LDS, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nq * HS; i += blockDim.x) {
+        const int r = i / HS, d = i - r * HS;
+        out[(size_t)(start + q0 + r) * C + h * HS + d] = bs_st<T>(ss[r * L.LDS + d]);
+    }
+}
+
+extern "C" int attention_uses_tensor_cores(bs_dtype dt, int HS, int max_len) {
+    if (dt != BS_DT_F16 && dt != BS_DT_BF16) return 0;
+    if (HS != 32 && HS != 64 && HS != 128) return 0;
+    if (max_len < 1 || max_len > BS_ATT_TC_MAX_LEN) return 0;
+    int dev = 0, major = 0, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    // bf16 WMMA: Ampere and later (the build targets 8.0, 8.9, 9.0); the scores of 32 queries
+    // against max_len keys must fit in the block's shared memory
+    return major >= 8 && tc_layout_for(HS, max_len).bytes <= (size_t)optin;
+}
+
+/* The limit only ever rises: engines of different max_len share the kernel in one process, and
+ * lowering it for a short one would break the launches of a long one. */
+template <typename T, int HS> static cudaError_t tc_set_smem(int max_len) {
+    static size_t raised = 48 * 1024;
+    const size_t bytes = tc_layout_for(HS, max_len).bytes;
+    if (bytes <= raised) return cudaSuccess;
+    cudaError_t e =
+        cudaFuncSetAttribute(attention_tc_kernel<T, HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e == cudaSuccess) raised = bytes;
+    return e;
+}
+
+template <int HS> static cudaError_t tc_setup(int max_len) {
+    cudaError_t e = tc_set_smem<__half, HS>(max_len);
+    return e != cudaSuccess ? e : tc_set_smem<__nv_bfloat16, HS>(max_len);
+}
+
+template <typename T>
+static cudaError_t tc_launch(T *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles, int NH, int HS,
+                             int max_len, cudaStream_t s) {
+    const dim3 grid((unsigned)n_tiles, (unsigned)NH);
+    const float sl2 = 1.4426950408889634f / sqrtf((float)HS);
+    if (HS == 32)
+        attention_tc_kernel<T, 32>
+            <<<grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+    else if (HS == 64)
+        attention_tc_kernel<T, 64>
+            <<<grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+    else
+        attention_tc_kernel<T, 128>
+            <<<grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+    return cudaGetLastError();
+}
+
 template <typename T, int NPL> static cudaError_t att_set_smem(int HS) {
     const size_t bytes = att_smem_bytes(HS);
     if (bytes <= 48 * 1024) return cudaSuccess;
@@ -126,12 +333,21 @@ template <int NPL> static cudaError_t att_setup_all(int HS) {
     return att_set_smem<__nv_bfloat16, NPL>(HS);
 }
 
-extern "C" cudaError_t attention_setup(int HS) {
-    if (HS < 1 || HS > BS_ATT_MAX_HS) return cudaErrorInvalidValue;
+static cudaError_t att_setup_cuda_cores(int HS) {
     if (HS <= 32) return att_setup_all<1>(HS);
     if (HS <= 64) return att_setup_all<2>(HS);
     if (HS <= 128) return att_setup_all<4>(HS);
     return att_setup_all<8>(HS);
+}
+
+extern "C" cudaError_t attention_setup(int HS, int max_len) {
+    if (HS < 1 || HS > BS_ATT_MAX_HS || max_len < 1) return cudaErrorInvalidValue;
+    cudaError_t e = att_setup_cuda_cores(HS);
+    if (e != cudaSuccess || !attention_uses_tensor_cores(BS_DT_BF16, HS, max_len)) return e;
+    if (HS == 32) return tc_setup<32>(max_len);
+    if (HS == 64) return tc_setup<64>(max_len);
+    if (HS == 128) return tc_setup<128>(max_len);
+    return cudaSuccess;
 }
 
 template <typename T>
@@ -152,9 +368,15 @@ static cudaError_t att_launch(T *out, const T *qkv, const int32_t *cu, const int
 }
 
 extern "C" cudaError_t attention_forward(void *out, const void *qkv, const int32_t *cu_seqlens, const int32_t *tiles,
-                                         int n_tiles, int NH, int HS, bs_dtype dt, cudaStream_t s) {
-    if (HS < 1 || HS > BS_ATT_MAX_HS || NH < 1) return cudaErrorInvalidValue;
+                                         int n_tiles, int NH, int HS, int max_len, bs_dtype dt, cudaStream_t s) {
+    if (HS < 1 || HS > BS_ATT_MAX_HS || NH < 1 || max_len < 1) return cudaErrorInvalidValue;
     if (n_tiles < 1) return cudaSuccess;
+    if (attention_uses_tensor_cores(dt, HS, max_len)) {
+        if (dt == BS_DT_F16)
+            return tc_launch((__half *)out, (const __half *)qkv, cu_seqlens, tiles, n_tiles, NH, HS, max_len, s);
+        return tc_launch((__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, cu_seqlens, tiles, n_tiles, NH, HS, max_len,
+                         s);
+    }
     BS_DISPATCH_ACT(dt, return att_launch((T *)out, (const T *)qkv, cu_seqlens, tiles, n_tiles, NH, HS, s));
     return cudaSuccess;
 }

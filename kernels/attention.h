@@ -10,22 +10,31 @@
 
 #include "dtype.h"
 
-#define BS_ATT_BQ 32      /* queries per block */
-#define BS_ATT_MAX_HS 256 /* largest head size the kernel is instantiated for */
+#define BS_ATT_BQ 32           /* queries per block */
+#define BS_ATT_MAX_HS 256      /* largest head size the kernel is instantiated for */
+#define BS_ATT_TC_MAX_LEN 1024 /* longest sequence the tensor-core kernel keeps in shared memory */
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Raises the kernel's dynamic shared-memory limit for head size HS (call once, outside graph capture). */
-cudaError_t attention_setup(int HS);
+/* Raises the kernels' dynamic shared-memory limits for head size HS and sequences of at most
+ * max_len tokens (call once, outside graph capture). */
+cudaError_t attention_setup(int HS, int max_len);
+
+/* 1 when attention_forward takes the tensor-core (WMMA) kernel for these: f16/bf16, head size 32,
+ * 64 or 128, max_len <= BS_ATT_TC_MAX_LEN, compute capability >= 8.0, and its shared memory for
+ * max_len within the device's limit. Otherwise the CUDA-core kernel runs (fp32 always: it is the
+ * parity path). */
+int attention_uses_tensor_cores(bs_dtype dt, int HS, int max_len);
 
 /* out (T, C) <- softmax(Q K^T / sqrt(HS)) V per sequence and head, with qkv (T, 3C) rows
  * [q | k | v], head h at columns h*HS of each part. tiles (n_tiles, 2) = (sequence, first query)
- * from attention_tiles(); a sequence index < 0 marks an unused tile. */
+ * from attention_tiles(); a sequence index < 0 marks an unused tile. No sequence may be longer than
+ * max_len (the tensor-core kernel writes NaN rows for one that is). */
 cudaError_t attention_forward(void *out, const void *qkv, const int32_t *cu_seqlens /* (B+1) */,
-                              const int32_t *tiles /* (n_tiles, 2) */, int n_tiles, int NH, int HS, bs_dtype dt,
-                              cudaStream_t s);
+                              const int32_t *tiles /* (n_tiles, 2) */, int n_tiles, int NH, int HS, int max_len,
+                              bs_dtype dt, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -215,8 +215,9 @@ static void fp8_quantize_uses_amax_scale_and_saturating_rne(void) {
 
 /* ---- LayerNorm family ---- */
 
-static void embedding_layernorm_matches_twin_with_positions_per_sequence(void) {
-    const int V = 50, P = 40, C = 100, B = 3;
+/* C = 100: the shared-memory kernel; 768: the 16-byte register path at f16/bf16 */
+static void check_embedding_layernorm(int C) {
+    const int V = 50, P = 40, B = 3;
     const int32_t cu[4] = {0, 1, 17, 40}; /* lengths 1, 16, 23; rows 40..44 are bucket padding */
     const int T = cu[B], rows = T + 5;
     int32_t ids[45];
@@ -239,7 +240,7 @@ static void embedding_layernorm_matches_twin_with_positions_per_sequence(void) {
         float *got = down(dout, (size_t)rows * C, dt), *want = host((size_t)rows * C), *row = host(C);
         embedding_layernorm_ref(want, ids, cu, B, word, pos, type0, g, b, rows, C, 1e-12f, row);
         double d = max_diff(got, want, (size_t)rows * C);
-        fprintf(stderr, "  %s max |diff| %.3g\n", bs_dtype_name(dt), d);
+        fprintf(stderr, "  C=%d %s max |diff| %.3g\n", C, bs_dtype_name(dt), d);
         CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
         free(word), free(pos), free(type0), free(got), free(want), free(row);
         cudaFree(dw), cudaFree(dp), cudaFree(dt0), cudaFree(dg), cudaFree(db), cudaFree(dids), cudaFree(dcu);
@@ -248,8 +249,14 @@ static void embedding_layernorm_matches_twin_with_positions_per_sequence(void) {
     free(g), free(b);
 }
 
-static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
-    const int T = 37, C = 768;
+static void embedding_layernorm_matches_twin_with_positions_per_sequence(void) {
+    check_embedding_layernorm(100);
+    check_embedding_layernorm(768);
+}
+
+/* C = 768 and 1024 take the 16-byte path at f16/bf16, 100 the shared-memory kernel */
+static void check_residual_layernorm(int C) {
+    const int T = 37;
     float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f), *bias = rand_host(C, -1, 1);
     for (int k = 0; k < 3; k++) {
         bs_dtype dt = act_types[k];
@@ -265,13 +272,19 @@ static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
             float *got = down(dres, (size_t)T * C, dt), *want = host((size_t)T * C), *row = host(C);
             residual_layernorm_ref(want, a, with_bias ? bias : NULL, res, g, b, T, C, 1e-12f, row);
             double d = max_diff(got, want, (size_t)T * C);
-            fprintf(stderr, "  %s bias=%d max |diff| %.3g\n", bs_dtype_name(dt), with_bias, d);
+            fprintf(stderr, "  C=%d %s bias=%d max |diff| %.3g\n", C, bs_dtype_name(dt), with_bias, d);
             CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
             free(a), free(res), free(got), free(want), free(row);
             cudaFree(da), cudaFree(dres), cudaFree(dg), cudaFree(db), cudaFree(dbias);
         }
     }
     free(g), free(b), free(bias);
+}
+
+static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
+    check_residual_layernorm(768);
+    check_residual_layernorm(1024);
+    check_residual_layernorm(100);
 }
 
 /* ---- GELU ---- */
@@ -322,14 +335,17 @@ static void check_attention(int NH, int HS, const int *lens, int B, bs_dtype dt,
     const int n_real = attention_tiles(tiles, cap, cu, B);
     CHECK(n_real > 0);
     int32_t *dcu = upi(cu, B + 1), *dtiles = upi(tiles, 2 * (size_t)cap);
-    CK(attention_setup(HS));
-    CK(attention_forward(dout, dqkv, dcu, dtiles, cap, NH, HS, dt, S));
+    int max_len = 1;
+    for (int s = 0; s < B; s++) max_len = lens[s] > max_len ? lens[s] : max_len;
+    CK(attention_setup(HS, max_len));
+    CK(attention_forward(dout, dqkv, dcu, dtiles, cap, NH, HS, max_len, dt, S));
     CK(cudaStreamSynchronize(S));
     float *got = down(dout, (size_t)T * C, dt), *want = host((size_t)T * C);
     double *p = malloc(sizeof(double) * 1024);
     attention_ref(want, qkv, cu, B, NH, HS, p);
     double d = max_diff(got, want, (size_t)T * C);
-    fprintf(stderr, "  NH=%d HS=%d B=%d T=%d %s max |diff| %.3g\n", NH, HS, B, T, bs_dtype_name(dt), d);
+    fprintf(stderr, "  NH=%d HS=%d B=%d T=%d %s %s max |diff| %.3g\n", NH, HS, B, T, bs_dtype_name(dt),
+            attention_uses_tensor_cores(dt, HS, max_len) ? "tensor cores" : "cuda cores", d);
     CHECK_NEAR(d, 0, tol_for(dt, 2.0, 2e-5));
     free(qkv), free(tiles), free(got), free(want), free(p);
     cudaFree(dqkv), cudaFree(dout), cudaFree(dcu), cudaFree(dtiles);
@@ -345,7 +361,23 @@ static void attention_matches_twin_for_ragged_lengths_and_head_sizes(void) {
         check_attention(1, 200, lens, 5, act_types[k], 0); /* 8 dims per lane */
     }
     const int one[1] = {512};
-    check_attention(12, 64, one, 1, BS_DT_F32, 0); /* one long sequence, BERT-base heads */
+    for (int k = 0; k < 3; k++)
+        check_attention(12, 64, one, 1, act_types[k], 0); /* one long sequence, BERT-base heads */
+    /* the tensor-core kernel on every head size it takes, a batch of 20 ragged sequences */
+    const int many[20] = {128, 1, 15, 16, 17, 63, 64, 65, 127, 5, 96, 33, 2, 48, 80, 111, 7, 128, 9, 100};
+    int used_tc = 0;
+    for (int k = 1; k < 3; k++)
+        for (int hs = 32; hs <= 128; hs *= 2) {
+            check_attention(768 / hs / 4, hs, many, 20, act_types[k], 3);
+            used_tc += attention_uses_tensor_cores(act_types[k], hs, 128);
+        }
+    int dev = 0, major = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CHECK_INT(used_tc, major >= 8 ? 6 : 0); /* Ampere and later: bf16/f16 attention on tensor cores */
+    CHECK_INT(attention_uses_tensor_cores(BS_DT_F32, 64, 128), 0); /* fp32 stays on the parity kernel */
+    CHECK_INT(attention_uses_tensor_cores(BS_DT_BF16, 48, 128), 0);
+    CHECK_INT(attention_uses_tensor_cores(BS_DT_BF16, 64, BS_ATT_TC_MAX_LEN + 1), 0);
 }
 
 static void attention_tiles_cover_each_sequence_once(void) {
