@@ -1,6 +1,7 @@
 // Embedding + LayerNorm and bias + residual + LayerNorm (see layernorm.h). One warp per row: the
 // summed row goes to shared memory once, then mean, variance and the normalised output are read
-// from there, so any hidden size up to 12288 works with the same code.
+// from there, so any hidden size up to 12288 works with the same code; f16/bf16 rows of 256..1024
+// (BERT-base 768, large 1024) take a register-resident 16-byte path instead (below).
 #include "layernorm.h"
 
 #define LN_MAX_SMEM (48 * 1024)
@@ -65,12 +66,157 @@ __global__ void residual_layernorm_kernel(T *out, const T *a, const float *bias,
     ln_finish(out + (size_t)t * C, row, g, b, C, eps, lane);
 }
 
+// ---- 16-byte path: f16/bf16 rows of C = 256, 512, 768 or 1024 ----
+// One warp per row as above, but each lane holds its 8 * C/256 values in registers, loaded and
+// stored 8 at a time: these kernels are memory bound, and 2-byte loads left most of the bandwidth
+// unused. Same arithmetic per element as ln_finish (sums in a different order only).
+
+__device__ __forceinline__ void ln_unpack8(const uint4 &u, float *f, __half) {
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 v = __half22float2(h[i]);
+        f[2 * i] = v.x, f[2 * i + 1] = v.y;
+    }
+}
+__device__ __forceinline__ void ln_unpack8(const uint4 &u, float *f, __nv_bfloat16) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 v = __bfloat1622float2(h[i]);
+        f[2 * i] = v.x, f[2 * i + 1] = v.y;
+    }
+}
+__device__ __forceinline__ uint4 ln_pack8(const float *f, __half) {
+    uint4 u;
+    __half2 *h = (__half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+__device__ __forceinline__ uint4 ln_pack8(const float *f, __nv_bfloat16) {
+    uint4 u;
+    __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+
+template <typename T, int NV>
+__device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const float *g, const float *b, float eps,
+                                              int lane) {
+    constexpr int C = NV * 256;
+    float s = 0;
+#pragma unroll
+    for (int v = 0; v < NV; v++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) s += x[v][i];
+    const float mean = bs_warp_sum(s) / C;
+    float q = 0;
+#pragma unroll
+    for (int v = 0; v < NV; v++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float d = x[v][i] - mean;
+            q += d * d;
+        }
+    const float rstd = rsqrtf(bs_warp_sum(q) / C + eps);
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const int c = v * 256 + lane * 8;
+        float o[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) o[i] = (x[v][i] - mean) * rstd * g[c + i] + b[c + i];
+        *(uint4 *)(y + c) = ln_pack8(o, T());
+    }
+}
+
+template <typename T, int NV>
+__global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *bias, const T *res, const float *g,
+                                              const float *b, int n_rows, float eps) {
+    constexpr int C = NV * 256;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (t >= n_rows) return;
+    const T *ar = a + (size_t)t * C, *rr = res + (size_t)t * C;
+    float x[NV][8];
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const int c = v * 256 + lane * 8;
+        float fa[8], fr[8];
+        ln_unpack8(*(const uint4 *)(ar + c), fa, T());
+        ln_unpack8(*(const uint4 *)(rr + c), fr, T());
+#pragma unroll
+        for (int i = 0; i < 8; i++) x[v][i] = fa[i] + (bias ? bias[c + i] : 0.0f) + fr[i];
+    }
+    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane);
+}
+
+template <typename T, int NV>
+__global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const int32_t *cu, int B, const T *word,
+                                               const T *pos, const T *type0, const float *g, const float *b, int n_rows,
+                                               float eps) {
+    constexpr int C = NV * 256;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (t >= n_rows) return;
+    int lo = 0, hi = B; // largest s with cu[s] <= t; s == B: a padding row
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (cu[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const int p = lo < B ? t - cu[lo] : 0;
+    const T *we = word + (size_t)ids[t] * C, *pe = pos + (size_t)p * C;
+    float x[NV][8];
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const int c = v * 256 + lane * 8;
+        float fw[8], fp[8], ft[8];
+        ln_unpack8(*(const uint4 *)(we + c), fw, T());
+        ln_unpack8(*(const uint4 *)(pe + c), fp, T());
+        ln_unpack8(*(const uint4 *)(type0 + c), ft, T());
+#pragma unroll
+        for (int i = 0; i < 8; i++) x[v][i] = fw[i] + fp[i] + ft[i];
+    }
+    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane);
+}
+
+#define LN_VEC_WARPS 4
+
+/* Runs `launch` with the vector width for C when the 16-byte path applies; returns 0 if it does not. */
+#define LN_VEC_DISPATCH(dt, C, KERNEL, ...)                                                                            \
+    do {                                                                                                               \
+        if ((dt) != BS_DT_F16 && (dt) != BS_DT_BF16) break;                                                            \
+        if ((C) % 256 != 0 || (C) < 256 || (C) > 1024) break;                                                          \
+        const unsigned grid_ = (unsigned)((n + LN_VEC_WARPS - 1) / LN_VEC_WARPS);                                      \
+        const int nv_ = (C) / 256;                                                                                     \
+        if ((dt) == BS_DT_F16) {                                                                                       \
+            typedef __half T;                                                                                          \
+            if (nv_ == 1) KERNEL<T, 1><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 2) KERNEL<T, 2><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 3) KERNEL<T, 3><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 4) KERNEL<T, 4><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+        } else {                                                                                                       \
+            typedef __nv_bfloat16 T;                                                                                   \
+            if (nv_ == 1) KERNEL<T, 1><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 2) KERNEL<T, 2><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 3) KERNEL<T, 3><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 4) KERNEL<T, 4><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+        }                                                                                                              \
+        return cudaGetLastError();                                                                                     \
+    } while (0)
+
 extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids, const int32_t *cu_seqlens, int B,
                                                    const void *word, const void *pos, const void *type0,
                                                    const float *gamma, const float *beta, int n, int C, float eps,
                                                    bs_dtype dt, cudaStream_t s) {
-    const int w = ln_warps_per_block(C);
     if (n < 1) return cudaSuccess;
+    LN_VEC_DISPATCH(dt, C, embedding_layernorm_vec_kernel, (T *)out, ids, cu_seqlens, B, (const T *)word,
+                    (const T *)pos, (const T *)type0, gamma, beta, n, eps);
+    const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
     const size_t smem = (size_t)w * C * sizeof(float);
@@ -83,8 +229,10 @@ extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids
 extern "C" cudaError_t residual_layernorm_forward(void *out, const void *a, const float *bias, const void *res,
                                                   const float *gamma, const float *beta, int n, int C, float eps,
                                                   bs_dtype dt, cudaStream_t s) {
-    const int w = ln_warps_per_block(C);
     if (n < 1) return cudaSuccess;
+    LN_VEC_DISPATCH(dt, C, residual_layernorm_vec_kernel, (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n,
+                    eps);
+    const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
     const size_t smem = (size_t)w * C * sizeof(float);
