@@ -50,6 +50,10 @@ int engine_cuda_device_count(void) {
 #define GEMM_WS_BYTES ((size_t)32 << 20) /* cuBLASLt workspace: what Hopper's fastest kernels ask for */
 #define SDPA_WS_BYTES ((size_t)16 << 20) /* cuDNN SDPA workspace; plans that want more are skipped */
 #define MAX_PLANS 128
+/* One 256-byte slot per GEMM kind for fp8 scales: cuBLASLt refused the A/B scale pointers at 4-byte
+ * offsets (an H100 with cuBLAS 13 ran the kind-0 GEMM and refused the kind-1 one at launch). */
+#define SCALE_STRIDE (ALIGN / 4)
+#define SCALE_AT(p, kind) ((p) + (size_t)(kind)*SCALE_STRIDE)
 #define MAX_GRAPHS 64
 #define MAX_SDPA 64
 #define ALIGN 256
@@ -84,7 +88,7 @@ typedef struct {
     void *qkv_b_act, *ff1_b_act;          /* (3C) (I) in A: cuBLASLt epilogue biases */
     float *qkv_b, *ao_b, *ff1_b, *ff2_b;  /* fp32 copies for our kernels */
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* (C) */
-    float *scale;                         /* (4) E4M3 dequantisation scales, by G_* kind */
+    float *scale;                         /* E4M3 dequantisation scales, by G_* kind (SCALE_AT) */
 } dev_layer;
 
 /* What one of the two in-flight batches owns (see "batches in flight" below for why only this). */
@@ -130,7 +134,7 @@ typedef struct {
     int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
     void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
     void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
-    float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), (4) */
+    float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
     float *cls, *mean, *pooler;          /* (Bcap, C) fp32 */
     float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
     void *gemm_ws, *sdpa_ws;
@@ -142,6 +146,7 @@ typedef struct {
     gemm_plan plans[MAX_PLANS];
     graph_entry graphs[MAX_GRAPHS];
     int n_graphs, use_graphs;
+    int gemm_autotune; /* BERTSTREAM_GEMM_AUTOTUNE=1: plan_try times the heuristic's candidates, else takes its first */
     int seen[MAX_GRAPHS][2]; /* shapes run once (eagerly): a second sighting captures a graph */
     int n_seen;
     sdpa_entry sdpa[MAX_SDPA];
@@ -197,7 +202,7 @@ static void layout_weights(cuda_engine *e, arena *a) {
         w->ln1_b = take(a, C * 4);
         w->ln2_w = take(a, C * 4);
         w->ln2_b = take(a, C * 4);
-        w->scale = take(a, 4 * 4);
+        w->scale = take(a, G_KINDS * SCALE_STRIDE * 4);
     }
 }
 
@@ -246,10 +251,10 @@ static int upload_weights(cuda_engine *e, char *err) {
     for (int l = 0; l < c->layers; l++) {
         const bs_layer_weights *h = &m->layer[l];
         dev_layer *w = &e->layer[l];
-        UP(w->qkv_w, G, h->qkv_w, 3 * C * C, w->scale + G_QKV);
-        UP(w->ao_w, G, h->ao_w, C * C, w->scale + G_AO);
-        UP(w->ff1_w, G, h->ff1_w, I * C, w->scale + G_FF1);
-        UP(w->ff2_w, G, h->ff2_w, C * I, w->scale + G_FF2);
+        UP(w->qkv_w, G, h->qkv_w, 3 * C * C, SCALE_AT(w->scale, G_QKV));
+        UP(w->ao_w, G, h->ao_w, C * C, SCALE_AT(w->scale, G_AO));
+        UP(w->ff1_w, G, h->ff1_w, I * C, SCALE_AT(w->scale, G_FF1));
+        UP(w->ff2_w, G, h->ff2_w, C * I, SCALE_AT(w->scale, G_FF2));
         UP(w->qkv_b_act, A, h->qkv_b, 3 * C, NULL);
         UP(w->ff1_b_act, A, h->ff1_b, I, NULL);
         UP(w->qkv_b, BS_DT_F32, h->qkv_b, 3 * C, NULL);
@@ -283,7 +288,7 @@ static void layout_activations(cuda_engine *e, arena *a) {
     e->ff = take(a, R * I * sa);
     e->q8 = e->fp8 ? take(a, R * (I > C ? I : C)) : NULL;
     e->amax_parts = take(a, BS_AMAX_PARTS * 4);
-    e->act_scale = take(a, G_KINDS * 4);
+    e->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
     e->cls = take(a, (size_t)e->Bcap * C * 4);
     e->mean = take(a, (size_t)e->Bcap * C * 4);
     e->pooler = take(a, (size_t)e->Bcap * C * 4);
@@ -349,8 +354,22 @@ static void plan_release(gemm_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Asks the heuristic for one algo with the given epilogue; 0 results is not an error (returns 0). */
-static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, char *err) {
+/* The buffers a GEMM of this kind reads and writes (layer l's weights): what a trial launch uses. */
+static void gemm_buffers(const cuda_engine *e, int kind, int l, const void **W, const void **X, void **Y) {
+    const dev_layer *w = &e->layer[l];
+    *W = kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
+    *X = e->fp8 ? e->q8 : kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
+    *Y = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
+}
+
+#define PLAN_CANDIDATES 8
+
+/* Asks the heuristic for up to PLAN_CANDIDATES algos with the given epilogue and keeps the first
+ * that cublasLtMatmul accepts in a trial launch on the engine's own buffers (the heuristic has
+ * offered algos that the launch then refused: fp8 with cuBLAS 13 on an H100). The trial writes
+ * only the GEMM's output buffer, which the real call overwrites. *found = 0 is not an error;
+ * *last says why the last candidate was refused. */
+static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cublasStatus_t *last, char *err) {
     cublasLtEpilogue_t epi = (cublasLtEpilogue_t)epilogue;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
@@ -363,21 +382,64 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, char
     size_t ws = GEMM_WS_BYTES;
     cublasStatus_t st =
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[PLAN_CANDIDATES];
     int n = 0;
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &n);
+        st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->c, pref, PLAN_CANDIDATES, res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
     *found = 0;
-    if (st == CUBLAS_STATUS_SUCCESS && n > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
-        p->algo = res.algo;
-        p->epilogue = epilogue;
-        *found = 1;
-    } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        *last = st;
+        if (st == CUBLAS_STATUS_NOT_SUPPORTED) return BS_OK;
         return bs_err(err, "cublasLtMatmulAlgoGetHeuristic(%s, n=%d) failed: %s", gemm_names[p->kind], p->n,
                       cublasGetStatusString(st));
     }
-    return BS_OK;
+    const void *W, *X;
+    void *Y;
+    gemm_buffers(e, p->kind, 0, &W, &X, &Y);
+    const float alpha = 1.0f, beta = 0.0f;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    if (e->gemm_autotune) {
+        CUDA_CHECK(cudaEventCreate(&ev[0]));
+        CUDA_CHECK(cudaEventCreate(&ev[1]));
+    }
+    float best = INFINITY;
+    int rc = BS_OK;
+    for (int i = 0; i < n && rc == BS_OK; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        st = cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &res[i].algo, e->gemm_ws,
+                            GEMM_WS_BYTES, e->stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            *last = st;
+            log_debug("cuBLASLt algo refused at launch", "gemm=%s n=%d epilogue=%d candidate=%d status=%s",
+                      gemm_names[p->kind], p->n, epilogue, i, cublasGetStatusString(st));
+            continue;
+        }
+        float ms = 0;
+        if (e->gemm_autotune) { /* the fastest of the heuristic's candidates, over 3 launches each */
+            if (cudaEventRecord(ev[0], e->stream) != cudaSuccess) rc = BS_ERR;
+            for (int r = 0; r < 3 && rc == BS_OK; r++)
+                if (cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &res[i].algo,
+                                   e->gemm_ws, GEMM_WS_BYTES, e->stream) != CUBLAS_STATUS_SUCCESS)
+                    rc = BS_ERR;
+            if (rc == BS_OK &&
+                (cudaEventRecord(ev[1], e->stream) != cudaSuccess || cudaEventSynchronize(ev[1]) != cudaSuccess ||
+                 cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess))
+                rc = BS_ERR;
+            if (rc != BS_OK) bs_err(err, "timing the %s GEMM's candidates failed", gemm_names[p->kind]);
+        }
+        if (rc == BS_OK && (!*found || ms < best)) {
+            p->algo = res[i].algo;
+            p->epilogue = epilogue;
+            *found = 1;
+            best = ms;
+        }
+        if (*found && !e->gemm_autotune) break; /* the heuristic's first runnable choice */
+    }
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
+    CUDA_CHECK(cudaGetLastError());
+    return rc;
 }
 
 static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
@@ -392,7 +454,7 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
     if (e->fp8) {
         /* the heuristic must see that scales will be set; real pointers are set per call */
-        const void *sa = e->layer[0].scale + kind, *sb = e->act_scale + kind;
+        const void *sa = SCALE_AT(e->layer[0].scale, kind), *sb = SCALE_AT(e->act_scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
@@ -400,15 +462,16 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, tg, (uint64_t)k, (uint64_t)n, k)); /* X (n, k) row-major */
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, ta, (uint64_t)m, (uint64_t)n, m)); /* Y (n, m) row-major */
     int want = gemm_wanted_epilogue(e, kind), found = 0;
-    if (plan_try(e, p, want, &found, err) != BS_OK) return BS_ERR;
+    cublasStatus_t last = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (plan_try(e, p, want, &found, &last, err) != BS_OK) return BS_ERR;
     if (!found && want != CUBLASLT_EPILOGUE_DEFAULT) {
-        log_warn("cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel", "gemm=%s n=%d epilogue=%d",
-                 gemm_names[kind], n, want);
-        if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, err) != BS_OK) return BS_ERR;
+        log_warn("cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
+                 "gemm=%s n=%d epilogue=%d status=%s", gemm_names[kind], n, want, cublasGetStatusString(last));
+        if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, &last, err) != BS_OK) return BS_ERR;
     }
     if (!found)
-        return bs_err(err, "cuBLASLt offers no algorithm for the %s GEMM (m=%d n=%d k=%d, %s)", gemm_names[kind], m, n,
-                      k, bs_dtype_name(e->gemm));
+        return bs_err(err, "cuBLASLt has no algorithm that runs the %s GEMM (m=%d n=%d k=%d, %s): %s", gemm_names[kind],
+                      m, n, k, bs_dtype_name(e->gemm), cublasGetStatusString(last));
     p->used = 1;
     return BS_OK;
 }
@@ -444,10 +507,10 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *ou
     const void *X = in;
     if (e->fp8) {
         CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
-        CUDA_CHECK(
-            quantize_fp8_forward(e->q8, e->act_scale + kind, in, e->act, (size_t)n * k, e->amax_parts, e->stream));
+        CUDA_CHECK(quantize_fp8_forward(e->q8, SCALE_AT(e->act_scale, kind), in, e->act, (size_t)n * k, e->amax_parts,
+                                        e->stream));
         X = e->q8;
-        const void *sa = w->scale + kind, *sb = e->act_scale + kind;
+        const void *sa = SCALE_AT(w->scale, kind), *sb = SCALE_AT(e->act_scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
@@ -511,7 +574,7 @@ static int attention(cuda_engine *e, int Tb, int Bb, char *err) {
         if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
     }
     CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(Tb, Bb), c->heads,
-                                 c->hidden / c->heads, e->act, e->stream));
+                                 c->hidden / c->heads, e->base.opts.max_seq_len, e->act, e->stream));
     return BS_OK;
 }
 
@@ -557,12 +620,16 @@ static int prepare(cuda_engine *e, int Tb, int Bb, char *err) {
     return BS_OK;
 }
 
-/* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) graphs=on mem=812MiB" */
+/* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) graphs=on mem=812MiB";
+ * attention=kernel-tc: our tensor-core kernel, attention=kernel: our CUDA-core one (fp32, odd head sizes) */
 static void describe(cuda_engine *e, const char *graphs) {
     char attn[64];
     if (e->use_cudnn)
         snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
                  (int)(e->cudnn_version % 10000 / 100));
+    else if (attention_uses_tensor_cores(e->act, e->base.model->cfg.hidden / e->base.model->cfg.heads,
+                                         e->base.opts.max_seq_len))
+        snprintf(attn, sizeof attn, "kernel-tc"); /* our WMMA kernel */
     else
         snprintf(attn, sizeof attn, "kernel");
     snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%.24s mem=%zuMiB",
@@ -810,8 +877,8 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
     if (cudaMemcpyAsync(e->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         cudaMemcpyAsync(scratch, h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
         convert_forward(e->qkv, e->act, scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
-        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, e->act, e->stream) !=
-            cudaSuccess ||
+        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, S, e->act,
+                          e->stream) != cudaSuccess ||
         convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
         cudaMemcpyAsync(o1, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
         cudaStreamSynchronize(e->stream) != cudaSuccess ||
@@ -998,6 +1065,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel or cudnn", att);
     const char *g = getenv("BERTSTREAM_CUDA_GRAPHS");
     e->use_graphs = !(g && (!strcmp(g, "0") || !strcmp(g, "off")));
+    const char *tune = getenv("BERTSTREAM_GEMM_AUTOTUNE");
+    /* off by default: timing picks can differ between two engines, and two workers (or a restart)
+     * should score the same review with the same bits */
+    e->gemm_autotune = tune && (!strcmp(tune, "1") || !strcmp(tune, "on"));
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
 
@@ -1050,7 +1121,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     }
 
     if (upload_weights(e, err) != BS_OK) return BS_ERR;
-    CUDA_CHECK(attention_setup(c->hidden / c->heads));
+    CUDA_CHECK(attention_setup(c->hidden / c->heads, opts->max_seq_len));
     if (e->dnn && choose_attention(e, err) != BS_OK) return BS_ERR;
     if (!e->dnn && getenv("BERTSTREAM_ATTENTION") && !strcmp(getenv("BERTSTREAM_ATTENTION"), "cudnn"))
         return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but cuDNN is not usable at %s", bs_precision_name(prec));
