@@ -14,8 +14,9 @@
 # Prints one JSON summary line on stdout (progress on stderr).
 # Usage: scripts/bench-worker.sh [--bin PATH] [--model DIR | --preset tiny|base] [--device D]
 #        [--precision P] [--reviews N] [--rate R] [--seconds S] [--max-len N] [--batch N] [--partitions N]
+#        [--burst-timeout S]
 #        (defaults: build/bertstream, init-model --preset tiny (random weights), cpu, 3000 reviews,
-#        10 s, max-len 128, batch 256, 8 partitions; env BERTSTREAM_DATA, BUILD_DIR)
+#        10 s, max-len 128, batch 256, 8 partitions, burst timeout 600 s; env BERTSTREAM_DATA, BUILD_DIR)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/.."
@@ -25,7 +26,7 @@ bin=""
 while [ $# -gt 0 ]; do
     case $1 in
     --bin) bin=$2; shift 2 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
     esac
 done

@@ -118,14 +118,22 @@ class Worker:
         fail(f"the worker was not ready within {timeout}s:\n{self.tail()}")
 
     def wait_scored(self, n, timeout):
-        t_end = time.time() + timeout
+        t0 = time.time()
+        t_end, t_note = t0 + timeout, t0 + 5
         while time.time() < t_end:
             self.alive()
             m = self.metrics()
             if m.get("bertstream_messages_scored_total", 0) >= n:
                 return m
+            if time.time() >= t_note:  # progress, so a run cut short still says how far it got
+                t_note += 5
+                log(f"scored {m.get('bertstream_messages_scored_total', 0):.0f} of {n} after {time.time() - t0:.0f}s")
             time.sleep(0.05)
-        fail(f"fewer than {n} reviews scored within {timeout}s:\n{self.tail()}")
+        m = self.metrics()
+        keys = ("bertstream_messages_scored_total", "bertstream_batch_sequences_count", "bertstream_batch_tokens_sum",
+                "bertstream_encode_seconds_sum", "bertstream_gpu_busy_ratio")
+        fail(f"fewer than {n} reviews scored within {timeout}s; metrics: "
+             f"{ {k: m.get(k) for k in keys} }\n{self.tail()}")
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
@@ -154,6 +162,7 @@ def main():
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--burst-timeout", type=float, default=600, help="seconds the burst may take to be scored")
     a = ap.parse_args()
 
     texts = imdb_texts(a.data)
@@ -203,7 +212,8 @@ def main():
         if r.returncode != 0:
             fail(f"produce: {r.stderr.decode().strip()}")
         t_produced = time.time() - t0
-        m1 = w.wait_scored(a.reviews, 600)
+        log(f"burst: {a.reviews} reviews produced in {t_produced:.2f}s")
+        m1 = w.wait_scored(a.reviews, a.burst_timeout)
         burst_s = time.time() - t0
         throughput = a.reviews / burst_s
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# gpu-profile.sh [BUNDLE_DIR] [PRECISION] [BATCH] [SEQ_LEN]: where one BERT-base forward spends
+# its GPU time, per kernel, with Nsight Compute (ncu) on a GPU host: runs `bertstream bench` eagerly
+# (CUDA graphs off, so every kernel is its own launch), records gpu__time_duration of the first
+# forward's kernels (from its embedding kernel to the next forward's), and prints the total per
+# kernel name, largest first. ncu runs kernels at base clocks and with cold caches: the shares
+# are what to read, not the absolute times. Needs ncu (the GPU image
+# has it); a bundle made by scripts/bundle.sh (unpacked by gpu-check.sh or its unpack.sh).
+# Defaults: build/bundle, bf16, 256 x 128. Writes ${OUT:-.}/gpu-profile.csv too.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUNDLE=${1:-$HERE/../build/bundle}
+PREC=${2:-bf16}
+BATCH=${3:-256}
+LEN=${4:-128}
+BUNDLE=$(cd "$BUNDLE" && pwd)
+[ -x "$BUNDLE/bertstream" ] || sh "$BUNDLE/unpack.sh" || exit 2
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "gpu-profile: ncu not found" >&2; exit 2; }
+OUTDIR=${OUT:-.}
+CSV="$OUTDIR/gpu-profile.csv"
+# the engine at start runs a few kernels of its own (weight upload, self-checks), then the bench's
+# warm-up forward: skip nothing, take enough kernels for the start and one forward, attribute by name
+BERTSTREAM_CUDA_GRAPHS=0 timeout 120 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
+    -c "${GPU_PROFILE_KERNELS:-400}" "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$PREC" \
+    --batch "$BATCH" --seq-len "$LEN" --seconds 0.1 >"$CSV" 2>"$CSV.err"
+rc=$?
+[ $rc -eq 0 ] || { echo "gpu-profile: ncu exit $rc"; tail -5 "$CSV.err"; }
+python3 - "$CSV" <<'EOF'
+import csv, sys, collections
+rows = list(csv.reader(open(sys.argv[1])))  # bench's own output lines come first: find the header
+head = [i for i, r in enumerate(rows) if "Kernel Name" in r and "Metric Value" in r]
+if not head:
+    print("gpu-profile: no kernel rows"); sys.exit(0)
+hdr = rows[head[0]]
+ki, vi = hdr.index("Kernel Name"), hdr.index("Metric Value")
+body = [r for r in rows[head[0] + 1:] if len(r) == len(hdr)]
+# the bench's first forward: from the first embedding kernel to the next (engine start-up before it)
+firsts = [i for i, r in enumerate(body) if "embedding_layernorm" in r[ki]]
+if len(firsts) >= 2:
+    body = body[firsts[0]:firsts[1]]
+elif firsts:
+    body = body[firsts[0]:]
+tot, cnt = collections.Counter(), collections.Counter()
+for r in body:
+    try:
+        v = float(r[vi].replace(",", ""))
+    except ValueError:
+        continue
+    name = r[ki].split("(")[0][:90]
+    tot[name] += v
+    cnt[name] += 1
+all_ns = sum(tot.values())
+print(f"{'kernel':90s} {'calls':>6s} {'ms':>9s} {'share':>6s}")
+for name, v in tot.most_common(30):
+    print(f"{name:90s} {cnt[name]:6d} {v / 1e6:9.3f} {100 * v / all_ns:5.1f}%")
+print(f"total {all_ns / 1e6:.3f} ms over {sum(cnt.values())} kernels")
+EOF
