@@ -22,12 +22,14 @@ static const char *usage =
 /* GFLOP/s of cblas_sgemm alone on the four GEMM shapes of one encoder layer over T tokens:
  * the best of repeated rounds, as the engine's figure is, so both see the same machine noise. */
 static double sgemm_peak(int T, int C, int FF, double seconds) {
-    float *a = calloc((size_t)T * FF, sizeof(float)), *w = calloc((size_t)FF * C, sizeof(float));
-    float *y = calloc((size_t)T * FF, sizeof(float));
+    /* sized for the largest of the four shapes: a model's FF may be smaller than 3C */
+    const size_t in_max = (size_t)(FF > C ? FF : C), out_max = (size_t)(FF > 3 * C ? FF : 3 * C);
+    float *a = calloc((size_t)T * in_max, sizeof(float)), *w = calloc(out_max * in_max, sizeof(float));
+    float *y = calloc((size_t)T * out_max, sizeof(float));
     double best = 0;
     if (a && w && y) {
-        for (size_t i = 0; i < (size_t)T * FF; i++) a[i] = (float)(i % 7) * 0.01f;
-        for (size_t i = 0; i < (size_t)FF * C; i++) w[i] = (float)(i % 5) * 0.01f;
+        for (size_t i = 0; i < (size_t)T * in_max; i++) a[i] = (float)(i % 7) * 0.01f;
+        for (size_t i = 0; i < out_max * in_max; i++) w[i] = (float)(i % 5) * 0.01f;
         const int shapes[4][2] = {{3 * C, C}, {C, C}, {FF, C}, {C, FF}}; /* (out, in) */
         double t_end = bs_now() + seconds;
         int rounds = 0;
@@ -124,13 +126,16 @@ int cmd_bench(int argc, char **argv) {
         goto done;
     }
     bs_rng r = {(uint64_t)seed};
+    /* BERT's word ids (1000..20999, [CLS] 101, [SEP] 102); any id of a smaller vocabulary */
+    const int V = m->cfg.vocab_size, big = V >= 21000;
+    const uint64_t lo = big ? 1000 : 0, span = big ? 20000 : (uint64_t)V;
     cu[0] = 0;
     for (int s = 0; s < batch; s++) {
         int n = min_len + (int)(bs_rng_next(&r) % (uint64_t)(max_len - min_len + 1));
         cu[s + 1] = cu[s] + n;
-        for (int t = cu[s]; t < cu[s + 1]; t++) ids[t] = 1000 + (int32_t)(bs_rng_next(&r) % 20000u);
-        ids[cu[s]] = 101;
-        ids[cu[s + 1] - 1] = 102;
+        for (int t = cu[s]; t < cu[s + 1]; t++) ids[t] = (int32_t)(lo + bs_rng_next(&r) % span);
+        ids[cu[s]] = big ? 101 : 0;
+        ids[cu[s + 1] - 1] = big ? 102 : 0;
     }
     bs_batch b = {.n_seq = (int)batch, .ids = ids, .cu_seqlens = cu};
     bs_outputs out = {.pooler = pool};
