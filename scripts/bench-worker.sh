@@ -14,9 +14,10 @@
 # Prints one JSON summary line on stdout (progress on stderr).
 # Usage: scripts/bench-worker.sh [--bin PATH] [--model DIR | --preset tiny|base] [--device D]
 #        [--precision P] [--reviews N] [--rate R] [--seconds S] [--max-len N] [--batch N] [--partitions N]
-#        [--burst-timeout S]
+#        [--burst-timeout S] [--set KEY=VALUE ...] (more worker config overrides)
 #        (defaults: build/bertstream, init-model --preset tiny (random weights), cpu, 3000 reviews,
-#        10 s, max-len 128, batch 256, 8 partitions, burst timeout 600 s; env BERTSTREAM_DATA, BUILD_DIR)
+#        10 s, max-len 128, batch 256, 8 partitions or one per 2 MB of the burst, burst timeout 600 s;
+#        env BERTSTREAM_DATA, BUILD_DIR)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/.."
@@ -26,7 +27,7 @@ bin=""
 while [ $# -gt 0 ]; do
     case $1 in
     --bin) bin=$2; shift 2 ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
     esac
 done

@@ -161,11 +161,18 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--partitions", type=int, default=0,
+                    help="of the input and output topics; default: 8, or one per 2 MB of the burst if more "
+                         "(the mock broker keeps only about 5 MB per partition: docs/kafka.md)")
     ap.add_argument("--burst-timeout", type=float, default=600, help="seconds the burst may take to be scored")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more worker config override (repeatable), e.g. worker.queue_depth=16384")
     a = ap.parse_args()
 
     texts = imdb_texts(a.data)
+    if not a.partitions:
+        burst_bytes = sum(len(texts[i % len(texts)].encode()) + 40 for i in range(a.reviews))
+        a.partitions = max(8, -(-int(1.5 * burst_bytes) // (2 << 20)))  # room for the latency phase too
     tmp = tempfile.mkdtemp(prefix="bertstream-bench-worker-")
     procs = []
     try:
@@ -196,7 +203,8 @@ def main():
             "kafka.bootstrap.servers": bootstrap, "consumer.group.id": "bench", "topics.heads": "",
             "model.dir": model, "model.device": a.device, "model.precision": a.precision,
             "model.max_seq_len": str(a.max_len), "head.file": head, "batch.max_sequences": str(a.batch),
-            "consumer.fetch.wait.max.ms": "5", "log.level": "info"}, os.path.join(tmp, "worker.log"))
+            "consumer.fetch.wait.max.ms": "5", "log.level": "info",
+            **dict(kv.split("=", 1) for kv in a.set)}, os.path.join(tmp, "worker.log"))
         procs.append(w.p)
         w.wait_ready(300)
         engine = re.search(r'engine="([^"]*)"', w.tail(200))

@@ -87,7 +87,7 @@ static const cfg_key keys[] = {
     ENUM("delivery", delivery, "at_least_once", deliveries),
     INT("worker.tokenizer_threads", worker.tokenizer_threads, "2", 1, 64),
     INT("worker.max_message_bytes", worker.max_message_bytes, "16777216", 1, 1000000000),
-    INT("worker.queue_depth", worker.queue_depth, "4096", 1, 1048576),
+    INT("worker.queue_depth", worker.queue_depth, "16384", 1, 1048576),
     ENUM("log.level", log.level, "info", log_levels),
     ENUM("log.format", log.format, "logfmt", log_formats),
     ENUM("train.feature", train.feature, "pooler", features),

@@ -70,7 +70,7 @@ static void config_defaults_match_design(void) {
     CHECK_INT(c->delivery, BS_DELIVERY_AT_LEAST_ONCE);
     CHECK_INT(c->worker.tokenizer_threads, 2);
     CHECK_INT(c->worker.max_message_bytes, 16777216);
-    CHECK_INT(c->worker.queue_depth, 4096);
+    CHECK_INT(c->worker.queue_depth, 16384);
     CHECK_INT(c->log.level, BS_LOG_INFO);
     CHECK_INT(c->log.format, BS_LOG_FORMAT_LOGFMT);
     CHECK_INT(c->train.feature, BS_FEATURE_POOLER);
