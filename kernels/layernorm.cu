@@ -11,6 +11,20 @@ static int ln_warps_per_block(int C) {
     return w < 1 ? 0 : w > 4 ? 4 : w;
 }
 
+// Position of packed row t within its sequence: the largest s with cu[s] <= t (cu is
+// non-decreasing) by binary search; s == B means a bucket padding row, which gets position 0.
+__device__ __forceinline__ int ln_position(const int32_t *cu, int B, int t) {
+    int lo = 0, hi = B;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (cu[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo < B ? t - cu[lo] : 0;
+}
+
 // Mean/variance of the C floats at row (shared), then y = (x - mean) * rstd * g + b.
 template <typename T>
 __device__ __forceinline__ void ln_finish(T *y, const float *row, const float *g, const float *b, int C, float eps,
@@ -35,16 +49,7 @@ __global__ void embedding_layernorm_kernel(T *out, const int32_t *ids, const int
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
-    // Largest s with cu[s] <= t (cu is non-decreasing); s == B means a padding row.
-    int lo = 0, hi = B;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (cu[mid] <= t)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const int p = lo < B ? t - cu[lo] : 0;
+    const int p = ln_position(cu, B, t);
     const T *we = word + (size_t)ids[t] * C, *pe = pos + (size_t)p * C;
     float *row = smem + warp * C;
     for (int c = lane; c < C; c += 32) row[c] = bs_ld(we[c]) + bs_ld(pe[c]) + bs_ld(type0[c]);
@@ -160,15 +165,7 @@ __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
-    int lo = 0, hi = B; // largest s with cu[s] <= t; s == B: a padding row
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (cu[mid] <= t)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const int p = lo < B ? t - cu[lo] : 0;
+    const int p = ln_position(cu, B, t);
     const T *we = word + (size_t)ids[t] * C, *pe = pos + (size_t)p * C;
     float x[NV][8];
 #pragma unroll

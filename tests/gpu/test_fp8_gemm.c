@@ -104,6 +104,14 @@ static cublasStatus_t launch(fixture *f, const variant *v, int *offered) {
     return run;
 }
 
+/* launch() and one report line */
+static cublasStatus_t launch_report(fixture *f, const variant *v) {
+    int offered = 0;
+    cublasStatus_t st = launch(f, v, &offered);
+    fprintf(stderr, "  %-44s heuristic offered %d, launch: %s\n", v->name, offered, cublasGetStatusString(st));
+    return st;
+}
+
 static int has_fp8(void) {
     int dev = 0;
     struct cudaDeviceProp prop;
@@ -171,10 +179,7 @@ static void engine_fp8_gemm_runs_and_matches_dequantised_product(void) {
         {"engine: bf16 out, scales, GELU_BIAS", CUDA_R_16BF, CUBLASLT_EPILOGUE_GELU_BIAS, 1, 0, 0, 0},
     };
     for (int k = 0; k < 3; k++) {
-        int offered = 0;
-        cublasStatus_t st = launch(&f, &engine[k], &offered);
-        fprintf(stderr, "  %-44s heuristic offered %d, launch: %s\n", engine[k].name, offered,
-                cublasGetStatusString(st));
+        cublasStatus_t st = launch_report(&f, &engine[k]);
         if (k == 0) CHECK(st == CUBLAS_STATUS_SUCCESS); /* the epilogues may fall back to our kernel */
         if (st != CUBLAS_STATUS_SUCCESS) continue;
         CKC(convert_forward(y32, BS_DT_F32, f.y, BS_DT_BF16, (size_t)M * N, f.s));
@@ -204,12 +209,7 @@ static void engine_fp8_gemm_runs_and_matches_dequantised_product(void) {
         {"probe: bf16 out, no scales, GELU_BIAS", CUDA_R_16BF, CUBLASLT_EPILOGUE_GELU_BIAS, 0, 0, 0, 0},
         {"probe: scale pointers 4 bytes off alignment", CUDA_R_16BF, CUBLASLT_EPILOGUE_DEFAULT, 1, 0, 0, 1},
     };
-    for (int k = 0; k < 7; k++) {
-        int offered = 0;
-        cublasStatus_t st = launch(&f, &probe[k], &offered);
-        fprintf(stderr, "  %-44s heuristic offered %d, launch: %s\n", probe[k].name, offered,
-                cublasGetStatusString(st));
-    }
+    for (int k = 0; k < 7; k++) (void)launch_report(&f, &probe[k]);
     CKC(cudaStreamSynchronize(f.s));
     free(hw), free(hx), free(hb), free(qw), free(qx), free(want);
     cudaFree(dw), cudaFree(dx), cudaFree(db), cudaFree(parts), cudaFree(y32);
