@@ -355,9 +355,13 @@ static void plan_release(gemm_plan *p) {
 }
 
 /* The buffers a GEMM of this kind reads and writes (layer l's weights): what a trial launch uses. */
-static void gemm_buffers(const cuda_engine *e, int kind, int l, const void **W, const void **X, void **Y) {
+static const void *gemm_weight(const cuda_engine *e, int kind, int l) {
     const dev_layer *w = &e->layer[l];
-    *W = kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
+    return kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
+}
+
+static void gemm_buffers(const cuda_engine *e, int kind, int l, const void **W, const void **X, void **Y) {
+    *W = gemm_weight(e, kind, l);
     *X = e->fp8 ? e->q8 : kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
     *Y = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
 }
@@ -501,7 +505,7 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *ou
     gemm_plan *p = plan_get(e, kind, n, err);
     if (!p) return BS_ERR;
     const dev_layer *w = &e->layer[l];
-    const void *W = kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
+    const void *W = gemm_weight(e, kind, l);
     int m, k;
     gemm_dims(e, kind, &m, &k);
     const void *X = in;
