@@ -151,16 +151,16 @@ __host__ __device__ static inline tc_layout tc_layout_for(int HS, int max_len) {
     return L;
 }
 
-/* rows [r0, r0 + n) of one part of qkv (Q: 0, K: C, V: 2C) for head h into dst (rows x HS, stride
- * ld), 16 bytes at a time; rows past `valid` are zero */
+/* n rows of one part of qkv (Q: 0, K: C, V: 2C) for head h, from row pointer qkv, into dst (rows x
+ * HS, stride ld), 16 bytes at a time; rows past `valid` are zero */
 template <typename T, int HS>
-__device__ __forceinline__ void tc_load_rows(T *dst, int ld, const T *qkv, size_t row_stride, int part_off, int r0,
-                                             int n, int valid) {
+__device__ __forceinline__ void tc_load_rows(T *dst, int ld, const T *qkv, size_t row_stride, int part_off, int n,
+                                             int valid) {
     constexpr int VPR = HS / 8;
     for (int i = threadIdx.x; i < n * VPR; i += blockDim.x) {
         const int r = i / VPR, v = i - r * VPR;
         uint4 val = make_uint4(0, 0, 0, 0);
-        if (r < valid) val = *(const uint4 *)(qkv + (size_t)(r0 + r) * row_stride + part_off + v * 8);
+        if (r < valid) val = *(const uint4 *)(qkv + (size_t)r * row_stride + part_off + v * 8);
         *(uint4 *)(dst + r * ld + v * 8) = val;
     }
 }
@@ -187,13 +187,13 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
     }
     const int nk16 = (len + 15) / 16 * 16;
 
-    tc_load_rows<T, HS>(sq, L.LDQ, qkv + (size_t)(start + q0) * ld, ld, h * HS, 0, BS_ATT_BQ, nq);
+    tc_load_rows<T, HS>(sq, L.LDQ, qkv + (size_t)(start + q0) * ld, ld, h * HS, BS_ATT_BQ, nq);
 
     // 1. scores
     for (int k0 = 0; k0 < nk16; k0 += TC_KC) {
         const int kn = min(TC_KC, nk16 - k0);
         __syncthreads(); // Q stored; the previous chunk consumed
-        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, C + h * HS, 0, kn, len - k0);
+        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, C + h * HS, kn, len - k0);
         __syncthreads();
         for (int t = warp; t < 2 * (kn / 16); t += TC_WARPS) {
             const int rt = t & 1, ct = t >> 1;
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
     for (int k0 = 0; k0 < nk16; k0 += TC_KC) {
         const int kn = min(TC_KC, nk16 - k0);
         __syncthreads(); // P written (first pass); the previous chunk consumed
-        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, 2 * C + h * HS, 0, kn, len - k0);
+        tc_load_rows<T, HS>(skv, L.LDQ, qkv + (size_t)(start + k0) * ld, ld, 2 * C + h * HS, kn, len - k0);
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < TPW; i++) {

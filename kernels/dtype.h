@@ -52,6 +52,19 @@ static inline float bs_round_bf16(float x) {
 static inline float bs_round_e4m3(float x) {
     return bs_round_fmt(x, 3, -6, BS_E4M3_MAX, 1);
 }
+/* E4M3 bits -> value (fn variant: exponent bias 7, no infinities, S.1111.111 is NaN): what the
+ * tests read back from the device's quantised bytes. */
+static inline float bs_e4m3_decode(uint8_t b) {
+    int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 15 && m == 7) return NAN;
+    if (e == 0)
+        v = ldexpf((float)m, -9);
+    else
+        v = ldexpf(1.0f + m / 8.0f, e - 7);
+    return s ? -v : v;
+}
+
 static inline float bs_round_dtype(float x, bs_dtype t) {
     return t == BS_DT_F16    ? bs_round_f16(x)
            : t == BS_DT_BF16 ? bs_round_bf16(x)

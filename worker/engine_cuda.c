@@ -354,16 +354,17 @@ static void plan_release(gemm_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* The buffers a GEMM of this kind reads and writes (layer l's weights): what a trial launch uses. */
+/* Layer l's weight of this GEMM kind. */
 static const void *gemm_weight(const cuda_engine *e, int kind, int l) {
     const dev_layer *w = &e->layer[l];
     return kind == G_QKV ? w->qkv_w : kind == G_AO ? w->ao_w : kind == G_FF1 ? w->ff1_w : w->ff2_w;
 }
 
-static void gemm_buffers(const cuda_engine *e, int kind, int l, const void **W, const void **X, void **Y) {
-    *W = gemm_weight(e, kind, l);
-    *X = e->fp8 ? e->q8 : kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
-    *Y = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
+/* The one map of what each GEMM reads and writes in the encoder (before fp8 quantisation of the
+ * input): x -> qkv, att -> tmp, x2 -> ff, ff -> tmp. gemm() and the plans' trial launches use it. */
+static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out) {
+    *in = kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
+    *out = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
 }
 
 #define PLAN_CANDIDATES 8
@@ -398,9 +399,10 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         return bs_err(err, "cublasLtMatmulAlgoGetHeuristic(%s, n=%d) failed: %s", gemm_names[p->kind], p->n,
                       cublasGetStatusString(st));
     }
-    const void *W, *X;
+    const void *W = gemm_weight(e, p->kind, 0), *X;
     void *Y;
-    gemm_buffers(e, p->kind, 0, &W, &X, &Y);
+    gemm_io(e, p->kind, &X, &Y);
+    if (e->fp8) X = e->q8;
     const float alpha = 1.0f, beta = 0.0f;
     cudaEvent_t ev[2] = {NULL, NULL};
     if (e->gemm_autotune) {
@@ -500,10 +502,14 @@ static gemm_plan *plan_get(cuda_engine *e, int kind, int n, char *err) {
     return victim;
 }
 
-/* out (n, m) = in (n, k) W^T [+ bias] [GELU], W of layer l. Under fp8 the input is quantised first. */
-static int gemm(cuda_engine *e, int kind, int l, int n, const void *in, void *out, char *err) {
+/* out (n, m) = in (n, k) W^T [+ bias] [GELU], W of layer l, in/out per gemm_io. Under fp8 the
+ * input is quantised first. */
+static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
     gemm_plan *p = plan_get(e, kind, n, err);
     if (!p) return BS_ERR;
+    const void *in;
+    void *out;
+    gemm_io(e, kind, &in, &out);
     const dev_layer *w = &e->layer[l];
     const void *W = gemm_weight(e, kind, l);
     int m, k;
@@ -600,12 +606,12 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
     if (e->fp8) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
-        if (gemm(e, G_QKV, l, Tb, e->x, e->qkv, err) != BS_OK) return BS_ERR;  /* qkv (Tb, 3C) */
-        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;                 /* att (Tb, C) */
-        if (gemm(e, G_AO, l, Tb, e->att, e->tmp, err) != BS_OK) return BS_ERR; /* tmp (Tb, C) */
+        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR; /* x -> qkv (Tb, 3C) */
+        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;  /* att (Tb, C) */
+        if (gemm(e, G_AO, l, Tb, err) != BS_OK) return BS_ERR;  /* att -> tmp (Tb, C) */
         CUDA_CHECK(residual_layernorm_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A, s));
-        if (gemm(e, G_FF1, l, Tb, e->x2, e->ff, err) != BS_OK) return BS_ERR;  /* ff (Tb, I) */
-        if (gemm(e, G_FF2, l, Tb, e->ff, e->tmp, err) != BS_OK) return BS_ERR; /* tmp (Tb, C) */
+        if (gemm(e, G_FF1, l, Tb, err) != BS_OK) return BS_ERR; /* x2 -> ff (Tb, I) */
+        if (gemm(e, G_FF2, l, Tb, err) != BS_OK) return BS_ERR; /* ff -> tmp (Tb, C) */
         CUDA_CHECK(residual_layernorm_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A, s));
     }
     CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));

@@ -157,18 +157,6 @@ static void convert_rounds_to_nearest_even_like_cpu_twin(void) {
     free(x);
 }
 
-/* E4M3 bits -> value (fn variant: exponent bias 7, no infinities, S.1111.111 is NaN). */
-static float e4m3_decode(uint8_t b) {
-    int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
-    float v;
-    if (e == 15 && m == 7) return NAN;
-    if (e == 0)
-        v = ldexpf((float)m, -9);
-    else
-        v = ldexpf(1.0f + m / 8.0f, e - 7);
-    return s ? -v : v;
-}
-
 static void fp8_quantize_uses_amax_scale_and_saturating_rne(void) {
     const size_t n = 100000;
     float *x = rand_host(n, -3.0f, 3.0f);
@@ -197,11 +185,11 @@ static void fp8_quantize_uses_amax_scale_and_saturating_rne(void) {
         quantize_fp8_ref(deq, xr, n, want_scale);
         int bad = 0;
         for (size_t i = 0; i < n; i++)
-            if (e4m3_decode(hq[i]) * want_scale != deq[i] && bad++ < 5)
+            if (bs_e4m3_decode(hq[i]) * want_scale != deq[i] && bad++ < 5)
                 fprintf(stderr, "  %s: x=%.9g device %.9g cpu twin %.9g\n", bs_dtype_name(dt), xr[i],
-                        e4m3_decode(hq[i]) * want_scale, deq[i]);
+                        bs_e4m3_decode(hq[i]) * want_scale, deq[i]);
         CHECK_INT(bad, 0);
-        CHECK(e4m3_decode(hq[777]) == -448.0f); /* the amax maps onto E4M3's largest value */
+        CHECK(bs_e4m3_decode(hq[777]) == -448.0f); /* the amax maps onto E4M3's largest value */
         free(hq);
         free(deq);
         free(xr);
