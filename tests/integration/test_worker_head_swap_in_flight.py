@@ -32,8 +32,12 @@ def test():
         send("a", pool[:80])
         w.wait_metric("bertstream_messages_scored_total", 16, timeout=30)
         # a backlog of 40 batches (several seconds at two per 150 ms): batches are in flight when the
-        # follower hands the new head over, whenever in that span it does
+        # follower hands the new head over, whenever in that span it does. The head is published only
+        # once the worker has consumed part of the backlog: the mock broker may hold the main
+        # consumer's pending empty Fetch for its whole wait while the heads follower reads at once
+        # (CI saw the head swapped before the backlog had reached the engine)
         send("b", pool[80:])
+        w.wait_metric("bertstream_messages_consumed_total", 80 + 40, timeout=30)
         new = H.head_tensors(h.hidden, seed=99)
         h.produce("bertstream-heads", [(None, H.head_weights_bytes(new, 3, h.encoder_id))])
         t0 = time.time()
