@@ -270,20 +270,38 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
     }
 }
 
-extern "C" int attention_uses_tensor_cores(bs_dtype dt, int HS, int max_len) {
-    if (dt != BS_DT_F16 && dt != BS_DT_BF16) return 0;
-    if (HS != 32 && HS != 64 && HS != 128) return 0;
-    if (max_len < 1 || max_len > BS_ATT_TC_MAX_LEN) return 0;
-    int dev = 0, major = 0, optin = 0;
+static int device_cc_optin(int *major, int *optin) {
+    int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+        cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
         (void)cudaGetLastError();
         return 0;
     }
-    // bf16 WMMA: Ampere and later (the build targets 8.0, 8.9, 9.0); the scores of 32 queries
-    // against max_len keys must fit in the block's shared memory
-    return major >= 8 && tc_layout_for(HS, max_len).bytes <= (size_t)optin;
+    return 1;
+}
+
+extern "C" int attention_kernel_ok(bs_att_kernel k, bs_dtype dt, int HS, int max_len) {
+    if (HS < 1 || HS > BS_ATT_MAX_HS || max_len < 1) return 0;
+    if (k == BS_ATT_SIMT) return dt == BS_DT_F32 || dt == BS_DT_F16 || dt == BS_DT_BF16;
+    if (dt != BS_DT_F16 && dt != BS_DT_BF16) return 0;
+    if (HS != 32 && HS != 64 && HS != 128) return 0;
+    int major = 0, optin = 0;
+    // bf16 tensor-core MMA: Ampere and later (the build targets 8.0, 8.9, 9.0)
+    if (!device_cc_optin(&major, &optin) || major < 8) return 0;
+    if (k == BS_ATT_MMA) return attention_mma_smem_bytes(HS) <= (size_t)optin;
+    // WMMA: the scores of 32 queries against max_len keys must fit in the block's shared memory
+    return k == BS_ATT_WMMA && max_len <= BS_ATT_TC_MAX_LEN && tc_layout_for(HS, max_len).bytes <= (size_t)optin;
+}
+
+extern "C" bs_att_kernel attention_best(bs_dtype dt, int HS, int max_len) {
+    if (attention_kernel_ok(BS_ATT_MMA, dt, HS, max_len)) return BS_ATT_MMA;
+    if (attention_kernel_ok(BS_ATT_WMMA, dt, HS, max_len)) return BS_ATT_WMMA;
+    return BS_ATT_SIMT;
+}
+
+extern "C" const char *attention_kernel_name(bs_att_kernel k) {
+    return k == BS_ATT_MMA ? "mma" : k == BS_ATT_WMMA ? "wmma" : "simt";
 }
 
 /* The limit only ever rises: engines of different max_len share the kernel in one process, and
@@ -343,7 +361,8 @@ static cudaError_t att_setup_cuda_cores(int HS) {
 extern "C" cudaError_t attention_setup(int HS, int max_len) {
     if (HS < 1 || HS > BS_ATT_MAX_HS || max_len < 1) return cudaErrorInvalidValue;
     cudaError_t e = att_setup_cuda_cores(HS);
-    if (e != cudaSuccess || !attention_uses_tensor_cores(BS_DT_BF16, HS, max_len)) return e;
+    if (e == cudaSuccess && attention_kernel_ok(BS_ATT_MMA, BS_DT_BF16, HS, max_len)) e = attention_mma_setup(HS);
+    if (e != cudaSuccess || !attention_kernel_ok(BS_ATT_WMMA, BS_DT_BF16, HS, max_len)) return e;
     if (HS == 32) return tc_setup<32>(max_len);
     if (HS == 64) return tc_setup<64>(max_len);
     if (HS == 128) return tc_setup<128>(max_len);
@@ -368,10 +387,12 @@ static cudaError_t att_launch(T *out, const T *qkv, const int32_t *cu, const int
 }
 
 extern "C" cudaError_t attention_forward(void *out, const void *qkv, const int32_t *cu_seqlens, const int32_t *tiles,
-                                         int n_tiles, int NH, int HS, int max_len, bs_dtype dt, cudaStream_t s) {
-    if (HS < 1 || HS > BS_ATT_MAX_HS || NH < 1 || max_len < 1) return cudaErrorInvalidValue;
+                                         int n_tiles, int NH, int HS, int max_len, bs_att_kernel k, bs_dtype dt,
+                                         cudaStream_t s) {
+    if (NH < 1 || !attention_kernel_ok(k, dt, HS, max_len)) return cudaErrorInvalidValue;
     if (n_tiles < 1) return cudaSuccess;
-    if (attention_uses_tensor_cores(dt, HS, max_len)) {
+    if (k == BS_ATT_MMA) return attention_mma_forward(out, qkv, cu_seqlens, tiles, n_tiles, NH, HS, dt, s);
+    if (k == BS_ATT_WMMA) {
         if (dt == BS_DT_F16)
             return tc_launch((__half *)out, (const __half *)qkv, cu_seqlens, tiles, n_tiles, NH, HS, max_len, s);
         return tc_launch((__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, cu_seqlens, tiles, n_tiles, NH, HS, max_len,

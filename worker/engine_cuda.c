@@ -152,6 +152,8 @@ typedef struct {
     sdpa_entry sdpa[MAX_SDPA];
     int n_sdpa;
     int use_cudnn, sdpa_unit; /* attention path; ragged offset unit (1 elements, A size bytes) */
+    bs_att_kernel att_kernel; /* our kernel: the path when !use_cudnn, the reference cuDNN is checked against */
+    int att_bq;               /* its queries per tile */
     int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
     int gelu_in_gemm;         /* the largest shape's FF1 plan got that epilogue */
     uint64_t clock;
@@ -583,8 +585,8 @@ static int attention(cuda_engine *e, int Tb, int Bb, char *err) {
         sdpa_entry *s = sdpa_get(e, Bb, why);
         if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
     }
-    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(Tb, Bb), c->heads,
-                                 c->hidden / c->heads, e->base.opts.max_seq_len, e->act, e->stream));
+    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(Tb, Bb, e->att_bq), c->heads,
+                                 c->hidden / c->heads, e->base.opts.max_seq_len, e->att_kernel, e->act, e->stream));
     return BS_OK;
 }
 
@@ -631,17 +633,15 @@ static int prepare(cuda_engine *e, int Tb, int Bb, char *err) {
 }
 
 /* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) graphs=on mem=812MiB";
- * attention=kernel-tc: our tensor-core kernel, attention=kernel: our CUDA-core one (fp32, odd head sizes) */
+ * attention=kernel-mma / kernel-wmma: our tensor-core kernels, attention=kernel-simt: our CUDA-core
+ * one (fp32, other head sizes) */
 static void describe(cuda_engine *e, const char *graphs) {
     char attn[64];
     if (e->use_cudnn)
         snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
                  (int)(e->cudnn_version % 10000 / 100));
-    else if (attention_uses_tensor_cores(e->act, e->base.model->cfg.hidden / e->base.model->cfg.heads,
-                                         e->base.opts.max_seq_len))
-        snprintf(attn, sizeof attn, "kernel-tc"); /* our WMMA kernel */
     else
-        snprintf(attn, sizeof attn, "kernel");
+        snprintf(attn, sizeof attn, "kernel-%s", attention_kernel_name(e->att_kernel));
     snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%.24s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
              e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", graphs, (e->wbytes + e->abytes) >> 20);
@@ -720,7 +720,7 @@ static size_t stage_inputs(const cuda_engine *e, int32_t *h_in, const bs_batch *
     for (int s = B + 1; s <= Bb; s++) cu[s] = T; /* padding slots: empty sequences */
     memcpy(ids, b->ids, sizeof(int32_t) * (size_t)T);
     if (Tb > T) memset(ids + T, 0, sizeof(int32_t) * (size_t)(Tb - T)); /* [PAD] rows: computed, never read */
-    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(Tb, Bb), cu, B);
+    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(Tb, Bb, e->att_bq), cu, B, e->att_bq);
     if (e->use_cudnn)
         sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, cu, B, Bb, C, e->sdpa_unit);
     return (e->o_ids + (size_t)Tb) * sizeof(int32_t);
@@ -853,105 +853,221 @@ static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *ou
     return cuda_wait(base, slot, err);
 }
 
-/* ---- attention path selection ---- */
+/* ---- attention path selection ----
+ *
+ * The self-checks run a small ragged batch of random Q, K, V (a probe) through a path at engine
+ * start: our tensor-core kernels against the CPU twin (attention_ref), cuDNN's SDPA against our
+ * kernel. The probe is staged as slot 0's inputs (nothing is in flight yet). */
 
-/* Compares cuDNN's SDPA with our kernel on a small ragged batch of random Q, K, V. Returns 1 when
- * they agree, 0 when they do not (or cuDNN refuses), BS_ERR on a CUDA error. */
-static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
+typedef struct {
+    int B, Bb, T;
+    int32_t cu[5];
+    float *h;       /* (T, 3C) the values, rounded to the activation dtype */
+    float *scratch; /* device, (T, 3C) fp32 */
+} att_probe;
+
+static void probe_close(cuda_engine *e, att_probe *p) {
+    if (p->scratch) {
+        cudaStreamSynchronize(e->stream);
+        cudaFree(p->scratch);
+    }
+    free(p->h);
+    *p = (att_probe){0};
+}
+
+/* Three sequences (two query and three key tiles of the mma kernel, a partial one of each, a
+ * single token), capped by max_seq_len and the engine's rows, plus one empty slot; qkv filled. */
+static int probe_open(cuda_engine *e, att_probe *p, char *err) {
+    const int C = e->base.model->cfg.hidden, S = e->base.opts.max_seq_len;
+    const int want[3] = {130, 1, 77};
+    *p = (att_probe){.B = 3, .Bb = 4};
+    for (int s = 0; s < 3; s++) {
+        int n = want[s] < S ? want[s] : S, room = e->Tcap - p->cu[s] - (2 - s);
+        p->cu[s + 1] = p->cu[s] + (n < room ? n : room);
+    }
+    p->T = p->cu[4] = p->cu[3];
+    const size_t n = (size_t)p->T * 3 * C;
+    p->h = malloc(n * 4);
+    if (!p->h) return bs_err(err, "out of memory");
+    if (cudaMalloc((void **)&p->scratch, n * 4) != cudaSuccess) {
+        p->scratch = NULL;
+        probe_close(e, p);
+        return bs_err(err, "attention self-check: cannot allocate %zu bytes", n * 4);
+    }
+    bs_rng r = {12345};
+    for (size_t i = 0; i < n; i++) p->h[i] = bs_round_dtype((float)(bs_rng_uniform(&r) * 4.0 - 2.0), e->act);
+    if (cudaMemcpyAsync(p->scratch, p->h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+        convert_forward(e->qkv, e->act, p->scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->stream) != cudaSuccess) {
+        probe_close(e, p);
+        return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+    }
+    return BS_OK;
+}
+
+/* Stages the probe's lengths (tiles for kernel k, cuDNN's offsets) and uploads them. */
+static int probe_stage(cuda_engine *e, const att_probe *p, bs_att_kernel k, char *err) {
+    const int C = e->base.model->cfg.hidden, bq = attention_query_tile(k);
+    int32_t *h_in = e->slot[0].h_in;
+    memcpy(h_in + e->o_cu, p->cu, sizeof p->cu);
+    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(p->T, p->Bb, bq), p->cu, p->B, bq);
+    if (e->dnn)
+        sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, p->cu, p->B, p->Bb, C, e->sdpa_unit);
+    if (cudaMemcpyAsync(e->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->stream) != cudaSuccess)
+        return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+    return BS_OK;
+}
+
+/* att (T, C) -> dst in fp32, then att zeroed (the next path must write it to pass) */
+static int probe_fetch(cuda_engine *e, const att_probe *p, float *dst, char *err) {
+    const size_t n = (size_t)p->T * e->base.model->cfg.hidden;
+    if (convert_forward(p->scratch, BS_DT_F32, e->att, e->act, n, e->stream) != cudaSuccess ||
+        cudaMemcpyAsync(dst, p->scratch, n * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
+        cudaMemsetAsync(e->att, 0, n * bs_dtype_size(e->act), e->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->stream) != cudaSuccess)
+        return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+    return BS_OK;
+}
+
+/* Our kernel k on the probe into dst */
+static int probe_kernel(cuda_engine *e, const att_probe *p, bs_att_kernel k, float *dst, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
-    const int C = c->hidden, NH = c->heads, HS = C / NH, S = e->base.opts.max_seq_len;
-    int32_t cu[4] = {0};
-    const int want[3] = {45, 7, 16};
-    for (int s = 0; s < 3; s++) cu[s + 1] = cu[s] + (want[s] < S ? want[s] : S);
-    const int B = 3, T = cu[3], Bb = 4;
-    const size_t n = (size_t)T * 3 * C;
-    float *h = malloc(n * 4), *o1 = malloc((size_t)T * C * 4), *o2 = malloc((size_t)T * C * 4), *scratch = NULL;
+    const int bq = attention_query_tile(k);
+    if (probe_stage(e, p, k, err) != BS_OK) return BS_ERR;
+    cudaError_t ce = attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(p->T, p->Bb, bq),
+                                       c->heads, c->hidden / c->heads, e->base.opts.max_seq_len, k, e->act, e->stream);
+    if (ce != cudaSuccess)
+        return bs_err(err, "attention self-check: kernel %s: %s", attention_kernel_name(k), cudaGetErrorString(ce));
+    return probe_fetch(e, p, dst, err);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= worst)) worst = d; /* NaN counts as the worst */
+    }
+    return worst;
+}
+
+/* Kernel k against the CPU twin on the probe. Returns 1 when they agree within two output ulps of
+ * the activation dtype (|values| <= 2), 0 when not (why says by how much), BS_ERR on a CUDA error. */
+static int kernel_selfcheck(cuda_engine *e, bs_att_kernel k, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden;
+    att_probe p;
+    if (probe_open(e, &p, err) != BS_OK) return BS_ERR;
+    float *got = malloc((size_t)p.T * C * 4), *want = malloc((size_t)p.T * C * 4);
+    double *scr = malloc(sizeof(double) * (size_t)(p.T + 1));
     int rc = BS_ERR;
-    if (!h || !o1 || !o2) {
+    if (!got || !want || !scr) {
+        bs_err(err, "out of memory");
+    } else if (probe_kernel(e, &p, k, got, err) == BS_OK) {
+        attention_ref(want, p.h, p.cu, p.B, c->heads, C / c->heads, scr);
+        const double worst = max_abs_diff(got, want, (size_t)p.T * C);
+        const double tol = 4.0 * (e->act == BS_DT_F16 ? 1.0 / 1024 : e->act == BS_DT_BF16 ? 1.0 / 128 : 0) + 2e-5;
+        rc = worst <= tol;
+        if (!rc)
+            snprintf(why, BS_ERRLEN, "kernel %s differs from the CPU twin by %.3g (> %.3g)", attention_kernel_name(k),
+                     worst, tol);
+        log_debug("attention kernel self-check", "kernel=%s max_abs_diff=%.3g tolerance=%.3g", attention_kernel_name(k),
+                  worst, tol);
+    }
+    free(got), free(want), free(scr);
+    probe_close(e, &p);
+    return rc;
+}
+
+/* cuDNN's SDPA against our kernel (e->att_kernel) on the probe. Returns 1 when they agree, 0 when
+ * they do not (or cuDNN refuses), BS_ERR on a CUDA error. */
+static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
+    const size_t n = (size_t)e->base.model->cfg.hidden;
+    att_probe p;
+    if (probe_open(e, &p, err) != BS_OK) return BS_ERR;
+    float *o1 = malloc((size_t)p.T * n * 4), *o2 = malloc((size_t)p.T * n * 4);
+    int rc = BS_ERR;
+    if (!o1 || !o2) {
         bs_err(err, "out of memory");
         goto done;
     }
-    if (cudaMalloc((void **)&scratch, n * 4) != cudaSuccess) {
-        bs_err(err, "attention self-check: cannot allocate %zu bytes", n * 4);
+    if (probe_kernel(e, &p, e->att_kernel, o1, err) != BS_OK || probe_stage(e, &p, e->att_kernel, err) != BS_OK)
         goto done;
-    }
-    bs_rng r = {12345};
-    for (size_t i = 0; i < n; i++) h[i] = (float)(bs_rng_uniform(&r) * 4.0 - 2.0);
-    /* stage cu/tiles/seqlen/offsets like a real batch (slot 0's staging: nothing is in flight yet) */
-    int32_t *h_in = e->slot[0].h_in;
-    memcpy(h_in + e->o_cu, cu, sizeof cu);
-    cu[3] = T;
-    (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(T, Bb), h_in + e->o_cu, B);
-    h_in[e->o_cu + 4] = T;
-    sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, h_in + e->o_cu, B, Bb, C, e->sdpa_unit);
-    if (cudaMemcpyAsync(e->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
-        cudaMemcpyAsync(scratch, h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
-        convert_forward(e->qkv, e->act, scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
-        attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(T, Bb), NH, HS, S, e->act,
-                          e->stream) != cudaSuccess ||
-        convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
-        cudaMemcpyAsync(o1, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->stream) != cudaSuccess ||
-        cudaMemsetAsync(e->att, 0, (size_t)T * C * bs_dtype_size(e->act), e->stream) != cudaSuccess) {
-        bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
-        goto done;
-    }
-    bs_sdpa_desc d = sdpa_desc(e, Bb);
-    bs_sdpa *p = sdpa_cudnn_new(e->dnn, &d, why);
-    if (!p) {
+    bs_sdpa_desc d = sdpa_desc(e, p.Bb);
+    bs_sdpa *plan = sdpa_cudnn_new(e->dnn, &d, why);
+    if (!plan) {
         rc = 0;
         goto done;
     }
-    int run = sdpa_cudnn_run(p, e->dnn, why);
+    int run = sdpa_cudnn_run(plan, e->dnn, why);
     /* the plan owns the kernels cuDNN compiled for it: they must have run before it is freed */
     (void)cudaStreamSynchronize(e->stream);
-    sdpa_cudnn_free(p);
+    sdpa_cudnn_free(plan);
     if (run != 0) {
         (void)cudaGetLastError();
         rc = 0;
         goto done;
     }
-    if (convert_forward(scratch, BS_DT_F32, e->att, e->act, (size_t)T * C, e->stream) != cudaSuccess ||
-        cudaMemcpyAsync(o2, scratch, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->stream) != cudaSuccess) {
-        bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
-        goto done;
-    }
-    double worst = 0;
-    for (size_t i = 0; i < (size_t)T * C; i++) {
-        double dlt = fabs((double)o1[i] - (double)o2[i]);
-        if (!(dlt <= worst)) worst = dlt; /* NaN counts as the worst */
-    }
+    if (probe_fetch(e, &p, o2, err) != BS_OK) goto done;
+    const double worst = max_abs_diff(o1, o2, (size_t)p.T * n);
     rc = worst <= 2e-2;
     if (!rc)
         snprintf(why, BS_ERRLEN, "cuDNN SDPA differs from the kernel by %.3g (offset unit %d)", worst, e->sdpa_unit);
     log_debug("cuDNN SDPA self-check", "max_abs_diff=%.3g offset_unit=%d", worst, e->sdpa_unit);
 done:
-    if (scratch) {
-        cudaStreamSynchronize(e->stream);
-        cudaFree(scratch);
-    }
-    free(h);
-    free(o1);
-    free(o2);
+    free(o1), free(o2);
+    probe_close(e, &p);
     return rc;
 }
 
-/* attention=kernel for fp32 (cuDNN has no fp32 SDPA) or BERTSTREAM_ATTENTION=kernel; otherwise
- * cuDNN's SDPA if it builds and agrees with our kernel (ragged offsets in elements, or in bytes
- * for runtimes that count them so); BERTSTREAM_ATTENTION=cudnn makes a failure an error. */
+/* BERTSTREAM_ATTENTION: auto (default), kernel, cudnn, mma, wmma or simt; "" is auto. */
+static const char *attention_env(void) {
+    const char *v = getenv("BERTSTREAM_ATTENTION");
+    return v && *v ? v : "auto";
+}
+
+/* Our kernel first: the fastest that takes the shape (attention_best), a tensor-core one only when
+ * it agrees with the CPU twin on the probe (else the next one, logged); BERTSTREAM_ATTENTION=mma,
+ * wmma or simt names one, and its refusal or disagreement is an error. Then cuDNN's SDPA, unless
+ * fp32 (cuDNN has no fp32 SDPA) or BERTSTREAM_ATTENTION names our kernels: it must build and agree
+ * with our kernel (ragged offsets in elements, or in bytes for runtimes that count them so);
+ * BERTSTREAM_ATTENTION=cudnn makes a failure an error. */
 static int choose_attention(cuda_engine *e, char *err) {
-    const char *env = getenv("BERTSTREAM_ATTENTION");
-    const int force_kernel = env && strcmp(env, "kernel") == 0, force_cudnn = env && strcmp(env, "cudnn") == 0;
-    e->use_cudnn = 0;
-    if (force_kernel) return BS_OK;
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int HS = c->hidden / c->heads, S = e->base.opts.max_seq_len;
+    const char *env = attention_env();
     char why[BS_ERRLEN] = "";
-    if (e->act == BS_DT_F32) {
-        snprintf(why, sizeof why, "cuDNN SDPA has no fp32 mode");
+    bs_att_kernel named = BS_ATT_SIMT;
+    const int force = !strcmp(env, "mma")    ? (named = BS_ATT_MMA, 1)
+                      : !strcmp(env, "wmma") ? (named = BS_ATT_WMMA, 1)
+                      : !strcmp(env, "simt") ? (named = BS_ATT_SIMT, 1)
+                                             : 0;
+    if (force && !attention_kernel_ok(named, e->act, HS, S))
+        return bs_err(err,
+                      "BERTSTREAM_ATTENTION=%s: that kernel does not run %s attention with head size %d on this GPU",
+                      env, bs_dtype_name(e->act), HS);
+    e->att_kernel = force ? named : attention_best(e->act, HS, S);
+    while (e->att_kernel != BS_ATT_SIMT) {
+        int ok = kernel_selfcheck(e, e->att_kernel, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        if (ok) break;
+        if (force) return bs_err(err, "BERTSTREAM_ATTENTION=%s but %s", env, why);
+        log_warn("attention kernel failed its self-check: using the next one", "reason=\"%s\"", why);
+        e->att_kernel =
+            e->att_kernel == BS_ATT_MMA && attention_kernel_ok(BS_ATT_WMMA, e->act, HS, S) ? BS_ATT_WMMA : BS_ATT_SIMT;
+    }
+    e->att_bq = attention_query_tile(e->att_kernel);
+
+    const int force_cudnn = !strcmp(env, "cudnn");
+    e->use_cudnn = 0;
+    if (force || !strcmp(env, "kernel")) {
+        snprintf(why, sizeof why, "BERTSTREAM_ATTENTION=%s", env);
+    } else if (!e->dnn) {
+        snprintf(why, sizeof why, e->act == BS_DT_F32 ? "cuDNN SDPA has no fp32 mode" : "cuDNN is not usable");
     } else if (e->cudnn_version < 91000) {
         snprintf(why, sizeof why, "cuDNN %zu.%zu is older than 9.10", e->cudnn_version / 10000,
                  e->cudnn_version % 10000 / 100);
-    } else if ((size_t)e->R * 3 * (size_t)e->base.model->cfg.hidden * bs_dtype_size(e->act) > 0x7fffffffu) {
+    } else if ((size_t)e->R * 3 * (size_t)c->hidden * bs_dtype_size(e->act) > 0x7fffffffu) {
         snprintf(why, sizeof why, "buffers too large for int32 ragged offsets");
     } else {
         const int units[2] = {1, (int)bs_dtype_size(e->act)};
@@ -964,7 +1080,8 @@ static int choose_attention(cuda_engine *e, char *err) {
     }
     if (!e->use_cudnn) {
         if (force_cudnn) return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but %s", why);
-        log_info("attention runs in bertstream's kernel", "reason=\"%s\"", why);
+        log_info("attention runs in bertstream's kernel", "kernel=%s reason=\"%s\"",
+                 attention_kernel_name(e->att_kernel), why);
     }
     return BS_OK;
 }
@@ -1067,12 +1184,13 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     if (e->Tcap < 128) e->Tcap = 128;
     e->Bcap = opts->max_seqs < 4 ? 4 : (opts->max_seqs + 3) / 4 * 4;
     e->R = e->Tcap + e->Bcap + 1;
-    e->tiles_cap = attention_tiles_cap(e->Tcap, e->Bcap);
+    e->tiles_cap = attention_tiles_cap(e->Tcap, e->Bcap, BS_ATT_BQ); /* the smallest tiles: the most */
     if ((double)e->R * 3 * c->hidden > 2e9) return bs_err(err, "max_tokens %d is too large", opts->max_tokens);
 
-    const char *att = getenv("BERTSTREAM_ATTENTION");
-    if (att && *att && strcmp(att, "auto") && strcmp(att, "kernel") && strcmp(att, "cudnn"))
-        return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel or cudnn", att);
+    const char *att = attention_env();
+    if (strcmp(att, "auto") && strcmp(att, "kernel") && strcmp(att, "cudnn") && strcmp(att, "mma") &&
+        strcmp(att, "wmma") && strcmp(att, "simt"))
+        return bs_err(err, "BERTSTREAM_ATTENTION='%s': expected auto, kernel, cudnn, mma, wmma or simt", att);
     const char *g = getenv("BERTSTREAM_CUDA_GRAPHS");
     e->use_graphs = !(g && (!strcmp(g, "0") || !strcmp(g, "off")));
     const char *tune = getenv("BERTSTREAM_GEMM_AUTOTUNE");
@@ -1132,9 +1250,9 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
 
     if (upload_weights(e, err) != BS_OK) return BS_ERR;
     CUDA_CHECK(attention_setup(c->hidden / c->heads, opts->max_seq_len));
-    if (e->dnn && choose_attention(e, err) != BS_OK) return BS_ERR;
-    if (!e->dnn && getenv("BERTSTREAM_ATTENTION") && !strcmp(getenv("BERTSTREAM_ATTENTION"), "cudnn"))
+    if (!e->dnn && !strcmp(attention_env(), "cudnn"))
         return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but cuDNN is not usable at %s", bs_precision_name(prec));
+    if (choose_attention(e, err) != BS_OK) return BS_ERR;
     /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
      * whether the GELU epilogue is in use */
     if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;

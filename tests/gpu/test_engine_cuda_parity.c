@@ -638,12 +638,15 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
     bs_engine *ed = make_engine(m, "cuda:0", BS_PREC_AUTO, pb.B, pb.T, pb.L); /* auto = bf16 on CUDA */
     bs_engine *e32 = make_engine(m, "cuda", BS_PREC_FP32, pb.B, pb.T, pb.L);
     CHECK(ek && ed && e32);
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
     if (ek && ed && e32) {
         CHECK(strncmp(engine_describe(ed), "cuda:0 ", 7) == 0);
         CHECK_CONTAINS(engine_describe(ed), " bf16 attention=");
         CHECK_INT(engine_precision(ed), BS_PREC_BF16);
-        CHECK_CONTAINS(engine_describe(ek), "attention=kernel");
-        CHECK_CONTAINS(engine_describe(e32), "attention=kernel"); /* cuDNN has no fp32 SDPA */
+        /* head size 64: our fastest kernel on Ampere and later is the mma one (it passed its self-check) */
+        CHECK_CONTAINS(engine_describe(ek), major >= 8 ? "attention=kernel-mma" : "attention=kernel-simt");
+        CHECK_CONTAINS(engine_describe(e32), "attention=kernel-simt"); /* cuDNN has no fp32 SDPA */
         CHECK_CONTAINS(engine_describe(e32), "gelu=erf");
         features fk = features_alloc(pb.B, pb.T, C), fd = features_alloc(pb.B, pb.T, C);
         CHECK_INT(run(ek, pb.B, pb.ids, pb.cu, &fk), BS_OK);
@@ -653,6 +656,31 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
                 strstr(engine_describe(ed), "attention="), c, ch);
         CHECK(c >= 0.9999);
         CHECK(ch >= 0.999);
+        /* each of our kernels, named, gives the same features as the default path */
+        const char *names[3] = {"mma", "wmma", "simt"};
+        for (int i = 0; i < 3; i++) {
+            setenv("BERTSTREAM_ATTENTION", names[i], 1);
+            bs_engine *en = make_engine(m, "cuda", BS_PREC_BF16, pb.B, pb.T, pb.L);
+            unsetenv("BERTSTREAM_ATTENTION");
+            if (major < 8 && i < 2) { /* the tensor-core kernels are refused before Ampere */
+                CHECK(en == NULL);
+                continue;
+            }
+            CHECK(en != NULL);
+            if (!en) continue;
+            char want[32];
+            snprintf(want, sizeof want, "attention=kernel-%s ", names[i]);
+            CHECK_CONTAINS(engine_describe(en), want);
+            features fn = features_alloc(pb.B, pb.T, C);
+            CHECK_INT(run(en, pb.B, pb.ids, pb.cu, &fn), BS_OK);
+            double cn = min_row_cosine(fn.pooler, fd.pooler, pb.B, C),
+                   chn = min_row_cosine(fn.hidden, fd.hidden, pb.T, C);
+            fprintf(stderr, "  attention=%s vs default: min cosine pooler %.6f hidden %.6f\n", names[i], cn, chn);
+            CHECK(cn >= 0.9999);
+            CHECK(chn >= 0.999);
+            features_free(&fn);
+            engine_free(en);
+        }
         features_free(&fk), features_free(&fd);
     }
     engine_free(ek), engine_free(ed), engine_free(e32);
@@ -662,7 +690,12 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
     bs_engine_opts o = {
         .device = "cuda", .precision = BS_PREC_BF16, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
     CHECK(engine_new(m, &o, err) == NULL);
-    CHECK_STR(err, "BERTSTREAM_ATTENTION='fast': expected auto, kernel or cudnn");
+    CHECK_STR(err, "BERTSTREAM_ATTENTION='fast': expected auto, kernel, cudnn, mma, wmma or simt");
+    setenv("BERTSTREAM_ATTENTION", "mma", 1); /* fp32 has no tensor-core attention */
+    o.precision = BS_PREC_FP32;
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_ATTENTION=mma: that kernel does not run f32 attention with head size 64 on this GPU");
+    o.precision = BS_PREC_BF16;
     unsetenv("BERTSTREAM_ATTENTION");
     o.device = "cuda:99";
     CHECK(engine_new(m, &o, err) == NULL);

@@ -306,34 +306,35 @@ static void bias_gelu_is_erf_gelu_of_x_plus_bias(void) {
 
 /* ---- attention ---- */
 
-static void check_attention(int NH, int HS, const int *lens, int B, bs_dtype dt, int extra_tiles) {
-    const int C = NH * HS;
+static void check_attention(int NH, int HS, const int *lens, int B, bs_dtype dt, int extra_tiles, bs_att_kernel k) {
+    const int C = NH * HS, bq = attention_query_tile(k);
     int32_t cu[64];
     cu[0] = 0;
     for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + lens[s];
     const int T = cu[B];
-    const size_t nq = (size_t)(T + 1) * 3 * C, no = (size_t)(T + 1) * C;
+    /* exactly T rows: a read past the last sequence would leave the allocation (compute-sanitizer) */
+    const size_t nq = (size_t)T * 3 * C, no = (size_t)T * C;
     float *qkv = rand_host(nq, -2, 2);
     round_host(qkv, nq, dt);
     void *dqkv = up(qkv, nq, dt), *dout = NULL;
     CK(cudaMalloc(&dout, no * 4));
     CK(cudaMemset(dout, 0, no * 4));
-    const int cap = attention_tiles_cap(T, B) + extra_tiles;
+    const int cap = attention_tiles_cap(T, B, bq) + extra_tiles;
     int32_t *tiles = malloc(sizeof(int32_t) * 2 * (size_t)cap);
-    const int n_real = attention_tiles(tiles, cap, cu, B);
+    const int n_real = attention_tiles(tiles, cap, cu, B, bq);
     CHECK(n_real > 0);
     int32_t *dcu = upi(cu, B + 1), *dtiles = upi(tiles, 2 * (size_t)cap);
     int max_len = 1;
     for (int s = 0; s < B; s++) max_len = lens[s] > max_len ? lens[s] : max_len;
     CK(attention_setup(HS, max_len));
-    CK(attention_forward(dout, dqkv, dcu, dtiles, cap, NH, HS, max_len, dt, S));
+    CK(attention_forward(dout, dqkv, dcu, dtiles, cap, NH, HS, max_len, k, dt, S));
     CK(cudaStreamSynchronize(S));
     float *got = down(dout, (size_t)T * C, dt), *want = host((size_t)T * C);
-    double *p = malloc(sizeof(double) * 1024);
+    double *p = malloc(sizeof(double) * (size_t)(max_len + 1));
     attention_ref(want, qkv, cu, B, NH, HS, p);
     double d = max_diff(got, want, (size_t)T * C);
     fprintf(stderr, "  NH=%d HS=%d B=%d T=%d %s %s max |diff| %.3g\n", NH, HS, B, T, bs_dtype_name(dt),
-            attention_uses_tensor_cores(dt, HS, max_len) ? "tensor cores" : "cuda cores", d);
+            attention_kernel_name(k), d);
     CHECK_NEAR(d, 0, tol_for(dt, 2.0, 2e-5));
     free(qkv), free(tiles), free(got), free(want), free(p);
     cudaFree(dqkv), cudaFree(dout), cudaFree(dcu), cudaFree(dtiles);
@@ -342,42 +343,71 @@ static void check_attention(int NH, int HS, const int *lens, int B, bs_dtype dt,
 static void attention_matches_twin_for_ragged_lengths_and_head_sizes(void) {
     const int lens[7] = {1, 31, 32, 33, 100, 2, 64};
     for (int k = 0; k < 3; k++) {
-        check_attention(2, 64, lens, 7, act_types[k], 0);  /* BERT's head size */
-        check_attention(3, 32, lens, 7, act_types[k], 5);  /* unused tiles at the end */
-        check_attention(2, 48, lens, 7, act_types[k], 0);  /* lanes past HS idle */
-        check_attention(1, 128, lens, 7, act_types[k], 0); /* > 48 KiB shared memory */
-        check_attention(1, 200, lens, 5, act_types[k], 0); /* 8 dims per lane */
+        check_attention(2, 64, lens, 7, act_types[k], 0, BS_ATT_SIMT);  /* BERT's head size */
+        check_attention(3, 32, lens, 7, act_types[k], 5, BS_ATT_SIMT);  /* unused tiles at the end */
+        check_attention(2, 48, lens, 7, act_types[k], 0, BS_ATT_SIMT);  /* lanes past HS idle */
+        check_attention(1, 128, lens, 7, act_types[k], 0, BS_ATT_SIMT); /* > 48 KiB shared memory */
+        check_attention(1, 200, lens, 5, act_types[k], 0, BS_ATT_SIMT); /* 8 dims per lane */
     }
     const int one[1] = {512};
     for (int k = 0; k < 3; k++)
-        check_attention(12, 64, one, 1, act_types[k], 0); /* one long sequence, BERT-base heads */
-    /* the tensor-core kernel on every head size it takes, a batch of 20 ragged sequences */
+        check_attention(12, 64, one, 1, act_types[k], 0, BS_ATT_SIMT); /* one long sequence, BERT-base heads */
+}
+
+/* Both tensor-core kernels on every head size they take: 20 ragged sequences around the tile
+ * edges (16, 32, 64), the 7 above, and long single sequences (the mma kernel has no length limit). */
+static void attention_tensor_core_kernels_match_twin(void) {
     const int many[20] = {128, 1, 15, 16, 17, 63, 64, 65, 127, 5, 96, 33, 2, 48, 80, 111, 7, 128, 9, 100};
-    int used_tc = 0;
-    for (int k = 1; k < 3; k++)
-        for (int hs = 32; hs <= 128; hs *= 2) {
-            check_attention(768 / hs / 4, hs, many, 20, act_types[k], 3);
-            used_tc += attention_uses_tensor_cores(act_types[k], hs, 128);
-        }
+    const int lens[7] = {1, 31, 32, 33, 100, 2, 64};
+    const int one[1] = {512}, longer[2] = {1000, 129};
+    const bs_att_kernel ks[2] = {BS_ATT_WMMA, BS_ATT_MMA};
+    int used = 0;
+    for (int t = 1; t < 3; t++)
+        for (int i = 0; i < 2; i++)
+            for (int hs = 32; hs <= 128; hs *= 2) {
+                if (!attention_kernel_ok(ks[i], act_types[t], hs, 128)) continue;
+                check_attention(768 / hs / 4, hs, many, 20, act_types[t], 3, ks[i]);
+                check_attention(2, hs, lens, 7, act_types[t], 0, ks[i]);
+                if (attention_kernel_ok(ks[i], act_types[t], hs, 512))
+                    check_attention(768 / hs, hs, one, 1, act_types[t], 0, ks[i]);
+                if (attention_kernel_ok(ks[i], act_types[t], hs, 1000)) /* WMMA: smem permitting */
+                    check_attention(1, hs, longer, 2, act_types[t], 1, ks[i]);
+                used++;
+            }
     int dev = 0, major = 0;
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    CHECK_INT(used_tc, major >= 8 ? 6 : 0); /* Ampere and later: bf16/f16 attention on tensor cores */
-    CHECK_INT(attention_uses_tensor_cores(BS_DT_F32, 64, 128), 0); /* fp32 stays on the parity kernel */
-    CHECK_INT(attention_uses_tensor_cores(BS_DT_BF16, 48, 128), 0);
-    CHECK_INT(attention_uses_tensor_cores(BS_DT_BF16, 64, BS_ATT_TC_MAX_LEN + 1), 0);
+    CHECK_INT(used, major >= 8 ? 12 : 0); /* Ampere and later: both, f16 and bf16, head sizes 32/64/128 */
+    CHECK_INT(attention_best(BS_DT_BF16, 64, 128), major >= 8 ? BS_ATT_MMA : BS_ATT_SIMT);
+    CHECK_INT(attention_best(BS_DT_F32, 64, 128), BS_ATT_SIMT); /* fp32 stays on the parity kernel */
+    CHECK_INT(attention_best(BS_DT_BF16, 48, 128), BS_ATT_SIMT);
+    CHECK_INT(attention_kernel_ok(BS_ATT_WMMA, BS_DT_BF16, 64, BS_ATT_TC_MAX_LEN + 1), 0);
+    CHECK_INT(attention_kernel_ok(BS_ATT_MMA, BS_DT_BF16, 64, BS_ATT_TC_MAX_LEN + 1), major >= 8);
+    CHECK_INT(attention_kernel_ok(BS_ATT_MMA, BS_DT_F32, 64, 128), 0);
+    /* a kernel that does not take the shape is refused, not run */
+    CHECK_INT(attention_forward(NULL, NULL, NULL, NULL, 1, 2, 48, 128, BS_ATT_MMA, BS_DT_BF16, S),
+              cudaErrorInvalidValue);
 }
 
 static void attention_tiles_cover_each_sequence_once(void) {
     const int32_t cu[4] = {0, 5, 5, 75}; /* an empty sequence in the middle */
     int32_t tiles[2 * 12];
-    int n = attention_tiles(tiles, 12, cu, 3);
+    int n = attention_tiles(tiles, 12, cu, 3, BS_ATT_BQ);
     CHECK_INT(n, 4);
     const int32_t want[8] = {0, 0, 2, 0, 2, 32, 2, 64};
     for (int i = 0; i < 8; i++) CHECK_INT(tiles[i], want[i]);
     CHECK_INT(tiles[8], -1);
-    CHECK_INT(attention_tiles(tiles, 3, cu, 3), -1);
-    CHECK(attention_tiles_cap(75, 3) >= 4);
+    CHECK_INT(attention_tiles(tiles, 3, cu, 3, BS_ATT_BQ), -1);
+    CHECK(attention_tiles_cap(75, 3, BS_ATT_BQ) >= 4);
+    /* 64-query tiles (mma kernel): 5 -> 1 tile, 70 -> 2 */
+    n = attention_tiles(tiles, 12, cu, 3, BS_ATT_MMA_BQ);
+    CHECK_INT(n, 3);
+    const int32_t want64[6] = {0, 0, 2, 0, 2, 64};
+    for (int i = 0; i < 6; i++) CHECK_INT(tiles[i], want64[i]);
+    CHECK_INT(tiles[6], -1);
+    CHECK(attention_tiles_cap(75, 3, BS_ATT_MMA_BQ) >= 3);
+    CHECK_INT(attention_query_tile(BS_ATT_MMA), 64);
+    CHECK_INT(attention_query_tile(BS_ATT_WMMA), 32);
 }
 
 /* cuDNN's SDPA and our kernel on the same ragged batch. On Hopper with cuDNN >= 9.10 the plan
@@ -517,6 +547,7 @@ int main(void) {
     /* last: a fault in the attention kernel or cuDNN is sticky and fails every test after it */
     RUN_GPU(attention_tiles_cover_each_sequence_once);
     RUN_GPU(attention_matches_twin_for_ragged_lengths_and_head_sizes);
+    RUN_GPU(attention_tensor_core_kernels_match_twin);
     RUN_GPU(cudnn_sdpa_matches_kernel_where_available);
     cudaStreamDestroy(S);
     return bs_test_done();
