@@ -107,6 +107,46 @@ template <> __device__ __forceinline__ __nv_fp8_e4m3 bs_st<__nv_fp8_e4m3>(float 
     return r;
 }
 
+/* 8 values of a 16-byte vector <-> 8 floats (f16/bf16: one uint4; the tag argument picks the type) */
+__device__ __forceinline__ void bs_unpack8(const uint4 &u, float *f, __half) {
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 v = __half22float2(h[i]);
+        f[2 * i] = v.x, f[2 * i + 1] = v.y;
+    }
+}
+__device__ __forceinline__ void bs_unpack8(const uint4 &u, float *f, __nv_bfloat16) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 v = __bfloat1622float2(h[i]);
+        f[2 * i] = v.x, f[2 * i + 1] = v.y;
+    }
+}
+__device__ __forceinline__ uint4 bs_pack8(const float *f, __half) {
+    uint4 u;
+    __half2 *h = (__half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+__device__ __forceinline__ uint4 bs_pack8(const float *f, __nv_bfloat16) {
+    uint4 u;
+    __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+/* element i8 * 8 .. i8 * 8 + 7 of x (16-byte aligned) as floats: one 16-byte load (two for f32) */
+__device__ __forceinline__ void bs_load8(const float *x, size_t i8, float *f) {
+    const float4 a = ((const float4 *)x)[2 * i8], b = ((const float4 *)x)[2 * i8 + 1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+template <typename T> __device__ __forceinline__ void bs_load8(const T *x, size_t i8, float *f) {
+    bs_unpack8(((const uint4 *)x)[i8], f, T());
+}
+
 __device__ __forceinline__ float bs_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

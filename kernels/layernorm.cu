@@ -76,37 +76,6 @@ __global__ void residual_layernorm_kernel(T *out, const T *a, const float *bias,
 // stored 8 at a time: these kernels are memory bound, and 2-byte loads left most of the bandwidth
 // unused. Same arithmetic per element as ln_finish (sums in a different order only).
 
-__device__ __forceinline__ void ln_unpack8(const uint4 &u, float *f, __half) {
-    const __half2 *h = (const __half2 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 v = __half22float2(h[i]);
-        f[2 * i] = v.x, f[2 * i + 1] = v.y;
-    }
-}
-__device__ __forceinline__ void ln_unpack8(const uint4 &u, float *f, __nv_bfloat16) {
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 v = __bfloat1622float2(h[i]);
-        f[2 * i] = v.x, f[2 * i + 1] = v.y;
-    }
-}
-__device__ __forceinline__ uint4 ln_pack8(const float *f, __half) {
-    uint4 u;
-    __half2 *h = (__half2 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
-    return u;
-}
-__device__ __forceinline__ uint4 ln_pack8(const float *f, __nv_bfloat16) {
-    uint4 u;
-    __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-    return u;
-}
-
 template <typename T, int NV>
 __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const float *g, const float *b, float eps,
                                               int lane) {
@@ -132,7 +101,7 @@ __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const flo
         float o[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) o[i] = (x[v][i] - mean) * rstd * g[c + i] + b[c + i];
-        *(uint4 *)(y + c) = ln_pack8(o, T());
+        *(uint4 *)(y + c) = bs_pack8(o, T());
     }
 }
 
@@ -149,8 +118,8 @@ __global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *b
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
         float fa[8], fr[8];
-        ln_unpack8(*(const uint4 *)(ar + c), fa, T());
-        ln_unpack8(*(const uint4 *)(rr + c), fr, T());
+        bs_unpack8(*(const uint4 *)(ar + c), fa, T());
+        bs_unpack8(*(const uint4 *)(rr + c), fr, T());
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fa[i] + (bias ? bias[c + i] : 0.0f) + fr[i];
     }
@@ -172,9 +141,9 @@ __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
         float fw[8], fp[8], ft[8];
-        ln_unpack8(*(const uint4 *)(we + c), fw, T());
-        ln_unpack8(*(const uint4 *)(pe + c), fp, T());
-        ln_unpack8(*(const uint4 *)(type0 + c), ft, T());
+        bs_unpack8(*(const uint4 *)(we + c), fw, T());
+        bs_unpack8(*(const uint4 *)(pe + c), fp, T());
+        bs_unpack8(*(const uint4 *)(type0 + c), ft, T());
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fw[i] + fp[i] + ft[i];
     }

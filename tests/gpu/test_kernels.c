@@ -157,47 +157,53 @@ static void convert_rounds_to_nearest_even_like_cpu_twin(void) {
     free(x);
 }
 
+/* (offset, n): the 8-wide path (aligned, n % 8 == 0), then the element path for an n % 8 != 0
+ * and for a pointer one element off 16-byte alignment; the amax sits in each range */
 static void fp8_quantize_uses_amax_scale_and_saturating_rne(void) {
-    const size_t n = 100000;
-    float *x = rand_host(n, -3.0f, 3.0f);
+    const size_t N = 100008;
+    const size_t cases[3][2] = {{0, 100000}, {0, 100003}, {1, 99992}};
+    float *x = rand_host(N, -3.0f, 3.0f);
     x[777] = -12.5f; /* the amax */
-    for (int k = 0; k < 3; k++) {
-        bs_dtype dt = act_types[k];
-        float *xr = host(n);
-        memcpy(xr, x, n * 4);
-        round_host(xr, n, dt);
-        void *d = up(xr, n, dt);
-        float *parts = NULL, *scale = NULL;
-        uint8_t *q = NULL;
-        CK(cudaMalloc((void **)&parts, BS_AMAX_PARTS * 4));
-        CK(cudaMalloc((void **)&scale, 4));
-        CK(cudaMalloc((void **)&q, n));
-        CK(amax_forward(parts, d, dt, n, S));
-        CK(quantize_fp8_forward(q, scale, d, dt, n, parts, S));
-        CK(cudaStreamSynchronize(S));
-        uint8_t *hq = malloc(n);
-        float hs = 0;
-        CK(cudaMemcpy(hq, q, n, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(&hs, scale, 4, cudaMemcpyDeviceToHost));
-        const float want_scale = convert_fp8_scale_ref(xr, n);
-        CHECK(hs == want_scale);
-        float *deq = host(n);
-        quantize_fp8_ref(deq, xr, n, want_scale);
-        int bad = 0;
-        for (size_t i = 0; i < n; i++)
-            if (bs_e4m3_decode(hq[i]) * want_scale != deq[i] && bad++ < 5)
-                fprintf(stderr, "  %s: x=%.9g device %.9g cpu twin %.9g\n", bs_dtype_name(dt), xr[i],
-                        bs_e4m3_decode(hq[i]) * want_scale, deq[i]);
-        CHECK_INT(bad, 0);
-        CHECK(bs_e4m3_decode(hq[777]) == -448.0f); /* the amax maps onto E4M3's largest value */
-        free(hq);
-        free(deq);
-        free(xr);
-        cudaFree(d);
-        cudaFree(parts);
-        cudaFree(scale);
-        cudaFree(q);
-    }
+    for (int k = 0; k < 3; k++)
+        for (int c = 0; c < 3; c++) {
+            bs_dtype dt = act_types[k];
+            const size_t off = cases[c][0], n = cases[c][1];
+            float *xr = host(N);
+            memcpy(xr, x, N * 4);
+            round_host(xr, N, dt);
+            void *d = up(xr, N, dt);
+            const void *dx = (const char *)d + off * bs_dtype_size(dt);
+            float *parts = NULL, *scale = NULL;
+            uint8_t *q = NULL;
+            CK(cudaMalloc((void **)&parts, BS_AMAX_PARTS * 4));
+            CK(cudaMalloc((void **)&scale, 4));
+            CK(cudaMalloc((void **)&q, n + 16));
+            CK(amax_forward(parts, dx, dt, n, S));
+            CK(quantize_fp8_forward(q + off, scale, dx, dt, n, parts, S));
+            CK(cudaStreamSynchronize(S));
+            uint8_t *hq = malloc(n);
+            float hs = 0;
+            CK(cudaMemcpy(hq, q + off, n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(&hs, scale, 4, cudaMemcpyDeviceToHost));
+            const float want_scale = convert_fp8_scale_ref(xr + off, n);
+            CHECK(hs == want_scale);
+            float *deq = host(n);
+            quantize_fp8_ref(deq, xr + off, n, want_scale);
+            int bad = 0;
+            for (size_t i = 0; i < n; i++)
+                if (bs_e4m3_decode(hq[i]) * want_scale != deq[i] && bad++ < 5)
+                    fprintf(stderr, "  %s n=%zu off=%zu: x=%.9g device %.9g cpu twin %.9g\n", bs_dtype_name(dt), n, off,
+                            xr[off + i], bs_e4m3_decode(hq[i]) * want_scale, deq[i]);
+            CHECK_INT(bad, 0);
+            CHECK(bs_e4m3_decode(hq[777 - off]) == -448.0f); /* the amax maps onto E4M3's largest value */
+            free(hq);
+            free(deq);
+            free(xr);
+            cudaFree(d);
+            cudaFree(parts);
+            cudaFree(scale);
+            cudaFree(q);
+        }
     free(x);
 }
 
