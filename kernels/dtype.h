@@ -107,36 +107,36 @@ template <> __device__ __forceinline__ __nv_fp8_e4m3 bs_st<__nv_fp8_e4m3>(float 
     return r;
 }
 
-/* 8 values of a 16-byte vector <-> 8 floats (f16/bf16: one uint4; the tag argument picks the type) */
-__device__ __forceinline__ void bs_unpack8(const uint4 &u, float *f, __half) {
-    const __half2 *h = (const __half2 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 v = __half22float2(h[i]);
-        f[2 * i] = v.x, f[2 * i + 1] = v.y;
-    }
+/* 8 values of a 16-byte vector <-> 8 floats (f16/bf16; the tag argument picks the type). The
+ * vector is taken and built by value, word by word with bit operations: unpacking through a
+ * __nv_bfloat162 pointer into the loaded uint4 let nvcc split the 16-byte load into 4-byte ones
+ * (ld.global.v2.u16 in the PTX), which halved the bandwidth of every kernel using it. Element 0
+ * is the low half of word 0 (little-endian). */
+__device__ __forceinline__ float2 bs_unpack2(uint32_t w, __nv_bfloat16) {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)); /* exact */
 }
-__device__ __forceinline__ void bs_unpack8(const uint4 &u, float *f, __nv_bfloat16) {
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 v = __bfloat1622float2(h[i]);
-        f[2 * i] = v.x, f[2 * i + 1] = v.y;
-    }
+__device__ __forceinline__ float2 bs_unpack2(uint32_t w, __half) {
+    return make_float2(__half2float(__ushort_as_half((unsigned short)(w & 0xffffu))),
+                       __half2float(__ushort_as_half((unsigned short)(w >> 16))));
 }
-__device__ __forceinline__ uint4 bs_pack8(const float *f, __half) {
-    uint4 u;
-    __half2 *h = (__half2 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
-    return u;
+__device__ __forceinline__ uint32_t bs_pack2(float lo, float hi, __nv_bfloat16) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
 }
-__device__ __forceinline__ uint4 bs_pack8(const float *f, __nv_bfloat16) {
-    uint4 u;
-    __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-    return u;
+__device__ __forceinline__ uint32_t bs_pack2(float lo, float hi, __half) {
+    return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
+}
+template <typename T> __device__ __forceinline__ void bs_unpack8(uint4 u, float *f, T tag) {
+    const float2 a = bs_unpack2(u.x, tag), b = bs_unpack2(u.y, tag), c = bs_unpack2(u.z, tag), d = bs_unpack2(u.w, tag);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
+}
+template <typename T> __device__ __forceinline__ uint4 bs_pack8(const float *f, T tag) {
+    return make_uint4(bs_pack2(f[0], f[1], tag), bs_pack2(f[2], f[3], tag), bs_pack2(f[4], f[5], tag),
+                      bs_pack2(f[6], f[7], tag));
+}
+/* 16 bytes from global memory in one load (16-byte aligned p) */
+__device__ __forceinline__ uint4 bs_ld16(const void *p) {
+    return *(const uint4 *)p;
 }
 /* element i8 * 8 .. i8 * 8 + 7 of x (16-byte aligned) as floats: one 16-byte load (two for f32) */
 __device__ __forceinline__ void bs_load8(const float *x, size_t i8, float *f) {
@@ -144,7 +144,7 @@ __device__ __forceinline__ void bs_load8(const float *x, size_t i8, float *f) {
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 template <typename T> __device__ __forceinline__ void bs_load8(const T *x, size_t i8, float *f) {
-    bs_unpack8(((const uint4 *)x)[i8], f, T());
+    bs_unpack8(bs_ld16(x + 8 * i8), f, T());
 }
 
 __device__ __forceinline__ float bs_warp_sum(float v) {

@@ -74,7 +74,15 @@ __global__ void residual_layernorm_kernel(T *out, const T *a, const float *bias,
 // ---- 16-byte path: f16/bf16 rows of C = 256, 512, 768 or 1024 ----
 // One warp per row as above, but each lane holds its 8 * C/256 values in registers, loaded and
 // stored 8 at a time: these kernels are memory bound, and 2-byte loads left most of the bandwidth
-// unused. Same arithmetic per element as ln_finish (sums in a different order only).
+// unused. Same arithmetic per element as ln_finish (sums in a different order only). The fp32
+// parameters (gamma, beta, bias) come in 16-byte loads too, read before the row is written (the
+// dispatch requires them 16-byte aligned; the engine's are 256-byte aligned).
+
+// 8 consecutive floats at p (16-byte aligned)
+__device__ __forceinline__ void ln_ld8f(const float *p, float *f) {
+    const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
 
 template <typename T, int NV>
 __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const float *g, const float *b, float eps,
@@ -95,14 +103,19 @@ __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const flo
             q += d * d;
         }
     const float rstd = rsqrtf(bs_warp_sum(q) / C + eps);
+    uint4 o[NV];
 #pragma unroll
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
-        float o[8];
+        float gv[8], bv[8], r[8];
+        ln_ld8f(g + c, gv);
+        ln_ld8f(b + c, bv);
 #pragma unroll
-        for (int i = 0; i < 8; i++) o[i] = (x[v][i] - mean) * rstd * g[c + i] + b[c + i];
-        *(uint4 *)(y + c) = bs_pack8(o, T());
+        for (int i = 0; i < 8; i++) r[i] = (x[v][i] - mean) * rstd * gv[i] + bv[i];
+        o[v] = bs_pack8(r, T());
     }
+#pragma unroll
+    for (int v = 0; v < NV; v++) *(uint4 *)(y + v * 256 + lane * 8) = o[v]; // after every parameter load
 }
 
 template <typename T, int NV>
@@ -117,11 +130,12 @@ __global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *b
 #pragma unroll
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
-        float fa[8], fr[8];
-        bs_unpack8(*(const uint4 *)(ar + c), fa, T());
-        bs_unpack8(*(const uint4 *)(rr + c), fr, T());
+        float fa[8], fr[8], fb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        bs_unpack8(bs_ld16(ar + c), fa, T());
+        bs_unpack8(bs_ld16(rr + c), fr, T());
+        if (bias) ln_ld8f(bias + c, fb);
 #pragma unroll
-        for (int i = 0; i < 8; i++) x[v][i] = fa[i] + (bias ? bias[c + i] : 0.0f) + fr[i];
+        for (int i = 0; i < 8; i++) x[v][i] = fa[i] + fb[i] + fr[i];
     }
     ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane);
 }
@@ -141,9 +155,9 @@ __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
         float fw[8], fp[8], ft[8];
-        bs_unpack8(*(const uint4 *)(we + c), fw, T());
-        bs_unpack8(*(const uint4 *)(pe + c), fp, T());
-        bs_unpack8(*(const uint4 *)(type0 + c), ft, T());
+        bs_unpack8(bs_ld16(we + c), fw, T());
+        bs_unpack8(bs_ld16(pe + c), fp, T());
+        bs_unpack8(bs_ld16(type0 + c), ft, T());
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fw[i] + fp[i] + ft[i];
     }
@@ -152,11 +166,18 @@ __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const
 
 #define LN_VEC_WARPS 4
 
-/* Runs `launch` with the vector width for C when the 16-byte path applies; returns 0 if it does not. */
-#define LN_VEC_DISPATCH(dt, C, KERNEL, ...)                                                                            \
+/* 16-byte aligned (NULL counts as aligned: an absent bias) */
+static bool al16(const void *p) {
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* Launches KERNEL with the vector width for C and returns, when the 16-byte path applies (f16/bf16,
+ * C in 256..1024 a multiple of 256, `ok`: the pointers 16-byte aligned); else falls through. */
+#define LN_VEC_DISPATCH(dt, C, ok, KERNEL, ...)                                                                        \
     do {                                                                                                               \
         if ((dt) != BS_DT_F16 && (dt) != BS_DT_BF16) break;                                                            \
         if ((C) % 256 != 0 || (C) < 256 || (C) > 1024) break;                                                          \
+        if (!(ok)) break;                                                                                              \
         const unsigned grid_ = (unsigned)((n + LN_VEC_WARPS - 1) / LN_VEC_WARPS);                                      \
         const int nv_ = (C) / 256;                                                                                     \
         if ((dt) == BS_DT_F16) {                                                                                       \
@@ -180,8 +201,9 @@ extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids
                                                    const float *gamma, const float *beta, int n, int C, float eps,
                                                    bs_dtype dt, cudaStream_t s) {
     if (n < 1) return cudaSuccess;
-    LN_VEC_DISPATCH(dt, C, embedding_layernorm_vec_kernel, (T *)out, ids, cu_seqlens, B, (const T *)word,
-                    (const T *)pos, (const T *)type0, gamma, beta, n, eps);
+    LN_VEC_DISPATCH(dt, C, al16(out) && al16(word) && al16(pos) && al16(type0) && al16(gamma) && al16(beta),
+                    embedding_layernorm_vec_kernel, (T *)out, ids, cu_seqlens, B, (const T *)word, (const T *)pos,
+                    (const T *)type0, gamma, beta, n, eps);
     const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
@@ -196,8 +218,8 @@ extern "C" cudaError_t residual_layernorm_forward(void *out, const void *a, cons
                                                   const float *gamma, const float *beta, int n, int C, float eps,
                                                   bs_dtype dt, cudaStream_t s) {
     if (n < 1) return cudaSuccess;
-    LN_VEC_DISPATCH(dt, C, residual_layernorm_vec_kernel, (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n,
-                    eps);
+    LN_VEC_DISPATCH(dt, C, al16(out) && al16(a) && al16(res) && al16(bias) && al16(gamma) && al16(beta),
+                    residual_layernorm_vec_kernel, (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n, eps);
     const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
