@@ -10,7 +10,7 @@
 # or the current directory. Budget: under 5 minutes on an H100. Exit 1 when a test or a bench failed.
 # Environment: GPU_CHECK_BUDGET_S (bench points start only before this many seconds; 285),
 # GPU_CHECK_BENCH_SECONDS (per point; 1), GPU_CHECK_WORKER=0 (skip the worker bench),
-# GPU_CHECK_WORKER_REVIEWS (its burst; 30000).
+# GPU_CHECK_WORKER_REVIEWS (its burst; 30000), GPU_CHECK_PROFILE=1 (end with scripts/gpu-profile.sh).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -201,5 +201,15 @@ for r in "${ROWS[@]}"; do echo "$r"; done
 [ -z "$WORKER_ROW" ] || printf '\nworker end to end: %s\n' "$WORKER_ROW"
 echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
+# GPU_CHECK_PROFILE=1: the per-kernel profile of bf16 256 x 128 (scripts/gpu-profile.sh, ~40 s) in
+# the same device call, when ncu exists and the budget has room; informational (never a failure)
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+    echo "== profile (scripts/gpu-profile.sh bf16 256 128)"
+    if [ "$(elapsed)" -ge "$BUDGET" ]; then
+        echo "skipped: time budget"
+    else
+        OUT=$OUTDIR bash "$HERE/gpu-profile.sh" "$BUNDLE" bf16 256 128 || echo "gpu-profile failed (not counted)"
+    fi
+fi
 if [ $failures -eq 0 ]; then echo "gpu-check: all passed ($(elapsed)s)"; else echo "gpu-check: $failures failure(s) ($(elapsed)s)"; fi
 [ $failures -eq 0 ]
