@@ -128,11 +128,7 @@ __global__ void quantize_fp8_vec_kernel(uint2 *q, float *scale_out, const T *x, 
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
         float f[8];
         bs_load8(x, i, f);
-        uint32_t w[2] = {0, 0};
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            w[j >> 2] |= (uint32_t)__nv_cvt_float_to_fp8(f[j] / scale, __NV_SATFINITE, __NV_E4M3) << (8 * (j & 3));
-        q[i] = make_uint2(w[0], w[1]); // byte j of the 8 is element j (little-endian)
+        q[i] = bs_e4m3_pack8(f, scale);
     }
 }
 
@@ -149,5 +145,37 @@ extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const voi
     if (g > 4096) g = 4096;
     BS_DISPATCH_ACT(dt,
                     quantize_fp8_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
+    return cudaGetLastError();
+}
+
+// Static scale: q = E4M3(x / *scale), no amax (BERTSTREAM_FP8_SCALES=static).
+template <typename T>
+__global__ void quantize_fp8_static_kernel(__nv_fp8_e4m3 *q, const T *x, size_t n, const float *scale_p) {
+    const float scale = *scale_p;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        q[i] = bs_st<__nv_fp8_e4m3>(bs_ld(x[i]) / scale);
+}
+
+template <typename T>
+__global__ void quantize_fp8_static_vec_kernel(uint2 *q, const T *x, size_t n8, const float *scale_p) {
+    const float scale = *scale_p;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+        float f[8];
+        bs_load8(x, i, f);
+        q[i] = bs_e4m3_pack8(f, scale);
+    }
+}
+
+extern "C" cudaError_t quantize_fp8_static_forward(void *q, const void *x, bs_dtype dt, size_t n, const float *scale,
+                                                   cudaStream_t s) {
+    if (n == 0) return cudaSuccess;
+    const bool vec = vec8_ok(x, q, n);
+    unsigned g = grid_for(vec ? n / 8 : n, 256);
+    if (g > 4096) g = 4096;
+    if (vec) {
+        BS_DISPATCH_ACT(dt, quantize_fp8_static_vec_kernel<<<g, 256, 0, s>>>((uint2 *)q, (const T *)x, n / 8, scale));
+    } else {
+        BS_DISPATCH_ACT(dt, quantize_fp8_static_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, (const T *)x, n, scale));
+    }
     return cudaGetLastError();
 }

@@ -24,6 +24,11 @@ cudaError_t amax_forward(float *partials /* (BS_AMAX_PARTS) */, const void *x, b
 cudaError_t quantize_fp8_forward(void *q, float *scale_out, const void *x, bs_dtype dt, size_t n, const float *partials,
                                  cudaStream_t s);
 
+/* q (n) <- E4M3(x / *scale) with a scale fixed beforehand (device pointer): no amax pass. The CPU
+ * twin is quantize_fp8_ref with that scale. */
+cudaError_t quantize_fp8_static_forward(void *q, const void *x, bs_dtype dt, size_t n, const float *scale,
+                                        cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

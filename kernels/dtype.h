@@ -147,6 +147,15 @@ template <typename T> __device__ __forceinline__ void bs_load8(const T *x, size_
     bs_unpack8(bs_ld16(x + 8 * i8), f, T());
 }
 
+/* E4M3(f[j] / scale) for 8 values, byte j = element j (little-endian), as bs_st<__nv_fp8_e4m3> rounds */
+__device__ __forceinline__ uint2 bs_e4m3_pack8(const float *f, float scale) {
+    uint32_t w[2] = {0, 0};
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        w[j >> 2] |= (uint32_t)__nv_cvt_float_to_fp8(f[j] / scale, __NV_SATFINITE, __NV_E4M3) << (8 * (j & 3));
+    return make_uint2(w[0], w[1]);
+}
+
 __device__ __forceinline__ float bs_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -4,6 +4,8 @@
 // (BERT-base 768, large 1024) take a register-resident 16-byte path instead (below).
 #include "layernorm.h"
 
+#include "convert.h"
+
 #define LN_MAX_SMEM (48 * 1024)
 
 static int ln_warps_per_block(int C) {
@@ -84,9 +86,11 @@ __device__ __forceinline__ void ln_ld8f(const float *p, float *f) {
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
+// q8 != NULL: also the E4M3 copy of the stored (rounded) row, E4M3(y / *q8_scale), for the next
+// GEMM under static fp8 scales: the same bytes quantize_fp8_static_forward makes from y.
 template <typename T, int NV>
 __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const float *g, const float *b, float eps,
-                                              int lane) {
+                                              int lane, uint8_t *q8, const float *q8_scale) {
     constexpr int C = NV * 256;
     float s = 0;
 #pragma unroll
@@ -116,11 +120,21 @@ __device__ __forceinline__ void ln_finish_vec(T *y, float (&x)[NV][8], const flo
     }
 #pragma unroll
     for (int v = 0; v < NV; v++) *(uint4 *)(y + v * 256 + lane * 8) = o[v]; // after every parameter load
+    if (q8) {
+        const float qs = *q8_scale;
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            float r[8];
+            bs_unpack8(o[v], r, T());
+            *(uint2 *)(q8 + v * 256 + lane * 8) = bs_e4m3_pack8(r, qs);
+        }
+    }
 }
 
 template <typename T, int NV>
 __global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *bias, const T *res, const float *g,
-                                              const float *b, int n_rows, float eps) {
+                                              const float *b, int n_rows, float eps, uint8_t *q8,
+                                              const float *q8_scale) {
     constexpr int C = NV * 256;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -137,13 +151,13 @@ __global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *b
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fa[i] + fb[i] + fr[i];
     }
-    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane);
+    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane, q8 ? q8 + (size_t)t * C : NULL, q8_scale);
 }
 
 template <typename T, int NV>
 __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const int32_t *cu, int B, const T *word,
                                                const T *pos, const T *type0, const float *g, const float *b, int n_rows,
-                                               float eps) {
+                                               float eps, uint8_t *q8, const float *q8_scale) {
     constexpr int C = NV * 256;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -161,7 +175,7 @@ __global__ void embedding_layernorm_vec_kernel(T *out, const int32_t *ids, const
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fw[i] + fp[i] + ft[i];
     }
-    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane);
+    ln_finish_vec<T, NV>(out + (size_t)t * C, x, g, b, eps, lane, q8 ? q8 + (size_t)t * C : NULL, q8_scale);
 }
 
 #define LN_VEC_WARPS 4
@@ -196,14 +210,14 @@ static bool al16(const void *p) {
         return cudaGetLastError();                                                                                     \
     } while (0)
 
-extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids, const int32_t *cu_seqlens, int B,
-                                                   const void *word, const void *pos, const void *type0,
-                                                   const float *gamma, const float *beta, int n, int C, float eps,
-                                                   bs_dtype dt, cudaStream_t s) {
+extern "C" cudaError_t embedding_layernorm_q8_forward(void *out, const int32_t *ids, const int32_t *cu_seqlens, int B,
+                                                      const void *word, const void *pos, const void *type0,
+                                                      const float *gamma, const float *beta, int n, int C, float eps,
+                                                      bs_dtype dt, void *q8, const float *q8_scale, cudaStream_t s) {
     if (n < 1) return cudaSuccess;
-    LN_VEC_DISPATCH(dt, C, al16(out) && al16(word) && al16(pos) && al16(type0) && al16(gamma) && al16(beta),
+    LN_VEC_DISPATCH(dt, C, al16(out) && al16(word) && al16(pos) && al16(type0) && al16(gamma) && al16(beta) && al16(q8),
                     embedding_layernorm_vec_kernel, (T *)out, ids, cu_seqlens, B, (const T *)word, (const T *)pos,
-                    (const T *)type0, gamma, beta, n, eps);
+                    (const T *)type0, gamma, beta, n, eps, (uint8_t *)q8, q8_scale);
     const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
@@ -211,20 +225,39 @@ extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids
     BS_DISPATCH_ACT(dt, embedding_layernorm_kernel<<<grid, 32 * w, smem, s>>>(
                             (T *)out, ids, cu_seqlens, B, (const T *)word, (const T *)pos, (const T *)type0, gamma,
                             beta, n, C, eps));
-    return cudaGetLastError();
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || !q8) return e;
+    return quantize_fp8_static_forward(q8, out, dt, (size_t)n * C, q8_scale, s); /* the same bytes as the fused copy */
 }
 
-extern "C" cudaError_t residual_layernorm_forward(void *out, const void *a, const float *bias, const void *res,
-                                                  const float *gamma, const float *beta, int n, int C, float eps,
-                                                  bs_dtype dt, cudaStream_t s) {
+extern "C" cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids, const int32_t *cu_seqlens, int B,
+                                                   const void *word, const void *pos, const void *type0,
+                                                   const float *gamma, const float *beta, int n, int C, float eps,
+                                                   bs_dtype dt, cudaStream_t s) {
+    return embedding_layernorm_q8_forward(out, ids, cu_seqlens, B, word, pos, type0, gamma, beta, n, C, eps, dt, NULL,
+                                          NULL, s);
+}
+
+extern "C" cudaError_t residual_layernorm_q8_forward(void *out, const void *a, const float *bias, const void *res,
+                                                     const float *gamma, const float *beta, int n, int C, float eps,
+                                                     bs_dtype dt, void *q8, const float *q8_scale, cudaStream_t s) {
     if (n < 1) return cudaSuccess;
-    LN_VEC_DISPATCH(dt, C, al16(out) && al16(a) && al16(res) && al16(bias) && al16(gamma) && al16(beta),
-                    residual_layernorm_vec_kernel, (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n, eps);
+    LN_VEC_DISPATCH(dt, C, al16(out) && al16(a) && al16(res) && al16(bias) && al16(gamma) && al16(beta) && al16(q8),
+                    residual_layernorm_vec_kernel, (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n, eps,
+                    (uint8_t *)q8, q8_scale);
     const int w = ln_warps_per_block(C);
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
     const size_t smem = (size_t)w * C * sizeof(float);
     BS_DISPATCH_ACT(dt, residual_layernorm_kernel<<<grid, 32 * w, smem, s>>>((T *)out, (const T *)a, bias,
                                                                              (const T *)res, gamma, beta, n, C, eps));
-    return cudaGetLastError();
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || !q8) return e;
+    return quantize_fp8_static_forward(q8, out, dt, (size_t)n * C, q8_scale, s);
+}
+
+extern "C" cudaError_t residual_layernorm_forward(void *out, const void *a, const float *bias, const void *res,
+                                                  const float *gamma, const float *beta, int n, int C, float eps,
+                                                  bs_dtype dt, cudaStream_t s) {
+    return residual_layernorm_q8_forward(out, a, bias, res, gamma, beta, n, C, eps, dt, NULL, NULL, s);
 }

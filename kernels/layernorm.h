@@ -27,6 +27,17 @@ cudaError_t residual_layernorm_forward(void *out, const void *a /* (T, C) */, co
                                        const float *beta /* (C) */, int T, int C, float eps, bs_dtype dt,
                                        cudaStream_t s);
 
+/* The same, and when q8 != NULL also q8 (T, C) E4M3 = E4M3(out / *q8_scale) of the stored out
+ * (static fp8 scales: the next GEMM's input without an amax pass; the bytes are those
+ * quantize_fp8_static_forward makes from out). */
+cudaError_t embedding_layernorm_q8_forward(void *out, const int32_t *ids, const int32_t *cu_seqlens, int B,
+                                           const void *word, const void *pos, const void *type0, const float *gamma,
+                                           const float *beta, int T, int C, float eps, bs_dtype dt, void *q8,
+                                           const float *q8_scale, cudaStream_t s);
+cudaError_t residual_layernorm_q8_forward(void *out, const void *a, const float *bias, const void *res,
+                                          const float *gamma, const float *beta, int T, int C, float eps, bs_dtype dt,
+                                          void *q8, const float *q8_scale, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -94,10 +94,10 @@ done
 # (all compute processes together: the machine is ours; CUDA context included).
 ROWS=()
 declare -A BENCHED # points already run: the grid below skips the targets measured first
-bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [ATTENTION]]: ATTENTION sets BERTSTREAM_ATTENTION
-    local prec=$1 batch=$2 len=$3 lengths=${4:-fixed} att=${5:-}
-    [ -z "${BENCHED[$prec/$batch/$len/$lengths/$att]:-}" ] || return 0
-    BENCHED[$prec/$batch/$len/$lengths/$att]=1
+bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [VAR=VALUE]]: VAR=VALUE goes into bench's environment
+    local prec=$1 batch=$2 len=$3 lengths=${4:-fixed} setting=${5:-}
+    [ -z "${BENCHED[$prec/$batch/$len/$lengths/$setting]:-}" ] || return 0
+    BENCHED[$prec/$batch/$len/$lengths/$setting]=1
     if [ "$(elapsed)" -ge "$BUDGET" ]; then
         ROWS+=("$(printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" - - - - - "skipped: time budget")")
         skipped=$((skipped + 1))
@@ -105,7 +105,7 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [ATTENTION]]: ATTENTION sets BERTST
     fi
     local log
     log=$(mktemp)
-    BERTSTREAM_ATTENTION=$att $TO ${TO:+120} "$BUNDLE/bertstream" bench --model "$MODEL" --device cuda --precision "$prec" --batch "$batch" \
+    env ${setting:+"$setting"} $TO ${TO:+120} "$BUNDLE/bertstream" bench --model "$MODEL" --device cuda --precision "$prec" --batch "$batch" \
         --seq-len "$len" --lengths "$lengths" --seconds "$SECONDS_PER_BENCH" >"$log" 2>"$log.err" &
     local pid=$! peak=0 m
     while kill -0 "$pid" 2>/dev/null; do
@@ -158,9 +158,11 @@ bench bf16 16 128
 bench bf16 256 128 uniform:8:128
 bench fp8 256 128 uniform:8:128
 bench fp32 16 128
-# the attention kernels side by side (default: mma on Ampere and later)
-bench bf16 256 128 fixed wmma
-bench bf16 256 128 uniform:8:128 wmma
+# the attention kernels side by side (default: mma on Ampere and later), fp8 with static scales
+bench bf16 256 128 fixed BERTSTREAM_ATTENTION=wmma
+bench bf16 256 128 uniform:8:128 BERTSTREAM_ATTENTION=wmma
+bench fp8 256 128 fixed BERTSTREAM_FP8_SCALES=static
+bench fp8 256 128 uniform:8:128 BERTSTREAM_FP8_SCALES=static
 
 # The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
 # half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.

@@ -40,6 +40,7 @@ int engine_cuda_device_count(void) {
 
 #include "attention.h"
 #include "attention_cudnn.h"
+#include "fp8_scales.h"
 #include "convert.h"
 #include "cuda_check.h"
 #include "dtype.h"
@@ -54,6 +55,7 @@ int engine_cuda_device_count(void) {
  * offsets (an H100 with cuBLAS 13 ran the kind-0 GEMM and refused the kind-1 one at launch). */
 #define SCALE_STRIDE (ALIGN / 4)
 #define SCALE_AT(p, kind) ((p) + (size_t)(kind)*SCALE_STRIDE)
+#define STATIC_SCALE(e, l, kind) SCALE_AT((e)->static_scale, (size_t)(l)*G_KINDS + (kind))
 #define MAX_GRAPHS 64
 #define MAX_SDPA 64
 #define ALIGN 256
@@ -135,6 +137,7 @@ typedef struct {
     void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
     void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
     float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
+    float *static_scale;                 /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
     float *cls, *mean, *pooler;          /* (Bcap, C) fp32 */
     float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
     void *gemm_ws, *sdpa_ws;
@@ -155,6 +158,7 @@ typedef struct {
     bs_att_kernel att_kernel; /* our kernel: the path when !use_cudnn, the reference cuDNN is checked against */
     int att_bq;               /* its queries per tile */
     int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
+    int fp8_static;           /* fp8 with scales bounded from the weights (BERTSTREAM_FP8_SCALES=static) */
     int gelu_in_gemm;         /* the largest shape's FF1 plan got that epilogue */
     uint64_t clock;
 } cuda_engine;
@@ -227,6 +231,29 @@ static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size
     return BS_OK;
 }
 
+/* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each. */
+static int upload_static_scales(cuda_engine *e, char *err) {
+    const int L = e->base.model->cfg.layers;
+    double *bounds = malloc(sizeof(double) * 4 * (size_t)L);
+    float *h = calloc((size_t)L * G_KINDS * SCALE_STRIDE, sizeof(float));
+    if (!bounds || !h) {
+        free(bounds), free(h);
+        return bs_err(err, "out of memory");
+    }
+    fp8_static_bounds(e->base.model, bounds);
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < G_KINDS; k++)
+            h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = (float)(bounds[4 * l + k] / BS_E4M3_MAX);
+    log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g",
+              bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX);
+    cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * (size_t)L * G_KINDS * SCALE_STRIDE,
+                                     cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* h is freed below */
+    free(bounds), free(h);
+    if (ce != cudaSuccess) return bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
+    return BS_OK;
+}
+
 static int upload_weights(cuda_engine *e, char *err) {
     const bs_model *m = e->base.model;
     const bs_bert_config *c = &m->cfg;
@@ -291,6 +318,7 @@ static void layout_activations(cuda_engine *e, arena *a) {
     e->q8 = e->fp8 ? take(a, R * (I > C ? I : C)) : NULL;
     e->amax_parts = take(a, BS_AMAX_PARTS * 4);
     e->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
+    e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
     e->cls = take(a, (size_t)e->Bcap * C * 4);
     e->mean = take(a, (size_t)e->Bcap * C * 4);
     e->pooler = take(a, (size_t)e->Bcap * C * 4);
@@ -518,11 +546,17 @@ static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
     gemm_dims(e, kind, &m, &k);
     const void *X = in;
     if (e->fp8) {
-        CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
-        CUDA_CHECK(quantize_fp8_forward(e->q8, SCALE_AT(e->act_scale, kind), in, e->act, (size_t)n * k, e->amax_parts,
-                                        e->stream));
+        float *sb = SCALE_AT(e->act_scale, kind);
+        if (!e->fp8_static) { /* this batch's amax, then the cast */
+            CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
+            CUDA_CHECK(quantize_fp8_forward(e->q8, sb, in, e->act, (size_t)n * k, e->amax_parts, e->stream));
+        } else { /* the scale is fixed; the LayerNorms wrote the QKV and FFN-up inputs already */
+            sb = STATIC_SCALE(e, l, kind);
+            if (kind == G_AO || kind == G_FF2)
+                CUDA_CHECK(quantize_fp8_static_forward(e->q8, in, e->act, (size_t)n * k, sb, e->stream));
+        }
         X = e->q8;
-        const void *sa = SCALE_AT(w->scale, kind), *sb = SCALE_AT(e->act_scale, kind);
+        const void *sa = SCALE_AT(w->scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
@@ -600,21 +634,28 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
     const float eps = c->ln_eps;
     const bs_dtype A = e->act;
     cudaStream_t s = e->stream;
-    CUDA_CHECK(embedding_layernorm_forward(e->x, e->d_ids, e->d_cu, Bb, e->word, e->pos, e->type0, e->emb_ln_w,
-                                           e->emb_ln_b, Tb, C, eps, A, s));
+    /* static fp8 scales: each LayerNorm also writes its output in E4M3 for the GEMM after it (q8) */
+    const int st = e->fp8_static;
+    CUDA_CHECK(embedding_layernorm_q8_forward(e->x, e->d_ids, e->d_cu, Bb, e->word, e->pos, e->type0, e->emb_ln_w,
+                                              e->emb_ln_b, Tb, C, eps, A, st ? e->q8 : NULL,
+                                              st ? STATIC_SCALE(e, 0, G_QKV) : NULL, s));
     /* Attention writes rows < T only; rows T..Tb-1 of att would keep an earlier batch's values. Under
-     * fp8 every GEMM input's per-tensor scale is the max over all Tb rows, so stale rows would make
-     * this batch's features depend on the one before: zero them once per batch (nothing else writes att). */
-    if (e->fp8) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
+     * fp8 with batch scales every GEMM input's per-tensor scale is the max over all Tb rows, so stale
+     * rows would make this batch's features depend on the one before: zero them once per batch
+     * (nothing else writes att). Static scales read no amax: nothing to clear. */
+    if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
+        const int next = st && l + 1 < c->layers;               /* LN2 feeds the next layer's QKV GEMM */
         if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR; /* x -> qkv (Tb, 3C) */
         if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;  /* att (Tb, C) */
         if (gemm(e, G_AO, l, Tb, err) != BS_OK) return BS_ERR;  /* att -> tmp (Tb, C) */
-        CUDA_CHECK(residual_layernorm_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A, s));
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A,
+                                                 st ? e->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
         if (gemm(e, G_FF1, l, Tb, err) != BS_OK) return BS_ERR; /* x2 -> ff (Tb, I) */
         if (gemm(e, G_FF2, l, Tb, err) != BS_OK) return BS_ERR; /* ff -> tmp (Tb, C) */
-        CUDA_CHECK(residual_layernorm_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A, s));
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A,
+                                                 next ? e->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
     }
     CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
     CUDA_CHECK(pooler_forward(e->pooler, e->cls, e->pool_w, e->pool_b, Bb, C, A, s));
@@ -642,9 +683,13 @@ static void describe(cuda_engine *e, const char *graphs) {
                  (int)(e->cudnn_version % 10000 / 100));
     else
         snprintf(attn, sizeof attn, "kernel-%s", attention_kernel_name(e->att_kernel));
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s graphs=%.24s mem=%zuMiB",
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s%s graphs=%.24s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
-             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", graphs, (e->wbytes + e->abytes) >> 20);
+             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
+             !e->fp8         ? ""
+             : e->fp8_static ? " scales=static"
+                             : " scales=batch",
+             graphs, (e->wbytes + e->abytes) >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -1199,6 +1244,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->gemm_autotune = tune && (!strcmp(tune, "1") || !strcmp(tune, "on"));
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
+    const char *fs = getenv("BERTSTREAM_FP8_SCALES");
+    if (fs && *fs && strcmp(fs, "batch") && strcmp(fs, "static"))
+        return bs_err(err, "BERTSTREAM_FP8_SCALES='%s': expected batch or static", fs);
+    e->fp8_static = e->fp8 && fs && !strcmp(fs, "static");
 
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->h2d, cudaStreamNonBlocking));
@@ -1249,6 +1298,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     }
 
     if (upload_weights(e, err) != BS_OK) return BS_ERR;
+    if (e->fp8_static && upload_static_scales(e, err) != BS_OK) return BS_ERR;
     CUDA_CHECK(attention_setup(c->hidden / c->heads, opts->max_seq_len));
     if (!e->dnn && !strcmp(attention_env(), "cudnn"))
         return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but cuDNN is not usable at %s", bs_precision_name(prec));

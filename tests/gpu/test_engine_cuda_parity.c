@@ -546,7 +546,8 @@ static int device_has_fp8(void) {
     return bs_cc_has_fp8(prop.major, prop.minor);
 }
 
-static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
+/* scales: NULL = the default (each GEMM input's amax in this batch), "static" = bounds from the weights */
+static void fp8_tracks_fp32_cpu(const char *scales) {
     char err[BS_ERRLEN];
     const int has_fp8 = device_has_fp8();
     bs_model *m = load_golden_model();
@@ -554,7 +555,9 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
     if (!m) return;
     bs_engine_opts o = {
         .device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128, .max_seq_len = 128};
+    if (scales) setenv("BERTSTREAM_FP8_SCALES", scales, 1);
     bs_engine *e = engine_new(m, &o, err);
+    unsetenv("BERTSTREAM_FP8_SCALES");
     if (!has_fp8) {
         CHECK(e == NULL);
         CHECK_CONTAINS(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper)");
@@ -569,13 +572,14 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
         return;
     }
     fprintf(stderr, "  engine: %s\n", engine_describe(e));
+    CHECK_CONTAINS(engine_describe(e), scales ? " scales=static " : " scales=batch ");
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
     if (h && cpu) {
         review_set rs = imdb_reviews(300);
         review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
-        print_stats("fp8", &rs, &st);
+        print_stats(scales ? "fp8 (static scales)" : "fp8", &rs, &st);
         CHECK(st.min_cos >= 0.99);
         CHECK(st.agree_golden >= 0.99);
         CHECK(st.agree_principal >= 0.99);
@@ -585,6 +589,63 @@ static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
     head_free(h);
     engine_free(e);
     model_free(m);
+}
+
+static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
+    fp8_tracks_fp32_cpu(NULL);
+}
+
+/* BERTSTREAM_FP8_SCALES=static: the same tolerances with scales bounded from the weights (no amax
+ * pass; the LayerNorms write the next GEMM's E4M3 input themselves). */
+static void engine_cuda_fp8_static_scales_track_fp32_cpu(void) {
+    fp8_tracks_fp32_cpu("static");
+}
+
+/* Static scales make a sequence's features independent of its batch-mates: the golden batch with
+ * every sequence but the first given other tokens of the same lengths (same bucket, same GEMM
+ * plans) gives the first sequence's features bit for bit. With batch scales (the default) the
+ * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES is a one-line error. */
+static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
+    char err[BS_ERRLEN];
+    if (!device_has_fp8()) {
+        fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
+        return;
+    }
+    golden gd;
+    if (!golden_open(&gd)) return;
+    bs_model *m = gd.m;
+    packed_batch pb = gd.pb;
+    const int C = m->cfg.hidden, n0 = pb.cu[1];
+    setenv("BERTSTREAM_FP8_SCALES", "dynamic", 1);
+    bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_FP8_SCALES='dynamic': expected batch or static");
+    setenv("BERTSTREAM_FP8_SCALES", "static", 1);
+    bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
+    unsetenv("BERTSTREAM_FP8_SCALES");
+    CHECK(e != NULL);
+    CHECK(pb.B >= 2);
+    if (e && pb.B >= 2) {
+        int32_t *ids2 = malloc(sizeof(int32_t) * (size_t)pb.T);
+        for (int t = 0; t < pb.T; t++) /* other tokens after the first sequence, [CLS]/[SEP] kept */
+            ids2[t] = t < n0 || pb.ids[t] == 101 || pb.ids[t] == 102 ? pb.ids[t] : 1000 + (pb.ids[t] * 7 + t) % 20000;
+        features a = features_alloc(pb.B, pb.T, C), b = features_alloc(pb.B, pb.T, C);
+        CHECK_INT(run(e, pb.B, pb.ids, pb.cu, &a), BS_OK);
+        CHECK_INT(run(e, pb.B, ids2, pb.cu, &b), BS_OK);
+        const double d[4] = {
+            bs_test_max_abs_diff(a.pooler, b.pooler, (size_t)C), bs_test_max_abs_diff(a.mean, b.mean, (size_t)C),
+            bs_test_max_abs_diff(a.cls, b.cls, (size_t)C), bs_test_max_abs_diff(a.hidden, b.hidden, (size_t)n0 * C)};
+        const double other = bs_test_max_abs_diff(a.pooler + C, b.pooler + C, (size_t)C);
+        fprintf(stderr,
+                "  fp8 static: sequence 0 with other batch-mates: max |diff| %.3g %.3g %.3g %.3g (sequence 1: %.3g)\n",
+                d[0], d[1], d[2], d[3], other);
+        for (int i = 0; i < 4; i++) CHECK(d[i] == 0);
+        CHECK(other > 0); /* the changed sequence did change */
+        features_free(&a), features_free(&b);
+        free(ids2);
+    }
+    engine_free(e);
+    golden_close(&gd);
 }
 
 /* Under fp8 each GEMM input's scale is the max over every row of the bucket, padding rows
@@ -762,6 +823,8 @@ int main(void) {
     RUN(engine_cuda_bf16_fp16_track_fp32_cpu);
     RUN(engine_cuda_fp8_tracks_fp32_cpu_or_is_refused);
     RUN(engine_cuda_fp8_result_does_not_depend_on_the_previous_batch);
+    RUN(engine_cuda_fp8_static_scales_track_fp32_cpu);
+    RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
     return bs_test_done();
 }

@@ -281,6 +281,97 @@ static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
     check_residual_layernorm(100);
 }
 
+/* Static fp8 scales: quantize_fp8_static_forward is E4M3(x / scale) bit for bit (8-wide and
+ * element paths), and the LayerNorms' fused E4M3 copy (q8) is exactly that of their stored output,
+ * on the 16-byte path (C = 768) and the shared-memory one (C = 100, a second pass). */
+static int q8_mismatches(const uint8_t *dq, const float *x, size_t n, float scale, const char *what) {
+    uint8_t *hq = malloc(n);
+    CK(cudaMemcpy(hq, dq, n, cudaMemcpyDeviceToHost));
+    float *deq = host(n);
+    quantize_fp8_ref(deq, x, n, scale);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (bs_e4m3_decode(hq[i]) * scale != deq[i] && bad++ < 3)
+            fprintf(stderr, "  %s: x=%.9g device %.9g cpu twin %.9g\n", what, x[i], bs_e4m3_decode(hq[i]) * scale,
+                    deq[i]);
+    free(hq), free(deq);
+    return bad;
+}
+
+static void fp8_static_quantize_and_layernorm_copy_match_twin(void) {
+    const float scale = 0.0123f; /* |x| <= 3: up to 244, some saturate past 448 below */
+    float *dscale = upf(&scale, 1);
+    for (int k = 1; k < 3; k++) {
+        const bs_dtype dt = act_types[k];
+        const size_t ns[2] = {4096, 4099};
+        for (int i = 0; i < 2; i++) {
+            float *x = rand_host(ns[i], -3.0f, 3.0f);
+            x[5] = 7.5f; /* past 448 * scale: saturates to 448 */
+            round_host(x, ns[i], dt);
+            void *dx = up(x, ns[i], dt);
+            uint8_t *dq = NULL;
+            CK(cudaMalloc((void **)&dq, ns[i]));
+            CK(quantize_fp8_static_forward(dq, dx, dt, ns[i], dscale, S));
+            CK(cudaStreamSynchronize(S));
+            CHECK_INT(q8_mismatches(dq, x, ns[i], scale, "quantize static"), 0);
+            free(x);
+            cudaFree(dx), cudaFree(dq);
+        }
+        const int Cs[2] = {768, 100}, T = 21;
+        for (int i = 0; i < 2; i++) {
+            const int C = Cs[i];
+            float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f);
+            float *a = rand_host((size_t)T * C, -3, 3), *res = rand_host((size_t)T * C, -3, 3);
+            round_host(a, (size_t)T * C, dt);
+            round_host(res, (size_t)T * C, dt);
+            void *da = up(a, (size_t)T * C, dt), *dres = up(res, (size_t)T * C, dt), *dout = NULL;
+            float *dg = upf(g, C), *db = upf(b, C);
+            uint8_t *dq = NULL;
+            CK(cudaMalloc(&dout, (size_t)T * C * bs_dtype_size(dt)));
+            CK(cudaMalloc((void **)&dq, (size_t)T * C));
+            CK(residual_layernorm_q8_forward(dout, da, NULL, dres, dg, db, T, C, 1e-12f, dt, dq, dscale, S));
+            CK(cudaStreamSynchronize(S));
+            float *y = down(dout, (size_t)T * C, dt); /* the stored (rounded) LayerNorm output */
+            char what[64];
+            snprintf(what, sizeof what, "residual LN q8 C=%d %s", C, bs_dtype_name(dt));
+            CHECK_INT(q8_mismatches(dq, y, (size_t)T * C, scale, what), 0);
+            /* and the plain call still writes the same LayerNorm output */
+            void *dout2 = NULL;
+            CK(cudaMalloc(&dout2, (size_t)T * C * bs_dtype_size(dt)));
+            CK(residual_layernorm_forward(dout2, da, NULL, dres, dg, db, T, C, 1e-12f, dt, S));
+            CK(cudaStreamSynchronize(S));
+            float *y2 = down(dout2, (size_t)T * C, dt);
+            CHECK(max_diff(y, y2, (size_t)T * C) == 0);
+            free(g), free(b), free(a), free(res), free(y), free(y2);
+            cudaFree(da), cudaFree(dres), cudaFree(dout), cudaFree(dout2), cudaFree(dg), cudaFree(db), cudaFree(dq);
+        }
+        /* embedding LayerNorm's copy: C = 768, 5 tokens of a 3-word vocabulary */
+        {
+            const int C = 768, V = 3, P = 8, n = 5;
+            float *word = rand_host((size_t)V * C, -1, 1), *pos = rand_host((size_t)P * C, -1, 1),
+                  *t0 = rand_host(C, -1, 1);
+            float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f);
+            const int32_t ids[5] = {0, 2, 1, 1, 0}, cu[3] = {0, 2, 5};
+            void *dw = up(word, (size_t)V * C, dt), *dp = up(pos, (size_t)P * C, dt), *dt0 = up(t0, C, dt),
+                 *dout = NULL;
+            float *dg = upf(g, C), *db = upf(b, C);
+            int32_t *dids = upi(ids, n), *dcu = upi(cu, 3);
+            uint8_t *dq = NULL;
+            CK(cudaMalloc(&dout, (size_t)n * C * bs_dtype_size(dt)));
+            CK(cudaMalloc((void **)&dq, (size_t)n * C));
+            CK(embedding_layernorm_q8_forward(dout, dids, dcu, 2, dw, dp, dt0, dg, db, n, C, 1e-12f, dt, dq, dscale,
+                                              S));
+            CK(cudaStreamSynchronize(S));
+            float *y = down(dout, (size_t)n * C, dt);
+            CHECK_INT(q8_mismatches(dq, y, (size_t)n * C, scale, "embedding LN q8"), 0);
+            free(word), free(pos), free(t0), free(g), free(b), free(y);
+            cudaFree(dw), cudaFree(dp), cudaFree(dt0), cudaFree(dout), cudaFree(dg), cudaFree(db), cudaFree(dids);
+            cudaFree(dcu), cudaFree(dq);
+        }
+    }
+    cudaFree(dscale);
+}
+
 /* ---- GELU ---- */
 
 static void bias_gelu_is_erf_gelu_of_x_plus_bias(void) {
@@ -550,6 +641,7 @@ int main(void) {
     RUN_GPU(residual_layernorm_matches_twin_in_place_and_without_bias);
     RUN_GPU(bias_gelu_is_erf_gelu_of_x_plus_bias);
     RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
+    RUN_GPU(fp8_static_quantize_and_layernorm_copy_match_twin);
     /* last: a fault in the attention kernel or cuDNN is sticky and fails every test after it */
     RUN_GPU(attention_tiles_cover_each_sequence_once);
     RUN_GPU(attention_matches_twin_for_ragged_lengths_and_head_sizes);

@@ -1,0 +1,53 @@
+/* Static fp8 scales (see fp8_scales.h). */
+#include "fp8_scales.h"
+
+#include <math.h>
+
+#define GELU_MIN_ABS 0.1700 /* |min GELU| = 0.16997 at x = -0.7518 (erf form; the tanh form: 0.16999) */
+#define ROUNDING_MARGIN 1.01
+
+static double max_abs(const float *v, int n) {
+    double m = 0;
+    for (int i = 0; i < n; i++) m = fabs((double)v[i]) > m ? fabs((double)v[i]) : m;
+    return m;
+}
+
+double fp8_ln_max_bound(const float *g, const float *b, int C) {
+    return sqrt((double)(C > 1 ? C - 1 : 1)) * max_abs(g, C) + max_abs(b, C);
+}
+
+double fp8_ln_l2_bound(const float *g, const float *b, int C) {
+    double bb = 0;
+    for (int i = 0; i < C; i++) bb += (double)b[i] * b[i];
+    return sqrt((double)C) * max_abs(g, C) + sqrt(bb);
+}
+
+double fp8_linear_max_bound(const float *W, const float *bias, int out, int in, double x_l2) {
+    double worst = 0;
+    for (int j = 0; j < out; j++) {
+        double ww = 0;
+        for (int k = 0; k < in; k++) ww += (double)W[(size_t)j * in + k] * W[(size_t)j * in + k];
+        const double h = x_l2 * sqrt(ww) + fabs((double)bias[j]);
+        worst = h > worst ? h : worst;
+    }
+    return worst;
+}
+
+void fp8_static_bounds(const bs_model *m, double *bounds) {
+    const int C = m->cfg.hidden, I = m->cfg.intermediate;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        const bs_layer_weights *w = &m->layer[l];
+        const float *g = l == 0 ? m->emb_ln_w : m->layer[l - 1].ln2_w,
+                    *b = l == 0 ? m->emb_ln_b : m->layer[l - 1].ln2_b;
+        const double x_l2 = fp8_ln_l2_bound(g, b, C), x2_l2 = fp8_ln_l2_bound(w->ln1_w, w->ln1_b, C);
+        const double h = fp8_linear_max_bound(w->ff1_w, w->ff1_b, I, C, x2_l2);
+        bounds[4 * l + 0] = fp8_ln_max_bound(g, b, C);
+        bounds[4 * l + 1] = fp8_linear_max_bound(w->qkv_w + (size_t)2 * C * C, w->qkv_b + 2 * C, C, C, x_l2);
+        bounds[4 * l + 2] = fp8_ln_max_bound(w->ln1_w, w->ln1_b, C);
+        bounds[4 * l + 3] = h > GELU_MIN_ABS ? h : GELU_MIN_ABS;
+        for (int k = 0; k < 4; k++) {
+            bounds[4 * l + k] *= ROUNDING_MARGIN;
+            if (!(bounds[4 * l + k] > 0)) bounds[4 * l + k] = 1.0; /* all-zero weights: any scale */
+        }
+    }
+}
