@@ -10,6 +10,7 @@
  * G: A, or E4M3 under fp8. */
 #include "engine.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,8 +243,16 @@ static int upload_static_scales(cuda_engine *e, char *err) {
     }
     fp8_static_bounds(e->base.model, bounds);
     for (int l = 0; l < L; l++)
-        for (int k = 0; k < G_KINDS; k++)
-            h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = (float)(bounds[4 * l + k] / BS_E4M3_MAX);
+        for (int k = 0; k < G_KINDS; k++) {
+            const float sc = (float)(bounds[4 * l + k] / BS_E4M3_MAX);
+            if (!isfinite(sc) || sc < FLT_MIN) { /* NaN/inf weights, or a bound too small for a float scale */
+                const double b = bounds[4 * l + k];
+                free(bounds), free(h);
+                return bs_err(err, "fp8 static scales: layer %d, %s GEMM input: bound %g gives no usable scale", l,
+                              gemm_names[k], b);
+            }
+            h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = sc;
+        }
     log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g",
               bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX);
     cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * (size_t)L * G_KINDS * SCALE_STRIDE,

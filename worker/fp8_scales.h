@@ -1,8 +1,10 @@
 /* Static fp8 scales: an upper bound on |x| for every GEMM input of every layer, from the weights
  * alone, so the fp8 engine can quantise each GEMM input with a fixed per-tensor scale (bound / 448)
  * instead of measuring the batch's amax first (BERTSTREAM_FP8_SCALES=static, docs/gpu-engine.md).
- * Every bound is guaranteed by the arithmetic (below), never sampled: no value can saturate, and a
- * review's result depends neither on its batch-mates nor on earlier batches.
+ * Every bound follows from the arithmetic (below), never from samples, with margins for the
+ * rounding of the operands the engine really multiplies (bf16 LayerNorm outputs, E4M3 inputs and
+ * weights), so no value should reach saturation (the cast saturates rather than overflow if one
+ * did); and a review's result depends neither on its batch-mates nor on earlier batches.
  *
  *   LayerNorm output y = g * z + b with z of mean 0 and mean square < 1 (the eps):
  *     |y_i| <= sqrt(C - 1) max|g| + max|b|            (max |z_i| <= sqrt(C - 1) when sum z^2 <= C)
@@ -25,7 +27,9 @@ double fp8_ln_l2_bound(const float *g, const float *b, int C);
 /* max over j < out of x_l2 * ||W_j||_2 + |bias_j|, W (out, in) row-major */
 double fp8_linear_max_bound(const float *W, const float *bias, int out, int in, double x_l2);
 /* bounds[4 * l + k] for layer l and GEMM k in the engine's order (QKV, attention output, FFN up,
- * FFN down), widened by 1 % for the rounding of the bf16 activations they are computed from. */
+ * FFN down), widened for rounding: x 1.01 for the LayerNorm-fed inputs (QKV, FFN up), x 1.01 x
+ * 1.0625^2 for those computed from E4M3 operands (attention output, FFN down). An all-zero bound
+ * becomes 1; NaN or inf weights give a NaN or inf bound (the engine refuses it). */
 void fp8_static_bounds(const bs_model *m, double *bounds /* (4 L) */);
 
 #endif

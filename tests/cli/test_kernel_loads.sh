@@ -53,6 +53,7 @@ for t in __half __nv_bfloat16; do
     done
     check_vec "amax_vec_kernel<$t>" "amax_vec_kernel.*${#t}${t}" convert
     check_vec "quantize_fp8_vec_kernel<$t>" "quantize_fp8_vec_kernel.*${#t}${t}" convert
+    check_vec "quantize_fp8_static_vec_kernel<$t>" "quantize_fp8_static_vec_kernel.*${#t}${t}" convert
 done
 
 for hs in 32 64 128; do
