@@ -114,22 +114,29 @@ __device__ __forceinline__ float fp8_scale_from(const float *partials, float *sc
     return s_scale;
 }
 
+// The cast, grid-stride, element by element or 8 at a time. Divide (not multiply by 1/scale):
+// bit-identical to the CPU twin.
 template <typename T>
-__global__ void quantize_fp8_kernel(__nv_fp8_e4m3 *q, float *scale_out, const T *x, size_t n, const float *partials) {
-    const float scale =
-        fp8_scale_from(partials, scale_out); // divide (not multiply by 1/scale): bit-identical to the CPU twin
+__device__ __forceinline__ void quantize_loop(__nv_fp8_e4m3 *q, const T *x, size_t n, float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         q[i] = bs_st<__nv_fp8_e4m3>(bs_ld(x[i]) / scale);
 }
-
-template <typename T>
-__global__ void quantize_fp8_vec_kernel(uint2 *q, float *scale_out, const T *x, size_t n8, const float *partials) {
-    const float scale = fp8_scale_from(partials, scale_out);
+template <typename T> __device__ __forceinline__ void quantize_loop8(uint2 *q, const T *x, size_t n8, float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
         float f[8];
         bs_load8(x, i, f);
         q[i] = bs_e4m3_pack8(f, scale);
     }
+}
+
+template <typename T>
+__global__ void quantize_fp8_kernel(__nv_fp8_e4m3 *q, float *scale_out, const T *x, size_t n, const float *partials) {
+    quantize_loop(q, x, n, fp8_scale_from(partials, scale_out));
+}
+
+template <typename T>
+__global__ void quantize_fp8_vec_kernel(uint2 *q, float *scale_out, const T *x, size_t n8, const float *partials) {
+    quantize_loop8(q, x, n8, fp8_scale_from(partials, scale_out));
 }
 
 extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const void *x, bs_dtype dt, size_t n,
@@ -151,19 +158,12 @@ extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const voi
 // Static scale: q = E4M3(x / *scale), no amax (BERTSTREAM_FP8_SCALES=static).
 template <typename T>
 __global__ void quantize_fp8_static_kernel(__nv_fp8_e4m3 *q, const T *x, size_t n, const float *scale_p) {
-    const float scale = *scale_p;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        q[i] = bs_st<__nv_fp8_e4m3>(bs_ld(x[i]) / scale);
+    quantize_loop(q, x, n, *scale_p);
 }
 
 template <typename T>
 __global__ void quantize_fp8_static_vec_kernel(uint2 *q, const T *x, size_t n8, const float *scale_p) {
-    const float scale = *scale_p;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
-        float f[8];
-        bs_load8(x, i, f);
-        q[i] = bs_e4m3_pack8(f, scale);
-    }
+    quantize_loop8(q, x, n8, *scale_p);
 }
 
 extern "C" cudaError_t quantize_fp8_static_forward(void *q, const void *x, bs_dtype dt, size_t n, const float *scale,

@@ -546,6 +546,13 @@ static int device_has_fp8(void) {
     return bs_cc_has_fp8(prop.major, prop.minor);
 }
 
+/* For the fp8-only tests: 0 (and says so) on a GPU without fp8, where the refusal is tested elsewhere. */
+static int fp8_applicable(void) {
+    if (device_has_fp8()) return 1;
+    fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
+    return 0;
+}
+
 /* scales: NULL = the default (each GEMM input's amax in this batch), "static" = bounds from the weights */
 static void fp8_tracks_fp32_cpu(const char *scales) {
     char err[BS_ERRLEN];
@@ -607,10 +614,7 @@ static void engine_cuda_fp8_static_scales_track_fp32_cpu(void) {
  * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES is a one-line error. */
 static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     char err[BS_ERRLEN];
-    if (!device_has_fp8()) {
-        fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
-        return;
-    }
+    if (!fp8_applicable()) return;
     golden gd;
     if (!golden_open(&gd)) return;
     bs_model *m = gd.m;
@@ -654,10 +658,7 @@ static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
  * heads of 64, against the CPU engine at fp32 and the batch-scale fp8 engine. */
 static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
     char err[BS_ERRLEN];
-    if (!device_has_fp8()) {
-        fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
-        return;
-    }
+    if (!fp8_applicable()) return;
     bs_bert_config cfg = {.vocab_size = 1000,
                           .hidden = 256,
                           .layers = 2,
@@ -713,10 +714,7 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
  * would depend on what was scored before it. A 5-token batch (16-row bucket), then the whole
  * golden batch, then the 5-token batch again: bit-identical features. */
 static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
-    if (!device_has_fp8()) {
-        fprintf(stderr, "  no fp8 on this GPU: not applicable\n");
-        return;
-    }
+    if (!fp8_applicable()) return;
     golden gd;
     if (!golden_open(&gd)) return;
     bs_model *m = gd.m;
