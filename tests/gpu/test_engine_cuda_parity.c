@@ -256,6 +256,17 @@ static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
 
 /* ---- other shapes at fp32 ---- */
 
+/* HF's init is N(0, 0.02) with LayerNorm 1/0: bump gains and biases so they matter */
+static void bump_gains_and_biases(bs_model *m, bs_rng *r) {
+    for (int l = 0; l < m->cfg.layers; l++)
+        for (int k = 0; k < m->cfg.hidden; k++) {
+            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(r);
+            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(r);
+            m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(r);
+            m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(r);
+        }
+}
+
 static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
     char err[BS_ERRLEN];
     bs_model *m = model_init_random(&cfg, seed, err);
@@ -264,15 +275,8 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
         fprintf(stderr, "  %s\n", err);
         return;
     }
-    /* HF's init is N(0, 0.02) with LayerNorm 1/0: bump gains and biases so they matter */
     bs_rng r = {seed + 1};
-    for (int l = 0; l < cfg.layers; l++)
-        for (int k = 0; k < cfg.hidden; k++) {
-            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(&r);
-            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(&r);
-            m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(&r);
-            m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(&r);
-        }
+    bump_gains_and_biases(m, &r);
     enum { B = 5 };
     const int lens[B] = {1, 77, 13, 2, 40};
     int32_t cu[B + 1] = {0};
@@ -671,11 +675,7 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
     CHECK(m != NULL);
     if (!m) return;
     bs_rng r = {100};
-    for (int l = 0; l < cfg.layers; l++)
-        for (int k = 0; k < cfg.hidden; k++) {
-            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(&r);
-            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(&r);
-        }
+    bump_gains_and_biases(m, &r);
     enum { B = 6 };
     const int lens[B] = {1, 77, 13, 2, 40, 128};
     int32_t cu[B + 1] = {0};
