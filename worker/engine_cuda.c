@@ -916,8 +916,9 @@ static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *ou
 typedef struct {
     int B, Bb, T;
     int32_t cu[5];
-    float *h;       /* (T, 3C) the values, rounded to the activation dtype */
+    float *h;       /* (T, 3C) the values, rounded to the activation dtype; NULL: not opened yet */
     float *scratch; /* device, (T, 3C) fp32 */
+    float *ours;    /* (T, C) our chosen kernel's output (for the cuDNN checks), once computed */
 } att_probe;
 
 static void probe_close(cuda_engine *e, att_probe *p) {
@@ -926,6 +927,7 @@ static void probe_close(cuda_engine *e, att_probe *p) {
         cudaFree(p->scratch);
     }
     free(p->h);
+    free(p->ours);
     *p = (att_probe){0};
 }
 
@@ -957,6 +959,11 @@ static int probe_open(cuda_engine *e, att_probe *p, char *err) {
         return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
     }
     return BS_OK;
+}
+
+/* Opens the probe on first use: every self-check of one engine start shares it. */
+static int probe_need(cuda_engine *e, att_probe *p, char *err) {
+    return p->h ? BS_OK : probe_open(e, p, err);
 }
 
 /* Stages the probe's lengths (tiles for kernel k, cuDNN's offsets) and uploads them. */
@@ -1007,19 +1014,18 @@ static double max_abs_diff(const float *a, const float *b, size_t n) {
 
 /* Kernel k against the CPU twin on the probe. Returns 1 when they agree within two output ulps of
  * the activation dtype (|values| <= 2), 0 when not (why says by how much), BS_ERR on a CUDA error. */
-static int kernel_selfcheck(cuda_engine *e, bs_att_kernel k, char *why, char *err) {
+static int kernel_selfcheck(cuda_engine *e, att_probe *p, bs_att_kernel k, char *why, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const int C = c->hidden;
-    att_probe p;
-    if (probe_open(e, &p, err) != BS_OK) return BS_ERR;
-    float *got = malloc((size_t)p.T * C * 4), *want = malloc((size_t)p.T * C * 4);
-    double *scr = malloc(sizeof(double) * (size_t)(p.T + 1));
+    if (probe_need(e, p, err) != BS_OK) return BS_ERR;
+    float *got = malloc((size_t)p->T * C * 4), *want = malloc((size_t)p->T * C * 4);
+    double *scr = malloc(sizeof(double) * (size_t)(p->T + 1));
     int rc = BS_ERR;
     if (!got || !want || !scr) {
         bs_err(err, "out of memory");
-    } else if (probe_kernel(e, &p, k, got, err) == BS_OK) {
-        attention_ref(want, p.h, p.cu, p.B, c->heads, C / c->heads, scr);
-        const double worst = max_abs_diff(got, want, (size_t)p.T * C);
+    } else if (probe_kernel(e, p, k, got, err) == BS_OK) {
+        attention_ref(want, p->h, p->cu, p->B, c->heads, C / c->heads, scr);
+        const double worst = max_abs_diff(got, want, (size_t)p->T * C);
         const double tol = 4.0 * (e->act == BS_DT_F16 ? 1.0 / 1024 : e->act == BS_DT_BF16 ? 1.0 / 128 : 0) + 2e-5;
         rc = worst <= tol;
         if (!rc)
@@ -1029,25 +1035,29 @@ static int kernel_selfcheck(cuda_engine *e, bs_att_kernel k, char *why, char *er
                   worst, tol);
     }
     free(got), free(want), free(scr);
-    probe_close(e, &p);
     return rc;
 }
 
 /* cuDNN's SDPA against our kernel (e->att_kernel) on the probe. Returns 1 when they agree, 0 when
  * they do not (or cuDNN refuses), BS_ERR on a CUDA error. */
-static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
+static int sdpa_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
     const size_t n = (size_t)e->base.model->cfg.hidden;
-    att_probe p;
-    if (probe_open(e, &p, err) != BS_OK) return BS_ERR;
-    float *o1 = malloc((size_t)p.T * n * 4), *o2 = malloc((size_t)p.T * n * 4);
+    if (probe_need(e, p, err) != BS_OK) return BS_ERR;
+    if (!p->ours) { /* our kernel's output: computed once for both offset units */
+        if (!(p->ours = malloc((size_t)p->T * n * 4))) return bs_err(err, "out of memory");
+        if (probe_kernel(e, p, e->att_kernel, p->ours, err) != BS_OK) {
+            free(p->ours), p->ours = NULL;
+            return BS_ERR;
+        }
+    }
+    float *o2 = malloc((size_t)p->T * n * 4);
     int rc = BS_ERR;
-    if (!o1 || !o2) {
+    if (!o2) {
         bs_err(err, "out of memory");
         goto done;
     }
-    if (probe_kernel(e, &p, e->att_kernel, o1, err) != BS_OK || probe_stage(e, &p, e->att_kernel, err) != BS_OK)
-        goto done;
-    bs_sdpa_desc d = sdpa_desc(e, p.Bb);
+    if (probe_stage(e, p, e->att_kernel, err) != BS_OK) goto done;
+    bs_sdpa_desc d = sdpa_desc(e, p->Bb);
     bs_sdpa *plan = sdpa_cudnn_new(e->dnn, &d, why);
     if (!plan) {
         rc = 0;
@@ -1062,15 +1072,14 @@ static int sdpa_selfcheck(cuda_engine *e, char *why, char *err) {
         rc = 0;
         goto done;
     }
-    if (probe_fetch(e, &p, o2, err) != BS_OK) goto done;
-    const double worst = max_abs_diff(o1, o2, (size_t)p.T * n);
+    if (probe_fetch(e, p, o2, err) != BS_OK) goto done;
+    const double worst = max_abs_diff(p->ours, o2, (size_t)p->T * n);
     rc = worst <= 2e-2;
     if (!rc)
         snprintf(why, BS_ERRLEN, "cuDNN SDPA differs from the kernel by %.3g (offset unit %d)", worst, e->sdpa_unit);
     log_debug("cuDNN SDPA self-check", "max_abs_diff=%.3g offset_unit=%d", worst, e->sdpa_unit);
 done:
-    free(o1), free(o2);
-    probe_close(e, &p);
+    free(o2);
     return rc;
 }
 
@@ -1086,7 +1095,7 @@ static const char *attention_env(void) {
  * fp32 (cuDNN has no fp32 SDPA) or BERTSTREAM_ATTENTION names our kernels: it must build and agree
  * with our kernel (ragged offsets in elements, or in bytes for runtimes that count them so);
  * BERTSTREAM_ATTENTION=cudnn makes a failure an error. */
-static int choose_attention(cuda_engine *e, char *err) {
+static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const int HS = c->hidden / c->heads, S = e->base.opts.max_seq_len;
     const char *env = attention_env();
@@ -1102,7 +1111,7 @@ static int choose_attention(cuda_engine *e, char *err) {
                       env, bs_dtype_name(e->act), HS);
     e->att_kernel = force ? named : attention_best(e->act, HS, S);
     while (e->att_kernel != BS_ATT_SIMT) {
-        int ok = kernel_selfcheck(e, e->att_kernel, why, err);
+        int ok = kernel_selfcheck(e, p, e->att_kernel, why, err);
         if (ok == BS_ERR) return BS_ERR;
         if (ok) break;
         if (force) return bs_err(err, "BERTSTREAM_ATTENTION=%s but %s", env, why);
@@ -1127,7 +1136,7 @@ static int choose_attention(cuda_engine *e, char *err) {
         const int units[2] = {1, (int)bs_dtype_size(e->act)};
         for (int u = 0; u < 2 && !e->use_cudnn; u++) {
             e->sdpa_unit = units[u];
-            int ok = sdpa_selfcheck(e, why, err);
+            int ok = sdpa_selfcheck(e, p, why, err);
             if (ok == BS_ERR) return BS_ERR;
             e->use_cudnn = ok;
         }
@@ -1138,6 +1147,13 @@ static int choose_attention(cuda_engine *e, char *err) {
                  attention_kernel_name(e->att_kernel), why);
     }
     return BS_OK;
+}
+
+static int choose_attention(cuda_engine *e, char *err) {
+    att_probe p = {0}; /* opened by the first self-check that needs it, shared by the rest */
+    const int rc = choose_attention_with(e, &p, err);
+    probe_close(e, &p);
+    return rc;
 }
 
 /* ---- lifetime ---- */

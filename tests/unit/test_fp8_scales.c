@@ -117,24 +117,18 @@ static void fp8_static_bounds_wire_each_gemm_input(void) {
     double bd[8];
     fp8_static_bounds(m, bd);
     const double mp = 1.01 * 1.0625 * 1.0625; /* products of E4M3 operands */
-    const double xl2_0 = fp8_ln_l2_bound(m->emb_ln_w, m->emb_ln_b, C);
-    CHECK_NEAR(bd[0], 1.01 * fp8_ln_max_bound(m->emb_ln_w, m->emb_ln_b, C), 1e-9);
-    CHECK_NEAR(bd[1], mp * fp8_linear_max_bound(m->layer[0].qkv_w + 2 * C * C, m->layer[0].qkv_b + 2 * C, C, C, xl2_0),
-               1e-9);
-    CHECK_NEAR(bd[2], 1.01 * fp8_ln_max_bound(m->layer[0].ln1_w, m->layer[0].ln1_b, C), 1e-9);
-    const double h0 = fp8_linear_max_bound(m->layer[0].ff1_w, m->layer[0].ff1_b, I, C,
-                                           fp8_ln_l2_bound(m->layer[0].ln1_w, m->layer[0].ln1_b, C));
-    CHECK_NEAR(bd[3], mp * (h0 > 0.1701 ? h0 : 0.1701), 1e-9);
-    CHECK_NEAR(bd[4], 1.01 * fp8_ln_max_bound(m->layer[0].ln2_w, m->layer[0].ln2_b, C), 1e-9); /* layer 1's QKV input */
+    for (int l = 0; l < 2; l++) { /* each layer's input LayerNorm: the embeddings', then layer 0's output one */
+        const bs_layer_weights *w = &m->layer[l];
+        const float *g = l == 0 ? m->emb_ln_w : m->layer[0].ln2_w, *b = l == 0 ? m->emb_ln_b : m->layer[0].ln2_b;
+        const double h = fp8_linear_max_bound(w->ff1_w, w->ff1_b, I, C, fp8_ln_l2_bound(w->ln1_w, w->ln1_b, C));
+        CHECK_NEAR(bd[4 * l + 0], 1.01 * fp8_ln_max_bound(g, b, C), 1e-9);
+        CHECK_NEAR(bd[4 * l + 1],
+                   mp * fp8_linear_max_bound(w->qkv_w + 2 * C * C, w->qkv_b + 2 * C, C, C, fp8_ln_l2_bound(g, b, C)),
+                   1e-9);
+        CHECK_NEAR(bd[4 * l + 2], 1.01 * fp8_ln_max_bound(w->ln1_w, w->ln1_b, C), 1e-9);
+        CHECK_NEAR(bd[4 * l + 3], mp * (h > 0.1701 ? h : 0.1701), 1e-9);
+    }
     CHECK(bd[4] > bd[2] && bd[2] > bd[0]); /* gammas 3..4, 2..3, 0.5..1.5 */
-    /* layer 1: V rows against layer 0's output LayerNorm, FFN up against its own ln1 */
-    const double xl2_1 = fp8_ln_l2_bound(m->layer[0].ln2_w, m->layer[0].ln2_b, C);
-    CHECK_NEAR(bd[5], mp * fp8_linear_max_bound(m->layer[1].qkv_w + 2 * C * C, m->layer[1].qkv_b + 2 * C, C, C, xl2_1),
-               1e-9);
-    CHECK_NEAR(bd[6], 1.01 * fp8_ln_max_bound(m->layer[1].ln1_w, m->layer[1].ln1_b, C), 1e-9);
-    const double h1 = fp8_linear_max_bound(m->layer[1].ff1_w, m->layer[1].ff1_b, I, C,
-                                           fp8_ln_l2_bound(m->layer[1].ln1_w, m->layer[1].ln1_b, C));
-    CHECK_NEAR(bd[7], mp * (h1 > 0.1701 ? h1 : 0.1701), 1e-9);
     /* layer 0: embeddings of random tokens -> LayerNorm -> V rows stay inside bd[0] and bd[1] */
     double x[C], y[C], worst_y = 0, worst_v = 0;
     for (int t = 0; t < 200; t++) {
