@@ -13,7 +13,8 @@
 // j + 1 loads while tile j computes); rows past the sequence are zero-filled by the copy itself
 // (src-size 0), so no NaN or neighbouring sequence enters. K is read with ldmatrix (its rows are
 // the B fragment's columns), V with ldmatrix.trans. The output goes out through the Q buffer
-// (each warp its own rows) in 16-byte stores.
+// (each warp its own rows) in 16-byte stores: in T, or (Q8, fp8 with static scales) in E4M3 as
+// the attention-output GEMM reads it, E4M3(o / *oscale) rounded as quantize_fp8_static_forward.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .row.col, 16-bit inputs, f32 accumulate), g = lane / 4,
 // t = lane % 4:
@@ -26,6 +27,7 @@
 // CPU against an emulation of these instructions.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "attention.h"
 #include "mma_layout.h"
@@ -107,9 +109,10 @@ __device__ __forceinline__ void mma_load_tile(T *dst, const T *src, size_t row_s
     }
 }
 
-template <typename T, int HS>
+template <typename T, int HS, bool Q8>
 __global__ void __launch_bounds__(MMA_WARPS * 32)
-    attention_mma_kernel(T *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int NH, float sl2) {
+    attention_mma_kernel(void *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int NH, float sl2,
+                         const float *oscale) {
     typedef mma_geom<HS> G;
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
     if (seq < 0) return;
@@ -230,19 +233,41 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float i0 = 1.0f / l0, i1 = 1.0f / l1;
     T *so = sq + warp * 16 * G::LD;
+    if constexpr (Q8) { // rows of HS bytes at a stride of HS + 16 (16-byte aligned), in the same space
+        const float sc = *oscale;
+        uint8_t *so8 = (uint8_t *)so;
 #pragma unroll
-    for (int n = 0; n < HS / 8; n++) { // elements (0, 1) of a tile: row g; (2, 3): row g + 8
-        *(uint32_t *)(so + mma_c_row(lane, 0) * G::LD + n * 8 + mma_c_col(lane, 0)) =
-            mma_t<T>::pack(o[n][0] * i0, o[n][1] * i0);
-        *(uint32_t *)(so + mma_c_row(lane, 2) * G::LD + n * 8 + mma_c_col(lane, 2)) =
-            mma_t<T>::pack(o[n][2] * i1, o[n][3] * i1);
-    }
-    __syncwarp();
-    for (int i = lane; i < 16 * G::CPR; i += 32) {
-        const int r = i / G::CPR, ch = i - r * G::CPR, q = warp * 16 + r;
-        if (q < nq)
-            *(uint4 *)(out + (size_t)(start + q0 + q) * C + h * HS + ch * 8) =
-                *(const uint4 *)(so + r * G::LD + ch * 8);
+        for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) { // elements (0, 1): row g; (2, 3): row g + 8
+                const float inv = half ? i1 : i0;
+                const unsigned lo = __nv_cvt_float_to_fp8(o[n][2 * half] * inv / sc, __NV_SATFINITE, __NV_E4M3),
+                               hi = __nv_cvt_float_to_fp8(o[n][2 * half + 1] * inv / sc, __NV_SATFINITE, __NV_E4M3);
+                *(uint16_t *)(so8 + mma_c_row(lane, 2 * half) * (HS + 16) + n * 8 + mma_c_col(lane, 2 * half)) =
+                    (uint16_t)(lo | hi << 8);
+            }
+        __syncwarp();
+        for (int i = lane; i < HS; i += 32) { // 16 rows x HS / 16 chunks of 16 bytes
+            const int r = i / (HS / 16), ch = i - r * (HS / 16), q = warp * 16 + r;
+            if (q < nq)
+                *(uint4 *)((uint8_t *)out + (size_t)(start + q0 + q) * C + h * HS + ch * 16) =
+                    *(const uint4 *)(so8 + r * (HS + 16) + ch * 16);
+        }
+    } else {
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) { // elements (0, 1) of a tile: row g; (2, 3): row g + 8
+            *(uint32_t *)(so + mma_c_row(lane, 0) * G::LD + n * 8 + mma_c_col(lane, 0)) =
+                mma_t<T>::pack(o[n][0] * i0, o[n][1] * i0);
+            *(uint32_t *)(so + mma_c_row(lane, 2) * G::LD + n * 8 + mma_c_col(lane, 2)) =
+                mma_t<T>::pack(o[n][2] * i1, o[n][3] * i1);
+        }
+        __syncwarp();
+        for (int i = lane; i < 16 * G::CPR; i += 32) {
+            const int r = i / G::CPR, ch = i - r * G::CPR, q = warp * 16 + r;
+            if (q < nq)
+                *(uint4 *)((T *)out + (size_t)(start + q0 + q) * C + h * HS + ch * 8) =
+                    *(const uint4 *)(so + r * G::LD + ch * 8);
+        }
     }
 }
 
@@ -250,14 +275,18 @@ extern "C" size_t attention_mma_smem_bytes(int HS) {
     return HS == 32 ? mma_geom<32>::BYTES : HS == 64 ? mma_geom<64>::BYTES : HS == 128 ? mma_geom<128>::BYTES : 0;
 }
 
+template <typename T, int HS, bool Q8> static cudaError_t mma_allow_smem() {
+    return cudaFuncSetAttribute(attention_mma_kernel<T, HS, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)mma_geom<HS>::BYTES);
+}
+
 template <int HS> static cudaError_t mma_setup_hs() {
-    const size_t bytes = mma_geom<HS>::BYTES;
-    if (bytes <= 48 * 1024) return cudaSuccess;
-    cudaError_t e =
-        cudaFuncSetAttribute(attention_mma_kernel<__half, HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (e != cudaSuccess) return e;
-    return cudaFuncSetAttribute(attention_mma_kernel<__nv_bfloat16, HS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)bytes);
+    if (mma_geom<HS>::BYTES <= 48 * 1024) return cudaSuccess;
+    cudaError_t e = mma_allow_smem<__half, HS, false>();
+    if (e == cudaSuccess) e = mma_allow_smem<__nv_bfloat16, HS, false>();
+    if (e == cudaSuccess) e = mma_allow_smem<__half, HS, true>();
+    if (e == cudaSuccess) e = mma_allow_smem<__nv_bfloat16, HS, true>();
+    return e;
 }
 
 extern "C" cudaError_t attention_mma_setup(int HS) {
@@ -267,26 +296,40 @@ extern "C" cudaError_t attention_mma_setup(int HS) {
                        : cudaSuccess;
 }
 
-template <typename T>
-static cudaError_t mma_launch(T *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles, int NH,
-                              int HS, cudaStream_t s) {
+template <typename T, bool Q8>
+static cudaError_t mma_launch(void *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles, int NH,
+                              int HS, const float *oscale, cudaStream_t s) {
     const dim3 grid((unsigned)n_tiles, (unsigned)NH), block(MMA_WARPS * 32);
     const float sl2 = 1.4426950408889634f / sqrtf((float)HS);
     if (HS == 32)
-        attention_mma_kernel<T, 32><<<grid, block, mma_geom<32>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2);
+        attention_mma_kernel<T, 32, Q8><<<grid, block, mma_geom<32>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
     else if (HS == 64)
-        attention_mma_kernel<T, 64><<<grid, block, mma_geom<64>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2);
+        attention_mma_kernel<T, 64, Q8><<<grid, block, mma_geom<64>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
     else if (HS == 128)
-        attention_mma_kernel<T, 128><<<grid, block, mma_geom<128>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2);
+        attention_mma_kernel<T, 128, Q8>
+            <<<grid, block, mma_geom<128>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();
 }
 
+template <bool Q8>
+static cudaError_t mma_dispatch(void *out, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
+                                int NH, int HS, bs_dtype dt, const float *oscale, cudaStream_t s) {
+    if (dt == BS_DT_F16) return mma_launch<__half, Q8>(out, (const __half *)qkv, cu, tiles, n_tiles, NH, HS, oscale, s);
+    if (dt == BS_DT_BF16)
+        return mma_launch<__nv_bfloat16, Q8>(out, (const __nv_bfloat16 *)qkv, cu, tiles, n_tiles, NH, HS, oscale, s);
+    return cudaErrorInvalidValue;
+}
+
 extern "C" cudaError_t attention_mma_forward(void *out, const void *qkv, const int32_t *cu, const int32_t *tiles,
                                              int n_tiles, int NH, int HS, bs_dtype dt, cudaStream_t s) {
-    if (dt == BS_DT_F16) return mma_launch((__half *)out, (const __half *)qkv, cu, tiles, n_tiles, NH, HS, s);
-    if (dt == BS_DT_BF16)
-        return mma_launch((__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, cu, tiles, n_tiles, NH, HS, s);
-    return cudaErrorInvalidValue;
+    return mma_dispatch<false>(out, qkv, cu, tiles, n_tiles, NH, HS, dt, NULL, s);
+}
+
+extern "C" cudaError_t attention_mma_q8_forward(void *out8, const void *qkv, const int32_t *cu, const int32_t *tiles,
+                                                int n_tiles, int NH, int HS, bs_dtype dt, const float *scale,
+                                                cudaStream_t s) {
+    if (!scale) return cudaErrorInvalidValue;
+    return mma_dispatch<true>(out8, qkv, cu, tiles, n_tiles, NH, HS, dt, scale, s);
 }

@@ -65,6 +65,13 @@ static inline float bs_e4m3_decode(uint8_t b) {
     return s ? -v : v;
 }
 
+/* The spacing of E4M3 values around |x| (within the finite range): 2^-9 among the subnormals. */
+static inline float bs_e4m3_ulp(float x) {
+    int e;
+    (void)frexpf(fabsf(x), &e);
+    return ldexpf(1.0f, (x == 0.0f || e - 1 < -6 ? -6 : e - 1) - 3);
+}
+
 static inline float bs_round_dtype(float x, bs_dtype t) {
     return t == BS_DT_F16    ? bs_round_f16(x)
            : t == BS_DT_BF16 ? bs_round_bf16(x)

@@ -159,10 +159,14 @@ bench bf16 256 128 uniform:8:128
 bench fp8 256 128 uniform:8:128
 bench fp32 16 128
 # the attention kernels side by side (default: mma on Ampere and later), fp8 with static scales
+# (no amax passes; the LayerNorms, the FFN-up GEMM and attention write E4M3 themselves), fp8's
+# split accumulation (the default is fast), and the GEMM autotuner (off by default)
 bench bf16 256 128 fixed BERTSTREAM_ATTENTION=wmma
 bench bf16 256 128 uniform:8:128 BERTSTREAM_ATTENTION=wmma
 bench fp8 256 128 fixed BERTSTREAM_FP8_SCALES=static
 bench fp8 256 128 uniform:8:128 BERTSTREAM_FP8_SCALES=static
+bench fp8 256 128 fixed BERTSTREAM_FP8_FAST_ACCUM=0
+bench bf16 256 128 fixed BERTSTREAM_GEMM_AUTOTUNE=1
 
 # The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
 # half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.
@@ -203,15 +207,19 @@ for r in "${ROWS[@]}"; do echo "$r"; done
 [ -z "$WORKER_ROW" ] || printf '\nworker end to end: %s\n' "$WORKER_ROW"
 echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
-# GPU_CHECK_PROFILE=1: the per-kernel profile of bf16 256 x 128 (scripts/gpu-profile.sh, ~40 s) in
-# the same device call, when ncu exists and the budget has room; informational (never a failure)
+# GPU_CHECK_PROFILE=1: the per-kernel profiles of bf16 and of fp8 with static scales at 256 x 128
+# (scripts/gpu-profile.sh, ~40 s each) in the same device call, when ncu exists and the budget has
+# room; informational (never a failure)
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
-    echo "== profile (scripts/gpu-profile.sh bf16 256 128)"
-    if [ "$(elapsed)" -ge "$BUDGET" ]; then
-        echo "skipped: time budget"
-    else
-        OUT=$OUTDIR bash "$HERE/gpu-profile.sh" "$BUNDLE" bf16 256 128 || echo "gpu-profile failed (not counted)"
-    fi
+    for p in bf16 fp8; do
+        echo "== profile (scripts/gpu-profile.sh $p 256 128$([ $p = fp8 ] && echo ', BERTSTREAM_FP8_SCALES=static'))"
+        if [ "$(elapsed)" -ge "$BUDGET" ]; then
+            echo "skipped: time budget"
+        else
+            BERTSTREAM_FP8_SCALES=static OUT=$OUTDIR GPU_PROFILE_TAG=$p bash "$HERE/gpu-profile.sh" "$BUNDLE" $p 256 128 ||
+                echo "gpu-profile failed (not counted)"
+        fi
+    done
 fi
 if [ $failures -eq 0 ]; then echo "gpu-check: all passed ($(elapsed)s)"; else echo "gpu-check: $failures failure(s) ($(elapsed)s)"; fi
 [ $failures -eq 0 ]

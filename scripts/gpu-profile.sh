@@ -6,7 +6,8 @@
 # kernel name, largest first. ncu runs kernels at base clocks and with cold caches: the shares
 # are what to read, not the absolute times. Needs ncu (the GPU image
 # has it); a bundle made by scripts/bundle.sh (unpacked by gpu-check.sh or its unpack.sh).
-# Defaults: build/bundle, bf16, 256 x 128. Writes ${OUT:-.}/gpu-profile.csv too.
+# Defaults: build/bundle, bf16, 256 x 128. Writes ${OUT:-.}/gpu-profile${GPU_PROFILE_TAG:+-TAG}.csv too.
+# The engine's environment (BERTSTREAM_FP8_SCALES, ...) passes through.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUNDLE=${1:-$HERE/../build/bundle}
@@ -18,7 +19,7 @@ BUNDLE=$(cd "$BUNDLE" && pwd)
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "gpu-profile: ncu not found" >&2; exit 2; }
 OUTDIR=${OUT:-.}
-CSV="$OUTDIR/gpu-profile.csv"
+CSV="$OUTDIR/gpu-profile${GPU_PROFILE_TAG:+-$GPU_PROFILE_TAG}.csv"
 # the engine at start runs a few kernels of its own (weight upload, self-checks), then the bench's
 # warm-up forward: skip nothing, take enough kernels for the start and one forward, attribute by name
 BERTSTREAM_CUDA_GRAPHS=0 timeout 120 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \

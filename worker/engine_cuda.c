@@ -70,8 +70,9 @@ typedef struct {
     int kind, n, used; /* key (kind, n); used = 0: free slot */
     uint64_t stamp;    /* LRU */
     int epilogue;      /* cublasLtEpilogue_t the algo was found for (may be less than wanted) */
+    int out_q8;        /* D is E4M3 through the D scale (fp8 static, FF1 only): c is the bf16 C layout, d D's */
     cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatrixLayout_t a, b, c, d;
     cublasLtMatmulAlgo_t algo;
 } gemm_plan;
 
@@ -139,6 +140,7 @@ typedef struct {
     void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
     float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
     float *static_scale;                 /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
+    float *static_dscale;                /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
     float *cls, *mean, *pooler;          /* (Bcap, C) fp32 */
     float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
     void *gemm_ws, *sdpa_ws;
@@ -161,6 +163,11 @@ typedef struct {
     int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
     int fp8_static;           /* fp8 with scales bounded from the weights (BERTSTREAM_FP8_SCALES=static) */
     int gelu_in_gemm;         /* the largest shape's FF1 plan got that epilogue */
+    int fp8_fast_accum;       /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
+    int ff1_q8_in_gemm;       /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
+    /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
+    int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
+    int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
     uint64_t clock;
 } cuda_engine;
 
@@ -232,11 +239,13 @@ static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size
     return BS_OK;
 }
 
-/* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each. */
+/* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each; and
+ * per layer its inverse for the FFN-down input, the D scale of an FF1 GEMM that writes E4M3. */
 static int upload_static_scales(cuda_engine *e, char *err) {
     const int L = e->base.model->cfg.layers;
+    const size_t nh = (size_t)L * G_KINDS * SCALE_STRIDE, nd = (size_t)L * SCALE_STRIDE;
     double *bounds = malloc(sizeof(double) * 4 * (size_t)L);
-    float *h = calloc((size_t)L * G_KINDS * SCALE_STRIDE, sizeof(float));
+    float *h = calloc(nh + nd, sizeof(float)), *hd = h ? h + nh : NULL;
     if (!bounds || !h) {
         free(bounds), free(h);
         return bs_err(err, "out of memory");
@@ -252,11 +261,13 @@ static int upload_static_scales(cuda_engine *e, char *err) {
                               gemm_names[k], b);
             }
             h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = sc;
+            if (k == G_FF2) hd[(size_t)l * SCALE_STRIDE] = 1.0f / sc;
         }
     log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g",
               bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX);
-    cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * (size_t)L * G_KINDS * SCALE_STRIDE,
-                                     cudaMemcpyHostToDevice, e->stream);
+    cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * nh, cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(e->static_dscale, hd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* h is freed below */
     free(bounds), free(h);
     if (ce != cudaSuccess) return bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
@@ -328,6 +339,7 @@ static void layout_activations(cuda_engine *e, arena *a) {
     e->amax_parts = take(a, BS_AMAX_PARTS * 4);
     e->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
     e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
+    e->static_dscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
     e->cls = take(a, (size_t)e->Bcap * C * 4);
     e->mean = take(a, (size_t)e->Bcap * C * 4);
     e->pooler = take(a, (size_t)e->Bcap * C * 4);
@@ -389,6 +401,7 @@ static void plan_release(gemm_plan *p) {
     if (p->a) cublasLtMatrixLayoutDestroy(p->a);
     if (p->b) cublasLtMatrixLayoutDestroy(p->b);
     if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    if (p->d) cublasLtMatrixLayoutDestroy(p->d);
     if (p->desc) cublasLtMatmulDescDestroy(p->desc);
     memset(p, 0, sizeof *p);
 }
@@ -407,6 +420,15 @@ static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out)
 }
 
 #define PLAN_CANDIDATES 8
+
+/* One launch of plan p with algo: Y (n, m) = X W^T and the epilogue. A plan that writes E4M3 gives
+ * no C (beta is 0; cuBLAS 13 refuses C == D with two different layouts). */
+static cublasStatus_t plan_launch(cuda_engine *e, const gemm_plan *p, const cublasLtMatmulAlgo_t *algo, const void *W,
+                                  const void *X, void *Y) {
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, p->out_q8 ? NULL : Y, p->c, Y,
+                          p->out_q8 ? p->d : p->c, algo, e->gemm_ws, GEMM_WS_BYTES, e->stream);
+}
 
 /* Asks the heuristic for up to PLAN_CANDIDATES algos with the given epilogue and keeps the first
  * that cublasLtMatmul accepts in a trial launch on the engine's own buffers (the heuristic has
@@ -429,7 +451,8 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     cublasLtMatmulHeuristicResult_t res[PLAN_CANDIDATES];
     int n = 0;
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->c, pref, PLAN_CANDIDATES, res, &n);
+        st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->out_q8 ? p->d : p->c, pref,
+                                            PLAN_CANDIDATES, res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
     *found = 0;
     if (st != CUBLAS_STATUS_SUCCESS) {
@@ -442,7 +465,6 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     void *Y;
     gemm_io(e, p->kind, &X, &Y);
     if (e->fp8) X = e->q8;
-    const float alpha = 1.0f, beta = 0.0f;
     cudaEvent_t ev[2] = {NULL, NULL};
     if (e->gemm_autotune) {
         CUDA_CHECK(cudaEventCreate(&ev[0]));
@@ -452,8 +474,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     int rc = BS_OK;
     for (int i = 0; i < n && rc == BS_OK; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        st = cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &res[i].algo, e->gemm_ws,
-                            GEMM_WS_BYTES, e->stream);
+        st = plan_launch(e, p, &res[i].algo, W, X, Y);
         if (st != CUBLAS_STATUS_SUCCESS) {
             *last = st;
             log_debug("cuBLASLt algo refused at launch", "gemm=%s n=%d epilogue=%d candidate=%d status=%s",
@@ -464,9 +485,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         if (e->gemm_autotune) { /* the fastest of the heuristic's candidates, over 3 launches each */
             if (cudaEventRecord(ev[0], e->stream) != cudaSuccess) rc = BS_ERR;
             for (int r = 0; r < 3 && rc == BS_OK; r++)
-                if (cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &res[i].algo,
-                                   e->gemm_ws, GEMM_WS_BYTES, e->stream) != CUBLAS_STATUS_SUCCESS)
-                    rc = BS_ERR;
+                if (plan_launch(e, p, &res[i].algo, W, X, Y) != CUBLAS_STATUS_SUCCESS) rc = BS_ERR;
             if (rc == BS_OK &&
                 (cudaEventRecord(ev[1], e->stream) != cudaSuccess || cudaEventSynchronize(ev[1]) != cudaSuccess ||
                  cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess))
@@ -487,11 +506,14 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     return rc;
 }
 
-static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
+/* Creates p's descriptor and layouts for (kind, n); q8: D in E4M3 through the D scale (FF1 at fp8
+ * with static scales, the GELU_BIAS epilogue: the FFN-down GEMM's input without a cast pass). */
+static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, char *err) {
     int m, k;
     gemm_dims(e, kind, &m, &k);
     p->kind = kind;
     p->n = n;
+    p->out_q8 = q8;
     const cudaDataType_t tg = cuda_type(e->gemm), ta = cuda_type(e->act);
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)); /* fp32 accumulate, no TF32 */
     const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
@@ -502,21 +524,51 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
         const void *sa = SCALE_AT(e->layer[0].scale, kind), *sb = SCALE_AT(e->act_scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
+        const int8_t fast = (int8_t)e->fp8_fast_accum;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    }
+    if (q8) {
+        const void *sd = e->static_dscale; /* layer 0's; gemm() sets the layer's */
+        const int32_t bt = (int32_t)ta;    /* with an E4M3 D the bias is in C's type (bf16), not D's */
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_8F_E4M3, (uint64_t)m, (uint64_t)n, m));
     }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, tg, (uint64_t)k, (uint64_t)m, k)); /* W (m, k) row-major */
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, tg, (uint64_t)k, (uint64_t)n, k)); /* X (n, k) row-major */
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, ta, (uint64_t)m, (uint64_t)n, m)); /* Y (n, m) row-major */
+    return BS_OK;
+}
+
+static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
     int want = gemm_wanted_epilogue(e, kind), found = 0;
     cublasStatus_t last = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (kind == G_FF1 && e->fp8_static && want == CUBLASLT_EPILOGUE_GELU_BIAS) {
+        /* anything cuBLASLt refuses here (an attribute, every algo) leaves the bf16 output + cast */
+        char why[BS_ERRLEN] = "";
+        if (plan_setup(e, p, kind, n, 1, why) == BS_OK && plan_try(e, p, want, &found, &last, why) == BS_OK && found) {
+            p->used = 1;
+            return BS_OK;
+        }
+        log_warn("cuBLASLt has no E4M3-output algo for the FFN-up GEMM: it writes bf16 and a pass casts it",
+                 "n=%d status=%s reason=\"%s\"", n, cublasGetStatusString(last), why);
+        plan_release(p);
+        found = 0;
+        last = CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (plan_setup(e, p, kind, n, 0, err) != BS_OK) return BS_ERR;
     if (plan_try(e, p, want, &found, &last, err) != BS_OK) return BS_ERR;
     if (!found && want != CUBLASLT_EPILOGUE_DEFAULT) {
         log_warn("cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
                  "gemm=%s n=%d epilogue=%d status=%s", gemm_names[kind], n, want, cublasGetStatusString(last));
         if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, &last, err) != BS_OK) return BS_ERR;
     }
-    if (!found)
+    if (!found) {
+        int m, k;
+        gemm_dims(e, kind, &m, &k);
         return bs_err(err, "cuBLASLt has no algorithm that runs the %s GEMM (m=%d n=%d k=%d, %s): %s", gemm_names[kind],
                       m, n, k, bs_dtype_name(e->gemm), cublasGetStatusString(last));
+    }
     p->used = 1;
     return BS_OK;
 }
@@ -556,15 +608,18 @@ static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
     const void *X = in;
     if (e->fp8) {
         float *sb = SCALE_AT(e->act_scale, kind);
+        X = e->q8;
         if (!e->fp8_static) { /* this batch's amax, then the cast */
             CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
             CUDA_CHECK(quantize_fp8_forward(e->q8, sb, in, e->act, (size_t)n * k, e->amax_parts, e->stream));
-        } else { /* the scale is fixed; the LayerNorms wrote the QKV and FFN-up inputs already */
+        } else { /* the scale is fixed; the LayerNorms wrote the QKV and FFN-up inputs already, the
+                  * attention kernel and the FF1 GEMM may have written theirs in E4M3 too */
             sb = STATIC_SCALE(e, l, kind);
-            if (kind == G_AO || kind == G_FF2)
+            if (kind == G_FF2 && e->ff_is_q8)
+                X = e->ff;
+            else if ((kind == G_AO && !e->att_is_q8) || kind == G_FF2)
                 CUDA_CHECK(quantize_fp8_static_forward(e->q8, in, e->act, (size_t)n * k, sb, e->stream));
         }
-        X = e->q8;
         const void *sa = SCALE_AT(w->scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
@@ -573,9 +628,12 @@ static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
         const void *bias = kind == G_QKV ? w->qkv_b_act : w->ff1_b_act;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
-    const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, out, p->c, out, p->c, &p->algo,
-                                e->gemm_ws, GEMM_WS_BYTES, e->stream));
+    if (p->out_q8) { /* E4M3(GELU(...) / the FFN-down input's scale) */
+        const void *sd = SCALE_AT(e->static_dscale, l);
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
+    }
+    CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out));
+    if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
         CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->stream));
@@ -621,15 +679,29 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     return s;
 }
 
-static int attention(cuda_engine *e, int Tb, int Bb, char *err) {
+/* fp8 with static scales and the mma kernel: attention writes the AO GEMM's E4M3 input itself */
+static int attention_writes_q8(const cuda_engine *e) {
+    return e->fp8_static && e->att_kernel == BS_ATT_MMA;
+}
+
+/* qkv -> att for layer l (under attention_writes_q8: -> q8 in E4M3 at the AO input's scale) */
+static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
+    e->att_is_q8 = 0;
     if (e->use_cudnn) {
         char why[BS_ERRLEN];
         sdpa_entry *s = sdpa_get(e, Bb, why);
         if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
     }
-    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(Tb, Bb, e->att_bq), c->heads,
-                                 c->hidden / c->heads, e->base.opts.max_seq_len, e->att_kernel, e->act, e->stream));
+    const int tiles = attention_tiles_cap(Tb, Bb, e->att_bq), NH = c->heads, HS = c->hidden / c->heads;
+    if (attention_writes_q8(e)) {
+        CUDA_CHECK(attention_mma_q8_forward(e->q8, e->qkv, e->d_cu, e->d_tiles, tiles, NH, HS, e->act,
+                                            STATIC_SCALE(e, l, G_AO), e->stream));
+        e->att_is_q8 = 1;
+        return BS_OK;
+    }
+    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, tiles, NH, HS, e->base.opts.max_seq_len,
+                                 e->att_kernel, e->act, e->stream));
     return BS_OK;
 }
 
@@ -655,10 +727,10 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
     if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
-        const int next = st && l + 1 < c->layers;               /* LN2 feeds the next layer's QKV GEMM */
-        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR; /* x -> qkv (Tb, 3C) */
-        if (attention(e, Tb, Bb, err) != BS_OK) return BS_ERR;  /* att (Tb, C) */
-        if (gemm(e, G_AO, l, Tb, err) != BS_OK) return BS_ERR;  /* att -> tmp (Tb, C) */
+        const int next = st && l + 1 < c->layers;                 /* LN2 feeds the next layer's QKV GEMM */
+        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR;   /* x -> qkv (Tb, 3C) */
+        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR; /* att (Tb, C), or q8 */
+        if (gemm(e, G_AO, l, Tb, err) != BS_OK) return BS_ERR;    /* att -> tmp (Tb, C) */
         CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A,
                                                  st ? e->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
         if (gemm(e, G_FF1, l, Tb, err) != BS_OK) return BS_ERR; /* x2 -> ff (Tb, I) */
@@ -692,13 +764,18 @@ static void describe(cuda_engine *e, const char *graphs) {
                  (int)(e->cudnn_version % 10000 / 100));
     else
         snprintf(attn, sizeof attn, "kernel-%s", attention_kernel_name(e->att_kernel));
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.100s %s attention=%.40s gelu=%s%s graphs=%.24s mem=%zuMiB",
+    /* fp8: how the GEMM inputs are scaled, which producers write E4M3 themselves (static scales: the
+     * LayerNorms always; the FFN-up GEMM and the attention kernel where they can), the accumulation */
+    char f8[96] = "";
+    if (e->fp8) {
+        const int att_q8 = !e->use_cudnn && attention_writes_q8(e);
+        snprintf(f8, sizeof f8, " scales=%s%s%s%s accum=%s", e->fp8_static ? "static" : "batch",
+                 e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
+                 e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
+    }
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.80s %s attention=%.32s gelu=%s%s graphs=%.8s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
-             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
-             !e->fp8         ? ""
-             : e->fp8_static ? " scales=static"
-                             : " scales=batch",
-             graphs, (e->wbytes + e->abytes) >> 20);
+             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs, (e->wbytes + e->abytes) >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -1273,6 +1350,11 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     if (fs && *fs && strcmp(fs, "batch") && strcmp(fs, "static"))
         return bs_err(err, "BERTSTREAM_FP8_SCALES='%s': expected batch or static", fs);
     e->fp8_static = e->fp8 && fs && !strcmp(fs, "static");
+    const char *fa = getenv("BERTSTREAM_FP8_FAST_ACCUM");
+    if (fa && *fa && strcmp(fa, "0") && strcmp(fa, "1"))
+        return bs_err(err, "BERTSTREAM_FP8_FAST_ACCUM='%s': expected 0 or 1", fa);
+    /* on by default, as inference (and Transformer Engine's forward pass) runs fp8 GEMMs */
+    e->fp8_fast_accum = !(fa && !strcmp(fa, "0"));
 
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->h2d, cudaStreamNonBlocking));
@@ -1332,8 +1414,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
      * whether the GELU epilogue is in use */
     if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
     for (int i = 0; i < MAX_PLANS; i++)
-        if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap)
+        if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap) {
             e->gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
+            e->ff1_q8_in_gemm = e->plans[i].out_q8;
+        }
 
     describe(e, e->use_graphs ? "on" : "off");
     log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu activations_mib=%zu max_tokens=%d max_seqs=%d",

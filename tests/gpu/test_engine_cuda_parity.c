@@ -584,6 +584,10 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
     }
     fprintf(stderr, "  engine: %s\n", engine_describe(e));
     CHECK_CONTAINS(engine_describe(e), scales ? " scales=static " : " scales=batch ");
+    CHECK_CONTAINS(engine_describe(e), " accum=fast "); /* the default */
+    /* static: the FFN-up GEMM (cuBLASLt's D scale) and the mma attention kernel write the next
+     * GEMM's E4M3 input themselves, as the LayerNorms do: what this parity check covers */
+    if (scales) CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
@@ -628,6 +632,11 @@ static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     bs_engine_opts o = {.device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
     CHECK(engine_new(m, &o, err) == NULL);
     CHECK_STR(err, "BERTSTREAM_FP8_SCALES='dynamic': expected batch or static");
+    unsetenv("BERTSTREAM_FP8_SCALES");
+    setenv("BERTSTREAM_FP8_FAST_ACCUM", "yes", 1);
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_FP8_FAST_ACCUM='yes': expected 0 or 1");
+    unsetenv("BERTSTREAM_FP8_FAST_ACCUM");
     setenv("BERTSTREAM_FP8_SCALES", "static", 1);
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
     unsetenv("BERTSTREAM_FP8_SCALES");
