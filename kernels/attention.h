@@ -57,9 +57,9 @@ size_t attention_mma_smem_bytes(int HS);
 cudaError_t attention_mma_forward(void *out, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
                                   int NH, int HS, bs_dtype dt, cudaStream_t s);
 /* the same, writing out8 (T, C) in E4M3: E4M3(attention / *scale) with the float result (not its
- * f16/bf16 rounding) divided by the device scalar *scale, saturating, rounded to nearest even as
+ * bf16 rounding) divided by the device scalar *scale, saturating, rounded to nearest even as
  * quantize_fp8_static_forward rounds. fp8 with static scales: the attention-output GEMM's input,
- * without the cast pass. */
+ * without the cast pass. bf16 only (fp8's activation type); else cudaErrorInvalidValue. */
 cudaError_t attention_mma_q8_forward(void *out8, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
                                      int NH, int HS, bs_dtype dt, const float *scale, cudaStream_t s);
 

@@ -284,7 +284,6 @@ template <int HS> static cudaError_t mma_setup_hs() {
     if (mma_geom<HS>::BYTES <= 48 * 1024) return cudaSuccess;
     cudaError_t e = mma_allow_smem<__half, HS, false>();
     if (e == cudaSuccess) e = mma_allow_smem<__nv_bfloat16, HS, false>();
-    if (e == cudaSuccess) e = mma_allow_smem<__half, HS, true>();
     if (e == cudaSuccess) e = mma_allow_smem<__nv_bfloat16, HS, true>();
     return e;
 }
@@ -316,7 +315,8 @@ static cudaError_t mma_launch(void *out, const T *qkv, const int32_t *cu, const 
 template <bool Q8>
 static cudaError_t mma_dispatch(void *out, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
                                 int NH, int HS, bs_dtype dt, const float *oscale, cudaStream_t s) {
-    if (dt == BS_DT_F16) return mma_launch<__half, Q8>(out, (const __half *)qkv, cu, tiles, n_tiles, NH, HS, oscale, s);
+    if (dt == BS_DT_F16 && !Q8) /* E4M3 output: bf16 only, fp8's activation type (no f16 instances) */
+        return mma_launch<__half, false>(out, (const __half *)qkv, cu, tiles, n_tiles, NH, HS, oscale, s);
     if (dt == BS_DT_BF16)
         return mma_launch<__nv_bfloat16, Q8>(out, (const __nv_bfloat16 *)qkv, cu, tiles, n_tiles, NH, HS, oscale, s);
     return cudaErrorInvalidValue;
