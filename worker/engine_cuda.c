@@ -161,10 +161,10 @@ typedef struct {
     bs_att_kernel att_kernel; /* our kernel: the path when !use_cudnn, the reference cuDNN is checked against */
     int att_bq;               /* its queries per tile */
     int gelu_epilogue;        /* 1: cuBLASLt GELU_BIAS (tanh form) at A != f32 */
-    int fp8_static;           /* fp8 with scales bounded from the weights (BERTSTREAM_FP8_SCALES=static) */
-    int gelu_in_gemm;         /* the largest shape's FF1 plan got that epilogue */
-    int fp8_fast_accum;       /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
-    int ff1_q8_in_gemm;       /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
+    int fp8_static;     /* fp8 with scales bounded from the weights (default; BERTSTREAM_FP8_SCALES=batch: per batch) */
+    int gelu_in_gemm;   /* the largest shape's FF1 plan got that epilogue */
+    int fp8_fast_accum; /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
+    int ff1_q8_in_gemm; /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -1349,7 +1349,8 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     const char *fs = getenv("BERTSTREAM_FP8_SCALES");
     if (fs && *fs && strcmp(fs, "batch") && strcmp(fs, "static"))
         return bs_err(err, "BERTSTREAM_FP8_SCALES='%s': expected batch or static", fs);
-    e->fp8_static = e->fp8 && fs && !strcmp(fs, "static");
+    /* static by default: no amax passes, and a review's features do not depend on its batch-mates */
+    e->fp8_static = e->fp8 && !(fs && !strcmp(fs, "batch"));
     const char *fa = getenv("BERTSTREAM_FP8_FAST_ACCUM");
     if (fa && *fa && strcmp(fa, "0") && strcmp(fa, "1"))
         return bs_err(err, "BERTSTREAM_FP8_FAST_ACCUM='%s': expected 0 or 1", fa);

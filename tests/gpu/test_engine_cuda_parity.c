@@ -557,8 +557,10 @@ static int fp8_applicable(void) {
     return 0;
 }
 
-/* scales: NULL = the default (each GEMM input's amax in this batch), "static" = bounds from the weights */
+/* scales: NULL = the default (static: bounds from the weights), "batch" = each GEMM input's amax in
+ * this batch */
 static void fp8_tracks_fp32_cpu(const char *scales) {
+    const int batch = scales && !strcmp(scales, "batch");
     char err[BS_ERRLEN];
     const int has_fp8 = device_has_fp8();
     bs_model *m = load_golden_model();
@@ -583,18 +585,18 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
         return;
     }
     fprintf(stderr, "  engine: %s\n", engine_describe(e));
-    CHECK_CONTAINS(engine_describe(e), scales ? " scales=static " : " scales=batch ");
+    CHECK_CONTAINS(engine_describe(e), batch ? " scales=batch " : " scales=static ");
     CHECK_CONTAINS(engine_describe(e), " accum=fast "); /* the default */
     /* static: the FFN-up GEMM (cuBLASLt's D scale) and the mma attention kernel write the next
      * GEMM's E4M3 input themselves, as the LayerNorms do: what this parity check covers */
-    if (scales) CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
+    if (!batch) CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
     if (h && cpu) {
         review_set rs = imdb_reviews(300);
         review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
-        print_stats(scales ? "fp8 (static scales)" : "fp8", &rs, &st);
+        print_stats(batch ? "fp8 (batch scales)" : "fp8", &rs, &st);
         CHECK(st.min_cos >= 0.99);
         CHECK(st.agree_golden >= 0.99);
         CHECK(st.agree_principal >= 0.99);
@@ -606,20 +608,22 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
     model_free(m);
 }
 
+/* The default: scales bounded from the weights (no amax pass; the LayerNorms, the FFN-up GEMM and
+ * the attention kernel write the next GEMM's E4M3 input themselves). */
 static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
     fp8_tracks_fp32_cpu(NULL);
 }
 
-/* BERTSTREAM_FP8_SCALES=static: the same tolerances with scales bounded from the weights (no amax
- * pass; the LayerNorms write the next GEMM's E4M3 input themselves). */
-static void engine_cuda_fp8_static_scales_track_fp32_cpu(void) {
-    fp8_tracks_fp32_cpu("static");
+/* BERTSTREAM_FP8_SCALES=batch: the same tolerances with each GEMM input's amax over the batch. */
+static void engine_cuda_fp8_batch_scales_track_fp32_cpu(void) {
+    fp8_tracks_fp32_cpu("batch");
 }
 
-/* Static scales make a sequence's features independent of its batch-mates: the golden batch with
- * every sequence but the first given other tokens of the same lengths (same bucket, same GEMM
- * plans) gives the first sequence's features bit for bit. With batch scales (the default) the
- * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES is a one-line error. */
+/* Static scales (the default) make a sequence's features independent of its batch-mates: the
+ * golden batch with every sequence but the first given other tokens of the same lengths (same
+ * bucket, same GEMM plans) gives the first sequence's features bit for bit. With batch scales the
+ * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES or
+ * BERTSTREAM_FP8_FAST_ACCUM is a one-line error. */
 static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     char err[BS_ERRLEN];
     if (!fp8_applicable()) return;
@@ -637,9 +641,7 @@ static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     CHECK(engine_new(m, &o, err) == NULL);
     CHECK_STR(err, "BERTSTREAM_FP8_FAST_ACCUM='yes': expected 0 or 1");
     unsetenv("BERTSTREAM_FP8_FAST_ACCUM");
-    setenv("BERTSTREAM_FP8_SCALES", "static", 1);
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
-    unsetenv("BERTSTREAM_FP8_SCALES");
     CHECK(e != NULL);
     CHECK(pb.B >= 2);
     if (e && pb.B >= 2) {
@@ -692,11 +694,11 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
     const int T = cu[B], C = cfg.hidden;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) ids[t] = (int32_t)(bs_rng_next(&r) % (uint64_t)cfg.vocab_size);
-    setenv("BERTSTREAM_FP8_SCALES", "static", 1);
-    bs_engine *es = make_engine(m, "cuda", BS_PREC_FP8, B, T, 128);
+    bs_engine *es = make_engine(m, "cuda", BS_PREC_FP8, B, T, 128); /* static: the default */
+    setenv("BERTSTREAM_FP8_SCALES", "batch", 1);
+    bs_engine *eb = make_engine(m, "cuda", BS_PREC_FP8, B, T, 128);
     unsetenv("BERTSTREAM_FP8_SCALES");
-    bs_engine *eb = make_engine(m, "cuda", BS_PREC_FP8, B, T, 128),
-              *ec = make_engine(m, "cpu", BS_PREC_FP32, B, T, 128);
+    bs_engine *ec = make_engine(m, "cpu", BS_PREC_FP32, B, T, 128);
     CHECK(es && eb && ec);
     if (es && eb && ec) {
         features fs = features_alloc(B, T, C), fb = features_alloc(B, T, C), fc = features_alloc(B, T, C);
@@ -718,18 +720,21 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
     model_free(m);
 }
 
-/* Under fp8 each GEMM input's scale is the max over every row of the bucket, padding rows
- * included: those must not hold what an earlier, longer batch left there, or a review's score
- * would depend on what was scored before it. A 5-token batch (16-row bucket), then the whole
- * golden batch, then the 5-token batch again: bit-identical features. */
-static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
+/* Under fp8 with batch scales each GEMM input's scale is the max over every row of the bucket,
+ * padding rows included: those must not hold what an earlier, longer batch left there, or a
+ * review's score would depend on what was scored before it. A 5-token batch (16-row bucket), then
+ * the whole golden batch, then the 5-token batch again: bit-identical features, with batch scales
+ * and with the default (static). */
+static void fp8_result_does_not_depend_on_the_previous_batch(const char *scales) {
     if (!fp8_applicable()) return;
     golden gd;
     if (!golden_open(&gd)) return;
     bs_model *m = gd.m;
     packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
+    if (scales) setenv("BERTSTREAM_FP8_SCALES", scales, 1);
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
+    unsetenv("BERTSTREAM_FP8_SCALES");
     CHECK(e != NULL);
     CHECK(pb.T > 16 && pb.cu[1] >= 5);
     if (e && pb.T > 16 && pb.cu[1] >= 5) {
@@ -742,13 +747,19 @@ static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
         const double d[4] = {
             bs_test_max_abs_diff(a.pooler, b.pooler, (size_t)C), bs_test_max_abs_diff(a.mean, b.mean, (size_t)C),
             bs_test_max_abs_diff(a.cls, b.cls, (size_t)C), bs_test_max_abs_diff(a.hidden, b.hidden, (size_t)5 * C)};
-        fprintf(stderr, "  fp8 5-token batch before/after a %d-token batch: max |diff| %.3g %.3g %.3g %.3g\n", pb.T,
-                d[0], d[1], d[2], d[3]);
+        fprintf(stderr,
+                "  fp8 (%s scales) 5-token batch before/after a %d-token batch: max |diff| %.3g %.3g %.3g %.3g\n",
+                scales ? scales : "static", pb.T, d[0], d[1], d[2], d[3]);
         for (int i = 0; i < 4; i++) CHECK(d[i] == 0);
         features_free(&a), features_free(&b), features_free(&big);
     }
     engine_free(e);
     golden_close(&gd);
+}
+
+static void engine_cuda_fp8_result_does_not_depend_on_the_previous_batch(void) {
+    fp8_result_does_not_depend_on_the_previous_batch("batch");
+    fp8_result_does_not_depend_on_the_previous_batch(NULL);
 }
 
 /* ---- attention paths, description, errors ---- */
@@ -890,7 +901,7 @@ int main(void) {
     RUN(engine_cuda_bf16_fp16_track_fp32_cpu);
     RUN(engine_cuda_fp8_tracks_fp32_cpu_or_is_refused);
     RUN(engine_cuda_fp8_result_does_not_depend_on_the_previous_batch);
-    RUN(engine_cuda_fp8_static_scales_track_fp32_cpu);
+    RUN(engine_cuda_fp8_batch_scales_track_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
