@@ -330,6 +330,7 @@ extern "C" cudaError_t attention_mma_forward(void *out, const void *qkv, const i
 extern "C" cudaError_t attention_mma_q8_forward(void *out8, const void *qkv, const int32_t *cu, const int32_t *tiles,
                                                 int n_tiles, int NH, int HS, bs_dtype dt, const float *scale,
                                                 cudaStream_t s) {
-    if (!scale) return cudaErrorInvalidValue;
+    if (!scale || NH < 1 || !attention_kernel_ok(BS_ATT_MMA, dt, HS, 1)) return cudaErrorInvalidValue;
+    if (n_tiles < 1) return cudaSuccess;
     return mma_dispatch<true>(out8, qkv, cu, tiles, n_tiles, NH, HS, dt, scale, s);
 }

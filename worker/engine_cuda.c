@@ -165,6 +165,7 @@ typedef struct {
     int gelu_in_gemm;   /* the largest shape's FF1 plan got that epilogue */
     int fp8_fast_accum; /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
     int ff1_q8_in_gemm; /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
+    int att_q8_ok;      /* fp8 static, mma kernel: its E4M3 output passed the start-up self-check */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -679,9 +680,10 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     return s;
 }
 
-/* fp8 with static scales and the mma kernel: attention writes the AO GEMM's E4M3 input itself */
+/* fp8 with static scales and the mma kernel (its E4M3 output checked at start): attention writes
+ * the AO GEMM's E4M3 input itself */
 static int attention_writes_q8(const cuda_engine *e) {
-    return e->fp8_static && e->att_kernel == BS_ATT_MMA;
+    return e->fp8_static && e->att_kernel == BS_ATT_MMA && e->att_q8_ok;
 }
 
 /* qkv -> att for layer l (under attention_writes_q8: -> q8 in E4M3 at the AO input's scale) */
@@ -773,7 +775,7 @@ static void describe(cuda_engine *e, const char *graphs) {
                  e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
                  e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
     }
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.80s %s attention=%.32s gelu=%s%s graphs=%.8s mem=%zuMiB",
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.60s %s attention=%.32s gelu=%s%s graphs=%.24s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
              e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs, (e->wbytes + e->abytes) >> 20);
 }
@@ -1115,6 +1117,51 @@ static int kernel_selfcheck(cuda_engine *e, att_probe *p, bs_att_kernel k, char 
     return rc;
 }
 
+/* fp8 static scales with the mma kernel: its E4M3 output (attention_mma_q8_forward, scale 2 / 448
+ * for the probe's |values| <= 2) against the CPU twin, within half an E4M3 step plus the kernel
+ * check's tolerance. Returns 1 when they agree, 0 when not (why), BS_ERR on a CUDA error. */
+static int q8_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden, bq = attention_query_tile(BS_ATT_MMA);
+    if (probe_need(e, p, err) != BS_OK || probe_stage(e, p, BS_ATT_MMA, err) != BS_OK) return BS_ERR;
+    const size_t n = (size_t)p->T * C;
+    const float scale = 2.0f / BS_E4M3_MAX;
+    float *want = malloc(n * 4);
+    uint8_t *q = malloc(n);
+    double *scr = malloc(sizeof(double) * (size_t)(p->T + 1));
+    int rc = BS_ERR;
+    cudaError_t ce = cudaSuccess;
+    if (!want || !q || !scr) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    /* the scale in the probe's scratch (free until probe_fetch); synchronous: scale is on the stack */
+    ce = cudaMemcpyAsync(p->scratch, &scale, 4, cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess)
+        ce = attention_mma_q8_forward(e->q8, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(p->T, p->Bb, bq),
+                                      c->heads, C / c->heads, e->act, p->scratch, e->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(q, e->q8, n, cudaMemcpyDeviceToHost, e->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+    if (ce != cudaSuccess) {
+        bs_err(err, "attention self-check: E4M3 output: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    attention_ref(want, p->h, p->cu, p->B, c->heads, C / c->heads, scr);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) { /* beyond E4M3's own rounding of the exact value */
+        const double d =
+            fabs((double)bs_e4m3_decode(q[i]) * scale - want[i]) - 0.5 * bs_e4m3_ulp(fabsf(want[i]) / scale) * scale;
+        if (!(d <= worst)) worst = d; /* NaN (an unwritten 0xFF, a fault) counts as the worst */
+    }
+    const double tol = 4.0 / 128 + 2e-5; /* as kernel_selfcheck at bf16 */
+    rc = worst <= tol;
+    if (!rc) snprintf(why, BS_ERRLEN, "the mma kernel's E4M3 output differs from the CPU twin by %.3g", worst);
+    log_debug("attention E4M3 output self-check", "max_abs_diff=%.3g tolerance=%.3g", worst, tol);
+done:
+    free(want), free(q), free(scr);
+    return rc;
+}
+
 /* cuDNN's SDPA against our kernel (e->att_kernel) on the probe. Returns 1 when they agree, 0 when
  * they do not (or cuDNN refuses), BS_ERR on a CUDA error. */
 static int sdpa_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
@@ -1197,6 +1244,13 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
             e->att_kernel == BS_ATT_MMA && attention_kernel_ok(BS_ATT_WMMA, e->act, HS, S) ? BS_ATT_WMMA : BS_ATT_SIMT;
     }
     e->att_bq = attention_query_tile(e->att_kernel);
+    if (e->fp8_static && e->att_kernel == BS_ATT_MMA) { /* may also write the AO GEMM's E4M3 input */
+        const int ok = q8_selfcheck(e, p, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        e->att_q8_ok = ok;
+        if (!ok)
+            log_warn("attention's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"", why);
+    }
 
     const int force_cudnn = !strcmp(env, "cudnn");
     e->use_cudnn = 0;

@@ -558,8 +558,9 @@ static int fp8_applicable(void) {
 }
 
 /* scales: NULL = the default (static: bounds from the weights), "batch" = each GEMM input's amax in
- * this batch */
-static void fp8_tracks_fp32_cpu(const char *scales) {
+ * this batch. casts: static scales through the cast passes instead of the producers' own E4M3
+ * output (WMMA attention, erf GELU in our kernel, so the FFN-up GEMM writes bf16). */
+static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
     const int batch = scales && !strcmp(scales, "batch");
     char err[BS_ERRLEN];
     const int has_fp8 = device_has_fp8();
@@ -569,8 +570,9 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
     bs_engine_opts o = {
         .device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128, .max_seq_len = 128};
     if (scales) setenv("BERTSTREAM_FP8_SCALES", scales, 1);
+    if (casts) setenv("BERTSTREAM_ATTENTION", "wmma", 1), setenv("BERTSTREAM_GELU", "erf", 1);
     bs_engine *e = engine_new(m, &o, err);
-    unsetenv("BERTSTREAM_FP8_SCALES");
+    unsetenv("BERTSTREAM_FP8_SCALES"), unsetenv("BERTSTREAM_ATTENTION"), unsetenv("BERTSTREAM_GELU");
     if (!has_fp8) {
         CHECK(e == NULL);
         CHECK_CONTAINS(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper)");
@@ -587,16 +589,22 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
     fprintf(stderr, "  engine: %s\n", engine_describe(e));
     CHECK_CONTAINS(engine_describe(e), batch ? " scales=batch " : " scales=static ");
     CHECK_CONTAINS(engine_describe(e), " accum=fast "); /* the default */
-    /* static: the FFN-up GEMM (cuBLASLt's D scale) and the mma attention kernel write the next
-     * GEMM's E4M3 input themselves, as the LayerNorms do: what this parity check covers */
-    if (!batch) CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
+    /* static: the FFN-up GEMM (cuBLASLt's D scale) and the mma attention kernel (where it is the
+     * path: cuDNN may be on a newer host) write the next GEMM's E4M3 input themselves, as the
+     * LayerNorms do; with casts, neither */
+    if (casts)
+        CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm accum=");
+    else if (!batch && strstr(engine_describe(e), "attention=kernel-mma "))
+        CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
+    else if (!batch)
+        CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1 ");
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
     if (h && cpu) {
         review_set rs = imdb_reviews(300);
         review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
-        print_stats(batch ? "fp8 (batch scales)" : "fp8", &rs, &st);
+        print_stats(batch ? "fp8 (batch scales)" : casts ? "fp8 (static, cast passes)" : "fp8", &rs, &st);
         CHECK(st.min_cos >= 0.99);
         CHECK(st.agree_golden >= 0.99);
         CHECK(st.agree_principal >= 0.99);
@@ -611,12 +619,18 @@ static void fp8_tracks_fp32_cpu(const char *scales) {
 /* The default: scales bounded from the weights (no amax pass; the LayerNorms, the FFN-up GEMM and
  * the attention kernel write the next GEMM's E4M3 input themselves). */
 static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
-    fp8_tracks_fp32_cpu(NULL);
+    fp8_tracks_fp32_cpu(NULL, 0);
+}
+
+/* Static scales where the producers do not write E4M3 themselves: the attention output and the
+ * GELU output go through the cast pass (what a host whose cuBLASLt refuses the E4M3 output runs). */
+static void engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu(void) {
+    fp8_tracks_fp32_cpu(NULL, 1);
 }
 
 /* BERTSTREAM_FP8_SCALES=batch: the same tolerances with each GEMM input's amax over the batch. */
 static void engine_cuda_fp8_batch_scales_track_fp32_cpu(void) {
-    fp8_tracks_fp32_cpu("batch");
+    fp8_tracks_fp32_cpu("batch", 0);
 }
 
 /* Static scales (the default) make a sequence's features independent of its batch-mates: the
@@ -902,6 +916,7 @@ int main(void) {
     RUN(engine_cuda_fp8_tracks_fp32_cpu_or_is_refused);
     RUN(engine_cuda_fp8_result_does_not_depend_on_the_previous_batch);
     RUN(engine_cuda_fp8_batch_scales_track_fp32_cpu);
+    RUN(engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);

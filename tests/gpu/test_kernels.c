@@ -489,7 +489,8 @@ static void attention_tensor_core_kernels_match_twin(void) {
 /* The mma kernel writing E4M3 (fp8 with static scales: the attention-output GEMM's input; bf16 in) gives
  * E4M3(o / scale) of the same float result o as its f16/bf16 output rounds: within half an E4M3
  * step of that output / scale plus that output's own rounding (2^-8 relative), saturating at 448,
- * and every element of the T rows written (the buffer starts as E4M3 NaN, 0xFF). The ragged
+ * and every element of the T rows written and nothing after them (the buffer starts as E4M3 NaN,
+ * 0xFF, with 64 rows more). The ragged
  * sequences of the test above; scale 0.003 saturates |o| > 1.344 (|o| <= 2 here). */
 static void attention_mma_e4m3_output_is_its_output_quantised(void) {
     const int lens[20] = {128, 1, 15, 16, 17, 63, 64, 65, 127, 5, 96, 33, 2, 48, 80, 111, 7, 128, 9, 100};
@@ -511,18 +512,22 @@ static void attention_mma_e4m3_output_is_its_output_quantised(void) {
         CHECK(attention_tiles(tiles, cap, cu, B, bq) > 0);
         void *dqkv = up(qkv, nq, dt), *dout = NULL;
         int32_t *dcu = upi(cu, B + 1), *dtiles = upi(tiles, 2 * (size_t)cap);
-        uint8_t *d8 = NULL, *h8 = malloc(no);
+        const size_t guard = (size_t)64 * C;
+        uint8_t *d8 = NULL, *h8 = malloc(no + guard);
         CK(cudaMalloc(&dout, no * bs_dtype_size(dt)));
-        CK(cudaMalloc((void **)&d8, no)); /* exactly T rows */
+        CK(cudaMalloc((void **)&d8, no + guard));
         CK(attention_setup(hs, 128));
         CK(attention_mma_forward(dout, dqkv, dcu, dtiles, cap, NH, hs, dt, S));
         float *o = down(dout, no, dt);
         for (int si = 0; si < 2; si++) {
             float *dscale = upf(&scales[si], 1);
-            CK(cudaMemset(d8, 0xFF, no));
+            CK(cudaMemset(d8, 0xFF, no + guard));
             CK(attention_mma_q8_forward(d8, dqkv, dcu, dtiles, cap, NH, hs, dt, dscale, S));
             CK(cudaStreamSynchronize(S));
-            CK(cudaMemcpy(h8, d8, no, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(h8, d8, no + guard, cudaMemcpyDeviceToHost));
+            size_t past = 0;
+            for (size_t i = no; i < no + guard; i++) past += h8[i] != 0xFF;
+            CHECK_INT((long long)past, 0);
             size_t bad = 0, exact = 0, saturated = 0;
             for (size_t i = 0; i < no; i++) {
                 const float v = o[i] / scales[si], got = bs_e4m3_decode(h8[i]);
@@ -556,6 +561,9 @@ static void attention_mma_e4m3_output_is_its_output_quantised(void) {
     const float one = 1;
     float *d1 = upf(&one, 1);
     CHECK_INT(attention_mma_q8_forward(NULL, NULL, NULL, NULL, 1, 2, 64, BS_DT_F16, d1, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_mma_q8_forward(NULL, NULL, NULL, NULL, 1, 2, 48, BS_DT_BF16, d1, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_mma_q8_forward(NULL, NULL, NULL, NULL, 0, 2, 64, BS_DT_BF16, d1, S),
+              cudaSuccess); /* no tiles */
     cudaFree(d1);
 }
 
