@@ -94,6 +94,7 @@ done
 # (all compute processes together: the machine is ours; CUDA context included).
 ROWS=()
 declare -A BENCHED # points already run: the grid below skips the targets measured first
+declare -A RESULT  # PREC/BATCH/LEN/LENGTHS/SETTING -> "seq/s ms tokens/s engine-MiB peak-MiB" (the targets summary)
 bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [VAR=VALUE]]: VAR=VALUE goes into bench's environment
     local prec=$1 batch=$2 len=$3 lengths=${4:-fixed} setting=${5:-}
     [ -z "${BENCHED[$prec/$batch/$len/$lengths/$setting]:-}" ] || return 0
@@ -133,6 +134,7 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [VAR=VALUE]]: VAR=VALUE goes into b
         local notes=${eng#*attention=}
         notes="attention=${notes% mem=*}"
         ROWS+=("$(printf '%-5s %6s %5s %-14s %10.1f %10.3f %11.0f %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" "$sps" "$ms" "$tps" "${mem:-?}" "$peak" "$notes")")
+        RESULT[$prec/$batch/$len/$lengths/$setting]="$sps $ms $tps ${mem:-0} $peak"
         echo "$line"
     fi
     rm -f "$log" "$log.err"
@@ -205,6 +207,28 @@ echo "== results ($(elapsed)s; engine MiB = what the engine allocated; GPU MiB =
 printf '%-5s %6s %5s %-14s %10s %10s %11s %8s %8s  %s\n' prec batch len lengths "seq/s" "ms/batch" "tokens/s" "eng MiB" "GPU MiB" notes
 for r in "${ROWS[@]}"; do echo "$r"; done
 [ -z "$WORKER_ROW" ] || printf '\nworker end to end: %s\n' "$WORKER_ROW"
+echo
+# The issue's speed targets against this run (informational: a missed target is not a failure of
+# the check, which is about correctness; the numbers above are the record).
+target() { # LABEL VALUE OP LIMIT UNIT: prints one line, "met" or "NOT met"
+    awk -v l="$1" -v v="$2" -v op="$3" -v t="$4" -v u="$5" 'BEGIN {
+        if (v == "") { printf "%-44s %12s  (target %s %s %s)  not measured\n", l, "-", op, t, u; exit }
+        ok = (op == ">=") ? v + 0 >= t + 0 : v + 0 <= t + 0
+        printf "%-44s %12.3f  (target %s %s %s)  %s\n", l, v, op, t, u, ok ? "met" : "NOT met" }'
+}
+field() { echo "${RESULT[$1]:-}" | awk -v i="$2" '{print $i}'; } # KEY FIELD (1 seq/s, 2 ms, 3 tokens/s, 4 engine MiB, 5 peak MiB)
+ratio() { # KEY_A KEY_B: 100 * tokens/s of A / tokens/s of B, or empty
+    local a b
+    a=$(field "$1" 3) b=$(field "$2" 3)
+    [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b }'
+}
+echo "== the issue's targets (BERT-base, random weights, this GPU)"
+target "bf16 256 x 128, seq/s" "$(field bf16/256/128/fixed/ 1)" ">=" 28000 "seq/s"
+target "fp8 256 x 128, seq/s" "$(field fp8/256/128/fixed/ 1)" ">=" 40000 "seq/s"
+target "bf16 16 x 128, ms per batch" "$(field bf16/16/128/fixed/ 2)" "<=" 3 "ms"
+target "bf16 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio bf16/256/128/uniform:8:128/ bf16/256/128/fixed/)" ">=" 85 "%"
+target "fp8 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio fp8/256/128/uniform:8:128/ fp8/256/128/fixed/)" ">=" 85 "%"
+target "bf16 256 x 128, peak GPU MiB (all processes)" "$(field bf16/256/128/fixed/ 5)" "<=" 2048 "MiB"
 echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
 # GPU_CHECK_PROFILE=1: the per-kernel profiles of bf16 and fp8 at 256 x 128
