@@ -166,6 +166,7 @@ typedef struct {
     int fp8_fast_accum; /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
     int ff1_q8_in_gemm; /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
     int att_q8_ok;      /* fp8 static, mma kernel: its E4M3 output passed the start-up self-check */
+    int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -544,7 +545,7 @@ static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, cha
 static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
     int want = gemm_wanted_epilogue(e, kind), found = 0;
     cublasStatus_t last = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (kind == G_FF1 && e->fp8_static && want == CUBLASLT_EPILOGUE_GELU_BIAS) {
+    if (kind == G_FF1 && e->fp8_static && !e->ff1_q8_off && want == CUBLASLT_EPILOGUE_GELU_BIAS) {
         /* anything cuBLASLt refuses here (an attribute, every algo) leaves the bf16 output + cast */
         char why[BS_ERRLEN] = "";
         if (plan_setup(e, p, kind, n, 1, why) == BS_OK && plan_try(e, p, want, &found, &last, why) == BS_OK && found) {
@@ -641,6 +642,107 @@ static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
     if (kind == G_FF1 && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
         CUDA_CHECK(bias_gelu_forward(out, w->ff1_b, (size_t)n, m, 1, e->act, e->stream));
     return BS_OK;
+}
+
+/* fp8 static: the FFN-up GEMM writing E4M3 (cuBLASLt's D scale after its GELU_BIAS epilogue),
+ * checked at start on 16 rows of layer 0 against the CPU, as cuBLASLt versions differ: random
+ * E4M3 input (|x| <= 7.5, scale 1/16), the layer's E4M3 weights and bf16 bias as uploaded, D scale
+ * chosen so the largest output maps to 400; each output within one E4M3 step of E4M3(dscale *
+ * GELU_tanh(sx sw (x . w) + b)), plus 2^-8 of dscale sx sw sum_k |x_k w_k| for fast accumulation
+ * (Hopper keeps ~14 bits there; |GELU'| <= 1.13). That still catches what a cuBLASLt with other
+ * semantics would do (the D scale divided or applied before GELU, the bias dropped): errors of the
+ * order of the outputs themselves. The scales borrow act_scale's slots, which static scales leave
+ * unused. Returns 1 agree (or nothing to check), 0 not, BS_ERR. */
+static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden, I = c->intermediate, n = 16;
+    gemm_plan *p = plan_get(e, G_FF1, n, err);
+    if (!p) return BS_ERR;
+    if (!p->out_q8) return 1;
+    const dev_layer *w = &e->layer[0];
+    const float sx = 1.0f / 16;
+    float *sxd = SCALE_AT(e->act_scale, G_FF1), *sdd = SCALE_AT(e->act_scale, G_FF2);
+    const void *sa = SCALE_AT(w->scale, G_FF1), *bias = w->ff1_b_act;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sxd, sizeof sxd));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sdd, sizeof sdd));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    uint8_t *hx = malloc((size_t)n * C), *hw = malloc((size_t)I * C), *hq = malloc((size_t)n * I);
+    float *hb = malloc(sizeof(float) * (size_t)I);
+    double *g = malloc(sizeof(double) * (size_t)n * I), *a = malloc(sizeof(double) * (size_t)n * I);
+    int rc = BS_ERR;
+    if (!hx || !hw || !hq || !hb || !g || !a) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    bs_rng r = {4242};
+    for (int i = 0; i < n * C; i++) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
+        const uint64_t u = bs_rng_next(&r);
+        hx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
+    }
+    float sw = 0;
+    cudaError_t ce = cudaMemcpyAsync(hw, w->ff1_w, (size_t)I * C, cudaMemcpyDeviceToHost, e->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(&sw, SCALE_AT(w->scale, G_FF1), 4, cudaMemcpyDeviceToHost, e->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+    if (ce != cudaSuccess) {
+        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    double top = 0;
+    float dec[256];
+    for (int b = 0; b < 256; b++) dec[b] = bs_e4m3_decode((uint8_t)b);
+    for (int i = 0; i < I; i++) hb[i] = bs_round_dtype(e->base.model->layer[0].ff1_b[i], e->act);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < I; i++) {
+            const uint8_t *xr = hx + (size_t)t * C, *wr = hw + (size_t)i * C;
+            double acc = 0, mag = 0;
+            for (int k = 0; k < C; k++) {
+                const double xw = (double)dec[xr[k]] * dec[wr[k]];
+                acc += xw;
+                mag += fabs(xw);
+            }
+            a[(size_t)t * I + i] = (double)sx * sw * mag;
+            const double h = (double)sx * sw * acc + hb[i];
+            const double v = 0.5 * h * (1 + tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)));
+            g[(size_t)t * I + i] = v;
+            top = fmax(top, fabs(v));
+        }
+    const float dscale = top > 0 ? (float)(400.0 / top) : 1.0f;
+    ce = cudaMemcpyAsync(e->q8, hx, (size_t)n * C, cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sdd, &dscale, 4, cudaMemcpyHostToDevice, e->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* sx, dscale are on the stack */
+    if (ce != cudaSuccess) {
+        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->q8, e->ff);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, BS_ERRLEN, "the FFN-up GEMM's E4M3 output failed to launch: %s", cublasGetStatusString(st));
+        rc = 0;
+        goto done;
+    }
+    ce = cudaMemcpyAsync(hq, e->ff, (size_t)n * I, cudaMemcpyDeviceToHost, e->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+    if (ce != cudaSuccess) {
+        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < (size_t)n * I; i++) {
+        const double v = g[i] * dscale, got = bs_e4m3_decode(hq[i]);
+        const double tol = bs_e4m3_ulp((float)fabs(v)) + 1.0 / 512 + a[i] * dscale / 256;
+        if (!(fabs(got - v) <= tol) && !bad++) first = i;
+    }
+    rc = bad == 0;
+    if (!rc)
+        snprintf(why, BS_ERRLEN,
+                 "the FFN-up GEMM's E4M3 output differs from the CPU in %zu of %d values (first: %.4g for %.4g)", bad,
+                 n * I, (double)bs_e4m3_decode(hq[first]), g[first] * dscale);
+    log_debug("FFN-up E4M3 output self-check", "mismatches=%zu of=%d", bad, n * I);
+done:
+    free(hx), free(hw), free(hq), free(hb), free(g), free(a);
+    return rc;
 }
 
 /* ---- attention ---- */
@@ -1468,6 +1570,19 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
      * whether the GELU epilogue is in use */
     if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
+    if (e->fp8_static) {
+        char why[BS_ERRLEN] = "";
+        const int ok = ff1_q8_selfcheck(e, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        if (!ok) { /* every FF1 plan is rebuilt to write bf16, which one cast pass quantises */
+            log_warn("the FFN-up GEMM's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"",
+                     why);
+            e->ff1_q8_off = 1;
+            for (int i = 0; i < MAX_PLANS; i++)
+                if (e->plans[i].used && e->plans[i].out_q8) plan_release(&e->plans[i]);
+            if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
+        }
+    }
     for (int i = 0; i < MAX_PLANS; i++)
         if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap) {
             e->gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
