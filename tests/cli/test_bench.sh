@@ -86,5 +86,25 @@ else
     bad "--seq-len 65: rc $rc: $err"
 fi
 
+# --inflight 2: the engine_submit/engine_wait loop (the CPU engine computes in submit: same work),
+# reported as such, at least 3 batches counted after the first completion
+out=$("$bin" bench --model "$tmp/m" --device cpu --batch 4 --seq-len 16 --seconds 0.2 --inflight 2 2>"$tmp/err")
+rc=$?
+fields=$(printf '%s\n' "$out" | "$py" -c '
+import json, sys
+r = json.loads(sys.stdin.readline())
+print(r["inflight"], r["iterations"] >= 3, r["seq_per_s"] > 0, abs(r["seq_per_s"] * r["ms_per_batch"] / 1000 - r["batch"]) < 0.01 * r["batch"])
+' 2>&1)
+if [ $rc -eq 0 ] && [ "$fields" == "2 True True True" ]; then ok "--inflight 2 runs two slots and says so"; else
+    bad "--inflight 2: rc $rc: $fields $(tail -1 "$tmp/err")"
+fi
+err=$("$bin" bench --model "$tmp/m" --device cpu --inflight 3 2>&1 >/dev/null)
+rc=$?
+if [ $rc -eq 2 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] && [[ $err == *"--inflight: expected an integer in 1..2, got '3'"* ]]; then
+    ok "--inflight 3 is a one-line usage error"
+else
+    bad "--inflight 3: rc $rc: $err"
+fi
+
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
