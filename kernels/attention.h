@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dtype.h"
+#include "twins.h"
 
 #define BS_ATT_BQ 32           /* queries per tile of the CUDA-core and WMMA kernels */
 #define BS_ATT_MMA_BQ 64       /* queries per tile of the mma kernel */
@@ -90,34 +91,6 @@ static inline int attention_tiles(int32_t *tiles, int cap, const int32_t *cu, in
         }
     for (int i = n; i < cap; i++) tiles[2 * i] = -1, tiles[2 * i + 1] = 0;
     return n;
-}
-
-/* CPU twin: the textbook form (scores, softmax in double, weighted sum). */
-static inline void attention_ref(float *out, const float *qkv, const int32_t *cu, int B, int NH, int HS,
-                                 double *p /* (max_len) scratch */) {
-    const int C = NH * HS;
-    const double scale = 1.0 / sqrt((double)HS);
-    for (int s = 0; s < B; s++) {
-        const int t0 = cu[s], n = cu[s + 1] - cu[s];
-        for (int h = 0; h < NH; h++)
-            for (int i = 0; i < n; i++) {
-                const float *q = qkv + (size_t)(t0 + i) * 3 * C + h * HS;
-                double mx = -INFINITY, sum = 0;
-                for (int j = 0; j < n; j++) {
-                    const float *k = qkv + (size_t)(t0 + j) * 3 * C + C + h * HS;
-                    double d = 0;
-                    for (int c = 0; c < HS; c++) d += (double)q[c] * k[c];
-                    p[j] = d * scale;
-                    mx = p[j] > mx ? p[j] : mx;
-                }
-                for (int j = 0; j < n; j++) sum += (p[j] = exp(p[j] - mx));
-                for (int c = 0; c < HS; c++) {
-                    double acc = 0;
-                    for (int j = 0; j < n; j++) acc += p[j] * qkv[(size_t)(t0 + j) * 3 * C + 2 * C + h * HS + c];
-                    out[(size_t)(t0 + i) * C + h * HS + c] = (float)(acc / sum);
-                }
-            }
-    }
 }
 
 #endif

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dtype.h"
+#include "twins.h"
 
 #ifdef __cplusplus
 extern "C" {

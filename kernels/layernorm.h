@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dtype.h"
+#include "twins.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,16 +44,6 @@ cudaError_t residual_layernorm_q8_forward(void *out, const void *a, const float 
 #endif
 
 /* ---- CPU twins (fp32 in, fp32 out; double statistics) ---- */
-static inline void layernorm_row_ref(float *y, const float *x, const float *g, const float *b, int C, float eps) {
-    double mean = 0, var = 0;
-    for (int c = 0; c < C; c++) mean += x[c];
-    mean /= C;
-    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
-    var /= C;
-    double inv = 1.0 / sqrt(var + eps);
-    for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mean) * inv * g[c] + b[c]);
-}
-
 static inline void embedding_layernorm_ref(float *out, const int32_t *ids, const int32_t *cu, int B, const float *word,
                                            const float *pos, const float *type0, const float *g, const float *b, int T,
                                            int C, float eps, float *row /* (C) scratch */) {

@@ -704,7 +704,7 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
             }
             a[(size_t)t * I + i] = (double)sx * sw * mag;
             const double h = (double)sx * sw * acc + hb[i];
-            const double v = 0.5 * h * (1 + tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)));
+            const double v = gelu_tanh_ref(h);
             g[(size_t)t * I + i] = v;
             top = fmax(top, fabs(v));
         }

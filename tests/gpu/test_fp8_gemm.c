@@ -13,6 +13,7 @@
 #include "common.h"
 #include "convert.h"
 #include "dtype.h"
+#include "twins.h"
 #include "test.h"
 
 #define CKC(x)                                                                                                         \
@@ -181,7 +182,7 @@ static void engine_fp8_gemm_runs_and_matches_dequantised_product(void) {
     for (int j = 0; j < N; j++)
         for (int i = 0; i < M; i++) {
             const double w = want[j * M + i] + hb[i];
-            top = fmax(top, fabs(0.5 * w * (1 + tanh(0.7978845608028654 * (w + 0.044715 * w * w * w)))));
+            top = fmax(top, fabs(gelu_tanh_ref(w)));
         }
     const float dscale = (float)(BS_E4M3_MAX / (1.1 * top)); /* D scale: E4M3 = GELU(...) * dscale */
     CKC(cudaMemcpy(f.sd, &dscale, 4, cudaMemcpyHostToDevice));
@@ -217,8 +218,7 @@ static void engine_fp8_gemm_runs_and_matches_dequantised_product(void) {
             for (int i = 0; i < M; i++) {
                 double w = want[j * M + i];
                 if (v->epilogue != CUBLASLT_EPILOGUE_DEFAULT) w += hb[i];
-                if (v->epilogue == CUBLASLT_EPILOGUE_GELU_BIAS)
-                    w = 0.5 * w * (1 + tanh(0.7978845608028654 * (w + 0.044715 * w * w * w)));
+                if (v->epilogue == CUBLASLT_EPILOGUE_GELU_BIAS) w = gelu_tanh_ref(w);
                 /* bf16: its rounding (1/256) + accumulation; E4M3: half its step at w, + the same */
                 double tol = v->d_e4m3 ? 0.5 * bs_e4m3_ulp((float)(fabs(w) * dscale * 1.004)) / dscale : 0;
                 double d = (fabs(got[j * M + i] - w) - tol) / (fabs(w) + 0.05);

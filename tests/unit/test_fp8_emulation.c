@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "../kernels/dtype.h"
+#include "../kernels/twins.h"
 #include "common.h"
 #include "engine.h"
 #include "fp8_scales.h"
@@ -89,13 +90,10 @@ static void emu_gemm(float *y, const float *xq, const float *wq, float sa, float
             y[(size_t)t * out + j] = y[(size_t)t * out + j] * sa * sb + (bias ? bs_round_bf16(bias[j]) : 0.0f);
 }
 
+/* a LayerNorm's bf16 output */
 static void emu_layernorm(float *y, const float *x, const float *g, const float *b, int C, float eps) {
-    double mean = 0, var = 0;
-    for (int c = 0; c < C; c++) mean += x[c];
-    mean /= C;
-    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
-    const double inv = 1.0 / sqrt(var / C + eps);
-    for (int c = 0; c < C; c++) y[c] = bs_round_bf16((float)((x[c] - mean) * inv * g[c] + b[c]));
+    layernorm_row_ref(y, x, g, b, C, eps);
+    for (int c = 0; c < C; c++) y[c] = bs_round_bf16(y[c]);
 }
 
 static void emu_round(float *x, size_t n, float s) { /* x <- the E4M3 codes of x / s */
@@ -127,26 +125,8 @@ static void emu_forward(const emu *E, const int32_t *ids, const int32_t *cu, int
         emu_round(q8, (size_t)T * C, el->sx[0]);
         emu_gemm(qkv, q8, el->w[0], el->sw[0], el->sx[0], w->qkv_b, T, 3 * C, C);
         for (size_t i = 0; i < (size_t)T * 3 * C; i++) qkv[i] = bs_round_bf16(qkv[i]);
-        for (int s = 0; s < B; s++) /* attention in fp32/double on the bf16 QKV, softmax(QK^T/sqrt(HS))V */
-            for (int h = 0; h < NH; h++)
-                for (int i = cu[s]; i < cu[s + 1]; i++) {
-                    double mx = -INFINITY, sum = 0;
-                    for (int j = cu[s]; j < cu[s + 1]; j++) {
-                        double d = 0;
-                        for (int k = 0; k < HS; k++)
-                            d += (double)qkv[(size_t)i * 3 * C + h * HS + k] * qkv[(size_t)j * 3 * C + C + h * HS + k];
-                        p[j] = d / sqrt((double)HS);
-                        mx = p[j] > mx ? p[j] : mx;
-                    }
-                    for (int j = cu[s]; j < cu[s + 1]; j++) sum += (p[j] = exp(p[j] - mx));
-                    for (int k = 0; k < HS; k++) {
-                        double acc = 0;
-                        for (int j = cu[s]; j < cu[s + 1]; j++)
-                            acc += p[j] * qkv[(size_t)j * 3 * C + 2 * C + h * HS + k];
-                        att[(size_t)i * C + h * HS + k] = (float)(acc / sum);
-                    }
-                }
-        emu_round(att, (size_t)T * C, el->sx[1]); /* the mma kernel's E4M3 output */
+        attention_ref(att, qkv, cu, B, NH, HS, p); /* in double on the bf16 QKV */
+        emu_round(att, (size_t)T * C, el->sx[1]);  /* the mma kernel's E4M3 output */
         emu_gemm(tmp, att, el->w[1], el->sw[1], el->sx[1], NULL, T, C, C);
         for (int t = 0; t < T; t++) {
             for (int k = 0; k < C; k++)
@@ -157,9 +137,7 @@ static void emu_forward(const emu *E, const int32_t *ids, const int32_t *cu, int
         emu_round(q8, (size_t)T * C, el->sx[2]);
         emu_gemm(ff, q8, el->w[2], el->sw[2], el->sx[2], w->ff1_b, T, FF, C);
         for (size_t i = 0; i < (size_t)T * FF; i++) { /* GELU (tanh), then E4M3 through the D scale */
-            const float h = ff[i];
-            const float g = 0.5f * h * (1.0f + tanhf(0.7978845608f * (h + 0.044715f * h * h * h)));
-            ff[i] = bs_round_e4m3(g * (1.0f / el->sx[3]));
+            ff[i] = bs_round_e4m3((float)gelu_tanh_ref(ff[i]) * (1.0f / el->sx[3]));
         }
         emu_gemm(tmp, ff, el->w[3], el->sw[3], el->sx[3], NULL, T, C, FF);
         for (int t = 0; t < T; t++) {
