@@ -165,7 +165,8 @@ typedef struct {
     int gelu_in_gemm;   /* the largest shape's FF1 plan got that epilogue */
     int fp8_fast_accum; /* CUBLASLT_MATMUL_DESC_FAST_ACCUM on the fp8 GEMMs (BERTSTREAM_FP8_FAST_ACCUM) */
     int ff1_q8_in_gemm; /* the largest shape's FF1 plan writes E4M3 itself (fp8 static) */
-    int att_q8_ok;      /* fp8 static, mma kernel: its E4M3 output passed the start-up self-check */
+    int att_q8;         /* fp8 static, mma kernel, its E4M3 output checked at start: the kernel (not
+                         * cuDNN) writes the AO GEMM's E4M3 input itself */
     int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
@@ -784,13 +785,7 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     return s;
 }
 
-/* fp8 with static scales and the mma kernel (its E4M3 output checked at start): attention writes
- * the AO GEMM's E4M3 input itself */
-static int attention_writes_q8(const cuda_engine *e) {
-    return e->fp8_static && e->att_kernel == BS_ATT_MMA && e->att_q8_ok;
-}
-
-/* qkv -> att for layer l (under attention_writes_q8: -> q8 in E4M3 at the AO input's scale) */
+/* qkv -> att for layer l (with att_q8 and the kernel: -> q8 in E4M3 at the AO input's scale) */
 static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     e->att_is_q8 = 0;
@@ -800,7 +795,7 @@ static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
         if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
     }
     const int tiles = attention_tiles_cap(Tb, Bb, e->att_bq), NH = c->heads, HS = c->hidden / c->heads;
-    if (attention_writes_q8(e)) {
+    if (e->att_q8) {
         CUDA_CHECK(attention_mma_q8_forward(e->q8, e->qkv, e->d_cu, e->d_tiles, tiles, NH, HS, e->act,
                                             STATIC_SCALE(e, l, G_AO), e->stream));
         e->att_is_q8 = 1;
@@ -874,7 +869,7 @@ static void describe(cuda_engine *e, const char *graphs) {
      * LayerNorms always; the FFN-up GEMM and the attention kernel where they can), the accumulation */
     char f8[96] = "";
     if (e->fp8) {
-        const int att_q8 = !e->use_cudnn && attention_writes_q8(e);
+        const int att_q8 = !e->use_cudnn && e->att_q8;
         snprintf(f8, sizeof f8, " scales=%s%s%s%s accum=%s", e->fp8_static ? "static" : "batch",
                  e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
                  e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
@@ -1351,7 +1346,7 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
     if (e->fp8_static && e->att_kernel == BS_ATT_MMA) { /* may also write the AO GEMM's E4M3 input */
         const int ok = q8_selfcheck(e, p, why, err);
         if (ok == BS_ERR) return BS_ERR;
-        e->att_q8_ok = ok;
+        e->att_q8 = ok;
         if (!ok)
             log_warn("attention's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"", why);
     }
