@@ -13,6 +13,7 @@
 #include "head.h"
 #include "model.h"
 #include "safetensors.h"
+#include "fixtures.h"
 #include "test.h"
 #include "tokenizer.h"
 
@@ -52,11 +53,6 @@ static bs_engine *make_engine(const bs_model *m, const char *device, bs_precisio
         fprintf(stderr, "  engine: %s\n", engine_describe(e));
     return e;
 }
-
-typedef struct {
-    int B, T, L;
-    int32_t *ids, *cu;
-} packed_batch;
 
 /* The golden batch without its padding: input_ids where attention_mask is 1, back to back. */
 static packed_batch golden_batch(const st_file *g) {
@@ -256,17 +252,6 @@ static void engine_cuda_graph_replay_equals_eager_on_new_inputs(void) {
 
 /* ---- other shapes at fp32 ---- */
 
-/* HF's init is N(0, 0.02) with LayerNorm 1/0: bump gains and biases so they matter */
-static void bump_gains_and_biases(bs_model *m, bs_rng *r) {
-    for (int l = 0; l < m->cfg.layers; l++)
-        for (int k = 0; k < m->cfg.hidden; k++) {
-            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(r);
-            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(r);
-            m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(r);
-            m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(r);
-        }
-}
-
 static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
     char err[BS_ERRLEN];
     bs_model *m = model_init_random(&cfg, seed, err);
@@ -276,7 +261,7 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
         return;
     }
     bs_rng r = {seed + 1};
-    bump_gains_and_biases(m, &r);
+    bs_test_bump_gains_and_biases(m, &r);
     enum { B = 5 };
     const int lens[B] = {1, 77, 13, 2, 40};
     int32_t cu[B + 1] = {0};
@@ -342,62 +327,6 @@ static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
 }
 
 /* ---- reduced precisions vs the CPU engine ---- */
-
-typedef struct {
-    int n;
-    packed_batch *batches;
-} review_set;
-
-/* The first n IMDB reviews, tokenized to 128 ids, in batches of up to 64. */
-static review_set imdb_reviews(int n) {
-    char err[BS_ERRLEN];
-    review_set rs = {0};
-    bs_tokenizer *tk = tokenizer_new(bs_test_data("bert-base-uncased/vocab.txt"), err);
-    size_t len = 0;
-    char *tsv = bs_read_file(bs_test_data("imdb/reviews.tsv"), &len, err);
-    if (!tk || !tsv) {
-        fprintf(stderr, "  %s\n", err);
-        exit(1);
-    }
-    const int per = 64, nb = (n + per - 1) / per;
-    rs.batches = calloc((size_t)nb, sizeof(packed_batch));
-    bs_tokens toks = {0};
-    char *line = strchr(tsv, '\n'); /* skip the header */
-    int done = 0;
-    for (int b = 0; b < nb; b++) {
-        packed_batch *pb = &rs.batches[b];
-        pb->ids = malloc(sizeof(int32_t) * per * 128);
-        pb->cu = malloc(sizeof(int32_t) * (per + 1));
-        pb->cu[0] = 0;
-        pb->L = 128;
-        while (pb->B < per && done < n && line && line[1]) {
-            char *text = strchr(line + 1, '\t'), *end = strchr(line + 1, '\n');
-            if (!end) end = tsv + len;
-            if (!text || text > end) break;
-            text++;
-            if (tokenizer_encode(tk, text, (size_t)(end - text), 128, &toks, err) != BS_OK) {
-                fprintf(stderr, "  tokenize: %s\n", err);
-                exit(1);
-            }
-            memcpy(pb->ids + pb->cu[pb->B], toks.ids, sizeof(int32_t) * (size_t)toks.n);
-            pb->cu[pb->B + 1] = pb->cu[pb->B] + toks.n;
-            pb->B++;
-            done++;
-            line = end < tsv + len ? end : NULL;
-        }
-        pb->T = pb->cu[pb->B];
-        if (pb->B) rs.n++;
-    }
-    tokens_free(&toks);
-    tokenizer_free(tk);
-    free(tsv);
-    return rs;
-}
-
-static void review_set_free(review_set *rs) {
-    for (int b = 0; b < rs->n; b++) free(rs->batches[b].ids), free(rs->batches[b].cu);
-    free(rs->batches);
-}
 
 /* A head that actually separates these reviews: logit = (w . f - t) / sd along the top principal
  * direction w of the reference features f (N, C), threshold t at their median, so half the
@@ -520,7 +449,7 @@ static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     if (!h) return;
-    review_set rs = imdb_reviews(300);
+    review_set rs = bs_test_imdb_reviews(300, 64);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
     const bs_precision precs[2] = {BS_PREC_BF16, BS_PREC_FP16};
     for (int k = 0; k < 2 && cpu; k++) {
@@ -602,7 +531,7 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
     CHECK(h != NULL);
     bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
     if (h && cpu) {
-        review_set rs = imdb_reviews(300);
+        review_set rs = bs_test_imdb_reviews(300, 64);
         review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
         print_stats(batch ? "fp8 (batch scales)" : casts ? "fp8 (static, cast passes)" : "fp8", &rs, &st);
         CHECK(st.min_cos >= 0.99);
@@ -700,7 +629,7 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
     CHECK(m != NULL);
     if (!m) return;
     bs_rng r = {100};
-    bump_gains_and_biases(m, &r);
+    bs_test_bump_gains_and_biases(m, &r);
     enum { B = 6 };
     const int lens[B] = {1, 77, 13, 2, 40, 128};
     int32_t cu[B + 1] = {0};

@@ -29,8 +29,8 @@
 #include "engine.h"
 #include "fp8_scales.h"
 #include "model.h"
+#include "fixtures.h"
 #include "test.h"
-#include "tokenizer.h"
 
 typedef struct {
     float *w[4]; /* decoded E4M3 codes (not scaled) of QKV, AO, FF1, FF2 */
@@ -200,42 +200,25 @@ static void compare(const bs_model *m, const emu *E, const int32_t *ids, const i
 static void fp8_static_emulation_tracks_fp32_on_golden_tiny_bert_imdb(void) {
     char err[BS_ERRLEN];
     bs_model *m = model_load(bs_test_data("golden/tiny-bert"), err);
-    bs_tokenizer *tk = tokenizer_new(bs_test_data("bert-base-uncased/vocab.txt"), err);
-    size_t len = 0;
-    char *tsv = bs_read_file(bs_test_data("imdb/reviews.tsv"), &len, err);
-    CHECK(m && tk && tsv);
-    if (!m || !tk || !tsv) {
+    CHECK(m != NULL);
+    if (!m) {
         fprintf(stderr, "  %s\n", err);
-        model_free(m), tokenizer_free(tk), free(tsv);
         return;
     }
-    enum { N = 100 };
-    int32_t *ids = malloc(sizeof(int32_t) * N * 128), cu[N + 1] = {0};
-    bs_tokens toks = {0};
-    char *line = strchr(tsv, '\n'); /* the header */
-    int B = 0;
-    while (B < N && line && line[1]) {
-        char *text = strchr(line + 1, '\t'), *end = strchr(line + 1, '\n');
-        if (!end) end = tsv + len;
-        if (!text || text > end) break;
-        text++;
-        CHECK_INT(tokenizer_encode(tk, text, (size_t)(end - text), 128, &toks, err), BS_OK);
-        memcpy(ids + cu[B], toks.ids, sizeof(int32_t) * (size_t)toks.n);
-        cu[B + 1] = cu[B] + toks.n;
-        B++;
-        line = end < tsv + len ? end : NULL;
+    review_set rs = bs_test_imdb_reviews(100, 100); /* one batch */
+    CHECK_INT(rs.n, 1);
+    CHECK_INT(rs.n ? rs.batches[0].B : 0, 100);
+    if (rs.n == 1) {
+        const packed_batch *pb = &rs.batches[0];
+        emu E = emu_new(m);
+        double cs[3];
+        compare(m, &E, pb->ids, pb->cu, pb->B, cs);
+        fprintf(stderr, "  tiny-bert, %d IMDB reviews (%d tokens): min cosine hidden %.6f mean %.6f pooler %.6f\n",
+                pb->B, pb->T, cs[0], cs[1], cs[2]);
+        for (int k = 0; k < 3; k++) CHECK(cs[k] >= 0.99);
+        emu_free(&E);
     }
-    CHECK_INT(B, N);
-    emu E = emu_new(m);
-    double cs[3];
-    compare(m, &E, ids, cu, B, cs);
-    fprintf(stderr, "  tiny-bert, %d IMDB reviews (%d tokens): min cosine hidden %.6f mean %.6f pooler %.6f\n", B,
-            cu[B], cs[0], cs[1], cs[2]);
-    for (int k = 0; k < 3; k++) CHECK(cs[k] >= 0.99);
-    emu_free(&E);
-    tokens_free(&toks);
-    free(ids), free(tsv);
-    tokenizer_free(tk);
+    review_set_free(&rs);
     model_free(m);
 }
 
@@ -253,13 +236,7 @@ static void fp8_static_emulation_tracks_fp32_on_a_bert_base_layer_shape(void) {
     CHECK(m != NULL);
     if (!m) return;
     bs_rng r = {6};
-    for (int l = 0; l < cfg.layers; l++) /* LayerNorm gains and biases off their 1 / 0 */
-        for (int k = 0; k < cfg.hidden; k++) {
-            m->layer[l].ln1_w[k] = 1.0f + 0.3f * (float)bs_rng_normal(&r);
-            m->layer[l].ln2_b[k] = 0.1f * (float)bs_rng_normal(&r);
-            m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(&r);
-            m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(&r);
-        }
+    bs_test_bump_gains_and_biases(m, &r);
     enum { B = 4 };
     const int lens[B] = {128, 1, 37, 64};
     int32_t cu[B + 1] = {0};
