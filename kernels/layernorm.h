@@ -56,12 +56,4 @@ static inline void embedding_layernorm_ref(float *out, const int32_t *ids, const
     }
 }
 
-static inline void residual_layernorm_ref(float *out, const float *a, const float *bias, const float *res,
-                                          const float *g, const float *b, int T, int C, float eps, float *row) {
-    for (int t = 0; t < T; t++) {
-        for (int c = 0; c < C; c++) row[c] = a[(size_t)t * C + c] + (bias ? bias[c] : 0.0f) + res[(size_t)t * C + c];
-        layernorm_row_ref(out + (size_t)t * C, row, g, b, C, eps);
-    }
-}
-
 #endif

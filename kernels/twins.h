@@ -24,6 +24,15 @@ static inline void layernorm_row_ref(float *y, const float *x, const float *g, c
     for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mean) * inv * g[c] + b[c]);
 }
 
+/* out (T, C) = LN(a + bias + res) * g + b row by row; bias may be NULL; row (C) scratch */
+static inline void residual_layernorm_ref(float *out, const float *a, const float *bias, const float *res,
+                                          const float *g, const float *b, int T, int C, float eps, float *row) {
+    for (int t = 0; t < T; t++) {
+        for (int c = 0; c < C; c++) row[c] = a[(size_t)t * C + c] + (bias ? bias[c] : 0.0f) + res[(size_t)t * C + c];
+        layernorm_row_ref(out + (size_t)t * C, row, g, b, C, eps);
+    }
+}
+
 /* out (T, C) = softmax(Q K^T / sqrt(HS)) V per sequence and head over the packed qkv (T, 3C), the
  * textbook form (scores, softmax in double, weighted sum): the attention kernels' twin. */
 static inline void attention_ref(float *out, const float *qkv, const int32_t *cu, int B, int NH, int HS,

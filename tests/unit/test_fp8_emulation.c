@@ -90,14 +90,22 @@ static void emu_gemm(float *y, const float *xq, const float *wq, float sa, float
             y[(size_t)t * out + j] = y[(size_t)t * out + j] * sa * sb + (bias ? bs_round_bf16(bias[j]) : 0.0f);
 }
 
-/* a LayerNorm's bf16 output */
-static void emu_layernorm(float *y, const float *x, const float *g, const float *b, int C, float eps) {
-    layernorm_row_ref(y, x, g, b, C, eps);
-    for (int c = 0; c < C; c++) y[c] = bs_round_bf16(y[c]);
+static void emu_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = bs_round_bf16(x[i]);
 }
 
-static void emu_round(float *x, size_t n, float s) { /* x <- the E4M3 codes of x / s */
-    for (size_t i = 0; i < n; i++) x[i] = e4m3_code_value(x[i], s);
+/* out = the bf16 output of LN(bf16(y) + bias + res): a GEMM's bf16 output into the residual
+ * LayerNorm (y is rounded in place) */
+static void emu_residual_layernorm(float *out, float *y, const float *bias, const float *res, const float *g,
+                                   const float *b, int T, int C, float eps, float *row) {
+    emu_bf16(y, (size_t)T * C);
+    residual_layernorm_ref(out, y, bias, res, g, b, T, C, eps, row);
+    emu_bf16(out, (size_t)T * C);
+}
+
+/* dst <- the E4M3 codes of src / s (dst may be src) */
+static void emu_codes(float *dst, const float *src, size_t n, float s) {
+    for (size_t i = 0; i < n; i++) dst[i] = e4m3_code_value(src[i], s);
 }
 
 /* The forward of B packed sequences: hidden (T, C), mean (B, C), pooler (B, C), in fp32. */
@@ -116,35 +124,26 @@ static void emu_forward(const emu *E, const int32_t *ids, const int32_t *cu, int
             for (int k = 0; k < C; k++)
                 row[k] = bs_round_bf16(m->word_emb[(size_t)ids[t] * C + k]) +
                          bs_round_bf16(m->pos_emb[(size_t)(t - cu[s]) * C + k]) + bs_round_bf16(m->type_emb[k]);
-            emu_layernorm(x + (size_t)t * C, row, m->emb_ln_w, m->emb_ln_b, C, c->ln_eps);
+            layernorm_row_ref(x + (size_t)t * C, row, m->emb_ln_w, m->emb_ln_b, C, c->ln_eps);
         }
+    emu_bf16(x, (size_t)T * C);
     for (int l = 0; l < c->layers; l++) {
         const bs_layer_weights *w = &m->layer[l];
         const emu_layer *el = &E->layer[l];
-        memcpy(q8, x, sizeof(float) * (size_t)T * C);
-        emu_round(q8, (size_t)T * C, el->sx[0]);
+        emu_codes(q8, x, (size_t)T * C, el->sx[0]);
         emu_gemm(qkv, q8, el->w[0], el->sw[0], el->sx[0], w->qkv_b, T, 3 * C, C);
-        for (size_t i = 0; i < (size_t)T * 3 * C; i++) qkv[i] = bs_round_bf16(qkv[i]);
-        attention_ref(att, qkv, cu, B, NH, HS, p); /* in double on the bf16 QKV */
-        emu_round(att, (size_t)T * C, el->sx[1]);  /* the mma kernel's E4M3 output */
+        emu_bf16(qkv, (size_t)T * 3 * C);
+        attention_ref(att, qkv, cu, B, NH, HS, p);     /* in double on the bf16 QKV */
+        emu_codes(att, att, (size_t)T * C, el->sx[1]); /* the mma kernel's E4M3 output */
         emu_gemm(tmp, att, el->w[1], el->sw[1], el->sx[1], NULL, T, C, C);
-        for (int t = 0; t < T; t++) {
-            for (int k = 0; k < C; k++)
-                row[k] = bs_round_bf16(tmp[(size_t)t * C + k]) + w->ao_b[k] + x[(size_t)t * C + k];
-            emu_layernorm(x2 + (size_t)t * C, row, w->ln1_w, w->ln1_b, C, c->ln_eps);
-        }
-        memcpy(q8, x2, sizeof(float) * (size_t)T * C);
-        emu_round(q8, (size_t)T * C, el->sx[2]);
+        emu_residual_layernorm(x2, tmp, w->ao_b, x, w->ln1_w, w->ln1_b, T, C, c->ln_eps, row);
+        emu_codes(q8, x2, (size_t)T * C, el->sx[2]);
         emu_gemm(ff, q8, el->w[2], el->sw[2], el->sx[2], w->ff1_b, T, FF, C);
         for (size_t i = 0; i < (size_t)T * FF; i++) { /* GELU (tanh), then E4M3 through the D scale */
             ff[i] = bs_round_e4m3((float)gelu_tanh_ref(ff[i]) * (1.0f / el->sx[3]));
         }
         emu_gemm(tmp, ff, el->w[3], el->sw[3], el->sx[3], NULL, T, C, FF);
-        for (int t = 0; t < T; t++) {
-            for (int k = 0; k < C; k++)
-                row[k] = bs_round_bf16(tmp[(size_t)t * C + k]) + w->ff2_b[k] + x2[(size_t)t * C + k];
-            emu_layernorm(x + (size_t)t * C, row, w->ln2_w, w->ln2_b, C, c->ln_eps);
-        }
+        emu_residual_layernorm(x, tmp, w->ff2_b, x2, w->ln2_w, w->ln2_b, T, C, c->ln_eps, row);
     }
     memcpy(hidden, x, sizeof(float) * (size_t)T * C);
     for (int s = 0; s < B; s++) {
