@@ -145,7 +145,8 @@ static inline float *bs_test_f32(const st_file *f, const char *name, int64_t exp
         fprintf(stderr, "golden tensor %s missing or of the wrong size\n", name);
         exit(1);
     }
-    float *d = malloc(sizeof(float) * (size_t)t->numel);
+    float *d =
+        (float *)malloc(sizeof(float) * (size_t)t->numel); /* a cast: C++ includes this too (the emulation tests) */
     char err[BS_ERRLEN];
     if (!d || st_to_f32(t, d, err) != BS_OK) {
         fprintf(stderr, "%s\n", d ? err : "out of memory");

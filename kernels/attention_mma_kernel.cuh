@@ -1,0 +1,246 @@
+// Padding-free attention on tensor cores through mma.sync (flash-attention 2 form; see attention.h).
+//
+// Block = 4 warps, one tile of 64 queries of one (sequence, head); warp w owns query rows
+// 16w..16w+15 and keeps everything of them in registers:
+//   - its Q rows as m16n8k16 A fragments (loaded once with ldmatrix),
+//   - the scores of a 64-key tile, S = Q K^T, as 8 accumulator tiles of 16 x 8 (fp32),
+//   - the running row max m and (per-thread partial) row sum l of the online softmax, in the log2
+//     domain (scores scaled by log2(e) / sqrt(HS) so exp2f does the work),
+//   - the output O (16 x HS, fp32), rescaled by exp2(m_old - m_new) when the max grows.
+// P = exp2(S - m) goes from the S accumulators straight into A fragments of O += P V: the m16n8
+// accumulator layout of two neighbouring 8-key tiles is the A layout of one 16-key step, so P
+// never touches shared memory. K and V tiles stream through a double buffer with cp.async (tile
+// j + 1 loads while tile j computes); rows past the sequence are zero-filled by the copy itself
+// (src-size 0), so no NaN or neighbouring sequence enters. K is read with ldmatrix (its rows are
+// the B fragment's columns), V with ldmatrix.trans. The output goes out through the Q buffer
+// (each warp its own rows) in 16-byte stores: in T, or (Q8, fp8 with static scales) in E4M3 as
+// the attention-output GEMM reads it, E4M3(o / *oscale) rounded as quantize_fp8_static_forward.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .row.col, 16-bit inputs, f32 accumulate), g = lane / 4,
+// t = lane % 4:
+//   A (16 x 16): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C (16 x 8):  c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+// ldmatrix.x4: lane l gives the address of row (l % 8) of matrix l / 8; each thread receives, of
+// matrix i, register i = the elements (row g, cols 2t, 2t+1) (.trans: (rows 2t, 2t+1, col g)).
+// Every lane map below comes from mma_layout.h, which tests/unit/test_mma_layout.c checks on the
+// CPU against an emulation of these instructions. The PTX wrappers are in mma_ops.cuh; this file
+// is the kernel alone, so that tests/unit/test_attention_mma_emu.cpp can compile this very source
+// on the CPU against tests/emu/simt.hpp (a warp emulator) and check it in CI without a GPU.
+#ifndef BS_KERNELS_ATTENTION_MMA_KERNEL_CUH
+#define BS_KERNELS_ATTENTION_MMA_KERNEL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <math.h>
+
+#include "attention.h"
+#include "mma_layout.h"
+#ifndef BS_SIMT_EMU
+#include "mma_ops.cuh"
+#endif
+
+#define MMA_WARPS 4
+#define MMA_BK 64 // keys per tile
+
+static_assert(BS_ATT_MMA_BQ == 16 * MMA_WARPS, "one 16-row slice of the query tile per warp");
+
+template <int HS> struct mma_geom {
+    static constexpr int LD = HS + 8;    // smem row stride (elements): ldmatrix rows hit 8 distinct 16-byte bank groups
+    static constexpr int CPR = HS / 8;   // 16-byte chunks per row
+    static constexpr int TILE = 64 * LD; // elements of one 64-row tile
+    static constexpr size_t BYTES = (size_t)5 * TILE * 2; // Q, K[2], V[2]
+};
+
+/* two floats into one 16-bit-pair register (an A fragment of P), the lower column in the low half */
+template <typename T> __device__ __forceinline__ uint32_t mma_pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t mma_pack<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+template <> __device__ __forceinline__ uint32_t mma_pack<__half>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* the kernel's score scale: log2(e) / sqrt(HS), so that exp2f does the softmax's exp */
+static inline float mma_score_scale(int HS) {
+    return 1.4426950408889634f / sqrtf((float)HS);
+}
+
+/* 64 rows of one part of qkv (src: row 0 of the tile, this head's columns) into dst (64 x LD);
+ * rows >= valid are zero-filled (their source is row 0, never read: src-size 0) */
+template <typename T, int HS>
+__device__ __forceinline__ void mma_load_tile(T *dst, const T *src, size_t row_stride, int valid) {
+    typedef mma_geom<HS> G;
+    for (int i = threadIdx.x; i < 64 * G::CPR; i += MMA_WARPS * 32) {
+        const int r = i / G::CPR, c = i - r * G::CPR;
+        const bool in = r < valid;
+        cp_async16(dst + r * G::LD + c * 8, src + (in ? (size_t)r * row_stride : 0) + c * 8, in ? 16 : 0);
+    }
+}
+
+template <typename T, int HS, bool Q8>
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_kernel(void *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int NH, float sl2,
+                         const float *oscale) {
+    typedef mma_geom<HS> G;
+    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    if (seq < 0) return;
+    const int h = blockIdx.y;
+    const int start = cu[seq], len = cu[seq + 1] - start;
+    const int nq = min(BS_ATT_MMA_BQ, len - q0);
+    if (nq <= 0) return; // not a tile attention_tiles() makes; nothing to do (and no copy left in flight)
+    const int C = NH * HS;
+    const size_t ld = 3 * (size_t)C;
+    BS_DYN_SMEM(mma_smem);
+    T *sq = (T *)mma_smem, *sk = sq + G::TILE, *sv = sk + 2 * G::TILE; // sk, sv: two tiles each
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const T *base = qkv + (size_t)start * ld + h * HS; // row 0 of the sequence, this head's Q columns
+
+    mma_load_tile<T, HS>(sq, base + (size_t)q0 * ld, ld, nq);
+    mma_load_tile<T, HS>(sk, base + C, ld, len);
+    mma_load_tile<T, HS>(sv, base + 2 * C, ld, len);
+    cp_async_commit();
+
+    uint32_t qf[HS / 16][4];
+    float o[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; // rows g and g + 8 of this warp
+    const int nkt = (len + MMA_BK - 1) / MMA_BK;
+
+    for (int kt = 0; kt < nkt; kt++) {
+        const int buf = kt & 1;
+        if (kt + 1 < nkt) { // prefetch the next tile into the other buffer (consumed at kt - 1)
+            const int k1 = (kt + 1) * MMA_BK;
+            mma_load_tile<T, HS>(sk + (buf ^ 1) * G::TILE, base + (size_t)k1 * ld + C, ld, len - k1);
+            mma_load_tile<T, HS>(sv + (buf ^ 1) * G::TILE, base + (size_t)k1 * ld + 2 * C, ld, len - k1);
+            cp_async_commit();
+            cp_async_wait<1>(); // everything but that prefetch has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (kt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++)
+                ldsm_x4(qf[kk], sq + (warp * 16 + ldsm_a_row(lane)) * G::LD + kk * 16 + ldsm_a_col(lane));
+        }
+        const T *kb = sk + buf * G::TILE, *vb = sv + buf * G::TILE;
+
+        // S = Q K^T for 64 keys: 8 tiles of 16 x 8
+        float s[MMA_BK / 8][4];
+#pragma unroll
+        for (int j = 0; j < MMA_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HS / 16; kk++)
+#pragma unroll
+            for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np..16np+15 (two n-tiles), dims 16kk..
+                uint32_t b[4];
+                ldsm_x4(b, kb + (np * 16 + ldsm_bn_row(lane)) * G::LD + kk * 16 + ldsm_bn_col(lane));
+                mma_t<T>::run(s[2 * np], qf[kk], b[0], b[1]);
+                mma_t<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+            }
+
+        // online softmax: mask keys >= len, scale, new max, rescale O and l
+        // (elements e and 2 + e of an accumulator tile share column mma_c_col(lane, e))
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int j = 0; j < MMA_BK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const bool in = kt * MMA_BK + 8 * j + mma_c_col(lane, e) < len;
+                s[j][e] = in ? s[j][e] * sl2 : -INFINITY;
+                s[j][2 + e] = in ? s[j][2 + e] * sl2 : -INFINITY;
+                mx0 = fmaxf(mx0, s[j][e]);
+                mx1 = fmaxf(mx1, s[j][2 + e]);
+            }
+        // the four threads of a row (same g) hold its 64 columns
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        // finite: key kt * 64 < len is in every tile; exp2(-inf) = 0 rescales nothing on the first
+        const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
+        m0 = mx0, m1 = mx1;
+        float r0 = 0.0f, r1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MMA_BK / 8; j++) {
+            s[j][0] = exp2f(s[j][0] - m0), s[j][1] = exp2f(s[j][1] - m0);
+            s[j][2] = exp2f(s[j][2] - m1), s[j][3] = exp2f(s[j][3] - m1);
+            r0 += s[j][0] + s[j][1];
+            r1 += s[j][2] + s[j][3];
+        }
+        l0 = l0 * c0 + r0; // this thread's part of the row sums: reduced over the quad at the end
+        l1 = l1 * c1 + r1;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+
+            // O += P V: P's A fragment for keys 16kk.. comes from S tiles 2kk (cols +0) and 2kk+1 (cols +8)
+#pragma unroll
+        for (int kk = 0; kk < MMA_BK / 16; kk++) {
+            uint32_t a[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const float *c = s[2 * kk + mma_a_from_c_tile(r)] + mma_a_from_c_elem(r);
+                a[r] = mma_pack<T>(c[0], c[1]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < HS / 16; dp++) { // dims 16dp.. (two n-tiles), keys 16kk.., transposed
+                uint32_t b[4];
+                ldsm_x4_trans(b, vb + (kk * 16 + ldsm_bk_row(lane)) * G::LD + dp * 16 + ldsm_bk_col(lane));
+                mma_t<T>::run(o[2 * dp], a, b[0], b[1]);
+                mma_t<T>::run(o[2 * dp + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads(); // every warp is done with this buffer before the next prefetch overwrites it
+    }
+
+    // normalise, stage this warp's 16 rows in its own rows of the Q buffer, store 16 bytes a lane
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    T *so = sq + warp * 16 * G::LD;
+    if constexpr (Q8) { // rows of HS bytes at a stride of HS + 16 (16-byte aligned), in the same space
+        const float sc = *oscale;
+        uint8_t *so8 = (uint8_t *)so;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) { // elements (0, 1): row g; (2, 3): row g + 8
+                const float inv = half ? i1 : i0;
+                const unsigned lo = __nv_cvt_float_to_fp8(o[n][2 * half] * inv / sc, __NV_SATFINITE, __NV_E4M3),
+                               hi = __nv_cvt_float_to_fp8(o[n][2 * half + 1] * inv / sc, __NV_SATFINITE, __NV_E4M3);
+                *(uint16_t *)(so8 + mma_c_row(lane, 2 * half) * (HS + 16) + n * 8 + mma_c_col(lane, 2 * half)) =
+                    (uint16_t)(lo | hi << 8);
+            }
+        __syncwarp();
+        for (int i = lane; i < HS; i += 32) { // 16 rows x HS / 16 chunks of 16 bytes
+            const int r = i / (HS / 16), ch = i - r * (HS / 16), q = warp * 16 + r;
+            if (q < nq)
+                *(uint4 *)((uint8_t *)out + (size_t)(start + q0 + q) * C + h * HS + ch * 16) =
+                    *(const uint4 *)(so8 + r * (HS + 16) + ch * 16);
+        }
+    } else {
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) { // elements (0, 1) of a tile: row g; (2, 3): row g + 8
+            *(uint32_t *)(so + mma_c_row(lane, 0) * G::LD + n * 8 + mma_c_col(lane, 0)) =
+                mma_pack<T>(o[n][0] * i0, o[n][1] * i0);
+            *(uint32_t *)(so + mma_c_row(lane, 2) * G::LD + n * 8 + mma_c_col(lane, 2)) =
+                mma_pack<T>(o[n][2] * i1, o[n][3] * i1);
+        }
+        __syncwarp();
+        for (int i = lane; i < 16 * G::CPR; i += 32) {
+            const int r = i / G::CPR, ch = i - r * G::CPR, q = warp * 16 + r;
+            if (q < nq)
+                *(uint4 *)((T *)out + (size_t)(start + q0 + q) * C + h * HS + ch * 8) =
+                    *(const uint4 *)(so + r * G::LD + ch * 8);
+        }
+    }
+}
+
+#endif

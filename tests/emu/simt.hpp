@@ -1,0 +1,524 @@
+/* A CPU emulator of the CUDA execution model, enough to run a kernel's own source in CI where no GPU
+ * exists: compile the kernel header as C++ with BS_SIMT_EMU defined after including this file, then
+ * bs_emu::launch(grid, block, smem_bytes, [&] { kernel<...>(args); }).
+ *
+ * Every thread of a block is a fiber (ucontext) on its own stack; one block runs at a time, its
+ * threads in turn, each until it reaches a collective. A collective runs once every live thread it
+ * involves has reached it:
+ *   __syncthreads()              all live threads of the block
+ *   __syncwarp(), __shfl_xor_sync, ldmatrix.x4 (.trans), mma.sync m16n8k16 (f16/bf16 in, f32 acc)
+ *                                all 32 threads of the warp, at the same kind of instruction
+ * The warp instructions follow the PTX ISA's fragment tables (as tests/unit/test_mma_layout.c,
+ * written separately); cp.async copies 16 bytes, zero-filling past src-size, and completes when
+ * the copying thread's cp.async.wait_group retires its group (late copies, Options::late_copies)
+ * or at once (early copies): a kernel must give the same result both ways, so a missing wait or a
+ * buffer overwritten while another warp still reads it shows up as a difference or a NaN. Shared
+ * memory starts as NaN bytes (0xff) in every block.
+ *
+ * Checked as errors (counted, the first one described in bs_emu::errors()): a thread order that
+ * deadlocks (a collective some thread never reaches), threads of one warp at different collective
+ * kinds, a warp collective with exited threads, ldmatrix and cp.async outside the dynamic shared
+ * memory or misaligned, a cp.async source outside every registered global region, and copies still
+ * in flight when a thread exits. Not modelled: memory ordering between threads (each thread runs
+ * to its next collective alone, so shared-memory races stay hidden unless the order shows them;
+ * Options::seed shuffles it), and the hardware's accumulation order (sums are exact, in double,
+ * rounded once to fp32).
+ *
+ * C++17, one translation unit (the state is header-local). */
+#ifndef BS_TESTS_EMU_SIMT_HPP
+#define BS_TESTS_EMU_SIMT_HPP
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime_api.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define BS_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BS_EMU_ASAN 1
+#endif
+#endif
+#ifdef BS_EMU_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+/* The CUDA headers define __shared__ as nothing for host compilers: a __shared__ array is one
+ * per block, and one block runs at a time, so a static is the same thing here. */
+#undef __shared__
+#define __shared__ static
+#define __launch_bounds__(...)
+#define BS_SIMT_EMU 1
+
+namespace bs_emu {
+
+enum Op { OP_NONE, OP_SYNCTHREADS, OP_SYNCWARP, OP_SHFL, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16 };
+
+static const char *op_name(int op) {
+    static const char *n[] = {"none",        "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
+                              "ldmatrix.x4", "ldmatrix.x4.trans", "mma.bf16",   "mma.f16"};
+    return n[op];
+}
+
+struct Copy {
+    void *dst;
+    const void *src;
+    int bytes;
+    long group; /* -1: not committed yet */
+};
+
+struct Lane {
+    ucontext_t ctx;
+    void *stack = nullptr;
+    void *fake = nullptr; /* ASan's fake-stack handle while switched out */
+    uint3 tid;
+    int id = 0;
+    bool done = false, waiting = false;
+    int op = OP_NONE;
+    /* operands in, results out */
+    float shfl_v = 0, shfl_out = 0;
+    int shfl_m = 0;
+    const void *ldsm_p = nullptr;
+    uint32_t ldsm_out[4] = {0, 0, 0, 0};
+    uint32_t a[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
+    float d[4] = {0, 0, 0, 0};
+    std::vector<Copy> pending;
+    long groups = 0;
+};
+
+struct Options {
+    bool late_copies = true; /* cp.async lands at its wait (true) or when issued (false) */
+    unsigned seed = 0;       /* 0: threads and warps in order; else shuffled, anew each round */
+    bool greedy = false;     /* false: every thread moves to its next collective in turn, so the warps
+                              * keep step; true: one warp runs as far as it can (to a __syncthreads or
+                              * its end) before the next starts, so a warp runs ahead of the others */
+};
+
+struct State {
+    Options opt;
+    ucontext_t sched;
+    void *sched_fake = nullptr;
+    const void *main_bottom = nullptr;
+    size_t main_size = 0;
+    Lane *cur = nullptr;
+    std::vector<Lane> lanes;
+    dim3 grid, block;
+    uint3 bidx;
+    unsigned char *smem = nullptr;
+    size_t smem_bytes = 0;
+    std::vector<std::pair<const unsigned char *, size_t>> regions;
+    const std::function<void()> *body = nullptr;
+    long errors = 0;
+    std::string first;
+    uint64_t rng = 0;
+};
+
+static const size_t STACK_BYTES = 256 * 1024;
+
+static State &st() {
+    static State s;
+    return s;
+}
+
+static void error(const char *fmt, const char *what, long a = 0, long b = 0) {
+    State &s = st();
+    if (s.errors++ == 0) {
+        char buf[512];
+        snprintf(buf, sizeof buf, fmt, what, a, b);
+        s.first = std::string(buf) + " (block " + std::to_string(s.bidx.x) + "," + std::to_string(s.bidx.y) +
+                  ", thread " + std::to_string(s.cur ? s.cur->id : -1) + ")";
+    }
+}
+
+/* errors so far and the first one's description; reset() clears both and the regions */
+static long errors() {
+    return st().errors;
+}
+static const char *first_error() {
+    return st().first.c_str();
+}
+static void reset(Options o) {
+    State &s = st();
+    s.opt = o;
+    s.errors = 0;
+    s.first.clear();
+    s.regions.clear();
+    s.rng = o.seed ? o.seed : 1;
+}
+/* global memory cp.async may read from */
+static void global_region(const void *p, size_t bytes) {
+    st().regions.push_back({(const unsigned char *)p, bytes});
+}
+
+static bool in_smem(const void *p, size_t n) {
+    State &s = st();
+    const unsigned char *c = (const unsigned char *)p;
+    return c >= s.smem && c + n <= s.smem + s.smem_bytes;
+}
+static bool in_region(const void *p, size_t n) {
+    const unsigned char *c = (const unsigned char *)p;
+    for (auto &r : st().regions)
+        if (c >= r.first && c + n <= r.first + r.second) return true;
+    return st().regions.empty();
+}
+
+/* ---- fibers ---- */
+
+static void to_sched(bool exiting) {
+    State &s = st();
+    Lane *l = s.cur;
+#ifdef BS_EMU_ASAN
+    __sanitizer_start_switch_fiber(exiting ? nullptr : &l->fake, s.main_bottom, s.main_size);
+#endif
+    swapcontext(&l->ctx, &s.sched);
+#ifdef BS_EMU_ASAN
+    __sanitizer_finish_switch_fiber(l->fake, &s.main_bottom, &s.main_size);
+#endif
+    (void)exiting;
+}
+
+static void lane_main() {
+    State &s = st();
+#ifdef BS_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &s.main_bottom, &s.main_size);
+#endif
+    (*s.body)();
+    Lane *l = s.cur;
+    if (!l->pending.empty())
+        error("%s: %ld cp.async copies still in flight at exit", "cp.async", (long)l->pending.size());
+    l->done = true;
+    to_sched(true); /* never resumed */
+}
+
+static void run_lane(Lane &l) {
+    State &s = st();
+    s.cur = &l;
+#ifdef BS_EMU_ASAN
+    __sanitizer_start_switch_fiber(&s.sched_fake, l.stack, STACK_BYTES);
+#endif
+    swapcontext(&s.sched, &l.ctx);
+#ifdef BS_EMU_ASAN
+    __sanitizer_finish_switch_fiber(s.sched_fake, nullptr, nullptr);
+#endif
+    s.cur = nullptr;
+}
+
+/* the calling thread waits at collective op; the scheduler fills its results */
+static void arrive(int op) {
+    Lane *l = st().cur;
+    l->op = op;
+    l->waiting = true;
+    to_sched(false);
+}
+
+/* ---- the warp instructions, once all 32 threads have arrived ---- */
+
+static float half_bits(uint32_t reg, int hi, int op) {
+    const uint16_t b = (uint16_t)(hi ? reg >> 16 : reg & 0xffff);
+    if (op == OP_MMA_BF16) {
+        uint32_t f = (uint32_t)b << 16;
+        float v;
+        memcpy(&v, &f, 4);
+        return v;
+    }
+    __half h;
+    memcpy((void *)&h, &b, 2);
+    return __half2float(h);
+}
+
+static void exec_warp(Lane *w, int op) {
+    switch (op) {
+    case OP_SYNCWARP:
+        break;
+    case OP_SHFL:
+        for (int l = 0; l < 32; l++) w[l].shfl_out = w[(l ^ w[l].shfl_m) & 31].shfl_v;
+        break;
+    case OP_LDSM:
+    case OP_LDSM_T: { /* lanes 8i..8i+7: the rows of matrix i, 8 x 16 bits each, 16-byte aligned */
+        uint16_t m[4][8][8];
+        for (int l = 0; l < 32; l++) {
+            const void *p = w[l].ldsm_p;
+            if (!in_smem(p, 16) || ((uintptr_t)p & 15)) {
+                error("%s: row address outside shared memory or not 16-byte aligned (lane %ld)", op_name(op), l);
+                memset(m[l / 8][l % 8], 0xff, 16);
+            } else {
+                memcpy(m[l / 8][l % 8], p, 16);
+            }
+        }
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 4; i++)
+                w[l].ldsm_out[i] = op == OP_LDSM ? (uint32_t)m[i][g][2 * t] | (uint32_t)m[i][g][2 * t + 1] << 16
+                                                 : (uint32_t)m[i][2 * t][g] | (uint32_t)m[i][2 * t + 1][g] << 16;
+        }
+        break;
+    }
+    case OP_MMA_BF16:
+    case OP_MMA_F16: { /* m16n8k16 .row.col: D (16 x 8) = A (16 x 16) B (16 x 8) + C */
+        float A[16][16], B[16][8], Cm[16][8];
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 8; i++)
+                A[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] = half_bits(w[l].a[i / 2], i % 2, op);
+            for (int i = 0; i < 4; i++)
+                B[2 * t + i % 2 + 8 * (i / 2)][g] = half_bits(i < 2 ? w[l].b0 : w[l].b1, i % 2, op);
+            for (int i = 0; i < 4; i++) Cm[g + 8 * (i / 2)][2 * t + i % 2] = w[l].d[i];
+        }
+        float D[16][8];
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 8; c++) {
+                double acc = Cm[r][c];
+                for (int k = 0; k < 16; k++) acc += (double)A[r][k] * B[k][c];
+                D[r][c] = (float)acc;
+            }
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 4; i++) w[l].d[i] = D[g + 8 * (i / 2)][2 * t + i % 2];
+        }
+        break;
+    }
+    }
+}
+
+static uint32_t next_rand() {
+    uint64_t &x = st().rng;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return (uint32_t)(x >> 11);
+}
+
+template <typename V> static void shuffle(V &v) {
+    for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[next_rand() % i]);
+}
+
+/* Runs warp w's collective when all its live threads wait at the same one; true when it ran. */
+static bool collective(int w) {
+    State &s = st();
+    Lane *W = &s.lanes[32 * (size_t)w];
+    int op = OP_NONE, exited = 0;
+    for (int l = 0; l < 32; l++) {
+        if (W[l].done) {
+            exited = 1;
+            continue;
+        }
+        if (!W[l].waiting || W[l].op == OP_SYNCTHREADS) return false;
+        if (op != OP_NONE && W[l].op != op) {
+            s.cur = &W[l];
+            error("%s: threads of one warp at different collectives (%s and %s)", "warp");
+            s.first += std::string(": ") + op_name(op) + " / " + op_name(W[l].op);
+            s.cur = nullptr;
+            return false;
+        }
+        op = W[l].op;
+    }
+    if (op == OP_NONE) return false;
+    if (exited) {
+        error("%s: warp collective with exited threads (warp %ld)", op_name(op), w);
+        return false;
+    }
+    exec_warp(W, op);
+    for (int l = 0; l < 32; l++) W[l].waiting = false;
+    return true;
+}
+
+/* Moves warp w's threads (in the given thread order) to their next collective and runs it when it
+ * can; true when anything moved. */
+static bool step_warp(int w, const std::vector<int> &order) {
+    State &s = st();
+    bool moved = false;
+    for (int i : order) {
+        Lane &l = s.lanes[(size_t)i];
+        if (i / 32 == w && !l.done && !l.waiting) run_lane(l), moved = true;
+    }
+    return collective(w) || moved;
+}
+
+/* one block: fibers for its threads, run until all exit (or nothing can move: an error) */
+static void run_block(size_t nthreads) {
+    State &s = st();
+    s.lanes.assign(nthreads, Lane());
+    for (size_t i = 0; i < nthreads; i++) {
+        Lane &l = s.lanes[i];
+        l.id = (int)i;
+        l.tid = uint3{(unsigned)(i % s.block.x), (unsigned)(i / s.block.x % s.block.y),
+                      (unsigned)(i / s.block.x / s.block.y)};
+        l.stack = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (l.stack == MAP_FAILED) {
+            fprintf(stderr, "simt: cannot map a fiber stack\n");
+            abort();
+        }
+        getcontext(&l.ctx);
+        l.ctx.uc_stack.ss_sp = l.stack;
+        l.ctx.uc_stack.ss_size = STACK_BYTES;
+        l.ctx.uc_link = nullptr;
+        makecontext(&l.ctx, lane_main, 0);
+    }
+    std::vector<int> order(nthreads), worder(nthreads / 32);
+    for (size_t i = 0; i < nthreads; i++) order[i] = (int)i;
+    for (size_t w = 0; w < worder.size(); w++) worder[w] = (int)w;
+    for (;;) {
+        if (s.opt.seed) shuffle(order), shuffle(worder);
+        bool moved = false;
+        if (s.opt.greedy) {
+            for (int w : worder)
+                while (step_warp(w, order)) moved = true;
+        } else {
+            for (int i : order) {
+                Lane &l = s.lanes[i];
+                if (!l.done && !l.waiting) run_lane(l), moved = true;
+            }
+            for (int w : worder) moved |= collective(w);
+        }
+        size_t live = 0, at_bar = 0;
+        for (auto &l : s.lanes) live += !l.done, at_bar += !l.done && l.waiting && l.op == OP_SYNCTHREADS;
+        if (live == 0) break;
+        if (at_bar == live) { /* __syncthreads: every live thread is there */
+            for (auto &l : s.lanes) l.waiting = false;
+            continue;
+        }
+        if (!moved) {
+            error("%s: no thread can move (a collective some thread never reaches)", "deadlock");
+            break;
+        }
+    }
+    for (auto &l : s.lanes) munmap(l.stack, STACK_BYTES);
+    s.lanes.clear();
+}
+
+/* Runs body (a call of the kernel function) as a grid of blocks, one after another. */
+static void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()> &body) {
+    State &s = st();
+    const size_t nthreads = (size_t)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads % 32) {
+        error("%s: block of %ld threads (a multiple of 32 is emulated)", "launch", (long)nthreads);
+        return;
+    }
+    std::vector<unsigned char> smem(smem_bytes + 16);
+    s.smem = smem.data();
+    s.smem_bytes = smem_bytes;
+    s.grid = grid, s.block = block, s.body = &body;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                s.bidx = uint3{x, y, z};
+                memset(s.smem, 0xff, smem_bytes);
+                run_block(nthreads);
+            }
+    s.smem = nullptr, s.body = nullptr;
+}
+
+} // namespace bs_emu
+
+/* ---- what the kernel sees ---- */
+
+#define threadIdx (bs_emu::st().cur->tid)
+#define blockIdx (bs_emu::st().bidx)
+#define blockDim (bs_emu::st().block)
+#define gridDim (bs_emu::st().grid)
+#define BS_DYN_SMEM(name) unsigned char *name = bs_emu::st().smem
+
+using std::max;
+using std::min;
+
+static inline void __syncthreads() {
+    bs_emu::arrive(bs_emu::OP_SYNCTHREADS);
+}
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__syncwarp");
+    bs_emu::arrive(bs_emu::OP_SYNCWARP);
+}
+static inline float __shfl_xor_sync(unsigned mask, float v, int m) {
+    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__shfl_xor_sync");
+    bs_emu::Lane *l = bs_emu::st().cur;
+    l->shfl_v = v, l->shfl_m = m;
+    bs_emu::arrive(bs_emu::OP_SHFL);
+    return bs_emu::st().cur->shfl_out;
+}
+
+/* mma_ops.cuh's wrappers */
+static inline void cp_async16(void *dst, const void *src, int src_bytes) {
+    bs_emu::Lane *l = bs_emu::st().cur;
+    if (!bs_emu::in_smem(dst, 16) || ((uintptr_t)dst & 15)) {
+        bs_emu::error("%s: destination outside shared memory or not 16-byte aligned", "cp.async");
+        return;
+    }
+    if (src_bytes < 0 || src_bytes > 16) {
+        bs_emu::error("%s: src-size %ld", "cp.async", src_bytes);
+        return;
+    }
+    if (src_bytes > 0 && (((uintptr_t)src & 15) || !bs_emu::in_region(src, (size_t)src_bytes))) {
+        bs_emu::error("%s: source outside the registered global memory or not 16-byte aligned", "cp.async");
+        return;
+    }
+    if (bs_emu::st().opt.late_copies) {
+        l->pending.push_back({dst, src, src_bytes, -1});
+        return;
+    }
+    if (src_bytes) memcpy(dst, src, (size_t)src_bytes);
+    memset((unsigned char *)dst + src_bytes, 0, (size_t)(16 - src_bytes));
+}
+static inline void cp_async_commit() {
+    bs_emu::Lane *l = bs_emu::st().cur;
+    bool any = false;
+    for (auto &c : l->pending)
+        if (c.group < 0) c.group = l->groups, any = true;
+    l->groups++;
+    (void)any;
+}
+/* cp.async.wait_group N: every committed group but the N most recent has landed */
+template <int N> static inline void cp_async_wait() {
+    bs_emu::Lane *l = bs_emu::st().cur;
+    std::vector<bs_emu::Copy> keep;
+    for (auto &c : l->pending) {
+        if (c.group >= 0 && c.group < l->groups - N) {
+            if (c.bytes) memcpy(c.dst, c.src, (size_t)c.bytes);
+            memset((unsigned char *)c.dst + c.bytes, 0, (size_t)(16 - c.bytes));
+        } else {
+            keep.push_back(c);
+        }
+    }
+    l->pending.swap(keep);
+}
+static inline void bs_emu_ldsm(uint32_t (&r)[4], const void *p, int op) {
+    bs_emu::st().cur->ldsm_p = p;
+    bs_emu::arrive(op);
+    memcpy(r, bs_emu::st().cur->ldsm_out, sizeof r);
+}
+static inline void ldsm_x4(uint32_t (&r)[4], const void *p) {
+    bs_emu_ldsm(r, p, bs_emu::OP_LDSM);
+}
+static inline void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
+    bs_emu_ldsm(r, p, bs_emu::OP_LDSM_T);
+}
+static inline void bs_emu_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, int op) {
+    bs_emu::Lane *l = bs_emu::st().cur;
+    memcpy(l->a, a, sizeof l->a), memcpy(l->d, d, sizeof l->d);
+    l->b0 = b0, l->b1 = b1;
+    bs_emu::arrive(op);
+    memcpy(d, bs_emu::st().cur->d, sizeof bs_emu::st().cur->d);
+}
+template <typename T> struct mma_t;
+template <> struct mma_t<__nv_bfloat16> {
+    static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        bs_emu_mma(d, a, b0, b1, bs_emu::OP_MMA_BF16);
+    }
+};
+template <> struct mma_t<__half> {
+    static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        bs_emu_mma(d, a, b0, b1, bs_emu::OP_MMA_F16);
+    }
+};
+
+#endif
