@@ -16,13 +16,13 @@ static cudaError_t convert_from(D *dst, const void *src, bs_dtype src_dt, size_t
     unsigned g = grid_for(n, 256);
     switch (src_dt) {
     case BS_DT_F32:
-        convert_kernel<<<g, 256, 0, s>>>(dst, (const float *)src, n);
+        BS_LAUNCH(g, 256, 0, s, convert_kernel<D, float>)(dst, (const float *)src, n);
         break;
     case BS_DT_F16:
-        convert_kernel<<<g, 256, 0, s>>>(dst, (const __half *)src, n);
+        BS_LAUNCH(g, 256, 0, s, convert_kernel<D, __half>)(dst, (const __half *)src, n);
         break;
     case BS_DT_BF16:
-        convert_kernel<<<g, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n);
+        BS_LAUNCH(g, 256, 0, s, convert_kernel<D, __nv_bfloat16>)(dst, (const __nv_bfloat16 *)src, n);
         break;
     default:
         return cudaErrorInvalidValue;
@@ -89,9 +89,9 @@ template <typename T> __global__ void amax_vec_kernel(float *partials, const T *
 
 extern "C" cudaError_t amax_forward(float *partials, const void *x, bs_dtype dt, size_t n, cudaStream_t s) {
     if (vec8_ok(x, x, n)) {
-        BS_DISPATCH_ACT(dt, amax_vec_kernel<<<BS_AMAX_PARTS, 256, 0, s>>>(partials, (const T *)x, n / 8));
+        BS_DISPATCH_ACT(dt, BS_LAUNCH(BS_AMAX_PARTS, 256, 0, s, amax_vec_kernel<T>)(partials, (const T *)x, n / 8));
     } else {
-        BS_DISPATCH_ACT(dt, amax_kernel<<<BS_AMAX_PARTS, 256, 0, s>>>(partials, (const T *)x, n));
+        BS_DISPATCH_ACT(dt, BS_LAUNCH(BS_AMAX_PARTS, 256, 0, s, amax_kernel<T>)(partials, (const T *)x, n));
     }
     return cudaGetLastError();
 }
@@ -144,14 +144,14 @@ extern "C" cudaError_t quantize_fp8_forward(void *q, float *scale_out, const voi
     if (vec8_ok(x, q, n)) {
         unsigned g = grid_for(n / 8, 256);
         if (g > 4096) g = 4096;
-        BS_DISPATCH_ACT(
-            dt, quantize_fp8_vec_kernel<<<g, 256, 0, s>>>((uint2 *)q, scale_out, (const T *)x, n / 8, partials));
+        BS_DISPATCH_ACT(dt, BS_LAUNCH(g, 256, 0, s, quantize_fp8_vec_kernel<T>)((uint2 *)q, scale_out, (const T *)x,
+                                                                                n / 8, partials));
         return cudaGetLastError();
     }
     unsigned g = grid_for(n, 256);
     if (g > 4096) g = 4096;
-    BS_DISPATCH_ACT(dt,
-                    quantize_fp8_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
+    BS_DISPATCH_ACT(
+        dt, BS_LAUNCH(g, 256, 0, s, quantize_fp8_kernel<T>)((__nv_fp8_e4m3 *)q, scale_out, (const T *)x, n, partials));
     return cudaGetLastError();
 }
 
@@ -173,9 +173,11 @@ extern "C" cudaError_t quantize_fp8_static_forward(void *q, const void *x, bs_dt
     unsigned g = grid_for(vec ? n / 8 : n, 256);
     if (g > 4096) g = 4096;
     if (vec) {
-        BS_DISPATCH_ACT(dt, quantize_fp8_static_vec_kernel<<<g, 256, 0, s>>>((uint2 *)q, (const T *)x, n / 8, scale));
+        BS_DISPATCH_ACT(
+            dt, BS_LAUNCH(g, 256, 0, s, quantize_fp8_static_vec_kernel<T>)((uint2 *)q, (const T *)x, n / 8, scale));
     } else {
-        BS_DISPATCH_ACT(dt, quantize_fp8_static_kernel<<<g, 256, 0, s>>>((__nv_fp8_e4m3 *)q, (const T *)x, n, scale));
+        BS_DISPATCH_ACT(
+            dt, BS_LAUNCH(g, 256, 0, s, quantize_fp8_static_kernel<T>)((__nv_fp8_e4m3 *)q, (const T *)x, n, scale));
     }
     return cudaGetLastError();
 }

@@ -79,10 +79,19 @@ static inline float bs_round_dtype(float x, bs_dtype t) {
                              : x;
 }
 
-#ifdef __CUDACC__
+/* Device helpers: for nvcc, and for host C++ under tests/emu/simt.hpp (BS_SIMT_EMU), the warp
+ * emulator that runs the kernels' own source on the CPU in CI. */
+#if defined(__CUDACC__) || defined(BS_SIMT_EMU)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+
+#ifndef BS_SIMT_EMU /* the emulator defines its own */
+/* The kernel's dynamic shared memory as `unsigned char name[]` */
+#define BS_DYN_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+/* BS_LAUNCH(grid, block, smem, stream, kernel<...>)(args): kernel<<<grid, block, smem, stream>>>(args) */
+#define BS_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
 
 /* Loads widen to fp32, stores round to nearest even (E4M3 saturates). */
 __device__ __forceinline__ float bs_ld(float v) {

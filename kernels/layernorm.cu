@@ -47,7 +47,8 @@ template <typename T>
 __global__ void embedding_layernorm_kernel(T *out, const int32_t *ids, const int32_t *cu, int B, const T *word,
                                            const T *pos, const T *type0, const float *g, const float *b, int n_rows,
                                            int C, float eps) {
-    extern __shared__ float smem[];
+    BS_DYN_SMEM(ln_smem);
+    float *const smem = (float *)ln_smem;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
@@ -62,7 +63,8 @@ __global__ void embedding_layernorm_kernel(T *out, const int32_t *ids, const int
 template <typename T>
 __global__ void residual_layernorm_kernel(T *out, const T *a, const float *bias, const T *res, const float *g,
                                           const float *b, int n_rows, int C, float eps) {
-    extern __shared__ float smem[];
+    BS_DYN_SMEM(ln_smem);
+    float *const smem = (float *)ln_smem;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
@@ -196,16 +198,16 @@ static bool al16(const void *p) {
         const int nv_ = (C) / 256;                                                                                     \
         if ((dt) == BS_DT_F16) {                                                                                       \
             typedef __half T;                                                                                          \
-            if (nv_ == 1) KERNEL<T, 1><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 2) KERNEL<T, 2><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 3) KERNEL<T, 3><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 4) KERNEL<T, 4><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 1) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 1>)(__VA_ARGS__);                        \
+            if (nv_ == 2) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 2>)(__VA_ARGS__);                        \
+            if (nv_ == 3) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 3>)(__VA_ARGS__);                        \
+            if (nv_ == 4) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 4>)(__VA_ARGS__);                        \
         } else {                                                                                                       \
             typedef __nv_bfloat16 T;                                                                                   \
-            if (nv_ == 1) KERNEL<T, 1><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 2) KERNEL<T, 2><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 3) KERNEL<T, 3><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
-            if (nv_ == 4) KERNEL<T, 4><<<grid_, 32 * LN_VEC_WARPS, 0, s>>>(__VA_ARGS__);                               \
+            if (nv_ == 1) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 1>)(__VA_ARGS__);                        \
+            if (nv_ == 2) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 2>)(__VA_ARGS__);                        \
+            if (nv_ == 3) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 3>)(__VA_ARGS__);                        \
+            if (nv_ == 4) BS_LAUNCH(grid_, 32 * LN_VEC_WARPS, 0, s, KERNEL<T, 4>)(__VA_ARGS__);                        \
         }                                                                                                              \
         return cudaGetLastError();                                                                                     \
     } while (0)
@@ -222,7 +224,7 @@ extern "C" cudaError_t embedding_layernorm_q8_forward(void *out, const int32_t *
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
     const size_t smem = (size_t)w * C * sizeof(float);
-    BS_DISPATCH_ACT(dt, embedding_layernorm_kernel<<<grid, 32 * w, smem, s>>>(
+    BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 32 * w, smem, s, embedding_layernorm_kernel<T>)(
                             (T *)out, ids, cu_seqlens, B, (const T *)word, (const T *)pos, (const T *)type0, gamma,
                             beta, n, C, eps));
     cudaError_t e = cudaGetLastError();
@@ -249,8 +251,8 @@ extern "C" cudaError_t residual_layernorm_q8_forward(void *out, const void *a, c
     if (w == 0) return cudaErrorInvalidValue;
     const unsigned grid = (unsigned)((n + w - 1) / w);
     const size_t smem = (size_t)w * C * sizeof(float);
-    BS_DISPATCH_ACT(dt, residual_layernorm_kernel<<<grid, 32 * w, smem, s>>>((T *)out, (const T *)a, bias,
-                                                                             (const T *)res, gamma, beta, n, C, eps));
+    BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 32 * w, smem, s, residual_layernorm_kernel<T>)(
+                            (T *)out, (const T *)a, bias, (const T *)res, gamma, beta, n, C, eps));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !q8) return e;
     return quantize_fp8_static_forward(q8, out, dt, (size_t)n * C, q8_scale, s);

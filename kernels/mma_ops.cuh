@@ -1,16 +1,14 @@
 // The warp-level PTX the mma attention kernel (attention_mma_kernel.cuh) is built from, one
 // inline-asm wrapper each: cp.async (16 bytes, zero-filling past src_bytes) with its group
-// commit/wait, ldmatrix.x4 (.trans), mma.sync m16n8k16 with f32 accumulators, and the kernel's
-// dynamic shared memory. tests/emu/simt.hpp defines the same names on the CPU, from the PTX ISA's
-// descriptions, so that the kernel's own source runs in CI (tests/unit/test_attention_mma_emu.cpp).
+// commit/wait, ldmatrix.x4 (.trans) and mma.sync m16n8k16 with f32 accumulators. tests/emu/simt.hpp defines the same
+// names on the CPU, from the PTX ISA's descriptions, so that the kernel's own source runs in CI
+// (tests/unit/test_attention_mma_emu.cpp).
 #ifndef BS_KERNELS_MMA_OPS_CUH
 #define BS_KERNELS_MMA_OPS_CUH
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
-
-#define BS_DYN_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 
 __device__ __forceinline__ unsigned smem_u32(const void *p) {
     return (unsigned)__cvta_generic_to_shared(p);

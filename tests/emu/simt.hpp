@@ -32,6 +32,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime_api.h>
+#include <vector_functions.h>
 
 #include <math.h>
 #include <stdint.h>
@@ -53,7 +54,13 @@
 #endif
 #endif
 #ifdef BS_EMU_ASAN
+/* the switching functions themselves go uninstrumented: ASan would call __asan_handle_no_return
+ * before every jump, unpoisoning (memset) the whole stack each time */
+#define BS_EMU_NO_ASAN __attribute__((no_sanitize_address))
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#else
+#define BS_EMU_NO_ASAN
 #endif
 
 /* The CUDA headers define __shared__ as nothing for host compilers: a __shared__ array is one
@@ -67,7 +74,7 @@ namespace bs_emu {
 
 enum Op { OP_NONE, OP_SYNCTHREADS, OP_SYNCWARP, OP_SHFL, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16 };
 
-static const char *op_name(int op) {
+static inline const char *op_name(int op) {
     static const char *n[] = {"none",        "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
                               "ldmatrix.x4", "ldmatrix.x4.trans", "mma.bf16",   "mma.f16"};
     return n[op];
@@ -81,9 +88,12 @@ struct Copy {
 };
 
 struct Lane {
+    /* the fiber, kept from block to block: started once from ctx, then switched with jb */
     ucontext_t ctx;
+    void *jb[5]; /* __builtin_setjmp's buffer */
     void *stack = nullptr;
-    void *fake = nullptr; /* ASan's fake-stack handle while switched out */
+    void *fake = nullptr;                /* ASan's fake-stack handle while switched out */
+    bool started = false, stuck = false; /* stuck: left inside the body by a deadlock */
     uint3 tid;
     int id = 0;
     bool done = false, waiting = false;
@@ -109,7 +119,7 @@ struct Options {
 
 struct State {
     Options opt;
-    ucontext_t sched;
+    void *sched[5];
     void *sched_fake = nullptr;
     const void *main_bottom = nullptr;
     size_t main_size = 0;
@@ -126,14 +136,14 @@ struct State {
     uint64_t rng = 0;
 };
 
-static const size_t STACK_BYTES = 256 * 1024;
+static const size_t STACK_BYTES = 64 * 1024; /* the kernels keep their arrays in registers: small frames */
 
-static State &st() {
+static inline State &st() {
     static State s;
     return s;
 }
 
-static void error(const char *fmt, const char *what, long a = 0, long b = 0) {
+static inline void error(const char *fmt, const char *what, long a = 0, long b = 0) {
     State &s = st();
     if (s.errors++ == 0) {
         char buf[512];
@@ -144,13 +154,13 @@ static void error(const char *fmt, const char *what, long a = 0, long b = 0) {
 }
 
 /* errors so far and the first one's description; reset() clears both and the regions */
-static long errors() {
+static inline long errors() {
     return st().errors;
 }
-static const char *first_error() {
+static inline const char *first_error() {
     return st().first.c_str();
 }
-static void reset(Options o) {
+static inline void reset(Options o) {
     State &s = st();
     s.opt = o;
     s.errors = 0;
@@ -159,16 +169,16 @@ static void reset(Options o) {
     s.rng = o.seed ? o.seed : 1;
 }
 /* global memory cp.async may read from */
-static void global_region(const void *p, size_t bytes) {
+static inline void global_region(const void *p, size_t bytes) {
     st().regions.push_back({(const unsigned char *)p, bytes});
 }
 
-static bool in_smem(const void *p, size_t n) {
+static inline bool in_smem(const void *p, size_t n) {
     State &s = st();
     const unsigned char *c = (const unsigned char *)p;
     return c >= s.smem && c + n <= s.smem + s.smem_bytes;
 }
-static bool in_region(const void *p, size_t n) {
+static inline bool in_region(const void *p, size_t n) {
     const unsigned char *c = (const unsigned char *)p;
     for (auto &r : st().regions)
         if (c >= r.first && c + n <= r.first + r.second) return true;
@@ -177,39 +187,55 @@ static bool in_region(const void *p, size_t n) {
 
 /* ---- fibers ---- */
 
-static void to_sched(bool exiting) {
+/* Switches: a fiber's first start goes through its ucontext; every later switch, either way, is
+ * GCC's __builtin_setjmp/__builtin_longjmp: no signal-mask system call (swapcontext makes one), and
+ * no libc longjmp for ASan to intercept (it would unpoison the whole stack at every switch; no frame
+ * is ever abandoned here, but a stuck fiber's, and its stack is unpoisoned when it starts afresh).
+ * ASan is told of each switch. */
+__attribute__((noinline)) BS_EMU_NO_ASAN static void jump(void **buf) {
+    __builtin_longjmp(buf, 1);
+}
+BS_EMU_NO_ASAN static inline void to_sched() {
     State &s = st();
     Lane *l = s.cur;
+    if (__builtin_setjmp(l->jb) == 0) {
 #ifdef BS_EMU_ASAN
-    __sanitizer_start_switch_fiber(exiting ? nullptr : &l->fake, s.main_bottom, s.main_size);
+        __sanitizer_start_switch_fiber(&l->fake, s.main_bottom, s.main_size);
 #endif
-    swapcontext(&l->ctx, &s.sched);
+        jump(s.sched);
+    }
 #ifdef BS_EMU_ASAN
     __sanitizer_finish_switch_fiber(l->fake, &s.main_bottom, &s.main_size);
 #endif
-    (void)exiting;
 }
 
-static void lane_main() {
+/* a fiber: the body once per block, parked in between */
+static inline void lane_main() {
     State &s = st();
 #ifdef BS_EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &s.main_bottom, &s.main_size);
 #endif
-    (*s.body)();
-    Lane *l = s.cur;
-    if (!l->pending.empty())
-        error("%s: %ld cp.async copies still in flight at exit", "cp.async", (long)l->pending.size());
-    l->done = true;
-    to_sched(true); /* never resumed */
+    for (;;) {
+        (*s.body)();
+        Lane *l = s.cur;
+        if (!l->pending.empty())
+            error("%s: %ld cp.async copies still in flight at exit", "cp.async", (long)l->pending.size());
+        l->done = true;
+        to_sched();
+    }
 }
 
-static void run_lane(Lane &l) {
+BS_EMU_NO_ASAN static inline void run_lane(Lane &l) {
     State &s = st();
     s.cur = &l;
+    if (__builtin_setjmp(s.sched) == 0) {
 #ifdef BS_EMU_ASAN
-    __sanitizer_start_switch_fiber(&s.sched_fake, l.stack, STACK_BYTES);
+        __sanitizer_start_switch_fiber(&s.sched_fake, l.stack, STACK_BYTES);
 #endif
-    swapcontext(&s.sched, &l.ctx);
+        if (l.started) jump(l.jb);
+        l.started = true;
+        setcontext(&l.ctx);
+    }
 #ifdef BS_EMU_ASAN
     __sanitizer_finish_switch_fiber(s.sched_fake, nullptr, nullptr);
 #endif
@@ -217,16 +243,16 @@ static void run_lane(Lane &l) {
 }
 
 /* the calling thread waits at collective op; the scheduler fills its results */
-static void arrive(int op) {
+static inline void arrive(int op) {
     Lane *l = st().cur;
     l->op = op;
     l->waiting = true;
-    to_sched(false);
+    to_sched();
 }
 
 /* ---- the warp instructions, once all 32 threads have arrived ---- */
 
-static float half_bits(uint32_t reg, int hi, int op) {
+static inline float half_bits(uint32_t reg, int hi, int op) {
     const uint16_t b = (uint16_t)(hi ? reg >> 16 : reg & 0xffff);
     if (op == OP_MMA_BF16) {
         uint32_t f = (uint32_t)b << 16;
@@ -239,7 +265,7 @@ static float half_bits(uint32_t reg, int hi, int op) {
     return __half2float(h);
 }
 
-static void exec_warp(Lane *w, int op) {
+static inline void exec_warp(Lane *w, int op) {
     switch (op) {
     case OP_SYNCWARP:
         break;
@@ -293,18 +319,18 @@ static void exec_warp(Lane *w, int op) {
     }
 }
 
-static uint32_t next_rand() {
+static inline uint32_t next_rand() {
     uint64_t &x = st().rng;
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     return (uint32_t)(x >> 11);
 }
 
-template <typename V> static void shuffle(V &v) {
+template <typename V> static inline void shuffle(V &v) {
     for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[next_rand() % i]);
 }
 
 /* Runs warp w's collective when all its live threads wait at the same one; true when it ran. */
-static bool collective(int w) {
+static inline bool collective(int w) {
     State &s = st();
     Lane *W = &s.lanes[32 * (size_t)w];
     int op = OP_NONE, exited = 0;
@@ -335,7 +361,7 @@ static bool collective(int w) {
 
 /* Moves warp w's threads (in the given thread order) to their next collective and runs it when it
  * can; true when anything moved. */
-static bool step_warp(int w, const std::vector<int> &order) {
+static inline bool step_warp(int w, const std::vector<int> &order) {
     State &s = st();
     bool moved = false;
     for (int i : order) {
@@ -345,25 +371,48 @@ static bool step_warp(int w, const std::vector<int> &order) {
     return collective(w) || moved;
 }
 
+/* thread i's stack, mapped once and kept for every later block */
+static inline void *stack_for(size_t i) {
+    static std::vector<void *> pool;
+    while (pool.size() <= i) {
+        void *p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            fprintf(stderr, "simt: cannot map a fiber stack\n");
+            abort();
+        }
+        pool.push_back(p);
+    }
+    return pool[i];
+}
+
 /* one block: fibers for its threads, run until all exit (or nothing can move: an error) */
-static void run_block(size_t nthreads) {
+static inline void run_block(size_t nthreads) {
     State &s = st();
-    s.lanes.assign(nthreads, Lane());
+    /* fibers persist from block to block and launch to launch: never moved (a parked one holds its
+     * Lane's address), so room for CUDA's largest block is made once */
+    if (s.lanes.capacity() < 1024) s.lanes.reserve(1024);
+    if (s.lanes.size() < nthreads) s.lanes.resize(nthreads);
     for (size_t i = 0; i < nthreads; i++) {
         Lane &l = s.lanes[i];
         l.id = (int)i;
         l.tid = uint3{(unsigned)(i % s.block.x), (unsigned)(i / s.block.x % s.block.y),
                       (unsigned)(i / s.block.x / s.block.y)};
-        l.stack = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (l.stack == MAP_FAILED) {
-            fprintf(stderr, "simt: cannot map a fiber stack\n");
-            abort();
+        l.done = l.waiting = false;
+        l.op = OP_NONE;
+        l.pending.clear();
+        l.groups = 0;
+        if (!l.started || l.stuck) { /* a fresh fiber */
+            l.stack = stack_for(i);
+#ifdef BS_EMU_ASAN
+            __asan_unpoison_memory_region(l.stack, STACK_BYTES);
+#endif
+            getcontext(&l.ctx);
+            l.ctx.uc_stack.ss_sp = l.stack;
+            l.ctx.uc_stack.ss_size = STACK_BYTES;
+            l.ctx.uc_link = nullptr;
+            makecontext(&l.ctx, lane_main, 0);
+            l.started = l.stuck = false;
         }
-        getcontext(&l.ctx);
-        l.ctx.uc_stack.ss_sp = l.stack;
-        l.ctx.uc_stack.ss_size = STACK_BYTES;
-        l.ctx.uc_link = nullptr;
-        makecontext(&l.ctx, lane_main, 0);
     }
     std::vector<int> order(nthreads), worder(nthreads / 32);
     for (size_t i = 0; i < nthreads; i++) order[i] = (int)i;
@@ -382,27 +431,29 @@ static void run_block(size_t nthreads) {
             for (int w : worder) moved |= collective(w);
         }
         size_t live = 0, at_bar = 0;
-        for (auto &l : s.lanes) live += !l.done, at_bar += !l.done && l.waiting && l.op == OP_SYNCTHREADS;
+        for (size_t i = 0; i < nthreads; i++) {
+            const Lane &l = s.lanes[i];
+            live += !l.done, at_bar += !l.done && l.waiting && l.op == OP_SYNCTHREADS;
+        }
         if (live == 0) break;
         if (at_bar == live) { /* __syncthreads: every live thread is there */
-            for (auto &l : s.lanes) l.waiting = false;
+            for (size_t i = 0; i < nthreads; i++) s.lanes[i].waiting = false;
             continue;
         }
         if (!moved) {
             error("%s: no thread can move (a collective some thread never reaches)", "deadlock");
+            for (size_t i = 0; i < nthreads; i++) s.lanes[i].stuck = !s.lanes[i].done;
             break;
         }
     }
-    for (auto &l : s.lanes) munmap(l.stack, STACK_BYTES);
-    s.lanes.clear();
 }
 
 /* Runs body (a call of the kernel function) as a grid of blocks, one after another. */
-static void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()> &body) {
+static inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()> &body) {
     State &s = st();
     const size_t nthreads = (size_t)block.x * block.y * block.z;
-    if (nthreads == 0 || nthreads % 32) {
-        error("%s: block of %ld threads (a multiple of 32 is emulated)", "launch", (long)nthreads);
+    if (nthreads == 0 || nthreads % 32 || nthreads > 1024) {
+        error("%s: block of %ld threads (a multiple of 32 up to 1024 is emulated)", "launch", (long)nthreads);
         return;
     }
     std::vector<unsigned char> smem(smem_bytes + 16);
@@ -419,6 +470,21 @@ static void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
     s.smem = nullptr, s.body = nullptr;
 }
 
+/* A launch as BS_LAUNCH(grid, block, smem, stream, kernel)(args) writes it (dtype.h): the
+ * launcher code of a kernel file (kernels/NAME.cu) runs as it is. */
+template <typename... P> struct launcher_t {
+    void (*k)(P...);
+    dim3 grid, block;
+    size_t smem;
+    template <typename... A> void operator()(A... a) const {
+        void (*kk)(P...) = k;
+        launch(grid, block, smem, [&] { kk(a...); });
+    }
+};
+template <typename... P> static inline launcher_t<P...> launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem) {
+    return launcher_t<P...>{k, grid, block, smem};
+}
+
 } // namespace bs_emu
 
 /* ---- what the kernel sees ---- */
@@ -428,6 +494,21 @@ static void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
 #define blockDim (bs_emu::st().block)
 #define gridDim (bs_emu::st().grid)
 #define BS_DYN_SMEM(name) unsigned char *name = bs_emu::st().smem
+#define BS_LAUNCH(grid, block, smem, stream, ...) ((void)(stream), bs_emu::launcher(&__VA_ARGS__, grid, block, smem))
+
+/* the launchers' error check: a launch the emulator found wrong reads as a failed launch */
+extern "C" cudaError_t cudaGetLastError(void) {
+    return bs_emu::errors() ? cudaErrorLaunchFailure : cudaSuccess;
+}
+
+static inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline float rsqrtf(float x) { /* the device's is within 2 ulp of this */
+    return 1.0f / sqrtf(x);
+}
 
 using std::max;
 using std::min;
