@@ -17,8 +17,8 @@ extern "C" cudaError_t bias_gelu_forward(void *x, const float *bias, size_t rows
     if (rows == 0 || N < 1) return cudaSuccess;
     dim3 grid((unsigned)((N + 255) / 256), (unsigned)(rows < 65535 ? rows : 65535));
     if (gelu)
-        BS_DISPATCH_ACT(dt, bias_gelu_kernel<T, 1><<<grid, 256, 0, s>>>((T *)x, bias, rows, N));
+        BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 256, 0, s, bias_gelu_kernel<T, 1>)((T *)x, bias, rows, N));
     else
-        BS_DISPATCH_ACT(dt, bias_gelu_kernel<T, 0><<<grid, 256, 0, s>>>((T *)x, bias, rows, N));
+        BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 256, 0, s, bias_gelu_kernel<T, 0>)((T *)x, bias, rows, N));
     return cudaGetLastError();
 }

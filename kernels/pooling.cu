@@ -41,7 +41,7 @@ __global__ void pooler_kernel(float *out, const float *cls, const T *W, const fl
 extern "C" cudaError_t pool_forward(float *cls, float *mean, const void *x, const int32_t *cu_seqlens, int B, int C,
                                     bs_dtype dt, cudaStream_t s) {
     if (B < 1) return cudaSuccess;
-    BS_DISPATCH_ACT(dt, pool_kernel<<<B, 256, 0, s>>>(cls, mean, (const T *)x, cu_seqlens, C));
+    BS_DISPATCH_ACT(dt, BS_LAUNCH(B, 256, 0, s, pool_kernel<T>)(cls, mean, (const T *)x, cu_seqlens, C));
     return cudaGetLastError();
 }
 
@@ -49,6 +49,6 @@ extern "C" cudaError_t pooler_forward(float *out, const float *cls, const void *
                                       bs_dtype dt, cudaStream_t s) {
     if (B < 1) return cudaSuccess;
     dim3 grid((unsigned)((C + 3) / 4), (unsigned)((B + POOL_SEQS - 1) / POOL_SEQS));
-    BS_DISPATCH_ACT(dt, pooler_kernel<<<grid, 128, 0, s>>>(out, cls, (const T *)W, bias, B, C));
+    BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 128, 0, s, pooler_kernel<T>)(out, cls, (const T *)W, bias, B, C));
     return cudaGetLastError();
 }

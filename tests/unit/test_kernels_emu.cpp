@@ -1,16 +1,19 @@
-/* kernels/layernorm.cu and kernels/convert.cu, launchers and kernels as they are, run on the CPU by
+/* kernels/layernorm.cu, convert.cu, gelu.cu and pooling.cu, launchers and kernels as they are, run on the CPU by
  * the warp emulator tests/emu/simt.hpp, with the checks of their GPU tests (tests/gpu/test_kernels.c)
  * on host memory: the embedding and residual LayerNorms against their CPU twins (shared-memory
  * kernel at C = 100, 16-byte register path at 256..1024 for f16/bf16; in place, with and without
  * bias, bucket padding rows), their fused E4M3 copies bit for bit against the cast of their stored
  * output, and the fp8 amax and casts (8-wide and element paths, a misaligned pointer) bit for bit
- * against the twins. Each launch must leave no emulator error (a deadlock, a divergent collective,
+ * against the twins, bias + GELU, the CLS/mean pooling and the tanh pooler. Each launch must leave
+ * no emulator error (a deadlock, a divergent collective,
  * a warp collective with exited threads). The outputs sit between guard bytes that must stay as
  * they were. The GPU tests still run these on a GPU; this runs their source in every CI build. */
 #include "emu/simt.hpp"
 
 #include "convert.cu"
+#include "gelu.cu"
 #include "layernorm.cu"
+#include "pooling.cu"
 
 #include "test.h"
 
@@ -272,11 +275,62 @@ static void fp8_static_quantize_is_the_cast_by_the_fixed_scale(void) {
         }
 }
 
+/* ---- GELU, pooling ---- */
+
+static void bias_gelu_is_erf_gelu_of_x_plus_bias(void) {
+    const size_t rows = 70;
+    const int N = 300;
+    const std::vector<float> bias = rand_vec(N, -1, 1, BS_DT_F32);
+    dev dbias = upload(bias, BS_DT_F32);
+    for (bs_dtype dt : act_types)
+        for (int gelu = 0; gelu < 2; gelu++) {
+            std::vector<float> x = rand_vec(rows * N, -5, 5, dt);
+            dev dx = upload(x, dt);
+            CHECK_LAUNCH(bias_gelu_forward(dx.p(), (const float *)dbias.p(), rows, N, gelu, dt, nullptr));
+            const std::vector<float> got = download(dx, dt);
+            bias_gelu_ref(x.data(), bias.data(), rows, N, gelu);
+            const double d = bs_test_max_abs_diff(got.data(), x.data(), got.size());
+            fprintf(stderr, "  bias+gelu %s gelu=%d max |diff| %.3g\n", bs_dtype_name(dt), gelu, d);
+            CHECK_NEAR(d, 0, tol_for(dt, 6.0, 1e-5));
+            CHECK(dx.guards_intact());
+        }
+}
+
+static void pool_and_pooler_match_twins_with_empty_padding_slots(void) {
+    const int C = 96, B = 11; /* slots 4, 5 and 10 are padding: length 0; 11 sequences: two pooler groups */
+    const int32_t cu[12] = {0, 1, 40, 41, 90, 90, 90, 97, 130, 131, 150, 150};
+    const int T = cu[B];
+    const std::vector<float> W = rand_vec((size_t)C * C, -0.1f, 0.1f, BS_DT_F32),
+                             bias = rand_vec(C, -0.5f, 0.5f, BS_DT_F32);
+    for (bs_dtype dt : act_types) {
+        const std::vector<float> x = rand_vec((size_t)T * C, -2, 2, dt);
+        std::vector<float> Wr(W);
+        for (auto &w : Wr) w = bs_round_dtype(w, dt);
+        dev dx = upload(x, dt), dW = upload(Wr, dt), dbias = upload(bias, BS_DT_F32), dcls((size_t)B * C, BS_DT_F32),
+            dmean((size_t)B * C, BS_DT_F32), dpool((size_t)B * C, BS_DT_F32);
+        CHECK_LAUNCH(pool_forward((float *)dcls.p(), (float *)dmean.p(), dx.p(), cu, B, C, dt, nullptr));
+        CHECK_LAUNCH(pooler_forward((float *)dpool.p(), (const float *)dcls.p(), dW.p(), (const float *)dbias.p(), B, C,
+                                    dt, nullptr));
+        const std::vector<float> cls = download(dcls, BS_DT_F32), mean = download(dmean, BS_DT_F32),
+                                 pool = download(dpool, BS_DT_F32);
+        std::vector<float> wcls((size_t)B * C), wmean((size_t)B * C), wpool((size_t)B * C);
+        pool_ref(wcls.data(), wmean.data(), x.data(), cu, B, C);
+        pooler_ref(wpool.data(), wcls.data(), Wr.data(), bias.data(), B, C);
+        CHECK_NEAR(bs_test_max_abs_diff(cls.data(), wcls.data(), cls.size()), 0, 0);
+        CHECK_NEAR(bs_test_max_abs_diff(mean.data(), wmean.data(), mean.size()), 0, 1e-5);
+        CHECK_NEAR(bs_test_max_abs_diff(pool.data(), wpool.data(), pool.size()), 0, 1e-5);
+        CHECK(cls[4 * C] == 0.0f && mean[5 * C + 7] == 0.0f && mean[10 * C + 95] == 0.0f);
+        CHECK(dcls.guards_intact() && dmean.guards_intact() && dpool.guards_intact());
+    }
+}
+
 int main(void) {
     RUN(residual_layernorm_matches_twin_in_place_and_without_bias);
     RUN(embedding_layernorm_matches_twin_with_positions_per_sequence);
     RUN(layernorm_e4m3_copies_are_the_cast_of_their_output);
     RUN(fp8_quantize_uses_amax_scale_and_saturating_rne);
     RUN(fp8_static_quantize_is_the_cast_by_the_fixed_scale);
+    RUN(bias_gelu_is_erf_gelu_of_x_plus_bias);
+    RUN(pool_and_pooler_match_twins_with_empty_padding_slots);
     return bs_test_done();
 }
