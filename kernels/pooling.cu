@@ -38,6 +38,21 @@ __global__ void pooler_kernel(float *out, const float *cls, const T *W, const fl
     }
 }
 
+// A block per sequence: its CLS row, 16 bytes a thread where the row and both pointers allow.
+__global__ void cls_rows_kernel(unsigned char *dst, const unsigned char *src, const int32_t *cu, size_t row_bytes,
+                                int vec) {
+    const int s = blockIdx.x;
+    const bool any = cu[s + 1] > cu[s];
+    unsigned char *d = dst + (size_t)s * row_bytes;
+    const unsigned char *r = src + (size_t)cu[s] * row_bytes; // read only when the sequence has a row
+    if (vec) {
+        for (size_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x)
+            ((uint4 *)d)[i] = any ? ((const uint4 *)r)[i] : make_uint4(0, 0, 0, 0);
+    } else {
+        for (size_t i = threadIdx.x; i < row_bytes; i += blockDim.x) d[i] = any ? r[i] : (unsigned char)0;
+    }
+}
+
 extern "C" cudaError_t pool_forward(float *cls, float *mean, const void *x, const int32_t *cu_seqlens, int B, int C,
                                     bs_dtype dt, cudaStream_t s) {
     if (B < 1) return cudaSuccess;
@@ -50,5 +65,14 @@ extern "C" cudaError_t pooler_forward(float *out, const float *cls, const void *
     if (B < 1) return cudaSuccess;
     dim3 grid((unsigned)((C + 3) / 4), (unsigned)((B + POOL_SEQS - 1) / POOL_SEQS));
     BS_DISPATCH_ACT(dt, BS_LAUNCH(grid, 128, 0, s, pooler_kernel<T>)(out, cls, (const T *)W, bias, B, C));
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t cls_rows_forward(void *dst, const void *src, const int32_t *cu_seqlens, int B, size_t row_bytes,
+                                        cudaStream_t s) {
+    if (B < 1 || row_bytes == 0) return cudaSuccess;
+    const int vec = row_bytes % 16 == 0 && (uintptr_t)dst % 16 == 0 && (uintptr_t)src % 16 == 0;
+    BS_LAUNCH(B, 128, 0, s, cls_rows_kernel)
+    ((unsigned char *)dst, (const unsigned char *)src, cu_seqlens, row_bytes, vec);
     return cudaGetLastError();
 }

@@ -5,6 +5,7 @@
 #define BS_KERNELS_POOLING_H
 
 #include <cuda_runtime_api.h>
+#include <string.h>
 
 #include "dtype.h"
 
@@ -20,6 +21,13 @@ cudaError_t pool_forward(float *cls, float *mean, const void *x, const int32_t *
 cudaError_t pooler_forward(float *out, const float *cls, const void *W, const float *bias, int B, int C, bs_dtype dt,
                            cudaStream_t s);
 
+/* dst row s (row_bytes) = src row cu_seqlens[s], the CLS row of sequence s, for s < B; zeros for a
+ * sequence of length 0 (its source row is not read). Any element type: rows are bytes. The engine's
+ * last layer on the CLS rows gathers its attention output and residual with it. dst and src must
+ * not overlap. */
+cudaError_t cls_rows_forward(void *dst, const void *src, const int32_t *cu_seqlens /* (B+1) */, int B, size_t row_bytes,
+                             cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif
@@ -33,6 +41,16 @@ static inline void pool_ref(float *cls, float *mean, const float *x, const int32
             cls[(size_t)s * C + c] = n > 0 ? x[(size_t)cu[s] * C + c] : 0.0f;
             mean[(size_t)s * C + c] = n > 0 ? (float)(acc / n) : 0.0f;
         }
+    }
+}
+
+static inline void cls_rows_ref(void *dst, const void *src, const int32_t *cu, int B, size_t row_bytes) {
+    for (int s = 0; s < B; s++) {
+        unsigned char *d = (unsigned char *)dst + (size_t)s * row_bytes;
+        if (cu[s + 1] > cu[s])
+            memcpy(d, (const unsigned char *)src + (size_t)cu[s] * row_bytes, row_bytes);
+        else
+            memset(d, 0, row_bytes);
     }
 }
 

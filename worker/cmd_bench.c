@@ -195,14 +195,19 @@ int cmd_bench(int argc, char **argv) {
         }
         if (failed) goto done;
     }
+    /* the FLOPs executed: with the last layer on the CLS rows (the pooler is all bench asks for,
+     * as the worker), fewer than a full forward's */
+    const int cls_only = engine_cls_only(&out);
     double per_batch = dt / iters, T = cu[batch];
-    double gflops = engine_flops(&m->cfg, &b) / per_batch / 1e9;
-    double gflops_best = engine_flops(&m->cfg, &b) / best / 1e9;
+    double gflops = engine_flops(&m->cfg, &b, cls_only) / per_batch / 1e9;
+    double gflops_best = engine_flops(&m->cfg, &b, cls_only) / best / 1e9;
     printf("{\"device\": \"%s\", \"engine\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, "
            "\"lengths\": \"%s\", \"tokens_per_batch\": %.0f, \"iterations\": %d, \"seq_per_s\": %.1f, "
-           "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f, \"inflight\": %lld",
+           "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f, \"inflight\": %lld, "
+           "\"last_layer\": \"%s\"",
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
-           seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, inflight);
+           seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, inflight,
+           cls_only ? "cls-rows" : "all-rows");
     if (!engine_is_cuda(e)) {
         /* the figure of merit: the engine's best batch against cblas_sgemm's best round */
         double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 3 ? seconds : 3);

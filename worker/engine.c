@@ -3,6 +3,7 @@
 #include "engine.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -66,6 +67,12 @@ bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) 
     }
     bs_err(err, "unknown device '%s' (auto, cpu, cuda, cuda:N)", dev);
     return NULL;
+}
+
+int engine_cls_only(const bs_outputs *out) {
+    if (out->hidden || out->mean) return 0;
+    const char *v = getenv("BERTSTREAM_LAST_LAYER");
+    return !(v && strcmp(v, "full") == 0);
 }
 
 int engine_forward(bs_engine *e, const bs_batch *b, const bs_outputs *out, char *err) {
@@ -150,13 +157,16 @@ int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batc
     return BS_OK;
 }
 
-double engine_flops(const bs_bert_config *c, const bs_batch *b) {
-    double C = c->hidden, I = c->intermediate, T = b->cu_seqlens[b->n_seq];
-    double attn = 0;
+double engine_flops(const bs_bert_config *c, const bs_batch *b, int cls_only) {
+    double C = c->hidden, I = c->intermediate, T = b->cu_seqlens[b->n_seq], B = b->n_seq;
+    double attn = 0, attn_cls = 0;
     for (int i = 0; i < b->n_seq; i++) {
         double n = b->cu_seqlens[i + 1] - b->cu_seqlens[i];
         attn += 2.0 * 2.0 * n * n * C; /* Q K^T and P V over all heads */
+        attn_cls += 2.0 * 2.0 * n * C; /* the CLS query's */
     }
-    double per_layer = 2.0 * T * C * (3 * C) + 2.0 * T * C * C + 2.0 * 2.0 * T * C * I + attn;
-    return per_layer * c->layers + 2.0 * b->n_seq * C * C; /* + pooler */
+    const double per_layer = 2.0 * T * C * (3 * C) + 2.0 * T * C * C + 2.0 * 2.0 * T * C * I + attn;
+    /* the last layer on the CLS rows: QKV over every row, the rest over B rows */
+    const double last_cls = 2.0 * T * C * (3 * C) + 2.0 * B * C * C + 2.0 * 2.0 * B * C * I + attn_cls;
+    return per_layer * (c->layers - (cls_only ? 1 : 0)) + (cls_only ? last_cls : 0) + 2.0 * B * C * C; /* + pooler */
 }

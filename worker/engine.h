@@ -35,6 +35,13 @@ typedef struct {
     float *hidden; /* (T, C) last_hidden_state, packed */
 } bs_outputs;
 
+/* 1 when a forward with these outputs may run its last layer on the CLS rows only: neither the
+ * hidden states nor mean pooling asked for (pooler and cls need nothing else), unless
+ * BERTSTREAM_LAST_LAYER=full (every row, as before: for comparison and diagnosis). Both engines
+ * then compute the last layer's keys and values over every row, attention for the CLS query only,
+ * and the rest of the layer on B rows instead of T. */
+int engine_cls_only(const bs_outputs *out);
+
 typedef struct {
     const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
     bs_precision precision; /* AUTO: fp32 on CPU, bf16 on CUDA */
@@ -93,8 +100,9 @@ int engine_slots(const bs_engine *e);
 /* Validates a batch against the engine's limits and the model (ids in vocab, lengths). */
 int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batch *b, char *err);
 
-/* FLOPs of one forward pass over a batch (GEMMs + attention), for benchmarks. */
-double engine_flops(const bs_bert_config *c, const bs_batch *b);
+/* FLOPs of one forward pass over a batch (GEMMs + attention), for benchmarks; cls_only: with the
+ * last layer on the CLS rows (engine_cls_only), the FLOPs that pass executes. */
+double engine_flops(const bs_bert_config *c, const bs_batch *b, int cls_only);
 
 /* Implementation vtable: engine_cpu.c and engine_cuda.c fill one. */
 struct bs_engine {

@@ -77,7 +77,7 @@ typedef struct {
 } gemm_plan;
 
 typedef struct {
-    int Tb, Bb;
+    int Tb, Bb, cls; /* cls: the last layer on the CLS rows only (engine_cls_only) */
     uint64_t stamp;
     cudaGraphExec_t exec;
 } graph_entry;
@@ -136,6 +136,7 @@ typedef struct {
     size_t abytes;
     int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
     int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
+    int32_t *d_iota; /* 0, 1, ..., Bcap: the cu_seqlens of one row per sequence (the CLS rows, compacted) */
     void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
     void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
     float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
@@ -153,7 +154,7 @@ typedef struct {
     graph_entry graphs[MAX_GRAPHS];
     int n_graphs, use_graphs;
     int gemm_autotune; /* BERTSTREAM_GEMM_AUTOTUNE=1: plan_try times the heuristic's candidates, else takes its first */
-    int seen[MAX_GRAPHS][2]; /* shapes run once (eagerly): a second sighting captures a graph */
+    int seen[MAX_GRAPHS][3]; /* shapes (Tb, Bb, cls) run once (eagerly): a second sighting captures a graph */
     int n_seen;
     sdpa_entry sdpa[MAX_SDPA];
     int n_sdpa;
@@ -343,6 +344,7 @@ static void layout_activations(cuda_engine *e, arena *a) {
     e->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
     e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
     e->static_dscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
+    e->d_iota = take(a, ((size_t)e->Bcap + 1) * 4);
     e->cls = take(a, (size_t)e->Bcap * C * 4);
     e->mean = take(a, (size_t)e->Bcap * C * 4);
     e->pooler = take(a, (size_t)e->Bcap * C * 4);
@@ -808,9 +810,37 @@ static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
 
 /* ---- the encoder ---- */
 
+/* Rows the last layer runs on after its attention when only the CLS rows are wanted: one per
+ * sequence slot, rounded up to 16 (the GEMMs' tensor-core tiles; fp8 GEMMs are safest there). */
+static int cls_rows(int Bb) {
+    return (Bb + 15) / 16 * 16;
+}
+
+/* The last layer on the CLS rows only: after its attention, sequence s's CLS row of the attention
+ * output (att, or q8 when the attention kernel wrote E4M3) moves to row s (through tmp, which the
+ * attention-output GEMM overwrites next), and its CLS row of the residual x goes to row s of x2.
+ * Padding slots and the rows up to cls_rows(Bb) get zeros: nothing of another batch enters (fp8
+ * batch scales take the amax over every row). The rest of the layer then runs on those rows. */
+static int compact_cls_rows(cuda_engine *e, int Bb, char *err) {
+    const size_t C = (size_t)e->base.model->cfg.hidden, sa = bs_dtype_size(e->act), nc = (size_t)cls_rows(Bb);
+    unsigned char *att = e->att_is_q8 ? e->q8 : e->att;
+    const size_t ab = e->att_is_q8 ? C : C * sa;
+    CUDA_CHECK(cls_rows_forward(e->tmp, att, e->d_cu, Bb, ab, e->stream));
+    CUDA_CHECK(cudaMemcpyAsync(att, e->tmp, (size_t)Bb * ab, cudaMemcpyDeviceToDevice, e->stream));
+    CUDA_CHECK(cls_rows_forward(e->x2, e->x, e->d_cu, Bb, C * sa, e->stream));
+    if (nc > (size_t)Bb) {
+        CUDA_CHECK(cudaMemsetAsync(att + (size_t)Bb * ab, 0, (nc - (size_t)Bb) * ab, e->stream));
+        CUDA_CHECK(
+            cudaMemsetAsync((unsigned char *)e->x2 + (size_t)Bb * C * sa, 0, (nc - (size_t)Bb) * C * sa, e->stream));
+    }
+    return BS_OK;
+}
+
 /* Everything from token ids to pooled features, for Tb rows and Bb sequence slots; only device
- * work on e->stream, so it can be captured as a CUDA graph. */
-static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
+ * work on e->stream, so it can be captured as a CUDA graph. cls: the last layer on the CLS rows
+ * only (engine_cls_only): its keys and values over every row, the rest on cls_rows(Bb) rows; then
+ * no mean pooling (not asked for) and row s of x is sequence s's CLS row. */
+static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const int C = c->hidden;
     const float eps = c->ln_eps;
@@ -828,26 +858,33 @@ static int encode(cuda_engine *e, int Tb, int Bb, char *err) {
     if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
-        const int next = st && l + 1 < c->layers;                 /* LN2 feeds the next layer's QKV GEMM */
-        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR;   /* x -> qkv (Tb, 3C) */
-        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR; /* att (Tb, C), or q8 */
-        if (gemm(e, G_AO, l, Tb, err) != BS_OK) return BS_ERR;    /* att -> tmp (Tb, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, w->ao_b, e->x, w->ln1_w, w->ln1_b, Tb, C, eps, A,
-                                                 st ? e->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
-        if (gemm(e, G_FF1, l, Tb, err) != BS_OK) return BS_ERR; /* x2 -> ff (Tb, I) */
-        if (gemm(e, G_FF2, l, Tb, err) != BS_OK) return BS_ERR; /* ff -> tmp (Tb, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, Tb, C, eps, A,
+        const int next = st && l + 1 < c->layers; /* LN2 feeds the next layer's QKV GEMM */
+        const int last_cls = cls && l + 1 == c->layers, n = last_cls ? cls_rows(Bb) : Tb; /* rows after attention */
+        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR;                           /* x -> qkv (Tb, 3C) */
+        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR;                         /* att (Tb, C), or q8 */
+        if (last_cls && compact_cls_rows(e, Bb, err) != BS_OK) return BS_ERR; /* att, q8 (Bb, C); x2 (Bb, C) */
+        if (gemm(e, G_AO, l, n, err) != BS_OK) return BS_ERR;                 /* att -> tmp (n, C) */
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, w->ao_b, last_cls ? e->x2 : e->x, w->ln1_w, w->ln1_b, n,
+                                                 C, eps, A, st ? e->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL,
+                                                 s));
+        if (gemm(e, G_FF1, l, n, err) != BS_OK) return BS_ERR; /* x2 -> ff (n, I) */
+        if (gemm(e, G_FF2, l, n, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, n, C, eps, A,
                                                  next ? e->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
     }
-    CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
+    if (cls)
+        CUDA_CHECK(pool_forward(e->cls, NULL, e->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
+    else
+        CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
     CUDA_CHECK(pooler_forward(e->pooler, e->cls, e->pool_w, e->pool_b, Bb, C, A, s));
     return BS_OK;
 }
 
-/* Host work a shape needs before it can be captured: GEMM plans for Tb, the SDPA plan for Bb. */
-static int prepare(cuda_engine *e, int Tb, int Bb, char *err) {
+/* Host work a shape needs before it can be captured: GEMM plans for Tb (and, with cls, for the
+ * last layer's cls_rows(Bb) rows after attention), the SDPA plan for Bb. */
+static int prepare(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     for (int k = 0; k < G_KINDS; k++)
-        if (!plan_get(e, k, Tb, err)) return BS_ERR;
+        if (!plan_get(e, k, Tb, err) || (cls && k != G_QKV && !plan_get(e, k, cls_rows(Bb), err))) return BS_ERR;
     if (e->use_cudnn) {
         char why[BS_ERRLEN];
         (void)sdpa_get(e, Bb, why);
@@ -886,10 +923,10 @@ static void graph_evict(cuda_engine *e, int i) {
 
 /* Runs the encoder for (Tb, Bb): replays its CUDA graph, capturing it on first use. A capture
  * that fails (a library call that cannot be captured) turns graphs off and runs eagerly. */
-static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
-    if (!e->use_graphs) return encode(e, Tb, Bb, err);
+static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
+    if (!e->use_graphs) return encode(e, Tb, Bb, cls, err);
     for (int i = 0; i < e->n_graphs; i++)
-        if (e->graphs[i].Tb == Tb && e->graphs[i].Bb == Bb) {
+        if (e->graphs[i].Tb == Tb && e->graphs[i].Bb == Bb && e->graphs[i].cls == cls) {
             e->graphs[i].stamp = ++e->clock;
             CUDA_CHECK(cudaGraphLaunch(e->graphs[i].exec, e->stream));
             return BS_OK;
@@ -897,19 +934,20 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
     /* A shape's first batch runs eagerly (it also loads every module lazily, outside any capture);
      * only a shape that comes back is worth a graph. */
     int seen = 0;
-    for (int i = 0; i < e->n_seen && !seen; i++) seen = e->seen[i][0] == Tb && e->seen[i][1] == Bb;
+    for (int i = 0; i < e->n_seen && !seen; i++)
+        seen = e->seen[i][0] == Tb && e->seen[i][1] == Bb && e->seen[i][2] == cls;
     if (!seen) {
         if (e->n_seen == MAX_GRAPHS)
             memmove(e->seen[0], e->seen[1], sizeof(e->seen[0]) * (MAX_GRAPHS - 1)), e->n_seen--;
-        e->seen[e->n_seen][0] = Tb, e->seen[e->n_seen][1] = Bb, e->n_seen++;
-        return encode(e, Tb, Bb, err);
+        e->seen[e->n_seen][0] = Tb, e->seen[e->n_seen][1] = Bb, e->seen[e->n_seen][2] = cls, e->n_seen++;
+        return encode(e, Tb, Bb, cls, err);
     }
-    if (prepare(e, Tb, Bb, err) != BS_OK) return BS_ERR;
+    if (prepare(e, Tb, Bb, cls, err) != BS_OK) return BS_ERR;
     cudaGraph_t g = NULL;
     cudaGraphExec_t exec = NULL;
     char why[BS_ERRLEN] = "";
     CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
-    int rc = encode(e, Tb, Bb, why);
+    int rc = encode(e, Tb, Bb, cls, why);
     cudaError_t ce = cudaStreamEndCapture(e->stream, &g);
     if (rc == BS_OK && ce != cudaSuccess) snprintf(why, sizeof why, "cudaStreamEndCapture: %s", cudaGetErrorString(ce));
     if (rc == BS_OK && ce == cudaSuccess) {
@@ -922,7 +960,7 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
         log_warn("CUDA graph capture failed: running without graphs", "reason=\"%s\"", why);
         e->use_graphs = 0;
         describe(e, "off(capture failed)");
-        return encode(e, Tb, Bb, err);
+        return encode(e, Tb, Bb, cls, err);
     }
     if (e->n_graphs == MAX_GRAPHS) {
         int old = 0;
@@ -930,7 +968,7 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, char *err) {
             if (e->graphs[i].stamp < e->graphs[old].stamp) old = i;
         graph_evict(e, old);
     }
-    e->graphs[e->n_graphs++] = (graph_entry){.Tb = Tb, .Bb = Bb, .stamp = ++e->clock, .exec = exec};
+    e->graphs[e->n_graphs++] = (graph_entry){.Tb = Tb, .Bb = Bb, .cls = cls, .stamp = ++e->clock, .exec = exec};
     CUDA_CHECK(cudaGraphLaunch(exec, e->stream));
     return BS_OK;
 }
@@ -1008,7 +1046,7 @@ static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const
     /* before any capture begins: a captured stream may not wait on an event recorded outside */
     CUDA_CHECK(cudaStreamWaitEvent(e->stream, s->in_done, 0));
     CUDA_CHECK(cudaMemcpyAsync(e->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->stream));
-    if (run_encoder(e, Tb, Bb, err) != BS_OK) return BS_ERR;
+    if (run_encoder(e, Tb, Bb, engine_cls_only(out), err) != BS_OK) return BS_ERR;
 
     /* the requested features back to back in d_feat: (B, C) each, one D2H for all of them */
     const size_t BC = (size_t)B * C;
@@ -1547,6 +1585,15 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->d_offo = e->d_in + e->o_offo;
     e->d_tiles = e->d_in + e->o_tiles;
     e->d_ids = e->d_in + e->o_ids;
+    {
+        int32_t *iota = malloc(((size_t)e->Bcap + 1) * 4);
+        if (!iota) return bs_err(err, "cuda engine: out of memory");
+        for (int i = 0; i <= e->Bcap; i++) iota[i] = i;
+        cudaError_t ce = cudaMemcpyAsync(e->d_iota, iota, ((size_t)e->Bcap + 1) * 4, cudaMemcpyHostToDevice, e->stream);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* iota is freed below */
+        free(iota);
+        CUDA_CHECK(ce);
+    }
     const size_t in_bytes = (e->o_ids + (size_t)e->Tcap) * 4;
     for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
         cuda_slot *s = &e->slot[i];
@@ -1566,7 +1613,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     if (choose_attention(e, err) != BS_OK) return BS_ERR;
     /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
      * whether the GELU epilogue is in use */
-    if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
+    if (prepare(e, e->Tcap, e->Bcap, 1, err) != BS_OK) return BS_ERR;
     if (e->fp8_static) {
         char why[BS_ERRLEN] = "";
         const int ok = ff1_q8_selfcheck(e, why, err);
@@ -1577,7 +1624,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
             e->ff1_q8_off = 1;
             for (int i = 0; i < MAX_PLANS; i++)
                 if (e->plans[i].used && e->plans[i].out_q8) plan_release(&e->plans[i]);
-            if (prepare(e, e->Tcap, e->Bcap, err) != BS_OK) return BS_ERR;
+            if (prepare(e, e->Tcap, e->Bcap, 1, err) != BS_OK) return BS_ERR;
         }
     }
     for (int i = 0; i < MAX_PLANS; i++)

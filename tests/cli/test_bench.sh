@@ -68,12 +68,12 @@ fields=$(printf '%s\n' "$out" | "$py" -c '
 import json, sys
 r = json.loads(sys.stdin.readline())
 need = ["device", "engine", "precision", "batch", "seq_len", "lengths", "tokens_per_batch", "iterations",
-        "seq_per_s", "ms_per_batch", "tokens_per_s", "gflops", "sgemm_gflops", "ratio_to_sgemm"]
+        "seq_per_s", "ms_per_batch", "tokens_per_s", "gflops", "sgemm_gflops", "ratio_to_sgemm", "last_layer"]
 missing = [k for k in need if k not in r]
-print("missing " + ",".join(missing) if missing else "%s %d %d %s %s %s" % (
-    r["device"], r["batch"], r["seq_len"], r["lengths"], r["seq_per_s"] > 0, r["sgemm_gflops"] > 0))
+print("missing " + ",".join(missing) if missing else "%s %d %d %s %s %s %s" % (
+    r["device"], r["batch"], r["seq_len"], r["lengths"], r["seq_per_s"] > 0, r["sgemm_gflops"] > 0, r["last_layer"]))
 ' 2>&1)
-if [ "$fields" == "cpu 8 40 uniform:3:40 True True" ]; then ok "one JSON line with the documented fields"; else
+if [ "$fields" == "cpu 8 40 uniform:3:40 True True cls-rows" ]; then ok "one JSON line with the documented fields"; else
     bad "bench JSON: $fields"
 fi
 
@@ -84,6 +84,25 @@ if [ $rc -ne 0 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] &&
     ok "--seq-len past the model's positions is a one-line error"
 else
     bad "--seq-len 65: rc $rc: $err"
+fi
+
+# BERTSTREAM_LAST_LAYER=full: every row through the last layer, and the JSON says so; the FLOPs per
+# batch it reports (gflops x ms_per_batch) are those of the full pass, more than the CLS rows' (the
+# same batch: 8 x 40 tokens, 1 layer)
+args=(bench --model "$tmp/m" --device cpu --batch 8 --seq-len 40 --seconds 0.2)
+out_cls=$("$bin" "${args[@]}" 2>"$tmp/err")
+out_full=$(BERTSTREAM_LAST_LAYER=full "$bin" "${args[@]}" 2>>"$tmp/err")
+rc=$?
+fields=$(printf '%s\n%s\n' "$out_cls" "$out_full" | "$py" -c '
+import json, sys
+c, f = json.loads(sys.stdin.readline()), json.loads(sys.stdin.readline())
+work = lambda r: r["gflops"] * r["ms_per_batch"]
+print(c["last_layer"], f["last_layer"], work(f) > 1.5 * work(c))
+' 2>&1)
+if [ $rc -eq 0 ] && [ "$fields" == "cls-rows all-rows True" ]; then
+    ok "BERTSTREAM_LAST_LAYER=full runs every row, says so and counts that work"
+else
+    bad "BERTSTREAM_LAST_LAYER=full: rc $rc: $fields $(tail -1 "$tmp/err")"
 fi
 
 # --inflight 2: the engine_submit/engine_wait loop (the CPU engine computes in submit: same work),

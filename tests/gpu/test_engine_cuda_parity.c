@@ -788,6 +788,94 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
     golden_close(&gd);
 }
 
+/* ---- the last layer on the CLS rows ---- */
+
+/* pooler and cls alone (engine_cls_only): the last layer runs on the CLS rows (B instead of T rows
+ * after its attention). At every precision it must meet the same bars against the CPU's fp32 full
+ * pass as the full pass does, stay within rounding of the engine's own full pass, and give the
+ * same bytes eagerly, when its graph is captured and when it is replayed; at fp32 it must meet the
+ * golden pooler and cls. 300 IMDB reviews in batches of up to 64 (ragged, with padding slots). */
+static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
+    char err[BS_ERRLEN];
+    golden gd;
+    if (!golden_open(&gd)) return;
+    const bs_model *m = gd.m;
+    const int C = m->cfg.hidden;
+    bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
+    CHECK(h != NULL);
+    review_set rs = bs_test_imdb_reviews(300, 64);
+    bs_engine *cpu = make_engine(m, "cpu", BS_PREC_FP32, 64, 64 * 128, 128);
+    const bs_precision precs[4] = {BS_PREC_FP32, BS_PREC_BF16, BS_PREC_FP16, BS_PREC_FP8};
+    for (int k = 0; k < 4 && cpu && h; k++) {
+        if (precs[k] == BS_PREC_FP8 && !device_has_fp8()) continue;
+        bs_engine *e = make_engine(m, "cuda", precs[k], 64, 64 * 128, 128);
+        CHECK(e != NULL);
+        if (!e) continue;
+        double min_cos_own = 1, min_cos_cpu = 1, max_dprob = 0, max_diff = 0;
+        int same = 0, N = 0, replay_bad = 0;
+        for (int b = 0; b < rs.n; b++) {
+            const packed_batch *pb = &rs.batches[b];
+            features full = features_alloc(pb->B, pb->T, C), ref = features_alloc(pb->B, pb->T, C);
+            CHECK_INT(run(e, pb->B, pb->ids, pb->cu, &full), BS_OK);
+            CHECK_INT(run(cpu, pb->B, pb->ids, pb->cu, &ref), BS_OK);
+            float *pool[3], *cls[3];
+            for (int r = 0; r < 3; r++) { /* eager, capture, replay */
+                pool[r] = falloc((size_t)pb->B * C), cls[r] = falloc((size_t)pb->B * C);
+                bs_batch bb = {.n_seq = pb->B, .ids = pb->ids, .cu_seqlens = pb->cu};
+                bs_outputs o = {.pooler = pool[r], .cls = cls[r]};
+                CHECK(engine_cls_only(&o));
+                CHECK_INT(engine_forward(e, &bb, &o, err), BS_OK);
+            }
+            for (int r = 1; r < 3; r++)
+                replay_bad += memcmp(pool[r], pool[0], sizeof(float) * (size_t)pb->B * C) != 0 ||
+                              memcmp(cls[r], cls[0], sizeof(float) * (size_t)pb->B * C) != 0;
+            const double co =
+                fmin(min_row_cosine(pool[0], full.pooler, pb->B, C), min_row_cosine(cls[0], full.cls, pb->B, C));
+            const double cc =
+                fmin(min_row_cosine(pool[0], ref.pooler, pb->B, C), min_row_cosine(cls[0], ref.cls, pb->B, C));
+            min_cos_own = fmin(min_cos_own, co), min_cos_cpu = fmin(min_cos_cpu, cc);
+            max_diff = fmax(max_diff, bs_test_max_abs_diff(pool[0], ref.pooler, (size_t)pb->B * C));
+            same += label_agreement(h, pool[0], ref.pooler, pb->B, &max_dprob);
+            N += pb->B;
+            for (int r = 0; r < 3; r++) free(pool[r]), free(cls[r]);
+            features_free(&full), features_free(&ref);
+        }
+        fprintf(stderr,
+                "  %s, last layer on CLS rows, %d reviews: min cosine to the full pass %.6f, to the CPU %.6f; max "
+                "|diff| pooler %.3g; golden head max |dprob| %.2g, labels agree %.1f%%; eager/capture/replay "
+                "mismatches %d\n",
+                bs_precision_name(precs[k]), N, min_cos_own, min_cos_cpu, max_diff, max_dprob, 100.0 * same / N,
+                replay_bad);
+        CHECK_INT(replay_bad, 0);
+        if (precs[k] == BS_PREC_FP32) {
+            CHECK_NEAR(max_diff, 0, TOL);
+        } else if (precs[k] == BS_PREC_FP8) {
+            CHECK(min_cos_cpu >= 0.99);
+            CHECK(same >= N * 99 / 100);
+        } else {
+            CHECK(min_cos_own >= 0.9999);
+            CHECK(min_cos_cpu >= 0.999);
+            CHECK_NEAR(max_dprob, 0, 5e-3);
+        }
+        if (precs[k] == BS_PREC_FP32) { /* and the golden batch */
+            const packed_batch pb = gd.pb;
+            float *pool = falloc((size_t)pb.B * C), *cls = falloc((size_t)pb.B * C);
+            bs_batch bb = {.n_seq = pb.B, .ids = pb.ids, .cu_seqlens = pb.cu};
+            bs_outputs o = {.pooler = pool, .cls = cls};
+            CHECK_INT(engine_forward(e, &bb, &o, err), BS_OK);
+            float *gp = bs_test_f32(gd.g, "pooler_output", -1), *gc = bs_test_f32(gd.g, "cls", -1);
+            CHECK_NEAR(bs_test_max_abs_diff(pool, gp, (size_t)pb.B * C), 0, TOL);
+            CHECK_NEAR(bs_test_max_abs_diff(cls, gc, (size_t)pb.B * C), 0, TOL);
+            free(pool), free(cls), free(gp), free(gc);
+        }
+        engine_free(e);
+    }
+    engine_free(cpu);
+    review_set_free(&rs);
+    head_free(h);
+    golden_close(&gd);
+}
+
 /* ---- memory ---- */
 
 static void engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128(void) {
@@ -848,6 +936,7 @@ int main(void) {
     RUN(engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
+    RUN(engine_cuda_last_layer_on_cls_rows_matches_the_full_pass);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
     return bs_test_done();
 }

@@ -705,6 +705,36 @@ static void pool_and_pooler_match_twins_with_empty_padding_slots(void) {
     free(W), free(bias);
 }
 
+/* the CLS rows of a packed tensor (the engine's last layer on CLS rows): 16-byte path (768 bf16 a
+ * row), byte path (99-byte rows, a misaligned source), padding slots zeroed */
+static void cls_rows_gather_each_sequences_first_row(void) {
+    const int32_t cu[7] = {0, 1, 40, 41, 90, 90, 90}; /* slots 4, 5: padding */
+    const int B = 6, T = 90;
+    const size_t rbs[2] = {768 * 2, 99};
+    int32_t *dcu = upi(cu, B + 1);
+    for (int i = 0; i < 2; i++)
+        for (int off = 0; off < 2; off++) {
+            const size_t rb = rbs[i];
+            unsigned char *src = malloc((size_t)T * rb + 1), *want = malloc((size_t)B * rb),
+                          *got = malloc((size_t)B * rb);
+            for (size_t k = 0; k < (size_t)T * rb + 1; k++) src[k] = (unsigned char)(bs_rng_next(&rng) >> 24);
+            unsigned char *dsrc = NULL, *ddst = NULL;
+            CK(cudaMalloc((void **)&dsrc, (size_t)T * rb + 1));
+            CK(cudaMalloc((void **)&ddst, (size_t)B * rb));
+            CK(cudaMemcpy(dsrc, src, (size_t)T * rb + 1, cudaMemcpyHostToDevice));
+            CK(cudaMemset(ddst, 0x5a, (size_t)B * rb));
+            CK(cls_rows_forward(ddst, dsrc + off, dcu, B, rb, S));
+            CK(cudaStreamSynchronize(S));
+            CK(cudaMemcpy(got, ddst, (size_t)B * rb, cudaMemcpyDeviceToHost));
+            cls_rows_ref(want, src + off, cu, B, rb);
+            CHECK(memcmp(got, want, (size_t)B * rb) == 0);
+            CHECK(got[4 * rb + 3] == 0);
+            free(src), free(want), free(got);
+            cudaFree(dsrc), cudaFree(ddst);
+        }
+    cudaFree(dcu);
+}
+
 int main(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -722,6 +752,7 @@ int main(void) {
     RUN_GPU(residual_layernorm_matches_twin_in_place_and_without_bias);
     RUN_GPU(bias_gelu_is_erf_gelu_of_x_plus_bias);
     RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
+    RUN_GPU(cls_rows_gather_each_sequences_first_row);
     RUN_GPU(fp8_static_quantize_and_layernorm_copy_match_twin);
     /* last: a fault in the attention kernel or cuDNN is sticky and fails every test after it */
     RUN_GPU(attention_tiles_cover_each_sequence_once);

@@ -71,6 +71,24 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
         free(ref);
     }
 
+    /* pooler and cls alone: the last layer runs on the CLS rows only (engine_cls_only) and still
+     * meets the golden outputs, and the full pass within 1e-5 */
+    float *pooler2 = malloc(sizeof(float) * (size_t)B * C), *cls2 = malloc(sizeof(float) * (size_t)B * C);
+    bs_outputs out2 = {.pooler = pooler2, .cls = cls2};
+    CHECK(engine_cls_only(&out2));
+    CHECK_INT(engine_forward(e, &batch, &out2, err), BS_OK);
+    float *mine2[2] = {pooler2, cls2}, *full[2] = {pooler, cls};
+    for (int k = 0; k < 2; k++) {
+        float *ref = bs_test_f32(g, names[k], -1);
+        double d = bs_test_max_abs_diff(mine2[k], ref, (size_t)B * C);
+        fprintf(stderr, "  %s (last layer on CLS rows) max |diff| %.3g\n", names[k], d);
+        CHECK_NEAR(d, 0, TOL);
+        CHECK_NEAR(bs_test_max_abs_diff(mine2[k], full[k], (size_t)B * C), 0, 1e-5);
+        free(ref);
+    }
+    free(pooler2);
+    free(cls2);
+
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
     CHECK(h != NULL);
     if (h) {
@@ -235,6 +253,22 @@ static void engine_cpu_matches_naive_reference_on_another_shape(void) {
     CHECK_NEAR(worst_p, 0, TOL);
     CHECK_NEAR(worst_m, 0, TOL);
 
+    /* pooler alone, batched: the last layer on the CLS rows (lengths 1 and 77 among them) */
+    float *pooler_cls = malloc(sizeof(float) * B * C);
+    bs_outputs oc = {.pooler = pooler_cls};
+    CHECK_INT(engine_forward(e, &b, &oc, err), BS_OK);
+    CHECK_NEAR(bs_test_max_abs_diff(pooler_cls, pooler, (size_t)B * C), 0, 1e-6);
+    double worst_c = 0;
+    for (int s = 0; s < B; s++) {
+        double *rh = malloc(sizeof(double) * (size_t)lens[s] * C), rp[96];
+        naive_forward(m, ids + cu[s], lens[s], rh, rp);
+        for (int k = 0; k < C; k++) worst_c = fmax(worst_c, fabs(rp[k] - pooler_cls[s * C + k]));
+        free(rh);
+    }
+    fprintf(stderr, "  pooler with the last layer on CLS rows: max |diff| %.3g\n", worst_c);
+    CHECK_NEAR(worst_c, 0, TOL);
+    free(pooler_cls);
+
     /* the same sequences one at a time give the same pooler output: batching is exact */
     float one[96];
     for (int s = 0; s < B; s++) {
@@ -288,7 +322,23 @@ static void engine_rejects_bad_batches_with_one_line_errors(void) {
     model_free(m);
 }
 
+/* Which outputs let the last layer run on the CLS rows, and the switch that turns it off. */
+static void cls_only_last_layer_needs_neither_hidden_nor_mean(void) {
+    float x[1];
+    const bs_outputs pool = {.pooler = x}, cls = {.cls = x}, both = {.pooler = x, .cls = x}, none = {0};
+    const bs_outputs mean = {.pooler = x, .mean = x}, hid = {.cls = x, .hidden = x};
+    unsetenv("BERTSTREAM_LAST_LAYER");
+    CHECK(engine_cls_only(&pool) && engine_cls_only(&cls) && engine_cls_only(&both) && engine_cls_only(&none));
+    CHECK(!engine_cls_only(&mean) && !engine_cls_only(&hid));
+    setenv("BERTSTREAM_LAST_LAYER", "full", 1);
+    CHECK(!engine_cls_only(&pool) && !engine_cls_only(&both));
+    setenv("BERTSTREAM_LAST_LAYER", "cls", 1);
+    CHECK(engine_cls_only(&pool));
+    unsetenv("BERTSTREAM_LAST_LAYER");
+}
+
 int main(void) {
+    RUN(cls_only_last_layer_needs_neither_hidden_nor_mean);
     RUN(engine_rejects_bad_batches_with_one_line_errors);
     RUN(engine_cpu_matches_naive_reference_on_another_shape);
     RUN(engine_cpu_matches_hf_golden_tiny_bert);

@@ -324,6 +324,29 @@ static void pool_and_pooler_match_twins_with_empty_padding_slots(void) {
     }
 }
 
+/* the CLS rows of a packed tensor: 16-byte path (768 bf16), byte path (an odd row of E4M3 bytes, a
+ * misaligned source), padding slots zeroed without reading their source row (here: past the end) */
+static void cls_rows_gather_each_sequences_first_row(void) {
+    const int32_t cu[7] = {0, 1, 40, 41, 90, 90, 90}; /* slots 4, 5: padding */
+    const int B = 6, T = 90;
+    const size_t rbs[2] = {768 * 2, 99};
+    for (size_t rb : rbs)
+        for (int off = 0; off < 2; off++) {
+            std::vector<unsigned char> src((size_t)T * rb + 1);
+            for (auto &c : src) c = (unsigned char)(urand(0, 256));
+            dev d((size_t)B * rb, BS_DT_E4M3); /* 0x5a throughout: the padding rows must turn to zeros */
+            std::vector<unsigned char> want((size_t)B * rb);
+            bs_emu::reset(bs_emu::Options{true, 0, false});
+            const cudaError_t e = cls_rows_forward(d.p(), src.data() + off, cu, B, rb, nullptr);
+            CHECK_INT(e, cudaSuccess);
+            CHECK_INT(bs_emu::errors(), 0);
+            cls_rows_ref(want.data(), src.data() + off, cu, B, rb);
+            CHECK(memcmp(d.p(), want.data(), want.size()) == 0);
+            CHECK(((const unsigned char *)d.p())[4 * rb + 3] == 0);
+            CHECK(d.guards_intact());
+        }
+}
+
 int main(void) {
     RUN(residual_layernorm_matches_twin_in_place_and_without_bias);
     RUN(embedding_layernorm_matches_twin_with_positions_per_sequence);
@@ -332,5 +355,6 @@ int main(void) {
     RUN(fp8_static_quantize_is_the_cast_by_the_fixed_scale);
     RUN(bias_gelu_is_erf_gelu_of_x_plus_bias);
     RUN(pool_and_pooler_match_twins_with_empty_padding_slots);
+    RUN(cls_rows_gather_each_sequences_first_row);
     return bs_test_done();
 }
