@@ -133,8 +133,9 @@ bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [VAR=VALUE | "--OPTION VALUE"]]: in
         tps=$(echo "$line" | sed -n 's/.*"tokens_per_s": *\([0-9.eE+-]*\).*/\1/p')
         eng=$(echo "$line" | sed -n 's/.*"engine": *"\([^"]*\)".*/\1/p')
         mem=$(echo "$eng" | sed -n 's/.*mem=\([0-9]*\)MiB.*/\1/p')
-        local notes=${eng#*attention=}
-        notes="${setting:+[$setting] }attention=${notes% mem=*}"
+        local notes=${eng#*attention=} last
+        last=$(echo "$line" | sed -n 's/.*"last_layer": *"\([^"]*\)".*/\1/p')
+        notes="${setting:+[$setting] }attention=${notes% mem=*}${last:+ last-layer=$last}"
         ROWS+=("$(printf '%-5s %6s %5s %-14s %10.1f %10.3f %11.0f %8s %8s  %s' "$prec" "$batch" "$len" "$lengths" "$sps" "$ms" "$tps" "${mem:-?}" "$peak" "$notes")")
         RESULT[$prec/$batch/$len/$lengths/$setting]="$sps $ms $tps ${mem:-0} $peak"
         echo "$line"
@@ -174,6 +175,9 @@ bench fp8 256 128 fixed BERTSTREAM_FP8_SCALES=batch
 bench fp8 256 128 uniform:8:128 BERTSTREAM_FP8_SCALES=batch
 bench fp8 256 128 fixed BERTSTREAM_FP8_FAST_ACCUM=0
 bench bf16 256 128 fixed BERTSTREAM_GEMM_AUTOTUNE=1
+# the last layer over every row (the default runs it on the CLS rows: bench asks for the pooler)
+bench bf16 256 128 fixed BERTSTREAM_LAST_LAYER=full
+bench fp8 256 128 fixed BERTSTREAM_LAST_LAYER=full
 
 # The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
 # half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.
