@@ -169,6 +169,7 @@ typedef struct {
     int att_q8;         /* fp8 static, mma kernel, its E4M3 output checked at start: the kernel (not
                          * cuDNN) writes the AO GEMM's E4M3 input itself */
     int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
+    int cls_off;        /* the last layer on the CLS rows failed its start-up self-check: every row */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -911,9 +912,10 @@ static void describe(cuda_engine *e, const char *graphs) {
                  e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
                  e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
     }
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.60s %s attention=%.32s gelu=%s%s graphs=%.24s mem=%zuMiB",
+    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.60s %s attention=%.32s gelu=%s%s graphs=%.24s%s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
-             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs, (e->wbytes + e->abytes) >> 20);
+             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs,
+             e->cls_off ? " last-layer=all-rows(cls check failed)" : "", (e->wbytes + e->abytes) >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -1046,7 +1048,7 @@ static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const
     /* before any capture begins: a captured stream may not wait on an event recorded outside */
     CUDA_CHECK(cudaStreamWaitEvent(e->stream, s->in_done, 0));
     CUDA_CHECK(cudaMemcpyAsync(e->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->stream));
-    if (run_encoder(e, Tb, Bb, engine_cls_only(out), err) != BS_OK) return BS_ERR;
+    if (run_encoder(e, Tb, Bb, engine_cls_only(out) && !e->cls_off, err) != BS_OK) return BS_ERR;
 
     /* the requested features back to back in d_feat: (B, C) each, one D2H for all of them */
     const size_t BC = (size_t)B * C;
@@ -1476,6 +1478,58 @@ static int parse_device(const char *dev, int *out, char *err) {
     return bs_err(err, "unknown CUDA device '%s' (cuda, cuda:N)", dev);
 }
 
+/* The last layer on the CLS rows, checked at start like the other paths written without a GPU at
+ * hand: three sequences (130, 1 and 77 tokens, capped by the engine's limits) through the full pass
+ * (mean asked for) and through the CLS pass (pooler and h_CLS alone). Each sequence's pooler and
+ * h_CLS must agree: cosine >= 0.9999, at fp8 0.999 (batch scales take the amax over other rows
+ * there). Returns 1 agree (or BERTSTREAM_LAST_LAYER=full: nothing to check), 0 not, BS_ERR. */
+static int cls_selfcheck(cuda_engine *e, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const bs_engine_opts *o = &e->base.opts;
+    const int C = c->hidden, want[3] = {130, 1, 77};
+    int32_t cu[4] = {0}, B = 0;
+    for (int s = 0; s < 3 && s < o->max_seqs; s++) {
+        int n = want[s] < o->max_seq_len ? want[s] : o->max_seq_len;
+        if (cu[s] + n > o->max_tokens) n = o->max_tokens - cu[s];
+        if (n < 1) break;
+        cu[s + 1] = cu[s] + n, B = s + 1;
+    }
+    const int T = cu[B];
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(T ? T : 1));
+    float *f = malloc(sizeof(float) * 5 * (size_t)B * C);
+    if (!ids || !f) {
+        free(ids), free(f);
+        return bs_err(err, "out of memory");
+    }
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)(((uint32_t)t * 7919u + 1000u) % (uint32_t)c->vocab_size);
+    const bs_batch b = {.n_seq = B, .ids = ids, .cu_seqlens = cu};
+    float *pf = f, *cf = f + (size_t)B * C, *mf = f + 2 * (size_t)B * C, *pc = f + 3 * (size_t)B * C,
+          *cc = f + 4 * (size_t)B * C;
+    const bs_outputs full = {.pooler = pf, .cls = cf, .mean = mf}, cls = {.pooler = pc, .cls = cc};
+    int rc = 1;
+    if (!engine_cls_only(&cls)) goto done; /* BERTSTREAM_LAST_LAYER=full */
+    if (cuda_forward(&e->base, &b, &full, err) != BS_OK || cuda_forward(&e->base, &b, &cls, err) != BS_OK) {
+        rc = BS_ERR;
+        goto done;
+    }
+    const double bar = e->fp8 ? 0.999 : 0.9999;
+    for (int s = 0; s < B && rc == 1; s++)
+        for (int k = 0; k < 2 && rc == 1; k++) {
+            const float *x = (k ? cf : pf) + (size_t)s * C, *y = (k ? cc : pc) + (size_t)s * C;
+            double xy = 0, xx = 0, yy = 0;
+            for (int i = 0; i < C; i++) xy += (double)x[i] * y[i], xx += (double)x[i] * x[i], yy += (double)y[i] * y[i];
+            const double cosv = xx > 0 && yy > 0 ? xy / sqrt(xx * yy) : (xx == yy ? 1.0 : 0.0);
+            if (!(cosv >= bar)) {
+                snprintf(why, BS_ERRLEN, "sequence %d (%d tokens): %s cosine %.6f against the full pass (bar %g)", s,
+                         cu[s + 1] - cu[s], k ? "h_CLS" : "pooler", cosv, bar);
+                rc = 0;
+            }
+        }
+done:
+    free(ids), free(f);
+    return rc;
+}
+
 static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *opts, char *err) {
     const bs_bert_config *c = &m->cfg;
     if (parse_device(opts->device, &e->dev, err) != BS_OK) return BS_ERR;
@@ -1633,6 +1687,15 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
             e->ff1_q8_in_gemm = e->plans[i].out_q8;
         }
 
+    {
+        char why[BS_ERRLEN] = "";
+        const int ok = cls_selfcheck(e, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        if (!ok) {
+            log_warn("the last layer on the CLS rows failed its self-check: every row runs it", "reason=\"%s\"", why);
+            e->cls_off = 1;
+        }
+    }
     describe(e, e->use_graphs ? "on" : "off");
     log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu activations_mib=%zu max_tokens=%d max_seqs=%d",
              e->base.desc, e->wbytes >> 20, e->abytes >> 20, e->Tcap, e->Bcap);
