@@ -1,10 +1,12 @@
 /* A CPU emulator of the CUDA execution model, enough to run a kernel's own source in CI where no GPU
- * exists: compile the kernel header as C++ with BS_SIMT_EMU defined after including this file, then
+ * exists. Include this file first (it defines BS_SIMT_EMU and the built-ins), then the kernel's
+ * source: a kernels/NAME.cu whose launches are written BS_LAUNCH(grid, block, smem, stream,
+ * kernel<...>)(args) runs as it is, launchers included; or call a kernel directly with
  * bs_emu::launch(grid, block, smem_bytes, [&] { kernel<...>(args); }).
  *
- * Every thread of a block is a fiber (ucontext) on its own stack; one block runs at a time, its
- * threads in turn, each until it reaches a collective. A collective runs once every live thread it
- * involves has reached it:
+ * Every thread of a block is a fiber on its own stack; one block runs at a time, its threads in
+ * turn, each until it reaches a collective. A collective runs once every live thread it involves
+ * has reached it:
  *   __syncthreads()              all live threads of the block
  *   __syncwarp(), __shfl_xor_sync, ldmatrix.x4 (.trans), mma.sync m16n8k16 (f16/bf16 in, f32 acc)
  *                                all 32 threads of the warp, at the same kind of instruction
@@ -12,17 +14,18 @@
  * written separately); cp.async copies 16 bytes, zero-filling past src-size, and completes when
  * the copying thread's cp.async.wait_group retires its group (late copies, Options::late_copies)
  * or at once (early copies): a kernel must give the same result both ways, so a missing wait or a
- * buffer overwritten while another warp still reads it shows up as a difference or a NaN. Shared
- * memory starts as NaN bytes (0xff) in every block.
+ * buffer overwritten while another warp still reads it shows up as a difference or a NaN
+ * (Options::greedy lets one warp run ahead of the others). Shared memory starts as NaN bytes (0xff)
+ * in every block.
  *
- * Checked as errors (counted, the first one described in bs_emu::errors()): a thread order that
- * deadlocks (a collective some thread never reaches), threads of one warp at different collective
- * kinds, a warp collective with exited threads, ldmatrix and cp.async outside the dynamic shared
- * memory or misaligned, a cp.async source outside every registered global region, and copies still
- * in flight when a thread exits. Not modelled: memory ordering between threads (each thread runs
- * to its next collective alone, so shared-memory races stay hidden unless the order shows them;
- * Options::seed shuffles it), and the hardware's accumulation order (sums are exact, in double,
- * rounded once to fp32).
+ * Checked as errors (counted, the first one described in bs_emu::first_error()): a thread order
+ * that deadlocks (a collective some thread never reaches), threads of one warp at different
+ * collective kinds, a warp collective with exited threads, ldmatrix and cp.async outside the
+ * dynamic shared memory or misaligned, a cp.async source outside every registered global region,
+ * and copies still in flight when a thread exits. Not modelled: memory ordering between threads
+ * (each thread runs to its next collective alone, so shared-memory races stay hidden unless the
+ * order shows them; Options::seed shuffles it), and the hardware's accumulation order (sums are
+ * exact, in double, rounded once to fp32).
  *
  * C++17, one translation unit (the state is header-local). */
 #ifndef BS_TESTS_EMU_SIMT_HPP
