@@ -13,6 +13,7 @@
 
 #include "attention_mma_kernel.cuh"
 
+#include "emu/emu_test.hpp"
 #include "test.h"
 
 #include <type_traits>
@@ -82,40 +83,6 @@ static void emulator_flags_missing_waits_divergence_and_stray_copies(void) {
 }
 
 /* ---- the kernel ---- */
-
-template <typename T> static T to_t(float x);
-template <> __nv_bfloat16 to_t<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <> __half to_t<__half>(float x) {
-    return __float2half_rn(x);
-}
-template <typename T> static float from_t(T x);
-template <> float from_t<__nv_bfloat16>(__nv_bfloat16 x) {
-    return __bfloat162float(x);
-}
-template <> float from_t<__half>(__half x) {
-    return __half2float(x);
-}
-template <typename T> static bs_dtype dtype_of();
-template <> bs_dtype dtype_of<__nv_bfloat16>() {
-    return BS_DT_BF16;
-}
-template <> bs_dtype dtype_of<__half>() {
-    return BS_DT_F16;
-}
-
-/* the GPU test's output tolerance (tests/gpu/test_kernels.c tol_for): two units in the last place
- * of the stored type at magnitude 2, plus 2e-5 */
-static double tol_for(bs_dtype dt) {
-    return 2 * (dt == BS_DT_F16 ? 1.0 / 1024 : 1.0 / 128) * 2.0 + 2e-5;
-}
-
-static uint32_t rng_state = 12345;
-static float urand(float lo, float hi) {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / 16777216.0f;
-}
 
 /* One problem: sequences, heads, the packed qkv in T (exactly T rows) and its fp32 values. */
 template <typename T> struct problem {
@@ -189,7 +156,7 @@ template <typename T, int HS> static std::vector<float> check_output(const probl
     const double d = bs_test_max_abs_diff(got.data(), want.data(), no);
     fprintf(stderr, "  mma %s HS=%d NH=%d B=%d T=%d tiles %d (+%d unused): max |diff| %.3g\n",
             bs_dtype_name(dtype_of<T>()), HS, p.NH, p.B, p.T_, p.n_tiles, p.cap - p.n_tiles, d);
-    CHECK_NEAR(d, 0, tol_for(dtype_of<T>()));
+    CHECK_NEAR(d, 0, tol_for(dtype_of<T>(), 2.0, 2e-5)); /* |values| <= 2 */
     return got;
 }
 

@@ -15,23 +15,11 @@
 #include "layernorm.cu"
 #include "pooling.cu"
 
+#include "emu/emu_test.hpp"
 #include "test.h"
 
 #include <vector>
 
-template <typename T> static T to_t(float x);
-template <> __half to_t<__half>(float x) {
-    return __float2half_rn(x);
-}
-template <> __nv_bfloat16 to_t<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-
-static uint32_t rng_state = 777;
-static float urand(float lo, float hi) {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / 16777216.0f;
-}
 static std::vector<float> rand_vec(size_t n, float lo, float hi, bs_dtype dt) {
     std::vector<float> v(n);
     for (auto &x : v) x = bs_round_dtype(urand(lo, hi), dt);
@@ -88,12 +76,6 @@ static std::vector<float> download(dev &d, bs_dtype dt) {
         }
     }
     return x;
-}
-
-/* the GPU test's tolerance: two units in the last place at magnitude mag, plus f32_tol */
-static double tol_for(bs_dtype dt, double mag, double f32_tol) {
-    const double ulp = dt == BS_DT_F16 ? 1.0 / 1024 : dt == BS_DT_BF16 ? 1.0 / 128 : 0;
-    return 2 * ulp * mag + f32_tol;
 }
 
 static const bs_dtype act_types[3] = {BS_DT_F32, BS_DT_F16, BS_DT_BF16};
