@@ -1481,8 +1481,10 @@ static int parse_device(const char *dev, int *out, char *err) {
 /* The last layer on the CLS rows, checked at start like the other paths written without a GPU at
  * hand: three sequences (130, 1 and 77 tokens, capped by the engine's limits) through the full pass
  * (mean asked for) and through the CLS pass (pooler and h_CLS alone). Each sequence's pooler and
- * h_CLS must agree: cosine >= 0.9999, at fp8 0.999 (batch scales take the amax over other rows
- * there). Returns 1 agree (or BERTSTREAM_LAST_LAYER=full: nothing to check), 0 not, BS_ERR. */
+ * h_CLS must agree: cosine >= 0.9999, at fp8 0.99 (the issue's fp8 bar: with batch scales the two
+ * passes quantise with different amaxes; a wrong row moved the CPU engine's pooler by up to 0.7 in
+ * its tests).
+ * Returns 1 agree (or BERTSTREAM_LAST_LAYER=full: nothing to check), 0 not, BS_ERR. */
 static int cls_selfcheck(cuda_engine *e, char *why, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const bs_engine_opts *o = &e->base.opts;
@@ -1512,7 +1514,7 @@ static int cls_selfcheck(cuda_engine *e, char *why, char *err) {
         rc = BS_ERR;
         goto done;
     }
-    const double bar = e->fp8 ? 0.999 : 0.9999;
+    const double bar = e->fp8 ? 0.99 : 0.9999;
     for (int s = 0; s < B && rc == 1; s++)
         for (int k = 0; k < 2 && rc == 1; k++) {
             const float *x = (k ? cf : pf) + (size_t)s * C, *y = (k ? cc : pc) + (size_t)s * C;
