@@ -1496,8 +1496,9 @@ static int cls_selfcheck(cuda_engine *e, char *why, char *err) {
         if (n < 1) break;
         cu[s + 1] = cu[s] + n, B = s + 1;
     }
+    if (B == 0) return 1; /* limits too small for any sequence: nothing to check */
     const int T = cu[B];
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(T ? T : 1));
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
     float *f = malloc(sizeof(float) * 5 * (size_t)B * C);
     if (!ids || !f) {
         free(ids), free(f);
