@@ -197,7 +197,7 @@ int cmd_bench(int argc, char **argv) {
     }
     /* the FLOPs executed: with the last layer on the CLS rows (the pooler is all bench asks for,
      * as the worker), fewer than a full forward's */
-    const int cls_only = engine_cls_only(&out);
+    const int cls_only = engine_cls_only(e, &out); /* as the engine runs it */
     double per_batch = dt / iters, T = cu[batch];
     double gflops = engine_flops(&m->cfg, &b, cls_only) / per_batch / 1e9;
     double gflops_best = engine_flops(&m->cfg, &b, cls_only) / best / 1e9;

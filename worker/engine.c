@@ -69,8 +69,8 @@ bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) 
     return NULL;
 }
 
-int engine_cls_only(const bs_outputs *out) {
-    if (out->hidden || out->mean) return 0;
+int engine_cls_only(const bs_engine *e, const bs_outputs *out) {
+    if (out->hidden || out->mean || (e && e->cls_off)) return 0;
     const char *v = getenv("BERTSTREAM_LAST_LAYER");
     return !(v && strcmp(v, "full") == 0);
 }

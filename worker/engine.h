@@ -35,14 +35,6 @@ typedef struct {
     float *hidden; /* (T, C) last_hidden_state, packed */
 } bs_outputs;
 
-/* 1 when a forward with these outputs may run its last layer on the CLS rows only: neither the
- * hidden states nor mean pooling asked for (pooler and cls need nothing else), unless
- * BERTSTREAM_LAST_LAYER=full (every row, as before: for comparison and diagnosis). Both engines
- * then compute the last layer's keys and values over every row, its attention for the CLS query
- * (the CPU engine; the CUDA engine runs it for every query and keeps the CLS rows), and the rest
- * of the layer on B rows instead of T. Read at every call (the environment may change). */
-int engine_cls_only(const bs_outputs *out);
-
 typedef struct {
     const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
     bs_precision precision; /* AUTO: fp32 on CPU, bf16 on CUDA */
@@ -61,6 +53,15 @@ void engine_free(bs_engine *e);
 const char *engine_describe(const bs_engine *e); /* "cpu fp32 openblas", "cuda:0 NVIDIA H100 bf16 sdpa=cudnn" */
 bs_precision engine_precision(const bs_engine *e);
 int engine_is_cuda(const bs_engine *e);
+
+/* 1 when a forward of engine e (NULL: any engine) with these outputs runs its last layer on the
+ * CLS rows only: neither the hidden states nor mean pooling asked for (pooler and cls need nothing
+ * else), unless BERTSTREAM_LAST_LAYER=full (every row, as before: for comparison and diagnosis) or
+ * the engine turned it off (its start-up self-check failed: bs_engine.cls_off). Both engines
+ * then compute the last layer's keys and values over every row, its attention for the CLS query
+ * (the CPU engine; the CUDA engine runs it for every query and keeps the CLS rows), and the rest
+ * of the layer on B rows instead of T. Read at every call (the environment may change). */
+int engine_cls_only(const bs_engine *e, const bs_outputs *out);
 
 /* ---- Two batches in flight ----
  *
@@ -115,6 +116,7 @@ struct bs_engine {
     bs_engine_opts opts;
     bs_precision precision;
     int is_cuda;
+    int cls_off; /* the last layer on the CLS rows failed the engine's start-up self-check: never used */
     char desc[256];
 
     /* Asynchronous entry points (engine.c checks the slot, its state and the batch first). An

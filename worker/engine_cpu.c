@@ -234,7 +234,7 @@ static int cpu_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out
      * and everything after that only on the CLS rows (B instead of T rows: BERT-base at 128 tokens
      * skips 6 % of the work). Row s of x becomes sequence s's CLS row. The same computation per
      * row; only the summation order of the GEMMs (B rows instead of T) may differ. */
-    const int cls_only = engine_cls_only(out);
+    const int cls_only = engine_cls_only(base, out);
     for (int l = 0; l < cfg->layers; l++) {
         const bs_layer_weights *w = &m->layer[l];
         const int last = cls_only && l == cfg->layers - 1, n = last ? B : T;

@@ -169,7 +169,6 @@ typedef struct {
     int att_q8;         /* fp8 static, mma kernel, its E4M3 output checked at start: the kernel (not
                          * cuDNN) writes the AO GEMM's E4M3 input itself */
     int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
-    int cls_off;        /* the last layer on the CLS rows failed its start-up self-check: every row */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -915,7 +914,7 @@ static void describe(cuda_engine *e, const char *graphs) {
     snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.60s %s attention=%.32s gelu=%s%s graphs=%.24s%s mem=%zuMiB",
              e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
              e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs,
-             e->cls_off ? " last-layer=all-rows(cls check failed)" : "", (e->wbytes + e->abytes) >> 20);
+             e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", (e->wbytes + e->abytes) >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -1048,7 +1047,7 @@ static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const
     /* before any capture begins: a captured stream may not wait on an event recorded outside */
     CUDA_CHECK(cudaStreamWaitEvent(e->stream, s->in_done, 0));
     CUDA_CHECK(cudaMemcpyAsync(e->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->stream));
-    if (run_encoder(e, Tb, Bb, engine_cls_only(out) && !e->cls_off, err) != BS_OK) return BS_ERR;
+    if (run_encoder(e, Tb, Bb, engine_cls_only(&e->base, out), err) != BS_OK) return BS_ERR;
 
     /* the requested features back to back in d_feat: (B, C) each, one D2H for all of them */
     const size_t BC = (size_t)B * C;
@@ -1510,7 +1509,7 @@ static int cls_selfcheck(cuda_engine *e, char *why, char *err) {
           *cc = f + 4 * (size_t)B * C;
     const bs_outputs full = {.pooler = pf, .cls = cf, .mean = mf}, cls = {.pooler = pc, .cls = cc};
     int rc = 1;
-    if (!engine_cls_only(&cls)) goto done; /* BERTSTREAM_LAST_LAYER=full */
+    if (!engine_cls_only(&e->base, &cls)) goto done; /* BERTSTREAM_LAST_LAYER=full */
     if (cuda_forward(&e->base, &b, &full, err) != BS_OK || cuda_forward(&e->base, &b, &cls, err) != BS_OK) {
         rc = BS_ERR;
         goto done;
@@ -1696,7 +1695,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         if (ok == BS_ERR) return BS_ERR;
         if (!ok) {
             log_warn("the last layer on the CLS rows failed its self-check: every row runs it", "reason=\"%s\"", why);
-            e->cls_off = 1;
+            e->base.cls_off = 1;
         }
     }
     describe(e, e->use_graphs ? "on" : "off");

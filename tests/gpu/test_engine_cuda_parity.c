@@ -825,7 +825,7 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
                 pool[r] = falloc((size_t)pb->B * C), cls[r] = falloc((size_t)pb->B * C);
                 bs_batch bb = {.n_seq = pb->B, .ids = pb->ids, .cu_seqlens = pb->cu};
                 bs_outputs o = {.pooler = pool[r], .cls = cls[r]};
-                CHECK(engine_cls_only(&o));
+                CHECK(engine_cls_only(e, &o));
                 CHECK_INT(engine_forward(e, &bb, &o, err), BS_OK);
             }
             for (int r = 1; r < 3; r++)

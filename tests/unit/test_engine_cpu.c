@@ -75,7 +75,7 @@ static void engine_cpu_matches_hf_golden_tiny_bert(void) {
      * meets the golden outputs, and the full pass within 1e-5 */
     float *pooler2 = malloc(sizeof(float) * (size_t)B * C), *cls2 = malloc(sizeof(float) * (size_t)B * C);
     bs_outputs out2 = {.pooler = pooler2, .cls = cls2};
-    CHECK(engine_cls_only(&out2));
+    CHECK(engine_cls_only(e, &out2));
     CHECK_INT(engine_forward(e, &batch, &out2, err), BS_OK);
     float *mine2[2] = {pooler2, cls2}, *full[2] = {pooler, cls};
     for (int k = 0; k < 2; k++) {
@@ -322,19 +322,23 @@ static void engine_rejects_bad_batches_with_one_line_errors(void) {
     model_free(m);
 }
 
-/* Which outputs let the last layer run on the CLS rows, and the switch that turns it off. */
+/* Which outputs let the last layer run on the CLS rows, and the switch and the engine flag that turn it off. */
 static void cls_only_last_layer_needs_neither_hidden_nor_mean(void) {
     float x[1];
     const bs_outputs pool = {.pooler = x}, cls = {.cls = x}, both = {.pooler = x, .cls = x}, none = {0};
     const bs_outputs mean = {.pooler = x, .mean = x}, hid = {.cls = x, .hidden = x};
     unsetenv("BERTSTREAM_LAST_LAYER");
-    CHECK(engine_cls_only(&pool) && engine_cls_only(&cls) && engine_cls_only(&both) && engine_cls_only(&none));
-    CHECK(!engine_cls_only(&mean) && !engine_cls_only(&hid));
+    CHECK(engine_cls_only(NULL, &pool) && engine_cls_only(NULL, &cls) && engine_cls_only(NULL, &both) &&
+          engine_cls_only(NULL, &none));
+    CHECK(!engine_cls_only(NULL, &mean) && !engine_cls_only(NULL, &hid));
     setenv("BERTSTREAM_LAST_LAYER", "full", 1);
-    CHECK(!engine_cls_only(&pool) && !engine_cls_only(&both));
+    CHECK(!engine_cls_only(NULL, &pool) && !engine_cls_only(NULL, &both));
     setenv("BERTSTREAM_LAST_LAYER", "cls", 1);
-    CHECK(engine_cls_only(&pool));
+    CHECK(engine_cls_only(NULL, &pool));
     unsetenv("BERTSTREAM_LAST_LAYER");
+    /* an engine whose start-up self-check turned it off (the CUDA engine's cls_selfcheck) */
+    bs_engine off = {.cls_off = 1}, on = {.cls_off = 0};
+    CHECK(!engine_cls_only(&off, &pool) && engine_cls_only(&on, &pool));
 }
 
 int main(void) {
