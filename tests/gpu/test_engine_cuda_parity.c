@@ -870,6 +870,23 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
             CHECK_NEAR(bs_test_max_abs_diff(cls, gc, (size_t)pb.B * C), 0, TOL);
             free(pool), free(cls), free(gp), free(gc);
         }
+        { /* 37 one-token sequences, every row a CLS row: 40 sequence slots, the last layer on 48 rows
+           * (cls_rows(40), all of Tb); against the full pass */
+            enum { N1 = 37 };
+            int32_t ids1[N1], cu1[N1 + 1];
+            for (int s = 0; s <= N1; s++) cu1[s] = s;
+            for (int s = 0; s < N1; s++) ids1[s] = (int32_t)(1000 + 37 * s) % m->cfg.vocab_size;
+            float *full = falloc((size_t)N1 * C), *mean = falloc((size_t)N1 * C), *pool = falloc((size_t)N1 * C);
+            bs_batch bb = {.n_seq = N1, .ids = ids1, .cu_seqlens = cu1};
+            bs_outputs of = {.pooler = full, .mean = mean}, oc = {.pooler = pool};
+            CHECK_INT(engine_forward(e, &bb, &of, err), BS_OK);
+            CHECK_INT(engine_forward(e, &bb, &oc, err), BS_OK);
+            const double c1 = min_row_cosine(pool, full, N1, C);
+            fprintf(stderr, "  %s, 37 one-token sequences: min pooler cosine to the full pass %.6f\n",
+                    bs_precision_name(precs[k]), c1);
+            CHECK(c1 >= (precs[k] == BS_PREC_FP8 ? 0.99 : 0.9999));
+            free(full), free(mean), free(pool);
+        }
         engine_free(e);
     }
     engine_free(cpu);
