@@ -6,7 +6,9 @@
 // the 32 lanes hit 32 banks), the online softmax rescales the running (max, sum, output), then
 // P V accumulates with P broadcast by shuffles and lane owning head dims lane, lane+32, ...
 // Scores live in the log2 domain (Q pre-scaled by log2(e)/sqrt(HS)) so exp2f does the work.
+#ifndef BS_SIMT_EMU /* the emulator (tests/emu/simt.hpp) has its own nvcuda::wmma */
 #include <mma.h>
+#endif
 
 #include "attention.h"
 
@@ -28,7 +30,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     const int nq = min(BS_ATT_BQ, len - q0);
     const int C = NH * HS, HSP = HS + 1;
     const size_t ld = 3 * (size_t)C;
-    extern __shared__ float smem[];
+    BS_DYN_SMEM(att_smem);
+    float *smem = (float *)att_smem;
     float *sq = smem;                // (BQ, HS)   queries, pre-scaled
     float *sk = sq + BS_ATT_BQ * HS; // (BK, HS+1) keys, padded rows
     float *sv = sk + ATT_BK * HSP;   // (BK, HS)   values
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
     const int nq = min(BS_ATT_BQ, len - q0);
     const int C = NH * HS;
     const size_t ld = 3 * (size_t)C;
-    extern __shared__ __align__(128) unsigned char tc_smem[];
+    BS_DYN_SMEM(tc_smem);
     T *sq = (T *)tc_smem, *skv = (T *)(tc_smem + L.kv), *sp = (T *)(tc_smem + L.p);
     float *ss = (float *)(tc_smem + L.s);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -327,14 +330,14 @@ static cudaError_t tc_launch(T *out, const T *qkv, const int32_t *cu, const int3
     const dim3 grid((unsigned)n_tiles, (unsigned)NH);
     const float sl2 = 1.4426950408889634f / sqrtf((float)HS);
     if (HS == 32)
-        attention_tc_kernel<T, 32>
-            <<<grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s, attention_tc_kernel<T, 32>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
     else if (HS == 64)
-        attention_tc_kernel<T, 64>
-            <<<grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s, attention_tc_kernel<T, 64>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
     else
-        attention_tc_kernel<T, 128>
-            <<<grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s>>>(out, qkv, cu, tiles, NH, max_len, sl2);
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s, attention_tc_kernel<T, 128>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
     return cudaGetLastError();
 }
 
@@ -376,13 +379,13 @@ static cudaError_t att_launch(T *out, const T *qkv, const int32_t *cu, const int
     const size_t smem = att_smem_bytes(HS);
     const float qscale = 1.4426950408889634f / sqrtf((float)HS); // log2(e) / sqrt(HS)
     if (HS <= 32)
-        attention_kernel<T, 1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+        BS_LAUNCH(grid, ATT_WARPS * 32, smem, s, attention_kernel<T, 1>)(out, qkv, cu, tiles, NH, HS, qscale);
     else if (HS <= 64)
-        attention_kernel<T, 2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+        BS_LAUNCH(grid, ATT_WARPS * 32, smem, s, attention_kernel<T, 2>)(out, qkv, cu, tiles, NH, HS, qscale);
     else if (HS <= 128)
-        attention_kernel<T, 4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+        BS_LAUNCH(grid, ATT_WARPS * 32, smem, s, attention_kernel<T, 4>)(out, qkv, cu, tiles, NH, HS, qscale);
     else
-        attention_kernel<T, 8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, cu, tiles, NH, HS, qscale);
+        BS_LAUNCH(grid, ATT_WARPS * 32, smem, s, attention_kernel<T, 8>)(out, qkv, cu, tiles, NH, HS, qscale);
     return cudaGetLastError();
 }
 

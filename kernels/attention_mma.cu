@@ -32,12 +32,14 @@ static cudaError_t mma_launch(void *out, const T *qkv, const int32_t *cu, const 
     const dim3 grid((unsigned)n_tiles, (unsigned)NH), block(MMA_WARPS * 32);
     const float sl2 = mma_score_scale(HS);
     if (HS == 32)
-        attention_mma_kernel<T, 32, Q8><<<grid, block, mma_geom<32>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
+        BS_LAUNCH(grid, block, mma_geom<32>::BYTES, s, attention_mma_kernel<T, 32, Q8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale);
     else if (HS == 64)
-        attention_mma_kernel<T, 64, Q8><<<grid, block, mma_geom<64>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
+        BS_LAUNCH(grid, block, mma_geom<64>::BYTES, s, attention_mma_kernel<T, 64, Q8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale);
     else if (HS == 128)
-        attention_mma_kernel<T, 128, Q8>
-            <<<grid, block, mma_geom<128>::BYTES, s>>>(out, qkv, cu, tiles, NH, sl2, oscale);
+        BS_LAUNCH(grid, block, mma_geom<128>::BYTES, s, attention_mma_kernel<T, 128, Q8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();

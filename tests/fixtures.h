@@ -25,10 +25,16 @@ typedef struct {
     packed_batch *batches;
 } review_set;
 
-/* The first n IMDB reviews of the reference data, tokenized to 128 ids, in batches of up to per. */
+/* The first n IMDB reviews of the reference data, tokenized to 128 ids, in batches of up to per;
+ * BS_TEST_REVIEWS caps n (the GPU tests' copies on the CPU emulator, which is slow). */
 static inline review_set bs_test_imdb_reviews(int n, int per) {
     char err[BS_ERRLEN];
     review_set rs = {0};
+    const char *cap = getenv("BS_TEST_REVIEWS");
+    if (cap && atoi(cap) > 0 && atoi(cap) < n) {
+        fprintf(stderr, "  %d of %d IMDB reviews (BS_TEST_REVIEWS)\n", atoi(cap), n);
+        n = atoi(cap);
+    }
     bs_tokenizer *tk = tokenizer_new(bs_test_data("bert-base-uncased/vocab.txt"), err);
     size_t len = 0;
     char *tsv = bs_read_file(bs_test_data("imdb/reviews.tsv"), &len, err);

@@ -117,7 +117,7 @@ struct bs_engine {
     bs_precision precision;
     int is_cuda;
     int cls_off; /* the last layer on the CLS rows failed the engine's start-up self-check: never used */
-    char desc[256];
+    char desc[384]; /* engine_describe: room for every part of the CUDA engine's line */
 
     /* Asynchronous entry points (engine.c checks the slot, its state and the batch first). An
      * implementation that leaves submit NULL is synchronous: engine.c runs forward inside

@@ -47,6 +47,7 @@
 #include <algorithm>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -75,11 +76,23 @@
 
 namespace bs_emu {
 
-enum Op { OP_NONE, OP_SYNCTHREADS, OP_SYNCWARP, OP_SHFL, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16 };
+enum Op {
+    OP_NONE,
+    OP_SYNCTHREADS,
+    OP_SYNCWARP,
+    OP_SHFL,
+    OP_LDSM,
+    OP_LDSM_T,
+    OP_MMA_BF16,
+    OP_MMA_F16,
+    OP_WMMA,
+    OP_SHFL_IDX
+};
 
 static inline const char *op_name(int op) {
-    static const char *n[] = {"none",        "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
-                              "ldmatrix.x4", "ldmatrix.x4.trans", "mma.bf16",   "mma.f16"};
+    static const char *n[] = {"none",           "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
+                              "ldmatrix.x4",    "ldmatrix.x4.trans", "mma.bf16",   "mma.f16",
+                              "wmma::mma_sync", "__shfl_sync"};
     return n[op];
 }
 
@@ -108,6 +121,7 @@ struct Lane {
     uint32_t ldsm_out[4] = {0, 0, 0, 0};
     uint32_t a[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
     float d[4] = {0, 0, 0, 0};
+    float wa[8], wb[8], wc[8]; /* wmma::mma_sync 16x16x16: this lane's 8 elements of A, B and C/D */
     std::vector<Copy> pending;
     long groups = 0;
 };
@@ -275,6 +289,9 @@ static inline void exec_warp(Lane *w, int op) {
     case OP_SHFL:
         for (int l = 0; l < 32; l++) w[l].shfl_out = w[(l ^ w[l].shfl_m) & 31].shfl_v;
         break;
+    case OP_SHFL_IDX:
+        for (int l = 0; l < 32; l++) w[l].shfl_out = w[w[l].shfl_m & 31].shfl_v;
+        break;
     case OP_LDSM:
     case OP_LDSM_T: { /* lanes 8i..8i+7: the rows of matrix i, 8 x 16 bits each, 16-byte aligned */
         uint16_t m[4][8][8];
@@ -293,6 +310,21 @@ static inline void exec_warp(Lane *w, int op) {
                 w[l].ldsm_out[i] = op == OP_LDSM ? (uint32_t)m[i][g][2 * t] | (uint32_t)m[i][g][2 * t + 1] << 16
                                                  : (uint32_t)m[i][2 * t][g] | (uint32_t)m[i][2 * t + 1][g] << 16;
         }
+        break;
+    }
+    case OP_WMMA: { /* wmma 16x16x16: lane l holds elements 8l..8l+7 of each tile, row-major */
+        float A[16][16], B[16][16], D[16][16];
+        for (int l = 0; l < 32; l++)
+            for (int i = 0; i < 8; i++) {
+                const int e = 8 * l + i;
+                A[e / 16][e % 16] = w[l].wa[i], B[e / 16][e % 16] = w[l].wb[i], D[e / 16][e % 16] = w[l].wc[i];
+            }
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 16; c++) {
+                double acc = D[r][c];
+                for (int k = 0; k < 16; k++) acc += (double)A[r][k] * B[k][c];
+                w[(16 * r + c) / 8].wc[(16 * r + c) % 8] = (float)acc;
+            }
         break;
     }
     case OP_MMA_BF16:
@@ -473,19 +505,36 @@ static inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::f
     s.smem = nullptr, s.body = nullptr;
 }
 
+/* Where a launch goes: unset, it runs at once; a CUDA runtime emulation (tests/emu/cuda_emu.hpp)
+ * sets it to queue the launch on its stream (or into the graph being captured there). */
+typedef std::function<void(const void *stream, std::function<void()> run)> submit_fn;
+static inline submit_fn &submit_hook() {
+    static submit_fn h;
+    return h;
+}
+
 /* A launch as BS_LAUNCH(grid, block, smem, stream, kernel)(args) writes it (dtype.h): the
- * launcher code of a kernel file (kernels/NAME.cu) runs as it is. */
+ * launcher code of a kernel file (kernels/NAME.cu) runs as it is. The arguments are copied at
+ * the call, as a real launch copies them. */
 template <typename... P> struct launcher_t {
     void (*k)(P...);
     dim3 grid, block;
     size_t smem;
+    const void *stream;
     template <typename... A> void operator()(A... a) const {
         void (*kk)(P...) = k;
-        launch(grid, block, smem, [&] { kk(a...); });
+        const dim3 g = grid, b = block;
+        const size_t sm = smem;
+        std::function<void()> run = [=] { launch(g, b, sm, [&] { kk(a...); }); };
+        if (submit_hook())
+            submit_hook()(stream, std::move(run));
+        else
+            run();
     }
 };
-template <typename... P> static inline launcher_t<P...> launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem) {
-    return launcher_t<P...>{k, grid, block, smem};
+template <typename... P>
+static inline launcher_t<P...> launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem, const void *stream) {
+    return launcher_t<P...>{k, grid, block, smem, stream};
 }
 
 } // namespace bs_emu
@@ -497,7 +546,8 @@ template <typename... P> static inline launcher_t<P...> launcher(void (*k)(P...)
 #define blockDim (bs_emu::st().block)
 #define gridDim (bs_emu::st().grid)
 #define BS_DYN_SMEM(name) unsigned char *name = bs_emu::st().smem
-#define BS_LAUNCH(grid, block, smem, stream, ...) ((void)(stream), bs_emu::launcher(&__VA_ARGS__, grid, block, smem))
+#define BS_LAUNCH(grid, block, smem, stream, ...)                                                                      \
+    bs_emu::launcher(&__VA_ARGS__, grid, block, smem, (const void *)(stream))
 
 /* the launchers' error check: a launch the emulator found wrong reads as a failed launch */
 extern "C" cudaError_t cudaGetLastError(void) {
@@ -528,6 +578,14 @@ static inline float __shfl_xor_sync(unsigned mask, float v, int m) {
     bs_emu::Lane *l = bs_emu::st().cur;
     l->shfl_v = v, l->shfl_m = m;
     bs_emu::arrive(bs_emu::OP_SHFL);
+    return bs_emu::st().cur->shfl_out;
+}
+
+static inline float __shfl_sync(unsigned mask, float v, int src) {
+    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__shfl_sync");
+    bs_emu::Lane *l = bs_emu::st().cur;
+    l->shfl_v = v, l->shfl_m = src;
+    bs_emu::arrive(bs_emu::OP_SHFL_IDX);
     return bs_emu::st().cur->shfl_out;
 }
 
@@ -604,5 +662,71 @@ template <> struct mma_t<__half> {
         bs_emu_mma(d, a, b0, b1, bs_emu::OP_MMA_F16);
     }
 };
+
+/* ---- nvcuda::wmma, 16x16x16 (kernels/attention.cu's WMMA kernel) ----
+ * A fragment's layout is opaque in CUDA; here lane l holds elements 8l..8l+7 of the tile in
+ * row-major order, so element-wise code on x[] behaves as on the device. load/store touch only the
+ * lane's own elements; mma_sync is a warp collective. */
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulator has wmma 16x16x16 only");
+    enum { num_elements = 8 };
+    T x[8];
+};
+template <typename T> static inline float wmma_f(T v) {
+    return (float)v;
+}
+static inline float wmma_f(__half v) {
+    return __half2float(v);
+}
+static inline float wmma_f(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+template <typename Use, typename T, typename Layout, typename P>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const P *p, unsigned ldm) {
+    const int lane = (int)(bs_emu::st().cur->id & 31);
+    for (int i = 0; i < 8; i++) {
+        const int e = 8 * lane + i, r = e / 16, c = e % 16;
+        f.x[i] = std::is_same<Layout, col_major>::value ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+template <typename T>
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, T> &f, const T *p, unsigned ldm, layout_t l) {
+    const int lane = (int)(bs_emu::st().cur->id & 31);
+    for (int i = 0; i < 8; i++) {
+        const int e = 8 * lane + i, r = e / 16, c = e % 16;
+        f.x[i] = l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+template <typename T>
+static inline void store_matrix_sync(T *p, const fragment<accumulator, 16, 16, 16, T> &f, unsigned ldm, layout_t l) {
+    const int lane = (int)(bs_emu::st().cur->id & 31);
+    for (int i = 0; i < 8; i++) {
+        const int e = 8 * lane + i, r = e / 16, c = e % 16;
+        (l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c]) = f.x[i];
+    }
+}
+template <typename T, typename V> static inline void fill_fragment(fragment<accumulator, 16, 16, 16, T> &f, V v) {
+    for (int i = 0; i < 8; i++) f.x[i] = (T)v;
+}
+template <typename TA, typename LA, typename LB>
+static inline void
+mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, TA, LA> &a,
+         const fragment<matrix_b, 16, 16, 16, TA, LB> &b, const fragment<accumulator, 16, 16, 16, float> &c) {
+    bs_emu::Lane *l = bs_emu::st().cur;
+    for (int i = 0; i < 8; i++) l->wa[i] = wmma_f(a.x[i]), l->wb[i] = wmma_f(b.x[i]), l->wc[i] = c.x[i];
+    bs_emu::arrive(bs_emu::OP_WMMA);
+    l = bs_emu::st().cur;
+    for (int i = 0; i < 8; i++) d.x[i] = l->wc[i];
+}
+} // namespace wmma
+} // namespace nvcuda
 
 #endif

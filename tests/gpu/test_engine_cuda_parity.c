@@ -329,9 +329,10 @@ static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
 /* ---- reduced precisions vs the CPU engine ---- */
 
 /* A head that actually separates these reviews: logit = (w . f - t) / sd along the top principal
- * direction w of the reference features f (N, C), threshold t at their median, so half the
- * labels are positive and the margins are the features' real spread. (The golden head on a
- * random encoder's pooler gives nearly one logit for every review: agreement there is trivial.)
+ * direction w of the reference features f (N, C), threshold t at their median (between the two
+ * middle projections), so half the labels are positive and the margins are the features' real
+ * spread. (The golden head on a random encoder's pooler gives nearly one logit for every review:
+ * agreement there is trivial.)
  * As a ClassificationHead: fc1 = [w; -w] / sd, fc2 = [1, -1], so ReLU(z) - ReLU(-z) = z. */
 static bs_head *principal_head(const float *f, int N, int C) {
     double *mu = calloc((size_t)C, sizeof(double)), *w = calloc((size_t)C, sizeof(double));
@@ -361,7 +362,9 @@ static bs_head *principal_head(const float *f, int N, int C) {
             double t = sorted[j];
             sorted[j] = sorted[j - 1], sorted[j - 1] = t;
         }
-    const double t = sorted[N / 2];
+    /* the threshold between the two middle projections, not on one: a review lying exactly on it
+     * would take either label at the slightest difference (one such review was 1 of 300 on the H100) */
+    const double t = N > 1 ? 0.5 * (sorted[(N - 1) / 2] + sorted[(N + 1) / 2]) : sorted[0];
     for (int s = 0; s < N; s++) sd += (z[s] - t) * (z[s] - t);
     sd = sqrt(sd / N);
     if (!(sd > 0)) sd = 1;
