@@ -573,20 +573,19 @@ static inline void __syncwarp(unsigned mask = 0xffffffffu) {
     if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__syncwarp");
     bs_emu::arrive(bs_emu::OP_SYNCWARP);
 }
-static inline float __shfl_xor_sync(unsigned mask, float v, int m) {
-    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__shfl_xor_sync");
+/* a shuffle: OP_SHFL reads lane (lane ^ m), OP_SHFL_IDX lane m */
+static inline float bs_emu_shfl(unsigned mask, float v, int m, int op) {
+    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", bs_emu::op_name(op));
     bs_emu::Lane *l = bs_emu::st().cur;
     l->shfl_v = v, l->shfl_m = m;
-    bs_emu::arrive(bs_emu::OP_SHFL);
+    bs_emu::arrive(op);
     return bs_emu::st().cur->shfl_out;
 }
-
+static inline float __shfl_xor_sync(unsigned mask, float v, int m) {
+    return bs_emu_shfl(mask, v, m, bs_emu::OP_SHFL);
+}
 static inline float __shfl_sync(unsigned mask, float v, int src) {
-    if (mask != 0xffffffffu) bs_emu::error("%s: partial mask", "__shfl_sync");
-    bs_emu::Lane *l = bs_emu::st().cur;
-    l->shfl_v = v, l->shfl_m = src;
-    bs_emu::arrive(bs_emu::OP_SHFL_IDX);
-    return bs_emu::st().cur->shfl_out;
+    return bs_emu_shfl(mask, v, src, bs_emu::OP_SHFL_IDX);
 }
 
 /* mma_ops.cuh's wrappers */
