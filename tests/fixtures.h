@@ -30,10 +30,10 @@ typedef struct {
 static inline review_set bs_test_imdb_reviews(int n, int per) {
     char err[BS_ERRLEN];
     review_set rs = {0};
-    const char *cap = getenv("BS_TEST_REVIEWS");
-    if (cap && atoi(cap) > 0 && atoi(cap) < n) {
-        fprintf(stderr, "  %d of %d IMDB reviews (BS_TEST_REVIEWS)\n", atoi(cap), n);
-        n = atoi(cap);
+    const int cap = getenv("BS_TEST_REVIEWS") ? atoi(getenv("BS_TEST_REVIEWS")) : 0;
+    if (cap > 0 && cap < n) {
+        fprintf(stderr, "  %d of %d IMDB reviews (BS_TEST_REVIEWS)\n", cap, n);
+        n = cap;
     }
     bs_tokenizer *tk = tokenizer_new(bs_test_data("bert-base-uncased/vocab.txt"), err);
     size_t len = 0;

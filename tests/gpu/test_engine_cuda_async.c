@@ -133,8 +133,8 @@ static void check_pipelined_equals_sync(bs_precision prec) {
     CHECK(m != NULL);
     if (!m) return;
     /* BS_TEST_BATCHES caps N (the CPU emulator's copy of this test, which is slow) */
-    const char *cap = getenv("BS_TEST_BATCHES");
-    const int N = cap && atoi(cap) >= 8 && atoi(cap) < 60 ? atoi(cap) : 60;
+    const int cap = getenv("BS_TEST_BATCHES") ? atoi(getenv("BS_TEST_BATCHES")) : 0;
+    const int N = cap >= 8 && cap < 60 ? cap : 60;
     const int C = cfg.hidden;
     tbatch *v = make_batches(N, cfg.vocab_size, 4);
     /* two fresh engines of the same options go through the same eager/capture/replay sequence */
