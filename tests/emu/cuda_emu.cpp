@@ -594,7 +594,7 @@ static cublasStatus_t validate(const lt_desc &d, const lt_layout &a, const lt_la
         if (d.transa != CUBLAS_OP_T || d.transb != CUBLAS_OP_N) return CUBLAS_STATUS_NOT_SUPPORTED; /* "TN" only */
         if (c.type != CUDA_R_16BF && c.type != CUDA_R_16F && c.type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
         if (o.type != c.type && !(o.type == CUDA_R_8F_E4M3 && c.type != CUDA_R_32F)) return CUBLAS_STATUS_NOT_SUPPORTED;
-        if ((a.ld * 1) % 16 || (b.ld * 1) % 16) return CUBLAS_STATUS_NOT_SUPPORTED;
+        if (a.ld % 16 || b.ld % 16) return CUBLAS_STATUS_NOT_SUPPORTED; /* 16-byte leading dimensions */
     } else {
         if (a.type != CUDA_R_32F && a.type != CUDA_R_16F && a.type != CUDA_R_16BF) return CUBLAS_STATUS_NOT_SUPPORTED;
         if (c.type != o.type || (c.type != a.type && c.type != CUDA_R_32F)) return CUBLAS_STATUS_NOT_SUPPORTED;
@@ -790,7 +790,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     const float al = *(const float *)alpha, be = *(const float *)beta;
     if (be != 0.0f && !C) return CUBLAS_STATUS_INVALID_VALUE;
     /* every operand inside device memory */
-    const size_t k = x.transa == CUBLAS_OP_N ? la.cols : la.rows;
     struct {
         const void *p;
         const cuda_emu::lt_layout *l;
@@ -804,7 +803,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
             return CUBLAS_STATUS_INVALID_VALUE;
         }
     }
-    (void)k;
     cuda_emu::submit(s, [=] { cuda_emu::matmul(x, la, lb, lc, lo, al, be, A, B, C, D); });
     return CUBLAS_STATUS_SUCCESS;
 }
