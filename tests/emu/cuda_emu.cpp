@@ -108,23 +108,25 @@ static cudaError_t fail(cudaError_t e, const char *fmt, ...) {
     return e;
 }
 
-/* the allocation holding [p, p + n), or none */
-static bool device_range(const void *p, size_t n, bool *partly = nullptr) {
-    const uintptr_t a = (uintptr_t)p;
-    auto it = allocs.upper_bound(a);
-    if (partly) *partly = false;
-    if (it == allocs.begin()) return false;
+/* the end of the range of m (address -> bytes) that holds address p, or 0 */
+static uintptr_t range_end(const std::map<uintptr_t, size_t> &m, const void *p) {
+    auto it = m.upper_bound((uintptr_t)p);
+    if (it == m.begin()) return 0;
     --it;
-    if (a >= it->first + it->second) return false;
-    if (partly) *partly = a + n > it->first + it->second;
-    return a + n <= it->first + it->second;
+    const uintptr_t end = it->first + it->second;
+    return (uintptr_t)p < end ? end : 0;
+}
+
+/* [p, p + n) inside one device allocation; *partly: it starts in one and runs past its end */
+static bool device_range(const void *p, size_t n, bool *partly = nullptr) {
+    const uintptr_t end = range_end(allocs, p);
+    if (partly) *partly = end && (uintptr_t)p + n > end;
+    return end && (uintptr_t)p + n <= end;
 }
 
 static bool is_pinned(const void *p, size_t n) {
-    auto it = pinned.upper_bound((uintptr_t)p);
-    if (it == pinned.begin()) return false;
-    --it;
-    return (uintptr_t)p + n <= it->first + it->second;
+    const uintptr_t end = range_end(pinned, p);
+    return end && (uintptr_t)p + n <= end;
 }
 
 /* a kernel error the emulator found, once, on stderr; sticky, as a device fault is */
