@@ -199,15 +199,16 @@ int cmd_bench(int argc, char **argv) {
      * as the worker), fewer than a full forward's */
     const int cls_only = engine_cls_only(e, &out); /* as the engine runs it */
     double per_batch = dt / iters, T = cu[batch];
-    double gflops = engine_flops(&m->cfg, &b, cls_only) / per_batch / 1e9;
-    double gflops_best = engine_flops(&m->cfg, &b, cls_only) / best / 1e9;
+    const double gflop = engine_flops(&m->cfg, &b, cls_only) / 1e9; /* per batch */
+    double gflops = gflop / per_batch;
+    double gflops_best = gflop / best;
     printf("{\"device\": \"%s\", \"engine\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, "
            "\"lengths\": \"%s\", \"tokens_per_batch\": %.0f, \"iterations\": %d, \"seq_per_s\": %.1f, "
            "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f, \"gflop_per_batch\": %.6g, "
            "\"inflight\": %lld, \"last_layer\": \"%s\"",
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
-           seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops,
-           engine_flops(&m->cfg, &b, cls_only) / 1e9, inflight, cls_only ? "cls-rows" : "all-rows");
+           seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, gflop, inflight,
+           cls_only ? "cls-rows" : "all-rows");
     if (!engine_is_cuda(e)) {
         /* the figure of merit: the engine's best batch against cblas_sgemm's best round */
         double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 3 ? seconds : 3);
