@@ -69,8 +69,8 @@ __global__ void residual_layernorm_kernel(T *out, const T *a, const float *bias,
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
     float *row = smem + warp * C;
-    const T *ar = a + (size_t)t * C, *rr = res + (size_t)t * C;
-    for (int c = lane; c < C; c += 32) row[c] = bs_ld(ar[c]) + (bias ? bias[c] : 0.0f) + bs_ld(rr[c]);
+    const T *ar = a + (size_t)t * C, *rr = res ? res + (size_t)t * C : NULL;
+    for (int c = lane; c < C; c += 32) row[c] = bs_ld(ar[c]) + (bias ? bias[c] : 0.0f) + (rr ? bs_ld(rr[c]) : 0.0f);
     __syncwarp();
     ln_finish(out + (size_t)t * C, row, g, b, C, eps, lane);
 }
@@ -141,14 +141,14 @@ __global__ void residual_layernorm_vec_kernel(T *out, const T *a, const float *b
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + warp;
     if (t >= n_rows) return;
-    const T *ar = a + (size_t)t * C, *rr = res + (size_t)t * C;
+    const T *ar = a + (size_t)t * C, *rr = res ? res + (size_t)t * C : NULL;
     float x[NV][8];
 #pragma unroll
     for (int v = 0; v < NV; v++) {
         const int c = v * 256 + lane * 8;
-        float fa[8], fr[8], fb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        float fa[8], fr[8] = {0, 0, 0, 0, 0, 0, 0, 0}, fb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         bs_unpack8(bs_ld16(ar + c), fa, T());
-        bs_unpack8(bs_ld16(rr + c), fr, T());
+        if (rr) bs_unpack8(bs_ld16(rr + c), fr, T());
         if (bias) ln_ld8f(bias + c, fb);
 #pragma unroll
         for (int i = 0; i < 8; i++) x[v][i] = fa[i] + fb[i] + fr[i];

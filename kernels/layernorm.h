@@ -22,7 +22,8 @@ cudaError_t embedding_layernorm_forward(void *out, const int32_t *ids /* (T) */,
                                         const float *beta /* (C) */, int T, int C, float eps, bs_dtype dt,
                                         cudaStream_t s);
 
-/* out (T, C) = LN(a + bias + res) * gamma + beta; bias may be NULL; out may alias res or a. */
+/* out (T, C) = LN(a + bias + res) * gamma + beta; bias and res may be NULL (the engine's GEMM
+ * epilogue may have added both already); out may alias res or a. */
 cudaError_t residual_layernorm_forward(void *out, const void *a /* (T, C) */, const float *bias /* (C) */,
                                        const void *res /* (T, C) */, const float *gamma /* (C) */,
                                        const float *beta /* (C) */, int T, int C, float eps, bs_dtype dt,

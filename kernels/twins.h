@@ -24,11 +24,12 @@ static inline void layernorm_row_ref(float *y, const float *x, const float *g, c
     for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mean) * inv * g[c] + b[c]);
 }
 
-/* out (T, C) = LN(a + bias + res) * g + b row by row; bias may be NULL; row (C) scratch */
+/* out (T, C) = LN(a + bias + res) * g + b row by row; bias and res may be NULL; row (C) scratch */
 static inline void residual_layernorm_ref(float *out, const float *a, const float *bias, const float *res,
                                           const float *g, const float *b, int T, int C, float eps, float *row) {
     for (int t = 0; t < T; t++) {
-        for (int c = 0; c < C; c++) row[c] = a[(size_t)t * C + c] + (bias ? bias[c] : 0.0f) + res[(size_t)t * C + c];
+        for (int c = 0; c < C; c++)
+            row[c] = a[(size_t)t * C + c] + (bias ? bias[c] : 0.0f) + (res ? res[(size_t)t * C + c] : 0.0f);
         layernorm_row_ref(out + (size_t)t * C, row, g, b, C, eps);
     }
 }

@@ -178,6 +178,9 @@ bench bf16 256 128 fixed BERTSTREAM_GEMM_AUTOTUNE=1
 # the last layer over every row (the default runs it on the CLS rows: bench asks for the pooler)
 bench bf16 256 128 fixed BERTSTREAM_LAST_LAYER=full
 bench fp8 256 128 fixed BERTSTREAM_LAST_LAYER=full
+# bias and residual added by the LayerNorms (the default: by the AO and FFN-down GEMMs, through C)
+bench bf16 256 128 fixed BERTSTREAM_RESIDUAL=layernorm
+bench fp8 256 128 fixed BERTSTREAM_RESIDUAL=layernorm
 
 # The worker end to end on the GPU (issue "worker": >= 20,000 IMDB-length reviews/s, p99 <= 200 ms at
 # half that rate, the engine busy while Kafka and tokenization keep up): embedded broker, bf16.

@@ -71,6 +71,7 @@ typedef struct {
     uint64_t stamp;    /* LRU */
     int epilogue;      /* cublasLtEpilogue_t the algo was found for (may be less than wanted) */
     int out_q8;        /* D is E4M3 through the D scale (fp8 static, FF1 only): c is the bf16 C layout, d D's */
+    int res;           /* AO, FF2: C is the residual (beta 1) and the epilogue adds the bias: D = X W^T + b + res */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c, d;
     cublasLtMatmulAlgo_t algo;
@@ -88,11 +89,11 @@ typedef struct {
 } sdpa_entry;
 
 typedef struct {
-    void *qkv_w, *ao_w, *ff1_w, *ff2_w;   /* (3C, C) (C, C) (I, C) (C, I) in G */
-    void *qkv_b_act, *ff1_b_act;          /* (3C) (I) in A: cuBLASLt epilogue biases */
-    float *qkv_b, *ao_b, *ff1_b, *ff2_b;  /* fp32 copies for our kernels */
-    float *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* (C) */
-    float *scale;                         /* E4M3 dequantisation scales, by G_* kind (SCALE_AT) */
+    void *qkv_w, *ao_w, *ff1_w, *ff2_w;                 /* (3C, C) (C, C) (I, C) (C, I) in G */
+    void *qkv_b_act, *ao_b_act, *ff1_b_act, *ff2_b_act; /* (3C) (C) (I) (C) in A: cuBLASLt epilogue biases */
+    float *qkv_b, *ao_b, *ff1_b, *ff2_b;                /* fp32 copies for our kernels */
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b;               /* (C) */
+    float *scale;                                       /* E4M3 dequantisation scales, by G_* kind (SCALE_AT) */
 } dev_layer;
 
 /* What one of the two in-flight batches owns (see "batches in flight" below for why only this). */
@@ -169,6 +170,9 @@ typedef struct {
     int att_q8;         /* fp8 static, mma kernel, its E4M3 output checked at start: the kernel (not
                          * cuDNN) writes the AO GEMM's E4M3 input itself */
     int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
+    int res_in_gemm;    /* the AO and FF2 GEMMs add bias and residual (C, beta 1): the LayerNorms read one
+                         * tensor (BERTSTREAM_RESIDUAL=layernorm: they read both, as before) */
+    int res_gemm_used;  /* the largest shape's AO and FF2 plans got it (describe) */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -211,7 +215,9 @@ static void layout_weights(cuda_engine *e, arena *a) {
         w->ff1_w = take(a, I * C * sg);
         w->ff2_w = take(a, C * I * sg);
         w->qkv_b_act = take(a, 3 * C * sa);
+        w->ao_b_act = take(a, C * sa);
         w->ff1_b_act = take(a, I * sa);
+        w->ff2_b_act = take(a, C * sa);
         w->qkv_b = take(a, 3 * C * 4);
         w->ao_b = take(a, C * 4);
         w->ff1_b = take(a, I * 4);
@@ -309,7 +315,9 @@ static int upload_weights(cuda_engine *e, char *err) {
         UP(w->ff1_w, G, h->ff1_w, I * C, SCALE_AT(w->scale, G_FF1));
         UP(w->ff2_w, G, h->ff2_w, C * I, SCALE_AT(w->scale, G_FF2));
         UP(w->qkv_b_act, A, h->qkv_b, 3 * C, NULL);
+        UP(w->ao_b_act, A, h->ao_b, C, NULL);
         UP(w->ff1_b_act, A, h->ff1_b, I, NULL);
+        UP(w->ff2_b_act, A, h->ff2_b, C, NULL);
         UP(w->qkv_b, BS_DT_F32, h->qkv_b, 3 * C, NULL);
         UP(w->ao_b, BS_DT_F32, h->ao_b, C, NULL);
         UP(w->ff1_b, BS_DT_F32, h->ff1_b, I, NULL);
@@ -394,8 +402,15 @@ static void gemm_dims(const cuda_engine *e, int kind, int *m, int *k) {
 
 static int gemm_wanted_epilogue(const cuda_engine *e, int kind) {
     if (kind == G_QKV) return CUBLASLT_EPILOGUE_BIAS;
-    if (kind == G_FF1 && e->gelu_epilogue) return CUBLASLT_EPILOGUE_GELU_BIAS;
-    return CUBLASLT_EPILOGUE_DEFAULT; /* AO, FF2: bias goes into the residual LayerNorm */
+    if (kind == G_FF1) return e->gelu_epilogue ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    /* AO, FF2: bias and residual in the GEMM, or both in the residual LayerNorm */
+    return e->res_in_gemm ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+/* Layer l's bias in the activation type, for this GEMM kind's epilogue. */
+static const void *gemm_bias_act(const cuda_engine *e, int kind, int l) {
+    const dev_layer *w = &e->layer[l];
+    return kind == G_QKV ? w->qkv_b_act : kind == G_AO ? w->ao_b_act : kind == G_FF1 ? w->ff1_b_act : w->ff2_b_act;
 }
 
 static cudaDataType_t cuda_type(bs_dtype t) {
@@ -418,21 +433,26 @@ static const void *gemm_weight(const cuda_engine *e, int kind, int l) {
 }
 
 /* The one map of what each GEMM reads and writes in the encoder (before fp8 quantisation of the
- * input): x -> qkv, att -> tmp, x2 -> ff, ff -> tmp. gemm() and the plans' trial launches use it. */
-static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out) {
+ * input): x -> qkv, att -> tmp, x2 -> ff, ff -> tmp; and the residual that the AO and FF2 GEMMs
+ * may add (x, x2; the last layer on the CLS rows passes x2 to AO instead, encode() says which).
+ * gemm() and the plans' trial launches use it. */
+static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out, const void **res) {
     *in = kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
     *out = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
+    if (res) *res = kind == G_AO ? e->x : kind == G_FF2 ? e->x2 : NULL;
 }
 
 #define PLAN_CANDIDATES 8
 
-/* One launch of plan p with algo: Y (n, m) = X W^T and the epilogue. A plan that writes E4M3 gives
- * no C (beta is 0; cuBLAS 13 refuses C == D with two different layouts). */
+/* One launch of plan p with algo: Y (n, m) = X W^T [+ R] and the epilogue. R, the residual, is C
+ * with beta 1 when the plan adds it (p->res); otherwise beta is 0 and C is Y, or none for a plan
+ * that writes E4M3 (cuBLAS 13 refuses C == D with two different layouts). */
 static cublasStatus_t plan_launch(cuda_engine *e, const gemm_plan *p, const cublasLtMatmulAlgo_t *algo, const void *W,
-                                  const void *X, void *Y) {
-    const float alpha = 1.0f, beta = 0.0f;
-    return cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, p->out_q8 ? NULL : Y, p->c, Y,
-                          p->out_q8 ? p->d : p->c, algo, e->gemm_ws, GEMM_WS_BYTES, e->stream);
+                                  const void *X, void *Y, const void *R) {
+    const float alpha = 1.0f, beta = p->res ? 1.0f : 0.0f;
+    const void *C = p->res ? R : p->out_q8 ? NULL : Y;
+    return cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, C, p->c, Y, p->out_q8 ? p->d : p->c, algo,
+                          e->gemm_ws, GEMM_WS_BYTES, e->stream);
 }
 
 /* Asks the heuristic for up to PLAN_CANDIDATES algos with the given epilogue and keeps the first
@@ -445,7 +465,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
         /* the heuristic reads the bias pointer's alignment: give it a real (256-aligned) one */
-        const void *bias = p->kind == G_QKV ? e->layer[0].qkv_b_act : e->layer[0].ff1_b_act;
+        const void *bias = gemm_bias_act(e, p->kind, 0);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
     cublasLtMatmulPreference_t pref = NULL;
@@ -466,9 +486,9 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         return bs_err(err, "cublasLtMatmulAlgoGetHeuristic(%s, n=%d) failed: %s", gemm_names[p->kind], p->n,
                       cublasGetStatusString(st));
     }
-    const void *W = gemm_weight(e, p->kind, 0), *X;
+    const void *W = gemm_weight(e, p->kind, 0), *X, *R;
     void *Y;
-    gemm_io(e, p->kind, &X, &Y);
+    gemm_io(e, p->kind, &X, &Y, &R);
     if (e->fp8) X = e->q8;
     cudaEvent_t ev[2] = {NULL, NULL};
     if (e->gemm_autotune) {
@@ -479,7 +499,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     int rc = BS_OK;
     for (int i = 0; i < n && rc == BS_OK; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        st = plan_launch(e, p, &res[i].algo, W, X, Y);
+        st = plan_launch(e, p, &res[i].algo, W, X, Y, R);
         if (st != CUBLAS_STATUS_SUCCESS) {
             *last = st;
             log_debug("cuBLASLt algo refused at launch", "gemm=%s n=%d epilogue=%d candidate=%d status=%s",
@@ -490,7 +510,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         if (e->gemm_autotune) { /* the fastest of the heuristic's candidates, over 3 launches each */
             if (cudaEventRecord(ev[0], e->stream) != cudaSuccess) rc = BS_ERR;
             for (int r = 0; r < 3 && rc == BS_OK; r++)
-                if (plan_launch(e, p, &res[i].algo, W, X, Y) != CUBLAS_STATUS_SUCCESS) rc = BS_ERR;
+                if (plan_launch(e, p, &res[i].algo, W, X, Y, R) != CUBLAS_STATUS_SUCCESS) rc = BS_ERR;
             if (rc == BS_OK &&
                 (cudaEventRecord(ev[1], e->stream) != cudaSuccess || cudaEventSynchronize(ev[1]) != cudaSuccess ||
                  cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess))
@@ -562,10 +582,13 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
         last = CUBLAS_STATUS_NOT_SUPPORTED;
     }
     if (plan_setup(e, p, kind, n, 0, err) != BS_OK) return BS_ERR;
+    p->res = (kind == G_AO || kind == G_FF2) && want == CUBLASLT_EPILOGUE_BIAS;
     if (plan_try(e, p, want, &found, &last, err) != BS_OK) return BS_ERR;
     if (!found && want != CUBLASLT_EPILOGUE_DEFAULT) {
-        log_warn("cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
+        log_warn(p->res ? "cuBLASLt has no algo that adds bias and residual: the LayerNorm adds them"
+                        : "cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
                  "gemm=%s n=%d epilogue=%d status=%s", gemm_names[kind], n, want, cublasGetStatusString(last));
+        p->res = 0;
         if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, &last, err) != BS_OK) return BS_ERR;
     }
     if (!found) {
@@ -598,14 +621,16 @@ static gemm_plan *plan_get(cuda_engine *e, int kind, int n, char *err) {
     return victim;
 }
 
-/* out (n, m) = in (n, k) W^T [+ bias] [GELU], W of layer l, in/out per gemm_io. Under fp8 the
- * input is quantised first. */
-static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
+/* out (n, m) = in (n, k) W^T [+ bias] [GELU] [+ res], W of layer l, in/out per gemm_io. res: the
+ * residual of an AO or FF2 GEMM; *added (may be NULL for the others) says whether the plan added
+ * bias and residual, or left both to the LayerNorm. Under fp8 the input is quantised first. */
+static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *added, char *err) {
     gemm_plan *p = plan_get(e, kind, n, err);
     if (!p) return BS_ERR;
     const void *in;
     void *out;
-    gemm_io(e, kind, &in, &out);
+    gemm_io(e, kind, &in, &out, NULL);
+    if (added) *added = p->res;
     const dev_layer *w = &e->layer[l];
     const void *W = gemm_weight(e, kind, l);
     int m, k;
@@ -630,14 +655,15 @@ static int gemm(cuda_engine *e, int kind, int l, int n, char *err) {
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
     if (p->epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
-        const void *bias = kind == G_QKV ? w->qkv_b_act : w->ff1_b_act;
+        const void *bias = gemm_bias_act(e, kind, l);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
     if (p->out_q8) { /* E4M3(GELU(...) / the FFN-down input's scale) */
         const void *sd = SCALE_AT(e->static_dscale, l);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
     }
-    CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out));
+    if (p->res && !res) return bs_err(err, "the %s GEMM adds a residual but none was given", gemm_names[kind]);
+    CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out, res));
     if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
@@ -721,7 +747,7 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
         bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
         goto done;
     }
-    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->q8, e->ff);
+    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->q8, e->ff, NULL);
     if (st != CUBLAS_STATUS_SUCCESS) {
         snprintf(why, BS_ERRLEN, "the FFN-up GEMM's E4M3 output failed to launch: %s", cublasGetStatusString(st));
         rc = 0;
@@ -860,17 +886,20 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
         const dev_layer *w = &e->layer[l];
         const int next = st && l + 1 < c->layers; /* LN2 feeds the next layer's QKV GEMM */
         const int last_cls = cls && l + 1 == c->layers, n = last_cls ? cls_rows(Bb) : Tb; /* rows after attention */
-        if (gemm(e, G_QKV, l, Tb, err) != BS_OK) return BS_ERR;                           /* x -> qkv (Tb, 3C) */
-        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR;                         /* att (Tb, C), or q8 */
+        const void *res1 = last_cls ? e->x2 : e->x; /* the attention block's residual */
+        int added = 0; /* the GEMM added bias and residual: the LayerNorm reads tmp alone */
+        if (gemm(e, G_QKV, l, Tb, NULL, NULL, err) != BS_OK) return BS_ERR;   /* x -> qkv (Tb, 3C) */
+        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR;             /* att (Tb, C), or q8 */
         if (last_cls && compact_cls_rows(e, Bb, err) != BS_OK) return BS_ERR; /* att, q8 (Bb, C); x2 (Bb, C) */
-        if (gemm(e, G_AO, l, n, err) != BS_OK) return BS_ERR;                 /* att -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, w->ao_b, last_cls ? e->x2 : e->x, w->ln1_w, w->ln1_b, n,
-                                                 C, eps, A, st ? e->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL,
-                                                 s));
-        if (gemm(e, G_FF1, l, n, err) != BS_OK) return BS_ERR; /* x2 -> ff (n, I) */
-        if (gemm(e, G_FF2, l, n, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, w->ff2_b, e->x2, w->ln2_w, w->ln2_b, n, C, eps, A,
-                                                 next ? e->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
+        if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR;   /* att -> tmp (n, C) */
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, added ? NULL : w->ao_b, added ? NULL : res1, w->ln1_w,
+                                                 w->ln1_b, n, C, eps, A, st ? e->q8 : NULL,
+                                                 st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
+        if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR;    /* x2 -> ff (n, I) */
+        if (gemm(e, G_FF2, l, n, e->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
+        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, added ? NULL : w->ff2_b, added ? NULL : e->x2, w->ln2_w,
+                                                 w->ln2_b, n, C, eps, A, next ? e->q8 : NULL,
+                                                 next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
     }
     if (cls)
         CUDA_CHECK(pool_forward(e->cls, NULL, e->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
@@ -892,7 +921,8 @@ static int prepare(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     return BS_OK;
 }
 
-/* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) graphs=on mem=812MiB";
+/* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) residual=gemm graphs=on
+ * mem=812MiB" (residual=gemm: the AO and FF2 GEMMs add bias and residual, =layernorm: the LayerNorms);
  * attention=kernel-mma / kernel-wmma: our tensor-core kernels, attention=kernel-simt: our CUDA-core
  * one (fp32, other head sizes) */
 static void describe(cuda_engine *e, const char *graphs) {
@@ -911,9 +941,10 @@ static void describe(cuda_engine *e, const char *graphs) {
                  e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
                  e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
     }
-    snprintf(e->base.desc, sizeof e->base.desc, "cuda:%d %.60s %s attention=%.32s gelu=%s%s graphs=%.24s%s mem=%zuMiB",
-             e->dev, e->dev_name, bs_precision_name(e->base.precision), attn,
-             e->gelu_in_gemm ? "tanh(cublaslt)" : "erf", f8, graphs,
+    snprintf(e->base.desc, sizeof e->base.desc,
+             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s%s mem=%zuMiB", e->dev, e->dev_name,
+             bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
+             e->res_gemm_used ? "gemm" : "layernorm", f8, graphs,
              e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", (e->wbytes + e->abytes) >> 20);
 }
 
@@ -1603,6 +1634,11 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         return bs_err(err, "BERTSTREAM_FP8_FAST_ACCUM='%s': expected 0 or 1", fa);
     /* on by default, as inference (and Transformer Engine's forward pass) runs fp8 GEMMs */
     e->fp8_fast_accum = !(fa && !strcmp(fa, "0"));
+    const char *rs = getenv("BERTSTREAM_RESIDUAL");
+    if (rs && *rs && strcmp(rs, "gemm") && strcmp(rs, "layernorm"))
+        return bs_err(err, "BERTSTREAM_RESIDUAL='%s': expected gemm or layernorm", rs);
+    /* in the GEMM by default: the LayerNorm after it then reads one tensor instead of two */
+    e->res_in_gemm = !(rs && !strcmp(rs, "layernorm"));
 
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->h2d, cudaStreamNonBlocking));
@@ -1683,11 +1719,17 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
             if (prepare(e, e->Tcap, e->Bcap, 1, err) != BS_OK) return BS_ERR;
         }
     }
-    for (int i = 0; i < MAX_PLANS; i++)
-        if (e->plans[i].used && e->plans[i].kind == G_FF1 && e->plans[i].n == e->Tcap) {
-            e->gelu_in_gemm = e->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
-            e->ff1_q8_in_gemm = e->plans[i].out_q8;
+    int res_plans = 0;
+    for (int i = 0; i < MAX_PLANS; i++) {
+        const gemm_plan *p = &e->plans[i];
+        if (!p->used || p->n != e->Tcap) continue;
+        if (p->kind == G_FF1) {
+            e->gelu_in_gemm = p->epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
+            e->ff1_q8_in_gemm = p->out_q8;
         }
+        if ((p->kind == G_AO || p->kind == G_FF2) && p->res) res_plans++;
+    }
+    e->res_gemm_used = res_plans == 2;
 
     {
         char why[BS_ERRLEN] = "";

@@ -3,7 +3,9 @@
 # linked with the CPU emulation of the CUDA runtime, cuBLASLt and cuDNN (tests/emu/cuda_emu.cpp),
 # which reports one device. `score --device auto` must pick it and give the golden head's
 # probabilities (fp32 within 1e-4; bf16 within the issue's 5e-3; fp8 within the same 5e-3, stricter
-# than the issue's fp8 bar; the same labels throughout). `bench --device cuda --inflight 2` must
+# than the issue's fp8 bar; the same labels throughout), with bias and residual added by the AO and
+# FF2 GEMMs (the default, residual=gemm) and, at bf16 and fp8, by the LayerNorms
+# (BERTSTREAM_RESIDUAL=layernorm). `bench --device cuda --inflight 2` must
 # report the engine, the CLS-rows last layer and sane numbers. Skips when the emulated binary was not built (no CUDA headers).
 # Usage: bash tests/cli/test_cuda_cli_on_emu.sh BIN (BIN is unused: the emulated build is used)
 set -u
@@ -31,13 +33,15 @@ for i, t in enumerate(json.load(open(sys.argv[1]))):
     print(json.dumps({"id": i, "text": t}))
 PYEOF
 
-# each precision: the golden head's probabilities within tol, the same labels
-for spec in fp32:1e-4 bf16:5e-3 fp8:5e-3; do
-  prec=${spec%%:*} tol=${spec#*:}
-  "$EMU" score --model "$GOLD" --vocab "$DATA/bert-base-uncased/vocab.txt" --head "$GOLD/head.safetensors" \
-    --device auto --precision "$prec" --batch 5 <"$TMP/in.jsonl" >"$TMP/out.jsonl" 2>"$TMP/err.txt"
-  check "$prec: score exits 0" "[ $? -eq 0 ]"
-  check "$prec: --device auto picked the (emulated) CUDA device" "grep -q 'cuda:0 SIMT emulator (sm_90) $prec ' '$TMP/err.txt'"
+# each precision and residual path: the golden head's probabilities within tol, the same labels
+for spec in fp32:1e-4:gemm bf16:5e-3:gemm fp8:5e-3:gemm bf16:5e-3:layernorm fp8:5e-3:layernorm; do
+  IFS=: read -r prec tol residual <<<"$spec"
+  BERTSTREAM_RESIDUAL=$residual "$EMU" score --model "$GOLD" --vocab "$DATA/bert-base-uncased/vocab.txt" \
+    --head "$GOLD/head.safetensors" --device auto --precision "$prec" --batch 5 <"$TMP/in.jsonl" \
+    >"$TMP/out.jsonl" 2>"$TMP/err.txt"
+  check "$prec residual=$residual: score exits 0" "[ $? -eq 0 ]"
+  check "$prec residual=$residual: --device auto picked the (emulated) CUDA device, that residual path" \
+    "grep -q 'cuda:0 SIMT emulator (sm_90) $prec .* residual=$residual ' '$TMP/err.txt'"
   "$PY" - "$TMP/out.jsonl" "$GOLD/golden.safetensors" "$tol" <<'PYEOF'
 import json, struct, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -53,7 +57,7 @@ labels = all(r["label"] == ("positive" if prob[r["id"]] > 0.5 else "negative") f
 print(f"  max |p - golden| {worst:.2g} (tol {tol}), labels {'equal' if labels else 'DIFFER'}")
 sys.exit(0 if worst <= tol and labels else 1)
 PYEOF
-  check "$prec: probabilities within $tol of the golden head, same labels" "[ $? -eq 0 ]"
+  check "$prec residual=$residual: probabilities within $tol of the golden head, same labels" "[ $? -eq 0 ]"
 done
 
 # bench on the emulated device, two batches in flight
@@ -65,8 +69,9 @@ import json, sys
 j = json.loads(next(l for l in open(sys.argv[1]) if l.startswith("{")))
 print("  " + json.dumps({k: j.get(k) for k in ("device", "engine", "last_layer", "seq_per_s", "inflight")}))
 ok = (j.get("device") == "cuda" and "attention=kernel-mma" in j.get("engine", "")
+      and "residual=gemm" in j.get("engine", "")
       and j.get("last_layer") == "cls-rows" and j.get("seq_per_s", 0) > 0)
 sys.exit(0 if ok else 1)
 PYEOF
-check "bench reports the CUDA engine, the mma attention kernel, the CLS-rows last layer" "[ $? -eq 0 ]"
+check "bench reports the CUDA engine, the mma attention kernel, residual=gemm, the CLS-rows last layer" "[ $? -eq 0 ]"
 exit $fail

@@ -2,7 +2,8 @@
  * fp32 (1e-4), the CPU engine on models of other shapes at fp32 (1e-4), and the CPU engine's
  * fp32 features at bf16/fp16 (cosine >= 0.999, head probability within 5e-3) and fp8 (cosine
  * >= 0.99, same label on >= 99% of IMDB reviews). Also: CUDA-graph replay equals eager
- * execution on fresh inputs, the attention paths agree, and BERT-base at 256 x 128 in bf16
+ * execution on fresh inputs, the attention paths agree, bias and residual in the GEMMs agree with
+ * them in the LayerNorms, and BERT-base at 256 x 128 in bf16
  * fits in 2 GiB. Needs a CUDA device: fails without one (the gpu label is excluded there). */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -824,6 +825,63 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
     golden_close(&gd);
 }
 
+/* ---- bias and residual: in the AO and FF2 GEMMs (C, beta 1; the default) or in the LayerNorms ---- */
+
+/* The two paths give the same features within rounding on the golden batch: fp32 within 2e-5,
+ * bf16 and fp8 by cosine (the GEMM path rounds the sum to the activation type before the
+ * LayerNorm, as PyTorch does; the other sums in fp32). The description says which path ran: the
+ * GEMM at fp32 and bf16, where cuBLASLt has always offered a bias epilogue with C; fp8 may fall
+ * back to the LayerNorm (it says so in its log). A bad value is a one-line error. */
+static void engine_cuda_residual_in_the_gemm_matches_the_layernorm_path(void) {
+    char err[BS_ERRLEN];
+    golden gd;
+    if (!golden_open(&gd)) return;
+    const bs_model *m = gd.m;
+    const packed_batch pb = gd.pb;
+    const int C = m->cfg.hidden;
+    const bs_precision precs[3] = {BS_PREC_FP32, BS_PREC_BF16, BS_PREC_FP8};
+    for (int k = 0; k < 3; k++) {
+        if (precs[k] == BS_PREC_FP8 && !fp8_applicable()) continue;
+        bs_engine *eg = make_engine(m, "cuda", precs[k], pb.B, pb.T, pb.L);
+        setenv("BERTSTREAM_RESIDUAL", "layernorm", 1);
+        bs_engine *el = make_engine(m, "cuda", precs[k], pb.B, pb.T, pb.L);
+        unsetenv("BERTSTREAM_RESIDUAL");
+        CHECK(eg && el);
+        if (!eg || !el) {
+            engine_free(eg), engine_free(el);
+            continue;
+        }
+        if (precs[k] != BS_PREC_FP8) CHECK_CONTAINS(engine_describe(eg), " residual=gemm ");
+        CHECK_CONTAINS(engine_describe(el), " residual=layernorm ");
+        features fg = features_alloc(pb.B, pb.T, C), fl = features_alloc(pb.B, pb.T, C);
+        CHECK_INT(run(eg, pb.B, pb.ids, pb.cu, &fg), BS_OK);
+        CHECK_INT(run(el, pb.B, pb.ids, pb.cu, &fl), BS_OK);
+        const double dp = bs_test_max_abs_diff(fg.pooler, fl.pooler, (size_t)pb.B * C),
+                     dh = bs_test_max_abs_diff(fg.hidden, fl.hidden, (size_t)pb.T * C),
+                     cp = min_row_cosine(fg.pooler, fl.pooler, pb.B, C),
+                     ch = min_row_cosine(fg.hidden, fl.hidden, pb.T, C);
+        fprintf(stderr,
+                "  %s residual in the GEMM vs the LayerNorm: pooler max |diff| %.3g cosine %.7f, hidden %.3g %.7f\n",
+                bs_precision_name(precs[k]), dp, cp, dh, ch);
+        if (precs[k] == BS_PREC_FP32) {
+            CHECK_NEAR(dp, 0, 2e-5);
+            CHECK_NEAR(dh, 0, 2e-5);
+        } else {
+            CHECK(cp >= (precs[k] == BS_PREC_FP8 ? 0.999 : 0.9999));
+            CHECK(ch >= (precs[k] == BS_PREC_FP8 ? 0.99 : 0.999));
+        }
+        features_free(&fg), features_free(&fl);
+        engine_free(eg), engine_free(el);
+    }
+    setenv("BERTSTREAM_RESIDUAL", "kernel", 1);
+    bs_engine_opts o = {
+        .device = "cuda", .precision = BS_PREC_BF16, .max_seqs = 4, .max_tokens = 64, .max_seq_len = 16};
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_RESIDUAL='kernel': expected gemm or layernorm");
+    unsetenv("BERTSTREAM_RESIDUAL");
+    golden_close(&gd);
+}
+
 /* ---- the last layer on the CLS rows ---- */
 
 /* pooler and cls alone (engine_cls_only): the last layer runs on the CLS rows (B instead of T
@@ -1003,6 +1061,7 @@ int main(void) {
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_last_layer_on_cls_rows_matches_the_full_pass);
+    RUN(engine_cuda_residual_in_the_gemm_matches_the_layernorm_path);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
     return bs_test_done();
 }

@@ -254,19 +254,22 @@ static void check_residual_layernorm(int C) {
     float *g = rand_host(C, 0.5f, 1.5f), *b = rand_host(C, -0.5f, 0.5f), *bias = rand_host(C, -1, 1);
     for (int k = 0; k < 3; k++) {
         bs_dtype dt = act_types[k];
-        for (int with_bias = 0; with_bias < 2; with_bias++) {
+        for (int mode = 0; mode < 3; mode++) { /* 0: a + res, 1: a + bias + res, 2: a alone (the GEMM added both) */
+            const int with_bias = mode == 1, with_res = mode != 2;
             float *a = rand_host((size_t)T * C, -3, 3), *res = rand_host((size_t)T * C, -3, 3);
             round_host(a, (size_t)T * C, dt);
             round_host(res, (size_t)T * C, dt);
             void *da = up(a, (size_t)T * C, dt), *dres = up(res, (size_t)T * C, dt);
             float *dg = upf(g, C), *db = upf(b, C), *dbias = upf(bias, C);
-            /* out aliases res, as the engine may */
-            CK(residual_layernorm_forward(dres, da, with_bias ? dbias : NULL, dres, dg, db, T, C, 1e-12f, dt, S));
+            /* out aliases res, as the engine may; without res it aliases a */
+            void *dout = with_res ? dres : da;
+            CK(residual_layernorm_forward(dout, da, with_bias ? dbias : NULL, with_res ? dres : NULL, dg, db, T, C,
+                                          1e-12f, dt, S));
             CK(cudaStreamSynchronize(S));
-            float *got = down(dres, (size_t)T * C, dt), *want = host((size_t)T * C), *row = host(C);
-            residual_layernorm_ref(want, a, with_bias ? bias : NULL, res, g, b, T, C, 1e-12f, row);
+            float *got = down(dout, (size_t)T * C, dt), *want = host((size_t)T * C), *row = host(C);
+            residual_layernorm_ref(want, a, with_bias ? bias : NULL, with_res ? res : NULL, g, b, T, C, 1e-12f, row);
             double d = max_diff(got, want, (size_t)T * C);
-            fprintf(stderr, "  C=%d %s bias=%d max |diff| %.3g\n", C, bs_dtype_name(dt), with_bias, d);
+            fprintf(stderr, "  C=%d %s bias=%d res=%d max |diff| %.3g\n", C, bs_dtype_name(dt), with_bias, with_res, d);
             CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
             free(a), free(res), free(got), free(want), free(row);
             cudaFree(da), cudaFree(dres), cudaFree(dg), cudaFree(db), cudaFree(dbias);
@@ -275,7 +278,7 @@ static void check_residual_layernorm(int C) {
     free(g), free(b), free(bias);
 }
 
-static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
+static void residual_layernorm_matches_twin_in_place_without_bias_and_without_residual(void) {
     check_residual_layernorm(768);
     check_residual_layernorm(1024);
     check_residual_layernorm(100);
@@ -749,7 +752,7 @@ int main(void) {
     RUN_GPU(convert_rounds_to_nearest_even_like_cpu_twin);
     RUN_GPU(fp8_quantize_uses_amax_scale_and_saturating_rne);
     RUN_GPU(embedding_layernorm_matches_twin_with_positions_per_sequence);
-    RUN_GPU(residual_layernorm_matches_twin_in_place_and_without_bias);
+    RUN_GPU(residual_layernorm_matches_twin_in_place_without_bias_and_without_residual);
     RUN_GPU(bias_gelu_is_erf_gelu_of_x_plus_bias);
     RUN_GPU(pool_and_pooler_match_twins_with_empty_padding_slots);
     RUN_GPU(cls_rows_gather_each_sequences_first_row);

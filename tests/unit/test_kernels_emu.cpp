@@ -108,25 +108,28 @@ static void check_residual_layernorm(int C) {
     const std::vector<float> g = rand_vec(C, 0.5f, 1.5f, BS_DT_F32), b = rand_vec(C, -0.5f, 0.5f, BS_DT_F32),
                              bias = rand_vec(C, -1, 1, BS_DT_F32);
     for (bs_dtype dt : act_types)
-        for (int with_bias = 0; with_bias < 2; with_bias++) {
+        for (int mode = 0; mode < 3; mode++) { /* 0: a + res, 1: a + bias + res, 2: a alone (the GEMM added both) */
+            const int with_bias = mode == 1, with_res = mode != 2;
             const std::vector<float> a = rand_vec((size_t)T * C, -3, 3, dt), res = rand_vec((size_t)T * C, -3, 3, dt);
             dev da = upload(a, dt), dres = upload(res, dt), dg = upload(g, BS_DT_F32), db = upload(b, BS_DT_F32),
                 dbias = upload(bias, BS_DT_F32);
-            /* out aliases res, as the engine may */
-            CHECK_LAUNCH(residual_layernorm_forward(dres.p(), da.p(), with_bias ? (const float *)dbias.p() : NULL,
-                                                    dres.p(), (const float *)dg.p(), (const float *)db.p(), T, C,
-                                                    1e-12f, dt, nullptr));
-            std::vector<float> got = download(dres, dt), want((size_t)T * C), row(C);
-            residual_layernorm_ref(want.data(), a.data(), with_bias ? bias.data() : NULL, res.data(), g.data(),
-                                   b.data(), T, C, 1e-12f, row.data());
+            /* out aliases res, as the engine may; without res it aliases a */
+            dev &dout = with_res ? dres : da;
+            CHECK_LAUNCH(residual_layernorm_forward(dout.p(), da.p(), with_bias ? (const float *)dbias.p() : NULL,
+                                                    with_res ? dres.p() : NULL, (const float *)dg.p(),
+                                                    (const float *)db.p(), T, C, 1e-12f, dt, nullptr));
+            std::vector<float> got = download(dout, dt), want((size_t)T * C), row(C);
+            residual_layernorm_ref(want.data(), a.data(), with_bias ? bias.data() : NULL, with_res ? res.data() : NULL,
+                                   g.data(), b.data(), T, C, 1e-12f, row.data());
             const double d = bs_test_max_abs_diff(got.data(), want.data(), got.size());
-            fprintf(stderr, "  residual LN C=%d %s bias=%d max |diff| %.3g\n", C, bs_dtype_name(dt), with_bias, d);
+            fprintf(stderr, "  residual LN C=%d %s bias=%d res=%d max |diff| %.3g\n", C, bs_dtype_name(dt), with_bias,
+                    with_res, d);
             CHECK_NEAR(d, 0, tol_for(dt, 6.0, 2e-5));
-            CHECK(dres.guards_intact());
+            CHECK(dout.guards_intact());
         }
 }
 
-static void residual_layernorm_matches_twin_in_place_and_without_bias(void) {
+static void residual_layernorm_matches_twin_in_place_without_bias_and_without_residual(void) {
     check_residual_layernorm(768);  /* BERT-base: the 16-byte path, 3 vectors a lane */
     check_residual_layernorm(256);  /* 1 vector */
     check_residual_layernorm(1024); /* 4 vectors */
@@ -330,7 +333,7 @@ static void cls_rows_gather_each_sequences_first_row(void) {
 }
 
 int main(void) {
-    RUN(residual_layernorm_matches_twin_in_place_and_without_bias);
+    RUN(residual_layernorm_matches_twin_in_place_without_bias_and_without_residual);
     RUN(embedding_layernorm_matches_twin_with_positions_per_sequence);
     RUN(layernorm_e4m3_copies_are_the_cast_of_their_output);
     RUN(fp8_quantize_uses_amax_scale_and_saturating_rne);
