@@ -836,6 +836,14 @@ static void engine_cuda_residual_in_the_gemm_matches_the_layernorm_path(void) {
     char err[BS_ERRLEN];
     golden gd;
     if (!golden_open(&gd)) return;
+    /* the golden model's biases are all zero (Hugging Face's init): give the two GEMMs' biases
+     * values, so that a bias dropped or added twice shows */
+    bs_rng r = {20261127};
+    for (int l = 0; l < gd.m->cfg.layers; l++)
+        for (int k = 0; k < gd.m->cfg.hidden; k++) {
+            gd.m->layer[l].ao_b[k] = 0.1f * (float)bs_rng_normal(&r);
+            gd.m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(&r);
+        }
     const bs_model *m = gd.m;
     const packed_batch pb = gd.pb;
     const int C = m->cfg.hidden;
