@@ -329,16 +329,133 @@ static cudaError_t tc_launch(T *out, const T *qkv, const int32_t *cu, const int3
                              int max_len, cudaStream_t s) {
     const dim3 grid((unsigned)n_tiles, (unsigned)NH);
     const float sl2 = 1.4426950408889634f / sqrtf((float)HS);
-    if (HS == 32)
-        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s, attention_tc_kernel<T, 32>)
-        (out, qkv, cu, tiles, NH, max_len, sl2);
-    else if (HS == 64)
-        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s, attention_tc_kernel<T, 64>)
-        (out, qkv, cu, tiles, NH, max_len, sl2);
-    else
-        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s, attention_tc_kernel<T, 128>)
-        (out, qkv, cu, tiles, NH, max_len, sl2);
+    if (HS == 32) BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s, attention_tc_kernel<T, 32>)
+    (out, qkv, cu, tiles, NH, max_len, sl2);
+    else if (HS == 64) BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s,
+                                 attention_tc_kernel<T, 64>)(out, qkv, cu, tiles, NH, max_len, sl2);
+    else BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s,
+                   attention_tc_kernel<T, 128>)(out, qkv, cu, tiles, NH, max_len, sl2);
     return cudaGetLastError();
+}
+
+// ---- the CLS query alone (the last layer when only the pooler and CLS features are wanted) ----
+//
+// One block per (sequence, head), 4 warps. Warp w runs keys w, w+4, ... of the sequence against
+// the CLS row's query (lanes split the head dims, held in registers; a warp sum per key) with an
+// online softmax of its own; the four warps' (max, sum, output) are then merged through shared
+// memory. Row s of out (B, C) gets sequence s's result (compacted, as the rest of the layer wants
+// it), or its E4M3 in out8; an empty sequence (a padding slot) gets zeros. No length limit.
+
+#define CLS_WARPS 4
+
+static size_t cls_smem_bytes(int HS) {
+    return sizeof(float) * ((size_t)CLS_WARPS * HS + 2 * CLS_WARPS);
+}
+
+template <typename T, int NPL>
+__global__ void __launch_bounds__(CLS_WARPS * 32)
+    attention_cls_kernel(T *out, uint8_t *out8, const float *oscale, const T *qkv, const int32_t *cu, int NH, int HS,
+                         float qscale) {
+    const int seq = blockIdx.x, h = blockIdx.y;
+    const int start = cu[seq], len = cu[seq + 1] - start;
+    const int C = NH * HS;
+    const size_t ld = 3 * (size_t)C;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    BS_DYN_SMEM(cls_smem);
+    float *so = (float *)cls_smem;                         // (CLS_WARPS, HS) partial outputs
+    float *sm = so + CLS_WARPS * HS, *sl = sm + CLS_WARPS; // (CLS_WARPS) running max and sum
+    const T *base = qkv + (size_t)start * ld + h * HS;     // the CLS row's q of head h
+    float q[NPL], o[NPL], m = -INFINITY, l = 0;
+#pragma unroll
+    for (int j = 0; j < NPL; j++) {
+        const int d = lane + 32 * j;
+        q[j] = d < HS && len > 0 ? bs_ld(base[d]) * qscale : 0.0f;
+        o[j] = 0;
+    }
+    for (int k = warp; k < len; k += CLS_WARPS) {
+        const T *kr = base + (size_t)k * ld + C; // key k; its value C further
+        float sc = 0, v[NPL];
+#pragma unroll
+        for (int j = 0; j < NPL; j++) {
+            const int d = lane + 32 * j;
+            v[j] = 0;
+            if (d < HS) {
+                sc += q[j] * bs_ld(kr[d]);
+                v[j] = bs_ld(kr[C + d]);
+            }
+        }
+        sc = bs_warp_sum(sc);
+        const float mn = fmaxf(m, sc), corr = exp2f(m - mn), p = exp2f(sc - mn); // corr 0 on the first key
+        l = l * corr + p;
+#pragma unroll
+        for (int j = 0; j < NPL; j++) o[j] = o[j] * corr + p * v[j];
+        m = mn;
+    }
+#pragma unroll
+    for (int j = 0; j < NPL; j++) {
+        const int d = lane + 32 * j;
+        if (d < HS) so[warp * HS + d] = o[j];
+    }
+    if (lane == 0) sm[warp] = m, sl[warp] = l;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < CLS_WARPS; w++) M = fmaxf(M, sm[w]); // finite when len > 0: warp 0 ran key 0
+    const float sc8 = out8 ? *oscale : 1.0f;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float acc = 0, L = 0;
+        if (len > 0)
+            for (int w = 0; w < CLS_WARPS; w++) {
+                const float f = exp2f(sm[w] - M); // 0 for a warp that had no key (max -inf)
+                acc += so[w * HS + d] * f;
+                L += sl[w] * f;
+            }
+        const float r = len > 0 ? acc / L : 0.0f;
+        const size_t i = (size_t)seq * C + h * HS + d;
+        if (out8)
+            out8[i] = __nv_cvt_float_to_fp8(r / sc8, __NV_SATFINITE, __NV_E4M3);
+        else
+            out[i] = bs_st<T>(r);
+    }
+}
+
+template <typename T>
+static cudaError_t cls_launch(T *out, uint8_t *out8, const float *oscale, const T *qkv, const int32_t *cu, int B,
+                              int NH, int HS, cudaStream_t s) {
+    const dim3 grid((unsigned)B, (unsigned)NH);
+    const size_t smem = cls_smem_bytes(HS);
+    const float qscale = 1.4426950408889634f / sqrtf((float)HS); // log2(e) / sqrt(HS)
+    if (HS <= 32)
+        BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 1>)
+        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+    else if (HS <= 64)
+        BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 2>)
+        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+    else if (HS <= 128)
+        BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 4>)
+        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+    else
+        BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 8>)
+        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+    return cudaGetLastError();
+}
+
+static cudaError_t cls_dispatch(void *out, uint8_t *out8, const float *oscale, const void *qkv, const int32_t *cu,
+                                int B, int NH, int HS, bs_dtype dt, cudaStream_t s) {
+    if (NH < 1 || HS < 1 || HS > BS_ATT_MAX_HS || B < 0) return cudaErrorInvalidValue;
+    if (B == 0) return cudaSuccess;
+    BS_DISPATCH_ACT(dt, return cls_launch((T *)out, out8, oscale, (const T *)qkv, cu, B, NH, HS, s));
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t attention_cls_forward(void *out, const void *qkv, const int32_t *cu_seqlens, int B, int NH,
+                                             int HS, bs_dtype dt, cudaStream_t s) {
+    return cls_dispatch(out, NULL, NULL, qkv, cu_seqlens, B, NH, HS, dt, s);
+}
+
+extern "C" cudaError_t attention_cls_q8_forward(void *out8, const void *qkv, const int32_t *cu_seqlens, int B, int NH,
+                                                int HS, bs_dtype dt, const float *scale, cudaStream_t s) {
+    if (!out8 || !scale) return cudaErrorInvalidValue;
+    return cls_dispatch(NULL, (uint8_t *)out8, scale, qkv, cu_seqlens, B, NH, HS, dt, s);
 }
 
 template <typename T, int NPL> static cudaError_t att_set_smem(int HS) {

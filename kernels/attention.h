@@ -64,6 +64,17 @@ cudaError_t attention_mma_forward(void *out, const void *qkv, const int32_t *cu,
 cudaError_t attention_mma_q8_forward(void *out8, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
                                      int NH, int HS, bs_dtype dt, const float *scale, cudaStream_t s);
 
+/* The CLS query alone: out (B, C) row s = sequence s's first row of what attention_forward
+ * computes (softmax(q_CLS K^T / sqrt(HS)) V over the sequence's keys, per head), zeros for an
+ * empty sequence. The last layer when only the pooler and CLS features are wanted: 1/len of the
+ * attention work, and its rows come out compacted. f32/f16/bf16, head sizes up to BS_ATT_MAX_HS,
+ * any length. The q8 form writes E4M3(result / *scale) instead (the float result, rounded as
+ * quantize_fp8_static_forward rounds): fp8 with static scales. */
+cudaError_t attention_cls_forward(void *out, const void *qkv, const int32_t *cu_seqlens /* (B+1) */, int B, int NH,
+                                  int HS, bs_dtype dt, cudaStream_t s);
+cudaError_t attention_cls_q8_forward(void *out8, const void *qkv, const int32_t *cu_seqlens, int B, int NH, int HS,
+                                     bs_dtype dt, const float *scale, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -842,19 +842,26 @@ static int cls_rows(int Bb) {
     return (Bb + 15) / 16 * 16;
 }
 
-/* The last layer on the CLS rows only: after its attention, sequence s's CLS row of the attention
- * output (att, or q8 when the attention kernel wrote E4M3) moves to row s (through tmp, which the
- * attention-output GEMM overwrites next), and its CLS row of the residual x goes to row s of x2.
- * Padding slots and the rows up to cls_rows(Bb) get zeros: nothing of another batch enters (fp8
- * batch scales take the amax over every row). The rest of the layer then runs on those rows. */
-static int compact_cls_rows(cuda_engine *e, int Bb, char *err) {
-    const size_t C = (size_t)e->base.model->cfg.hidden, sa = bs_dtype_size(e->act), nc = (size_t)cls_rows(Bb);
-    unsigned char *att = e->att_is_q8 ? e->q8 : e->att;
-    const size_t ab = e->att_is_q8 ? C : C * sa;
-    CUDA_CHECK(cls_rows_forward(e->tmp, att, e->d_cu, Bb, ab, e->stream));
-    CUDA_CHECK(cudaMemcpyAsync(att, e->tmp, (size_t)Bb * ab, cudaMemcpyDeviceToDevice, e->stream));
+/* The last layer on the CLS rows only: its attention runs for the CLS queries alone (against every
+ * key of their sequences) and writes sequence s's row to row s of att, or of q8 in E4M3 with
+ * static fp8 scales (the AO GEMM's input as it reads it); sequence s's CLS row of the residual x
+ * goes to row s of x2. Empty slots get zeros from both, and so do the rows up to cls_rows(Bb):
+ * nothing of another batch enters (fp8 batch scales take the amax over every row). The rest of the
+ * layer then runs on those rows. */
+static int last_layer_cls_rows(cuda_engine *e, int l, int Bb, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const size_t C = (size_t)c->hidden, sa = bs_dtype_size(e->act), nc = (size_t)cls_rows(Bb);
+    const int NH = c->heads, HS = c->hidden / c->heads;
+    e->att_is_q8 = e->fp8_static;
+    if (e->att_is_q8)
+        CUDA_CHECK(
+            attention_cls_q8_forward(e->q8, e->qkv, e->d_cu, Bb, NH, HS, e->act, STATIC_SCALE(e, l, G_AO), e->stream));
+    else
+        CUDA_CHECK(attention_cls_forward(e->att, e->qkv, e->d_cu, Bb, NH, HS, e->act, e->stream));
     CUDA_CHECK(cls_rows_forward(e->x2, e->x, e->d_cu, Bb, C * sa, e->stream));
     if (nc > (size_t)Bb) {
+        unsigned char *att = e->att_is_q8 ? e->q8 : e->att;
+        const size_t ab = e->att_is_q8 ? C : C * sa;
         CUDA_CHECK(cudaMemsetAsync(att + (size_t)Bb * ab, 0, (nc - (size_t)Bb) * ab, e->stream));
         CUDA_CHECK(
             cudaMemsetAsync((unsigned char *)e->x2 + (size_t)Bb * C * sa, 0, (nc - (size_t)Bb) * C * sa, e->stream));
@@ -864,8 +871,9 @@ static int compact_cls_rows(cuda_engine *e, int Bb, char *err) {
 
 /* Everything from token ids to pooled features, for Tb rows and Bb sequence slots; only device
  * work on e->stream, so it can be captured as a CUDA graph. cls: the last layer on the CLS rows
- * only (engine_cls_only): its keys and values over every row, the rest on cls_rows(Bb) rows; then
- * no mean pooling (not asked for) and row s of x is sequence s's CLS row. */
+ * only (engine_cls_only): its QKV GEMM over every row, its attention for the CLS queries, the
+ * rest on cls_rows(Bb) rows; then no mean pooling (not asked for) and row s of x is sequence s's
+ * CLS row. */
 static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const int C = c->hidden;
@@ -888,10 +896,13 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
         const int last_cls = cls && l + 1 == c->layers, n = last_cls ? cls_rows(Bb) : Tb; /* rows after attention */
         const void *res1 = last_cls ? e->x2 : e->x; /* the attention block's residual */
         int added = 0; /* the GEMM added bias and residual: the LayerNorm reads tmp alone */
-        if (gemm(e, G_QKV, l, Tb, NULL, NULL, err) != BS_OK) return BS_ERR;   /* x -> qkv (Tb, 3C) */
-        if (attention(e, l, Tb, Bb, err) != BS_OK) return BS_ERR;             /* att (Tb, C), or q8 */
-        if (last_cls && compact_cls_rows(e, Bb, err) != BS_OK) return BS_ERR; /* att, q8 (Bb, C); x2 (Bb, C) */
-        if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR;   /* att -> tmp (n, C) */
+        if (gemm(e, G_QKV, l, Tb, NULL, NULL, err) != BS_OK) return BS_ERR; /* x -> qkv (Tb, 3C) */
+        if (last_cls) {
+            if (last_layer_cls_rows(e, l, Bb, err) != BS_OK) return BS_ERR; /* att or q8 (Bb, C); x2 (Bb, C) */
+        } else if (attention(e, l, Tb, Bb, err) != BS_OK) {
+            return BS_ERR; /* att (Tb, C), or q8 */
+        }
+        if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR; /* att -> tmp (n, C) */
         CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, added ? NULL : w->ao_b, added ? NULL : res1, w->ln1_w,
                                                  w->ln1_b, n, C, eps, A, st ? e->q8 : NULL,
                                                  st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));

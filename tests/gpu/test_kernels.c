@@ -570,6 +570,82 @@ static void attention_mma_e4m3_output_is_its_output_quantised(void) {
     cudaFree(d1);
 }
 
+/* The CLS query alone: row s = the twin's CLS row of sequence s (attention_cls_ref), zeros for
+ * empty sequences (padding slots), exactly B rows written (guard rows after them untouched); the
+ * E4M3 form is the cast of the kernel's own float result: bit for bit at f32 (q8_mismatches), and
+ * at bf16 within half an E4M3 step of the cast of its bf16 output plus that output's rounding.
+ * Head sizes 32, 64 (BERT), 80 (lanes past HS idle) and 256 (8 dims a lane); lengths 1..300, the
+ * empty ones in the middle and at the end, and fewer keys than warps. */
+static void check_attention_cls(int NH, int HS, bs_dtype dt) {
+    const int lens[9] = {1, 2, 0, 128, 33, 300, 5, 0, 64}, B = 9;
+    const int C = NH * HS;
+    int32_t cu[10] = {0};
+    for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + lens[s];
+    const int T = cu[B];
+    const size_t nq = (size_t)T * 3 * C, no = (size_t)B * C, guard = (size_t)4 * C, es = bs_dtype_size(dt);
+    float *qkv = rand_host(nq, -2, 2);
+    round_host(qkv, nq, dt);
+    void *dqkv = up(qkv, nq, dt), *dout = NULL;
+    int32_t *dcu = upi(cu, B + 1);
+    uint8_t *d8 = NULL, *hg = malloc((no + guard) * es);
+    CK(cudaMalloc(&dout, (no + guard) * es));
+    CK(cudaMalloc((void **)&d8, no + guard));
+    CK(cudaMemset(dout, 0xFF, (no + guard) * es));
+    CK(cudaMemset(d8, 0xFF, no + guard));
+    CK(attention_cls_forward(dout, dqkv, dcu, B, NH, HS, dt, S));
+    const float scale = 0.004f;
+    float *dscale = upf(&scale, 1);
+    CK(attention_cls_q8_forward(d8, dqkv, dcu, B, NH, HS, dt, dscale, S));
+    CK(cudaStreamSynchronize(S));
+    CK(cudaMemcpy(hg, dout, (no + guard) * es, cudaMemcpyDeviceToHost));
+    size_t past = 0;
+    for (size_t i = no * es; i < (no + guard) * es; i++) past += hg[i] != 0xFF;
+    CHECK_INT((long long)past, 0);
+    float *got = down(dout, no, dt), *want = host(no);
+    double *p = malloc(sizeof(double) * 301);
+    attention_cls_ref(want, qkv, cu, B, NH, HS, p);
+    const double d = max_diff(got, want, no);
+    int zeros = 1;
+    for (int c = 0; c < C; c++) zeros &= got[2 * C + c] == 0.0f && got[7 * C + c] == 0.0f;
+    fprintf(stderr, "  CLS query NH=%d HS=%d B=%d T=%d %s max |diff| %.3g\n", NH, HS, B, T, bs_dtype_name(dt), d);
+    CHECK_NEAR(d, 0, tol_for(dt, 2.0, 2e-5));
+    CHECK(zeros);
+    CHECK(dt != BS_DT_F32 || q8_mismatches(d8, got, no, scale, "CLS query E4M3 (f32)") == 0);
+    uint8_t *h8 = malloc(no + guard);
+    CK(cudaMemcpy(h8, d8, no + guard, cudaMemcpyDeviceToHost));
+    size_t bad = 0, past8 = 0;
+    for (size_t i = no; i < no + guard; i++) past8 += h8[i] != 0xFF;
+    for (size_t i = 0; i < no; i++) {
+        const float v = got[i] / scale, g = bs_e4m3_decode(h8[i]);
+        const float clip = fabsf(v) > BS_E4M3_MAX ? copysignf(BS_E4M3_MAX, v) : v;
+        const float slack = dt == BS_DT_F32 ? 0.0f : fabsf(v) * (dt == BS_DT_F16 ? 1.0f / 2048 : 1.0f / 256);
+        const int ok = fabsf(v) - slack > BS_E4M3_MAX
+                           ? g == clip
+                           : fabsf(g - clip) <= 0.5f * bs_e4m3_ulp(fabsf(clip) + slack) + slack;
+        if (!ok && bad++ < 3) fprintf(stderr, "  element %zu: output/scale %.6g, E4M3 %.6g\n", i, (double)v, (double)g);
+    }
+    CHECK_INT((long long)past8, 0);
+    CHECK_INT((long long)bad, 0);
+    free(qkv), free(hg), free(got), free(want), free(p), free(h8);
+    cudaFree(dqkv), cudaFree(dout), cudaFree(dcu), cudaFree(d8), cudaFree(dscale);
+}
+
+static void attention_cls_query_matches_twin_with_empty_slots(void) {
+    for (int k = 0; k < 3; k++) {
+        check_attention_cls(4, 64, act_types[k]);
+        check_attention_cls(3, 32, act_types[k]);
+        check_attention_cls(2, 80, act_types[k]);
+        check_attention_cls(1, 256, act_types[k]);
+    }
+    const float one = 1;
+    float *d1 = upf(&one, 1);
+    CHECK_INT(attention_cls_forward(NULL, NULL, NULL, 1, 2, 512, BS_DT_BF16, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_cls_forward(NULL, NULL, NULL, 1, 2, 64, BS_DT_E4M3, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_cls_q8_forward(NULL, NULL, NULL, 1, 2, 64, BS_DT_BF16, d1, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_cls_forward(NULL, NULL, NULL, 0, 2, 64, BS_DT_BF16, S), cudaSuccess); /* no sequences */
+    cudaFree(d1);
+}
+
 static void attention_tiles_cover_each_sequence_once(void) {
     const int32_t cu[4] = {0, 5, 5, 75}; /* an empty sequence in the middle */
     int32_t tiles[2 * 12];
@@ -762,6 +838,7 @@ int main(void) {
     RUN_GPU(attention_matches_twin_for_ragged_lengths_and_head_sizes);
     RUN_GPU(attention_tensor_core_kernels_match_twin);
     RUN_GPU(attention_mma_e4m3_output_is_its_output_quantised);
+    RUN_GPU(attention_cls_query_matches_twin_with_empty_slots);
     RUN_GPU(cudnn_sdpa_matches_kernel_where_available);
     cudaStreamDestroy(S);
     return bs_test_done();
