@@ -177,6 +177,7 @@ typedef struct {
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
     uint64_t clock;
+    unsigned warned; /* first_warning: the fallbacks already logged as warnings */
 } cuda_engine;
 
 static size_t align_up(size_t x) {
@@ -565,6 +566,15 @@ static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, cha
     return BS_OK;
 }
 
+/* A fallback is a warning the first time it happens, then a debug line: every new batch shape
+ * builds its own plans (and SDPA plans), and would repeat it. */
+enum { W_FF1_Q8 = 1, W_SDPA = 2, W_EPILOGUE = 4 /* << G_* kind */ };
+static bs_log_level first_warning(cuda_engine *e, unsigned what) {
+    const int first = !(e->warned & what);
+    e->warned |= what;
+    return first ? BS_LOG_WARN : BS_LOG_DEBUG;
+}
+
 static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
     int want = gemm_wanted_epilogue(e, kind), found = 0;
     cublasStatus_t last = CUBLAS_STATUS_NOT_SUPPORTED;
@@ -575,8 +585,9 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
             p->used = 1;
             return BS_OK;
         }
-        log_warn("cuBLASLt has no E4M3-output algo for the FFN-up GEMM: it writes bf16 and a pass casts it",
-                 "n=%d status=%s reason=\"%s\"", n, cublasGetStatusString(last), why);
+        const bs_log_level lvl = first_warning(e, W_FF1_Q8); /* bs_log evaluates its level twice */
+        bs_log(lvl, "cuBLASLt has no E4M3-output algo for the FFN-up GEMM: it writes bf16 and a pass casts it",
+               "n=%d status=%s reason=\"%s\"", n, cublasGetStatusString(last), why);
         plan_release(p);
         found = 0;
         last = CUBLAS_STATUS_NOT_SUPPORTED;
@@ -585,9 +596,11 @@ static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) 
     p->res = (kind == G_AO || kind == G_FF2) && want == CUBLASLT_EPILOGUE_BIAS;
     if (plan_try(e, p, want, &found, &last, err) != BS_OK) return BS_ERR;
     if (!found && want != CUBLASLT_EPILOGUE_DEFAULT) {
-        log_warn(p->res ? "cuBLASLt has no algo that adds bias and residual: the LayerNorm adds them"
-                        : "cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
-                 "gemm=%s n=%d epilogue=%d status=%s", gemm_names[kind], n, want, cublasGetStatusString(last));
+        const bs_log_level lvl = first_warning(e, W_EPILOGUE << kind);
+        bs_log(lvl,
+               p->res ? "cuBLASLt has no algo that adds bias and residual: the LayerNorm adds them"
+                      : "cuBLASLt has no algo with this epilogue: bias/GELU run in our own kernel",
+               "gemm=%s n=%d epilogue=%d status=%s", gemm_names[kind], n, want, cublasGetStatusString(last));
         p->res = 0;
         if (plan_try(e, p, CUBLASLT_EPILOGUE_DEFAULT, &found, &last, err) != BS_OK) return BS_ERR;
     }
@@ -807,9 +820,11 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     sdpa_entry *s = &e->sdpa[e->n_sdpa++];
     s->Bb = Bb;
     s->p = sdpa_cudnn_new(e->dnn, &d, err);
-    if (!s->p)
-        log_warn("cuDNN SDPA unavailable for this batch size: using the attention kernel", "B=%d reason=\"%s\"", Bb,
-                 err);
+    if (!s->p) {
+        const bs_log_level lvl = first_warning(e, W_SDPA);
+        bs_log(lvl, "cuDNN SDPA unavailable for this batch size: using the attention kernel", "B=%d reason=\"%s\"", Bb,
+               err);
+    }
     return s;
 }
 
