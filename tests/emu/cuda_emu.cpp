@@ -25,6 +25,9 @@
  *    with C in f16/bf16/f32 and D in C's type or E4M3 (saturated). Anything else is
  *    CUBLAS_STATUS_NOT_SUPPORTED, as a missing algorithm is. Products accumulate in fp32 in 16
  *    partial sums, rounded once to the output type.
+ *    BS_EMU_CUBLASLT_REFUSE (a comma list) makes it refuse more, as another host's cuBLASLt might,
+ *    so that the engine's fallbacks run: `epilogue` (every epilogue but DEFAULT), `e4m3-out` (D in
+ *    E4M3), `beta` (beta != 0, refused at launch as the H100's refusals came), `fp8` (E4M3 A/B).
  *  - cuDNN reports version 9.14 and refuses the backend graph (as the H100 host's did): the
  *    engine's SDPA path is refused and our kernels run.
  * Not modelled: timing (events give host time), concurrency between streams (each runs in
@@ -33,6 +36,9 @@
 
 #include <cublasLt.h>
 #include <cudnn.h>
+
+#include <sstream>
+#include <string>
 
 /* The kernels' cudaFuncSetAttribute(kernel, ...) takes the kernel function itself: the runtime
  * header's template overload is nvcc's. The largest opt-in of an H100 is accepted. */
@@ -581,9 +587,38 @@ static void store(void *p, cudaDataType_t t, size_t i, float v) {
 }
 
 /* what the emulated cuBLASLt runs; NOT_SUPPORTED is "no algorithm", as the real one says */
+enum { REFUSE_EPILOGUE = 1, REFUSE_E4M3_OUT = 2, REFUSE_BETA = 4, REFUSE_FP8 = 8 };
+
+/* BS_EMU_CUBLASLT_REFUSE, read once; an unknown word is reported and ignored */
+static unsigned refused() {
+    static const unsigned bits = [] {
+        unsigned b = 0;
+        const char *v = getenv("BS_EMU_CUBLASLT_REFUSE");
+        std::stringstream all(v ? v : "");
+        for (std::string w; std::getline(all, w, ',');) {
+            if (w == "epilogue")
+                b |= REFUSE_EPILOGUE;
+            else if (w == "e4m3-out")
+                b |= REFUSE_E4M3_OUT;
+            else if (w == "beta")
+                b |= REFUSE_BETA;
+            else if (w == "fp8")
+                b |= REFUSE_FP8;
+            else if (!w.empty())
+                fprintf(stderr, "cublas_emu: BS_EMU_CUBLASLT_REFUSE: unknown '%s' ignored\n", w.c_str());
+        }
+        return b;
+    }();
+    return bits;
+}
+
 static cublasStatus_t validate(const lt_desc &d, const lt_layout &a, const lt_layout &b, const lt_layout &c,
                                const lt_layout &o) {
     if (d.compute != CUBLAS_COMPUTE_32F || d.scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const unsigned no = refused();
+    if ((no & REFUSE_EPILOGUE) && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if ((no & REFUSE_E4M3_OUT) && o.type == CUDA_R_8F_E4M3) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if ((no & REFUSE_FP8) && a.type == CUDA_R_8F_E4M3) return CUBLAS_STATUS_NOT_SUPPORTED;
     const uint64_t m = o.rows, n = o.cols;
     const uint64_t am = d.transa == CUBLAS_OP_N ? a.rows : a.cols, ak = d.transa == CUBLAS_OP_N ? a.cols : a.rows;
     const uint64_t bk = d.transb == CUBLAS_OP_N ? b.rows : b.cols, bn = d.transb == CUBLAS_OP_N ? b.cols : b.rows;
@@ -791,6 +826,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     if (algo && algo->data[0] != 0x656d75) return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     if (be != 0.0f && !C) return CUBLAS_STATUS_INVALID_VALUE;
+    if (be != 0.0f && (cuda_emu::refused() & cuda_emu::REFUSE_BETA)) return CUBLAS_STATUS_NOT_SUPPORTED;
     /* every operand inside device memory */
     struct {
         const void *p;
