@@ -244,6 +244,18 @@ target "bf16 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio bf16/256/128/unifor
 target "fp8 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio fp8/256/128/uniform:8:128/ fp8/256/128/fixed/)" ">=" 85 "%"
 target "bf16 256 x 128, peak GPU MiB (all processes)" "$(field bf16/256/128/fixed/ 5)" "<=" 2048 "MiB"
 echo
+# Each variant against the default at the same point: what each knob is worth on this GPU (the
+# defaults were chosen without a GPU for the CLS attention, residual=gemm and fp8's static scales)
+echo "== variants against the default (seq/s, same precision, shape and lengths)"
+while IFS= read -r key; do
+    setting=${key##*/} base=${key%/*}/
+    [ -n "$setting" ] || continue
+    v=$(field "$key" 1) d=$(field "$base" 1)
+    if [ -z "$v" ] || [ -z "$d" ]; then continue; fi
+    awk -v k="${base%/}" -v s="$setting" -v v="$v" -v d="$d" \
+        'BEGIN { printf "%-28s %-36s %10.1f vs %10.1f  (%+.1f%%)\n", k, "[" s "]", v, d, 100 * (v - d) / d }'
+done < <(printf '%s\n' "${!RESULT[@]}" | sort)
+echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
 # GPU_CHECK_PROFILE=1: the per-kernel profiles of bf16 and fp8 at 256 x 128
 # (scripts/gpu-profile.sh, ~40 s each) in the same device call, when ncu exists and the budget has
