@@ -258,7 +258,7 @@ done < <(printf '%s\n' "${!RESULT[@]}" | sort)
 echo
 [ $skipped -eq 0 ] || echo "gpu-check: $skipped bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=$BUDGET)"
 # GPU_CHECK_PROFILE=1: the per-kernel profiles of bf16 and fp8 at 256 x 128
-# (scripts/gpu-profile.sh, ~40 s each) in the same device call, when ncu exists and the budget has
+# (scripts/gpu-profile.sh, ~40-70 s each) in the same device call, when ncu exists and the budget has
 # room; informational (never a failure)
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
     for p in bf16 fp8; do

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # gpu-profile.sh [BUNDLE_DIR] [PRECISION] [BATCH] [SEQ_LEN]: where one BERT-base forward spends
 # its GPU time, per kernel, with Nsight Compute (ncu) on a GPU host: runs `bertstream bench` eagerly
-# (CUDA graphs off, so every kernel is its own launch), records gpu__time_duration of the first
-# forward's kernels (from its embedding kernel to the next forward's), and prints the total per
-# kernel name, largest first. ncu runs kernels at base clocks and with cold caches: the shares
+# (CUDA graphs off, so every kernel is its own launch), records gpu__time_duration of the
+# kernels, cuts them into forwards (from one embedding kernel to the next), takes the longest
+# complete one (the bench's batch: the engine's start-up self-checks run small forwards of their
+# own first), and prints the total per kernel name, largest first. ncu runs kernels at base clocks and with cold caches: the shares
 # are what to read, not the absolute times. Needs ncu (the GPU image
 # has it); a bundle made by scripts/bundle.sh (unpacked by gpu-check.sh or its unpack.sh).
 # Defaults: build/bundle, bf16, 256 x 128. Writes ${OUT:-.}/gpu-profile${GPU_PROFILE_TAG:+-TAG}.csv too.
@@ -20,10 +21,11 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/
 [ -n "$NCU" ] || { echo "gpu-profile: ncu not found" >&2; exit 2; }
 OUTDIR=${OUT:-.}
 CSV="$OUTDIR/gpu-profile${GPU_PROFILE_TAG:+-$GPU_PROFILE_TAG}.csv"
-# the engine at start runs a few kernels of its own (weight upload, self-checks), then the bench's
-# warm-up forward: skip nothing, take enough kernels for the start and one forward, attribute by name
+# the engine at start runs kernels of its own (weight upload, attention probes, two small forwards
+# of the CLS-rows self-check, ~250 kernels), then the bench's forwards (~100 kernels each): skip
+# nothing, take enough kernels for the start and two bench forwards, attribute by name
 BERTSTREAM_CUDA_GRAPHS=0 timeout 120 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
-    -c "${GPU_PROFILE_KERNELS:-400}" "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$PREC" \
+    -c "${GPU_PROFILE_KERNELS:-700}" "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$PREC" \
     --batch "$BATCH" --seq-len "$LEN" --seconds 0.1 >"$CSV" 2>"$CSV.err"
 rc=$?
 [ $rc -eq 0 ] || { echo "gpu-profile: ncu exit $rc"; tail -5 "$CSV.err"; }
@@ -36,12 +38,22 @@ if not head:
 hdr = rows[head[0]]
 ki, vi = hdr.index("Kernel Name"), hdr.index("Metric Value")
 body = [r for r in rows[head[0] + 1:] if len(r) == len(hdr)]
-# the bench's first forward: from the first embedding kernel to the next (engine start-up before it)
+def ns(r):
+    try:
+        return float(r[vi].replace(",", ""))
+    except ValueError:
+        return 0.0
+# forwards: from one embedding kernel to the next; the longest complete one is the bench's batch
+# (the self-checks' forwards at start are small); the last one may be cut by ncu's kernel count
 firsts = [i for i, r in enumerate(body) if "embedding_layernorm" in r[ki]]
-if len(firsts) >= 2:
-    body = body[firsts[0]:firsts[1]]
+segs = [(firsts[j], firsts[j + 1]) for j in range(len(firsts) - 1)]
+if segs:
+    a, b = max(segs, key=lambda s: sum(ns(r) for r in body[s[0]:s[1]]))
+    print(f"forward {segs.index((a, b)) + 1} of {len(segs)} complete ones ({b - a} kernels), the longest")
+    body = body[a:b]
 elif firsts:
-    body = body[firsts[0]:]
+    print("gpu-profile: no complete forward (raise GPU_PROFILE_KERNELS): the last one, cut short")
+    body = body[firsts[-1]:]
 tot, cnt = collections.Counter(), collections.Counter()
 for r in body:
     try:
