@@ -75,22 +75,31 @@ static const char *bs_test_current = "";
         }                                                                                                              \
     } while (0)
 
-/* BS_TEST_SKIP: a comma-separated list of test functions not to run here, each named in the log
- * (the GPU tests' copies on the CPU emulator leave out what only a GPU can measure) */
-static inline int bs_test_skipped(const char *fn) {
-    const char *l = getenv("BS_TEST_SKIP");
+/* 1 when the comma-separated list l names fn */
+static inline int bs_test_listed(const char *l, const char *fn) {
     const size_t n = strlen(fn);
     for (const char *p = l ? strstr(l, fn) : NULL; p; p = strstr(p + 1, fn))
         if ((p == l || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) return 1;
     return 0;
 }
 
+/* Why test function fn does not run here, or NULL: BS_TEST_SKIP names it (the GPU tests' copies on
+ * the CPU emulator leave out what only a GPU can measure), or BS_TEST_ONLY is set and does not (a
+ * developer running one test). Each skipped test is named in the log. */
+static inline const char *bs_test_skip_reason(const char *fn) {
+    const char *only = getenv("BS_TEST_ONLY");
+    if (bs_test_listed(getenv("BS_TEST_SKIP"), fn)) return "BS_TEST_SKIP";
+    if (only && *only && !bs_test_listed(only, fn)) return "BS_TEST_ONLY";
+    return NULL;
+}
+
 #define RUN(fn)                                                                                                        \
     do {                                                                                                               \
         int _before = bs_test_failures;                                                                                \
+        const char *_why = bs_test_skip_reason(#fn);                                                                   \
         bs_test_current = #fn;                                                                                         \
-        if (bs_test_skipped(#fn)) {                                                                                    \
-            fprintf(stderr, "skip %s (BS_TEST_SKIP)\n", #fn);                                                          \
+        if (_why) {                                                                                                    \
+            fprintf(stderr, "skip %s (%s)\n", #fn, _why);                                                              \
             break;                                                                                                     \
         }                                                                                                              \
         fn();                                                                                                          \
