@@ -82,7 +82,8 @@ static inline void review_set_free(review_set *rs) {
     free(rs->batches);
 }
 
-/* HF's init is N(0, 0.02) with LayerNorm 1/0: bump gains and biases so they matter */
+/* HF's init is N(0, 0.02) with zero biases and LayerNorm 1/0: bump gains and biases so they
+ * matter (every GEMM's bias: a bias dropped or added twice must show) */
 static inline void bs_test_bump_gains_and_biases(bs_model *m, bs_rng *r) {
     for (int l = 0; l < m->cfg.layers; l++)
         for (int k = 0; k < m->cfg.hidden; k++) {
@@ -91,6 +92,10 @@ static inline void bs_test_bump_gains_and_biases(bs_model *m, bs_rng *r) {
             m->layer[l].qkv_b[k] = 0.1f * (float)bs_rng_normal(r);
             m->layer[l].ff2_b[k] = 0.1f * (float)bs_rng_normal(r);
         }
+    for (int l = 0; l < m->cfg.layers; l++) {
+        for (int k = 0; k < m->cfg.hidden; k++) m->layer[l].ao_b[k] = 0.1f * (float)bs_rng_normal(r);
+        for (int k = 0; k < m->cfg.intermediate; k++) m->layer[l].ff1_b[k] = 0.1f * (float)bs_rng_normal(r);
+    }
 }
 
 #endif
