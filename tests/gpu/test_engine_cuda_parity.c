@@ -967,6 +967,11 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
         } else if (precs[k] == BS_PREC_FP8) {
             CHECK(min_cos_cpu >= 0.99);
             CHECK(same >= N * 99 / 100);
+            /* static scales (the default): both passes quantise with the same scales, so they differ
+             * by summation order and the odd E4M3 rounding step only (measured 0.999995 on the
+             * emulated device; the CLS attention writing E4M3 at the FFN-up input's scale instead
+             * of the AO input's gave 0.99958) */
+            CHECK(min_cos_own >= 0.9999);
         } else {
             CHECK(min_cos_own >= 0.9999);
             CHECK(min_cos_cpu >= 0.999);
