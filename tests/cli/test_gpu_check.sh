@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh's own logic, where no GPU exists: it runs only on a lent GPU machine, whose
+# minutes are few, so a slip in the script would cost a whole device session. Here it runs on a
+# stub bundle: a `bertstream` that answers `init-model` and prints bench JSON lines (seq/s chosen
+# per precision and setting, so every number of the report is known), one passing test program
+# and one that fails, no ncu. Checked: the test verdicts, the table rows, the targets block, the
+# variants against the default with their percentages, the profile's slot and its budget
+# extension, a failed bench point counted as a failure, the time budget skipping points, and the
+# exit status.
+# Usage: bash tests/cli/test_gpu_check.sh [BIN]   (BIN unused)
+set -uo pipefail
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+has() { # LABEL FILE FIXED-STRING
+    if grep -qF -- "$3" "$2"; then ok "$1"; else bad "$1 (no line with: $3)"; fi
+}
+matches() { # LABEL FILE EXTENDED-REGEX
+    if grep -qE -- "$3" "$2"; then ok "$1"; else bad "$1 (no line matching: $3)"; fi
+}
+is() { # LABEL GOT WANT
+    if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got $2, want $3)"; fi
+}
+
+# the stub bundle
+B=$tmp/bundle
+mkdir -p "$B/tests"
+printf '#!/bin/sh\nexit 0\n' >"$B/unpack.sh"
+cat >"$B/bertstream" <<'EOF'
+#!/usr/bin/env bash
+# stub: init-model --out DIR; bench ... --precision P --batch N --seq-len L --lengths X [--inflight K]
+cmd=$1; shift
+if [ "$cmd" = init-model ]; then
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2"; shift; done
+    exit 0
+fi
+[ "$cmd" = bench ] || exit 2
+prec="" batch="" len="" inflight=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --precision) prec=$2; shift ;;
+        --batch) batch=$2; shift ;;
+        --seq-len) len=$2; shift ;;
+        --inflight) inflight=$2; shift ;;
+    esac
+    shift
+done
+# seq/s: 10000 for bf16, 20000 for fp8, 1000 for fp32; each knob moves it by a known amount
+sps=10000
+[ "$prec" = fp8 ] && sps=20000
+[ "$prec" = fp32 ] && sps=1000
+[ "${BERTSTREAM_RESIDUAL:-}" = layernorm ] && sps=$((sps * 95 / 100))
+[ "${BERTSTREAM_LAST_LAYER:-}" = full ] && sps=$((sps * 90 / 100))
+[ "$inflight" = 2 ] && sps=$((sps * 110 / 100))
+if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
+ms=$(awk -v b="$batch" -v s="$sps" 'BEGIN { printf "%.3f", 1000 * b / s }')
+echo "engine ready"
+printf '{"device": "cuda", "engine": "cuda:0 STUB %s attention=kernel-mma gelu=tanh(cublaslt) residual=%s graphs=on mem=%dMiB", "last_layer": "cls-rows", "seq_per_s": %d, "ms_per_batch": %s, "tokens_per_s": %d}\n' \
+    "$prec" "${BERTSTREAM_RESIDUAL:-gemm}" 796 "$sps" "$ms" $((sps * len))
+EOF
+chmod +x "$B/bertstream"
+printf '#!/bin/sh\necho "stub test"\nexit 0\n' >"$B/tests/test_good"
+printf '#!/bin/sh\necho "stub test failing"\nexit 1\n' >"$B/tests/test_bad"
+chmod +x "$B/tests/test_good" "$B/tests/test_bad"
+
+# no ncu and no nvidia-smi on the path this script sees (the profile must fail without counting)
+bindir=$tmp/bin
+mkdir -p "$bindir"
+for t in bash sh env awk sed grep mktemp date tee cat rm mkdir sleep timeout ldd tail head sort printf \
+    basename dirname kill python3 gzip; do
+    p=$(command -v "$t") && ln -sf "$p" "$bindir/$t"
+done
+
+run() { # OUTFILE [VAR=VALUE...]: gpu-check on the stub bundle with a clean PATH
+    local out=$1
+    shift
+    env -i PATH="$bindir" HOME="$tmp" OUT="$tmp/out" GPU_CHECK_WORKER=0 "$@" \
+        bash "$SRC/scripts/gpu-check.sh" "$B" >"$out" 2>&1
+}
+
+run "$tmp/r1.txt" GPU_CHECK_PROFILE=1
+rc=$?
+is "a failing test program makes the exit status 1" "$rc" 1
+has "the passing test program reported" "$tmp/r1.txt" "PASS test_good"
+has "the failing test program reported" "$tmp/r1.txt" "FAIL test_bad (exit 1"
+has "the bf16 256 x 128 target row" "$tmp/r1.txt" "bf16     256   128 fixed             10000.0"
+has "a refused variant is a FAILED row" "$tmp/r1.txt" "[BERTSTREAM_ATTENTION=wmma] FAILED: stub: wmma refused"
+has "the bf16 target line against 28000" "$tmp/r1.txt" "bf16 256 x 128, seq/s"
+matches "the target says NOT met for 10000 seq/s" "$tmp/r1.txt" \
+    "^bf16 256 x 128, seq/s +10000\.000 +\(target >= 28000 seq/s\) +NOT met$"
+matches "the latency target says met for 1.6 ms" "$tmp/r1.txt" "^bf16 16 x 128, ms per batch +1\.600 +\(target <= 3 ms\) +met$"
+matches "variants: bf16 residual=layernorm at -5 %" "$tmp/r1.txt" \
+    "^bf16/256/128/fixed +\[BERTSTREAM_RESIDUAL=layernorm\] +9500\.0 vs +10000\.0 +\(-5\.0%\)$"
+matches "variants: fp8 last layer full at -10 %" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed +\[BERTSTREAM_LAST_LAYER=full\] +18000\.0 vs +20000\.0 +\(-10\.0%\)$"
+matches "variants: bf16 two in flight at +10 %" "$tmp/r1.txt" "^bf16/256/128/fixed +\[--inflight 2\] +11000\.0 vs +10000\.0 +\(\+10\.0%\)$"
+if grep -q "BERTSTREAM_ATTENTION=wmma\] .* vs " "$tmp/r1.txt"; then bad "a failed variant has no percentage"; else
+    ok "a failed variant has no percentage"
+fi
+has "the profile ran after the variants and failed without counting" "$tmp/r1.txt" "gpu-profile failed (not counted)"
+has "the profile's time extends the budget" "$tmp/r1.txt" "the bench budget moves to"
+order=$(awk '/^== profile/ && !p { p = NR } /^== bench, the rest of the grid/ { g = NR } END { print (p && g && p < g) }' "$tmp/r1.txt")
+is "the profile comes before the grid" "$order" 1
+has "the report file" "$tmp/out/gpu-check.txt" "== results"
+has "failures counted: the test and the refused variant points" "$tmp/r1.txt" "gpu-check: 3 failure(s)"
+
+# a budget of 0 s: the targets and every other point are skipped, no bench runs, nothing fails but the test
+rm -f "$B/tests/test_bad"
+run "$tmp/r2.txt" GPU_CHECK_BUDGET_S=0
+rc=$?
+is "all passed: exit status 0" "$rc" 0
+has "skipped points are counted" "$tmp/r2.txt" "bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=0)"
+has "a skipped target is not measured" "$tmp/r2.txt" "(target >= 28000 seq/s)  not measured"
+has "all passed" "$tmp/r2.txt" "gpu-check: all passed"
+
+echo "test_gpu_check: $passed passed, $failed failed"
+[ $failed -eq 0 ]
