@@ -330,10 +330,18 @@ static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
 /* ---- reduced precisions vs the CPU engine ---- */
 
 /* A head that actually separates these reviews: logit = (w . f - t) / sd along the top principal
- * direction w of the reference features f (N, C), threshold t at their median (between the two
- * middle projections), so half the labels are positive and the margins are the features' real
- * spread. (The golden head on a random encoder's pooler gives nearly one logit for every review:
- * agreement there is trivial.)
+ * direction w of the reference features f (N, C), with sd their spread around t, so the margins are
+ * the features' real spread. (The golden head on a random encoder's pooler gives nearly one logit
+ * for every review: agreement there is trivial. A head trained on these features with the IMDB
+ * labels, the notebook's recipe, was tried: it calls every review negative, trivial again.)
+ * The threshold t lies in the widest gap between consecutive projections among the middle 40 %
+ * of them, as a trained classifier's boundary lies where the classes leave a margin; so 30 to 70 %
+ * of the labels are positive. At first t was the median, then the midpoint of the two middle
+ * projections. On a random encoder the projections crowd around the median, though: on the
+ * emulated device, 300 reviews at fp8 flipped 4 labels (98.7 %, under the 99 % bar) at a mean
+ * |logit error| of 0.0056, the same as with batch scales (0.0056, 2 flips) and not far above bf16's
+ * 0.0038 (1 flip). The count there measured the crowding, not the precision; the tests now also
+ * bound the mean |logit error| itself (review_stats.principal_dlogit).
  * As a ClassificationHead: fc1 = [w; -w] / sd, fc2 = [1, -1], so ReLU(z) - ReLU(-z) = z. */
 static bs_head *principal_head(const float *f, int N, int C) {
     double *mu = calloc((size_t)C, sizeof(double)), *w = calloc((size_t)C, sizeof(double));
@@ -363,9 +371,12 @@ static bs_head *principal_head(const float *f, int N, int C) {
             double t = sorted[j];
             sorted[j] = sorted[j - 1], sorted[j - 1] = t;
         }
-    /* the threshold between the two middle projections, not on one: a review lying exactly on it
-     * would take either label at the slightest difference (one such review was 1 of 300 on the H100) */
-    const double t = N > 1 ? 0.5 * (sorted[(N - 1) / 2] + sorted[(N + 1) / 2]) : sorted[0];
+    /* the threshold in the widest gap among the middle 40 % (the two middle projections' midpoint
+     * when N is small), never on a projection: a review lying on it would take either label at the
+     * slightest difference (one such review was 1 of 300 on the H100 when t was the median) */
+    double t = N > 1 ? 0.5 * (sorted[(N - 1) / 2] + sorted[(N + 1) / 2]) : sorted[0], gap = -1;
+    for (int i = N * 3 / 10; N >= 10 && i + 1 < N && i + 1 <= N * 7 / 10; i++)
+        if (sorted[i + 1] - sorted[i] > gap) gap = sorted[i + 1] - sorted[i], t = 0.5 * (sorted[i] + sorted[i + 1]);
     for (int s = 0; s < N; s++) sd += (z[s] - t) * (z[s] - t);
     sd = sqrt(sd / N);
     if (!(sd > 0)) sd = 1;
@@ -378,24 +389,31 @@ static bs_head *principal_head(const float *f, int N, int C) {
 }
 
 typedef struct {
-    double min_cos;         /* worst per-vector cosine of pooler, cls and mean */
-    double min_cos_hidden;  /* worst per-token cosine of the last hidden state */
-    double max_dprob;       /* golden head on pooler: worst |prob - prob_cpu| */
-    double agree_golden;    /* golden head on pooler: share of equal labels */
-    double agree_principal; /* principal_head on mean: share of equal labels */
+    double min_cos;          /* worst per-vector cosine of pooler, cls and mean */
+    double min_cos_hidden;   /* worst per-token cosine of the last hidden state */
+    double max_dprob;        /* golden head on pooler: worst |prob - prob_cpu| */
+    double agree_golden;     /* golden head on pooler: share of equal labels */
+    double agree_principal;  /* principal_head on mean: share of equal labels */
+    double principal_dlogit; /* principal_head on mean: mean |logit - logit_cpu| (the projection's error over
+                              * the reviews' spread along it) */
 } review_stats;
 
-static int label_agreement(const bs_head *h, const float *a, const float *b, int N, double *max_dprob) {
-    float *pa = falloc((size_t)N), *pb = falloc((size_t)N);
-    head_apply(h, a, N, NULL, pa);
-    head_apply(h, b, N, NULL, pb);
+/* Reviews whose label under head h is the same on features a and b; *max_dprob: the worst
+ * |prob_a - prob_b|; *mean_dlogit: the mean |logit_a - logit_b| (either may be NULL). */
+static int label_agreement(const bs_head *h, const float *a, const float *b, int N, double *max_dprob,
+                           double *mean_dlogit) {
+    float *pa = falloc((size_t)N), *pb = falloc((size_t)N), *la = falloc((size_t)N), *lb = falloc((size_t)N);
+    head_apply(h, a, N, la, pa);
+    head_apply(h, b, N, lb, pb);
     int same = 0;
+    if (mean_dlogit) *mean_dlogit = 0;
     for (int s = 0; s < N; s++) {
         double d = fabs((double)pa[s] - pb[s]);
         if (max_dprob && !(d <= *max_dprob)) *max_dprob = d;
+        if (mean_dlogit) *mean_dlogit += fabs((double)la[s] - lb[s]) / N;
         same += strcmp(head_label(pa[s]), head_label(pb[s])) == 0;
     }
-    free(pa), free(pb);
+    free(pa), free(pb), free(la), free(lb);
     return same;
 }
 
@@ -427,9 +445,9 @@ static review_stats compare_on_reviews(const bs_model *m, bs_engine *e, bs_engin
         n += pb->B;
         features_free(&fg), features_free(&fc);
     }
-    st.agree_golden = (double)label_agreement(golden, all[1][0], all[0][0], N, &st.max_dprob) / N;
+    st.agree_golden = (double)label_agreement(golden, all[1][0], all[0][0], N, &st.max_dprob, NULL) / N;
     bs_head *ph = principal_head(all[0][2], N, C);
-    st.agree_principal = (double)label_agreement(ph, all[1][2], all[0][2], N, NULL) / N;
+    st.agree_principal = (double)label_agreement(ph, all[1][2], all[0][2], N, NULL, &st.principal_dlogit) / N;
     head_free(ph);
     for (int a = 0; a < 2; a++)
         for (int k = 0; k < 3; k++) free(all[a][k]);
@@ -441,8 +459,9 @@ static void print_stats(const char *what, const review_set *rs, const review_sta
     for (int b = 0; b < rs->n; b++) N += rs->batches[b].B;
     fprintf(stderr,
             "  %s on %d IMDB reviews: min cosine features %.6f hidden %.6f; golden head max |dprob| %.2g, labels "
-            "agree %.1f%%; principal head on mean, labels agree %.1f%%\n",
-            what, N, st->min_cos, st->min_cos_hidden, st->max_dprob, 100 * st->agree_golden, 100 * st->agree_principal);
+            "agree %.1f%%; principal head on mean, labels agree %.1f%%, mean |dlogit| %.3g\n",
+            what, N, st->min_cos, st->min_cos_hidden, st->max_dprob, 100 * st->agree_golden, 100 * st->agree_principal,
+            st->principal_dlogit);
 }
 
 static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
@@ -466,6 +485,7 @@ static void engine_cuda_bf16_fp16_track_fp32_cpu(void) {
         CHECK(st.min_cos_hidden >= 0.999);
         CHECK_NEAR(st.max_dprob, 0, 5e-3);
         CHECK(st.agree_principal >= 0.99);
+        CHECK(st.principal_dlogit <= 0.01); /* emulated: bf16 0.0038, fp16 0.0003 */
         engine_free(e);
     }
     engine_free(cpu);
@@ -541,6 +561,7 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
         CHECK(st.min_cos >= 0.99);
         CHECK(st.agree_golden >= 0.99);
         CHECK(st.agree_principal >= 0.99);
+        CHECK(st.principal_dlogit <= 0.02); /* emulated: 0.0056 (static and batch scales) */
         review_set_free(&rs);
     }
     engine_free(cpu);
@@ -950,7 +971,7 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
                 fmin(min_row_cosine(pool[0], ref.pooler, pb->B, C), min_row_cosine(cls[0], ref.cls, pb->B, C));
             min_cos_own = fmin(min_cos_own, co), min_cos_cpu = fmin(min_cos_cpu, cc);
             max_diff = fmax(max_diff, bs_test_max_abs_diff(pool[0], ref.pooler, (size_t)pb->B * C));
-            same += label_agreement(h, pool[0], ref.pooler, pb->B, &max_dprob);
+            same += label_agreement(h, pool[0], ref.pooler, pb->B, &max_dprob, NULL);
             N += pb->B;
             for (int r = 0; r < 3; r++) free(pool[r]), free(cls[r]);
             features_free(&full), features_free(&ref);
