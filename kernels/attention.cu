@@ -329,12 +329,16 @@ static cudaError_t tc_launch(T *out, const T *qkv, const int32_t *cu, const int3
                              int max_len, cudaStream_t s) {
     const dim3 grid((unsigned)n_tiles, (unsigned)NH);
     const float sl2 = 1.4426950408889634f / sqrtf((float)HS);
-    if (HS == 32) BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s, attention_tc_kernel<T, 32>)
-    (out, qkv, cu, tiles, NH, max_len, sl2);
-    else if (HS == 64) BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s,
-                                 attention_tc_kernel<T, 64>)(out, qkv, cu, tiles, NH, max_len, sl2);
-    else BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s,
-                   attention_tc_kernel<T, 128>)(out, qkv, cu, tiles, NH, max_len, sl2);
+    if (HS == 32) {
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(32, max_len).bytes, s, attention_tc_kernel<T, 32>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
+    } else if (HS == 64) {
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(64, max_len).bytes, s, attention_tc_kernel<T, 64>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
+    } else {
+        BS_LAUNCH(grid, TC_WARPS * 32, tc_layout_for(128, max_len).bytes, s, attention_tc_kernel<T, 128>)
+        (out, qkv, cu, tiles, NH, max_len, sl2);
+    }
     return cudaGetLastError();
 }
 
@@ -424,18 +428,19 @@ static cudaError_t cls_launch(T *out, uint8_t *out8, const float *oscale, const 
     const dim3 grid((unsigned)B, (unsigned)NH);
     const size_t smem = cls_smem_bytes(HS);
     const float qscale = 1.4426950408889634f / sqrtf((float)HS); // log2(e) / sqrt(HS)
-    if (HS <= 32)
+    if (HS <= 32) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 1>)
         (out, out8, oscale, qkv, cu, NH, HS, qscale);
-    else if (HS <= 64)
+    } else if (HS <= 64) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 2>)
         (out, out8, oscale, qkv, cu, NH, HS, qscale);
-    else if (HS <= 128)
+    } else if (HS <= 128) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 4>)
         (out, out8, oscale, qkv, cu, NH, HS, qscale);
-    else
+    } else {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 8>)
         (out, out8, oscale, qkv, cu, NH, HS, qscale);
+    }
     return cudaGetLastError();
 }
 
