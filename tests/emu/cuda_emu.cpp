@@ -586,7 +586,6 @@ static void store(void *p, cudaDataType_t t, size_t i, float v) {
     }
 }
 
-/* what the emulated cuBLASLt runs; NOT_SUPPORTED is "no algorithm", as the real one says */
 enum { REFUSE_EPILOGUE = 1, REFUSE_E4M3_OUT = 2, REFUSE_BETA = 4, REFUSE_FP8 = 8 };
 
 /* BS_EMU_CUBLASLT_REFUSE, read once; an unknown word is reported and ignored */
@@ -612,6 +611,7 @@ static unsigned refused() {
     return bits;
 }
 
+/* what the emulated cuBLASLt runs; NOT_SUPPORTED is "no algorithm", as the real one says */
 static cublasStatus_t validate(const lt_desc &d, const lt_layout &a, const lt_layout &b, const lt_layout &c,
                                const lt_layout &o) {
     if (d.compute != CUBLAS_COMPUTE_32F || d.scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
