@@ -17,6 +17,8 @@
  *    blocking streams.
  *  - Events mark a position in a stream; cudaStreamWaitEvent makes a stream run the other stream
  *    up to that mark first.
+ *  - BS_EMU_INTERLEAVE=1: streams run as if concurrent, one op each in turn (run_until), so that
+ *    work on two streams that shares a buffer without an event between gives other numbers.
  *  - Graph capture records the work queued on the capturing stream; a synchronizing call on it
  *    during capture invalidates the capture (cudaErrorStreamCaptureInvalidated at its end).
  *  - cuBLASLt: column-major layouts, TRANSA/TRANSB, the epilogues DEFAULT, BIAS, GELU, GELU_BIAS,
@@ -30,8 +32,8 @@
  *    E4M3), `beta` (beta != 0, refused at launch as the H100's refusals came), `fp8` (E4M3 A/B).
  *  - cuDNN reports version 9.14 and refuses the backend graph (as the H100 host's did): the
  *    engine's SDPA path is refused and our kernels run.
- * Not modelled: timing (events give host time), concurrency between streams (each runs in
- * order when waited for), and the tensor cores' own rounding. */
+ * Not modelled: timing (events give host time), overlap within an op (a kernel runs whole), and
+ * the tensor cores' own rounding. */
 #include "emu/simt.hpp"
 
 #include <cublasLt.h>
@@ -76,7 +78,12 @@ struct graph {
 } // namespace cuda_emu
 
 struct CUstream_st {
-    std::deque<cuda_emu::op_fn> q;
+    struct op {
+        cuda_emu::op_fn f;         /* the work; empty for a wait */
+        CUstream_st *on = nullptr; /* a wait (cudaStreamWaitEvent): blocked until on has run seq ops */
+        long seq = 0;
+    };
+    std::deque<op> q;
     long enq = 0, done = 0; /* ops queued and run so far */
     bool blocking = true;
     cuda_emu::graph *cap = nullptr; /* the graph being captured */
@@ -145,12 +152,49 @@ static cudaError_t sticky() {
     return cudaErrorLaunchFailure;
 }
 
+/* runs s's next op (a wait whose mark has been reached just leaves the queue) */
+static void step(CUstream_st *s) {
+    CUstream_st::op o = std::move(s->q.front());
+    s->q.pop_front();
+    if (o.f) o.f();
+    s->done++;
+}
+
+/* s's next op is a wait whose mark the other stream has not reached */
+static bool blocked(const CUstream_st *s) {
+    const CUstream_st::op &o = s->q.front();
+    return o.on && o.on->done < o.seq;
+}
+
+/* BS_EMU_INTERLEAVE=1: while a stream runs, every other stream with work queued (and not blocked
+ * by a wait) runs one op per op of it, as concurrent streams may on a GPU, so that two streams
+ * sharing a buffer without an event between them give wrong numbers instead of passing because
+ * each ran to its end before the other began. */
+static bool interleave() {
+    static const int on = [] {
+        const char *v = getenv("BS_EMU_INTERLEAVE");
+        return v && !strcmp(v, "1");
+    }();
+    return on;
+}
+
+/* runs s until it has run seq ops (or has none left); a wait first runs the stream it waits on */
 static void run_until(CUstream_st *s, long seq) {
     while (s->done < seq && !s->q.empty()) {
-        op_fn f = std::move(s->q.front());
-        s->q.pop_front();
-        f();
-        s->done++;
+        if (interleave())
+            for (size_t i = 0; i < streams.size(); i++) {
+                CUstream_st *o = streams[i];
+                if (o != s && !o->q.empty() && !o->cap && !blocked(o)) step(o);
+            }
+        if (s->done >= seq || s->q.empty()) break;
+        if (blocked(s)) {
+            CUstream_st *on = s->q.front().on;
+            const long mark = s->q.front().seq;
+            run_until(on, mark);
+            if (on->done < mark) break; /* cannot be reached: nothing is queued up to it */
+            continue;
+        }
+        step(s);
     }
 }
 static void drain(CUstream_st *s) {
@@ -172,7 +216,7 @@ static void submit(CUstream_st *s, op_fn f) {
         s->cap->ops.push_back(std::move(f));
         return;
     }
-    s->q.push_back(std::move(f));
+    s->q.push_back({std::move(f)});
     s->enq++;
 }
 
@@ -472,9 +516,12 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flag
         return fail(cudaErrorStreamCaptureIsolation,
                     "a captured stream waits on an event recorded outside the capture");
     }
-    CUstream_st *o = e->s;
-    const long seq = e->seq;
-    submit(s, [o, seq] { run_until(o, seq); });
+    if (!s) { /* the legacy stream runs at once */
+        run_until(e->s, e->seq);
+        return cudaSuccess;
+    }
+    s->q.push_back({op_fn(), e->s, e->seq});
+    s->enq++;
     return cudaSuccess;
 }
 
@@ -511,10 +558,7 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned lon
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s) {
     LOCK;
-    const std::vector<op_fn> *ops = &x->ops;
-    submit(s, [ops] {
-        for (const op_fn &f : *ops) f();
-    });
+    for (const op_fn &f : x->ops) submit(s, f); /* op by op: BS_EMU_INTERLEAVE can run others between */
     return sticky();
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) {
