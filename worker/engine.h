@@ -59,8 +59,8 @@ int engine_is_cuda(const bs_engine *e);
  * else), unless BERTSTREAM_LAST_LAYER=full (every row, as before: for comparison and diagnosis) or
  * the engine turned it off (its start-up self-check failed: bs_engine.cls_off). Both engines
  * then compute the last layer's keys and values over every row, its attention for the CLS query
- * (the CPU engine; the CUDA engine runs it for every query and keeps the CLS rows), and the rest
- * of the layer on B rows instead of T. Read at every call (the environment may change). */
+ * alone, and the rest of the layer on B rows instead of T. Read at every call (the environment
+ * may change). */
 int engine_cls_only(const bs_engine *e, const bs_outputs *out);
 
 /* ---- Two batches in flight ----
@@ -89,9 +89,11 @@ int engine_cls_only(const bs_engine *e, const bs_outputs *out);
  * twice"), engine_wait on a slot holding none, an invalid batch (engine_check_batch). A batch can
  * fail in engine_submit (nothing is then in flight in that slot: do not wait for it) or in
  * engine_wait; either way its outputs are not valid. engine_forward is engine_submit + engine_wait
- * on a free slot (it fails only if both slots are in flight). Batches complete in submission
- * order. One thread at a time per engine; engine_free with batches in flight waits for the device
- * and drops their outputs. Nothing here allocates: every buffer is sized at engine_new. */
+ * on a free slot (it fails only if both slots are in flight). On CUDA the two slots compute on
+ * two lanes at once (unless BERTSTREAM_LANES=1), so a later batch may be ready first; each wait
+ * returns its own slot's batch. One thread at a time per engine; engine_free with batches in
+ * flight waits for the device and drops their outputs. Every buffer is sized at engine_new but
+ * CUDA's second lane, allocated once, on slot 1's first batch; nothing is allocated per batch. */
 #define BS_ENGINE_SLOTS 2
 
 int engine_submit(bs_engine *e, int slot, const bs_batch *b, const bs_outputs *out, char *err);
@@ -103,9 +105,8 @@ int engine_slots(const bs_engine *e);
 int engine_check_batch(const bs_model *m, const bs_engine_opts *o, const bs_batch *b, char *err);
 
 /* FLOPs of one forward pass over a batch (GEMMs + attention), for benchmarks; cls_only: with the
- * last layer on the CLS rows (engine_cls_only), the FLOPs that pass executes, its attention counted
- * for the CLS query as the CPU engine runs it (the CUDA engine's full last-layer attention is about
- * 0.2 % more for BERT-base at 128 tokens). */
+ * last layer on the CLS rows (engine_cls_only), the FLOPs that pass executes (its attention for
+ * the CLS query alone, as both engines run it). */
 double engine_flops(const bs_bert_config *c, const bs_batch *b, int cls_only);
 
 /* Implementation vtable: engine_cpu.c and engine_cuda.c fill one. */
@@ -116,7 +117,7 @@ struct bs_engine {
     bs_engine_opts opts;
     bs_precision precision;
     int is_cuda;
-    int cls_off; /* the last layer on the CLS rows failed the engine's start-up self-check: never used */
+    int cls_off;    /* the last layer on the CLS rows failed the engine's start-up self-check: never used */
     char desc[384]; /* engine_describe: room for every part of the CUDA engine's line */
 
     /* Asynchronous entry points (engine.c checks the slot, its state and the batch first). An

@@ -78,14 +78,16 @@ typedef struct {
 } gemm_plan;
 
 typedef struct {
-    int Tb, Bb, cls; /* cls: the last layer on the CLS rows only (engine_cls_only) */
+    int Tb, Bb, cls;  /* cls: the last layer on the CLS rows only (engine_cls_only) */
+    const void *lane; /* the lane whose buffers and stream it was captured with */
     uint64_t stamp;
     cudaGraphExec_t exec;
 } graph_entry;
 
 typedef struct {
     int Bb;
-    bs_sdpa *p; /* NULL: cuDNN refused this shape, the kernel runs */
+    const void *lane; /* the plan binds that lane's buffers */
+    bs_sdpa *p;       /* NULL: cuDNN refused this shape, the kernel runs */
 } sdpa_entry;
 
 typedef struct {
@@ -110,6 +112,24 @@ typedef struct {
     size_t BC; /* B * C of the batch in flight */
 } cuda_slot;
 
+/* A compute lane: a stream and every buffer an encoder writes. Slot s of the two batches in flight
+ * computes on lane s (see "batches in flight" below), so two batches can compute at once; lane 1
+ * is allocated when slot 1 is first used. */
+typedef struct {
+    cudaStream_t stream; /* compute: this lane's encoders, in submission order */
+    void *mem;           /* one device allocation for all of the below */
+    size_t bytes;
+    int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
+    int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
+    void *x, *x2, *tmp, *att;      /* (R, C) in A */
+    void *qkv, *ff;                /* (R, 3C) and (R, I) in A, one buffer: qkv is dead once FF1 writes ff */
+    void *q8;                      /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
+    float *amax_parts, *act_scale; /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
+    float *cls, *mean, *pooler;    /* (Bcap, C) fp32 */
+    float *hidden32;               /* (Tcap, C) fp32: x widened for the caller */
+    void *gemm_ws, *sdpa_ws;       /* two GEMMs of two lanes run at once: a workspace each */
+} lane;
+
 typedef struct {
     bs_engine base; /* first: engine.c sees a bs_engine */
     int dev, cc_major, cc_minor;
@@ -117,7 +137,6 @@ typedef struct {
     bs_dtype act, gemm;
     int fp8;
     int Tcap, Bcap, R, tiles_cap;
-    cudaStream_t stream;   /* compute: every encoder, in submission order */
     cudaStream_t h2d, d2h; /* copies in and out, one stream (and copy engine) per direction */
     cublasLtHandle_t lt;
     cudnnHandle_t dnn;
@@ -132,20 +151,15 @@ typedef struct {
     float *pool_b;
     dev_layer *layer; /* [L] host array of device pointers */
 
-    /* activations: one device allocation, sized once */
-    void *amem;
-    size_t abytes;
-    int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
-    int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
-    int32_t *d_iota; /* 0, 1, ..., Bcap: the cu_seqlens of one row per sequence (the CLS rows, compacted) */
-    void *x, *x2, *tmp, *att, *qkv, *ff; /* (R, C) (R, C) (R, C) (R, C) (R, 3C) (R, I) in A */
-    void *q8;                            /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
-    float *amax_parts, *act_scale;       /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
-    float *static_scale;                 /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
-    float *static_dscale;                /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
-    float *cls, *mean, *pooler;          /* (Bcap, C) fp32 */
-    float *hidden32;                     /* (Tcap, C) fp32: x widened for the caller */
-    void *gemm_ws, *sdpa_ws;
+    int32_t *d_iota;      /* 0, 1, ..., Bcap: the cu_seqlens of one row per sequence (the CLS rows, compacted) */
+    float *static_scale;  /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
+    float *static_dscale; /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
+
+    /* activations: a lane each (lanes[0] from the start), sized once */
+    lane lanes[BS_ENGINE_SLOTS];
+    int n_lanes;   /* allocated */
+    int max_lanes; /* BERTSTREAM_LANES (2), or 1 after lane 1 could not be allocated */
+    lane *a;       /* the lane being enqueued (or checked at start): what every encoder step uses */
 
     /* staging: per slot (two batches in flight) */
     cuda_slot slot[BS_ENGINE_SLOTS];
@@ -154,6 +168,7 @@ typedef struct {
     gemm_plan plans[MAX_PLANS];
     graph_entry graphs[MAX_GRAPHS];
     int n_graphs, use_graphs;
+    const char *graphs_note; /* describe(): "on", "off", "off(capture failed)" */
     int gemm_autotune; /* BERTSTREAM_GEMM_AUTOTUNE=1: plan_try times the heuristic's candidates, else takes its first */
     int seen[MAX_GRAPHS][3]; /* shapes (Tb, Bb, cls) run once (eagerly): a second sighting captures a graph */
     int n_seen;
@@ -229,6 +244,10 @@ static void layout_weights(cuda_engine *e, arena *a) {
         w->ln2_b = take(a, C * 4);
         w->scale = take(a, G_KINDS * SCALE_STRIDE * 4);
     }
+    /* constants the lanes share */
+    e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
+    e->static_dscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
+    e->d_iota = take(a, ((size_t)e->Bcap + 1) * 4);
 }
 
 /* dst (n) in dt <- src (n) fp32 on the host, through the fp32 staging buffer tmp; E4M3 writes its
@@ -236,17 +255,17 @@ static void layout_weights(cuda_engine *e, arena *a) {
 static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size_t n, float *tmp, float *scale,
                   char *err) {
     if (dt == BS_DT_F32) {
-        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, e->stream));
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, e->a->stream));
     } else {
-        CUDA_CHECK(cudaMemcpyAsync(tmp, src, n * 4, cudaMemcpyHostToDevice, e->stream));
+        CUDA_CHECK(cudaMemcpyAsync(tmp, src, n * 4, cudaMemcpyHostToDevice, e->a->stream));
         if (dt == BS_DT_E4M3) {
-            CUDA_CHECK(amax_forward(e->amax_parts, tmp, BS_DT_F32, n, e->stream));
-            CUDA_CHECK(quantize_fp8_forward(dst, scale, tmp, BS_DT_F32, n, e->amax_parts, e->stream));
+            CUDA_CHECK(amax_forward(e->a->amax_parts, tmp, BS_DT_F32, n, e->a->stream));
+            CUDA_CHECK(quantize_fp8_forward(dst, scale, tmp, BS_DT_F32, n, e->a->amax_parts, e->a->stream));
         } else {
-            CUDA_CHECK(convert_forward(dst, dt, tmp, BS_DT_F32, n, e->stream));
+            CUDA_CHECK(convert_forward(dst, dt, tmp, BS_DT_F32, n, e->a->stream));
         }
     }
-    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    CUDA_CHECK(cudaStreamSynchronize(e->a->stream));
     return BS_OK;
 }
 
@@ -276,10 +295,10 @@ static int upload_static_scales(cuda_engine *e, char *err) {
         }
     log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g",
               bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX);
-    cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * nh, cudaMemcpyHostToDevice, e->stream);
+    cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * nh, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess)
-        ce = cudaMemcpyAsync(e->static_dscale, hd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* h is freed below */
+        ce = cudaMemcpyAsync(e->static_dscale, hd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* h is freed below */
     free(bounds), free(h);
     if (ce != cudaSuccess) return bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
     return BS_OK;
@@ -337,40 +356,68 @@ done:
 
 /* ---- activations and staging ---- */
 
-static void layout_activations(cuda_engine *e, arena *a) {
+/* Lane i's buffers; lane 0's allocation also holds the slots' device staging (d_stage, d_feat),
+ * which exist from the start. */
+static void layout_lane(cuda_engine *e, int i, arena *a) {
+    lane *L = &e->lanes[i];
     const bs_bert_config *c = &e->base.model->cfg;
     const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, R = (size_t)e->R, sa = bs_dtype_size(e->act);
     size_t in_ints = e->o_ids + (size_t)e->Tcap;
-    e->d_in = take(a, in_ints * 4);
-    e->x = take(a, R * C * sa);
-    e->x2 = take(a, R * C * sa);
-    e->tmp = take(a, R * C * sa);
-    e->att = take(a, R * C * sa);
-    e->qkv = take(a, R * 3 * C * sa);
-    e->ff = take(a, R * I * sa);
-    e->q8 = e->fp8 ? take(a, R * (I > C ? I : C)) : NULL;
-    e->amax_parts = take(a, BS_AMAX_PARTS * 4);
-    e->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
-    e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
-    e->static_dscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
-    e->d_iota = take(a, ((size_t)e->Bcap + 1) * 4);
-    e->cls = take(a, (size_t)e->Bcap * C * 4);
-    e->mean = take(a, (size_t)e->Bcap * C * 4);
-    e->pooler = take(a, (size_t)e->Bcap * C * 4);
+    L->d_in = take(a, in_ints * 4);
+    L->x = take(a, R * C * sa);
+    L->x2 = take(a, R * C * sa);
+    L->tmp = take(a, R * C * sa);
+    L->att = take(a, R * C * sa);
+    L->qkv = take(a, R * (I > 3 * C ? I : 3 * C) * sa);
+    L->ff = L->qkv;
+    L->q8 = e->fp8 ? take(a, R * (I > C ? I : C)) : NULL;
+    L->amax_parts = take(a, BS_AMAX_PARTS * 4);
+    L->act_scale = take(a, G_KINDS * SCALE_STRIDE * 4);
+    L->cls = take(a, (size_t)e->Bcap * C * 4);
+    L->mean = take(a, (size_t)e->Bcap * C * 4);
+    L->pooler = take(a, (size_t)e->Bcap * C * 4);
     /* The caller's fp32 hidden state: x itself at fp32, else widened into ff when it is big enough
      * (ff is free once the last layer is done), else its own buffer. */
     if (e->act == BS_DT_F32)
-        e->hidden32 = NULL;
+        L->hidden32 = NULL;
     else if (R * I * sa >= (size_t)e->Tcap * C * 4)
-        e->hidden32 = NULL;
+        L->hidden32 = NULL;
     else
-        e->hidden32 = take(a, (size_t)e->Tcap * C * 4);
-    e->gemm_ws = take(a, GEMM_WS_BYTES);
-    e->sdpa_ws = (e->act != BS_DT_F32) ? take(a, SDPA_WS_BYTES) : NULL;
-    for (int i = 0; i < BS_ENGINE_SLOTS; i++) {
-        e->slot[i].d_stage = take(a, in_ints * 4);
-        e->slot[i].d_feat = take(a, 3 * (size_t)e->Bcap * C * 4);
+        L->hidden32 = take(a, (size_t)e->Tcap * C * 4);
+    L->gemm_ws = take(a, GEMM_WS_BYTES);
+    L->sdpa_ws = (e->act != BS_DT_F32) ? take(a, SDPA_WS_BYTES) : NULL;
+    L->d_cu = L->d_in + e->o_cu;
+    L->d_seqlen = L->d_in + e->o_seqlen;
+    L->d_offq = L->d_in + e->o_offq;
+    L->d_offo = L->d_in + e->o_offo;
+    L->d_tiles = L->d_in + e->o_tiles;
+    L->d_ids = L->d_in + e->o_ids;
+    for (int k = 0; i == 0 && k < BS_ENGINE_SLOTS; k++) {
+        e->slot[k].d_stage = take(a, in_ints * 4);
+        e->slot[k].d_feat = take(a, 3 * (size_t)e->Bcap * C * 4);
     }
+}
+
+/* Creates lane i: its stream and its buffers (zeroed: spare and padding rows start finite). */
+static int lane_open(cuda_engine *e, int i, char *err) {
+    lane *L = &e->lanes[i];
+    CUDA_CHECK(cudaStreamCreateWithFlags(&L->stream, cudaStreamNonBlocking));
+    arena a = {0};
+    layout_lane(e, i, &a);
+    L->bytes = a.off;
+    CUDA_CHECK(cudaMalloc(&L->mem, L->bytes));
+    a = (arena){.base = L->mem};
+    layout_lane(e, i, &a);
+    CUDA_CHECK(cudaMemsetAsync(L->mem, 0, L->bytes, L->stream));
+    e->n_lanes = i + 1;
+    return BS_OK;
+}
+
+static void lane_close(lane *L) {
+    if (L->stream) cudaStreamSynchronize(L->stream);
+    cudaFree(L->mem);
+    if (L->stream) cudaStreamDestroy(L->stream);
+    memset(L, 0, sizeof *L);
 }
 
 /* Input staging layout (int32 units, each part 256-byte aligned so cuDNN accepts the pointers):
@@ -438,9 +485,9 @@ static const void *gemm_weight(const cuda_engine *e, int kind, int l) {
  * may add (x, x2; the last layer on the CLS rows passes x2 to AO instead, encode() says which).
  * gemm() and the plans' trial launches use it. */
 static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out, const void **res) {
-    *in = kind == G_QKV ? e->x : kind == G_AO ? e->att : kind == G_FF1 ? e->x2 : e->ff;
-    *out = kind == G_QKV ? e->qkv : kind == G_FF1 ? e->ff : e->tmp;
-    if (res) *res = kind == G_AO ? e->x : kind == G_FF2 ? e->x2 : NULL;
+    *in = kind == G_QKV ? e->a->x : kind == G_AO ? e->a->att : kind == G_FF1 ? e->a->x2 : e->a->ff;
+    *out = kind == G_QKV ? e->a->qkv : kind == G_FF1 ? e->a->ff : e->a->tmp;
+    if (res) *res = kind == G_AO ? e->a->x : kind == G_FF2 ? e->a->x2 : NULL;
 }
 
 #define PLAN_CANDIDATES 8
@@ -453,7 +500,7 @@ static cublasStatus_t plan_launch(cuda_engine *e, const gemm_plan *p, const cubl
     const float alpha = 1.0f, beta = p->res ? 1.0f : 0.0f;
     const void *C = p->res ? R : p->out_q8 ? NULL : Y;
     return cublasLtMatmul(e->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, C, p->c, Y, p->out_q8 ? p->d : p->c, algo,
-                          e->gemm_ws, GEMM_WS_BYTES, e->stream);
+                          e->a->gemm_ws, GEMM_WS_BYTES, e->a->stream);
 }
 
 /* Asks the heuristic for up to PLAN_CANDIDATES algos with the given epilogue and keeps the first
@@ -490,7 +537,7 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     const void *W = gemm_weight(e, p->kind, 0), *X, *R;
     void *Y;
     gemm_io(e, p->kind, &X, &Y, &R);
-    if (e->fp8) X = e->q8;
+    if (e->fp8) X = e->a->q8;
     cudaEvent_t ev[2] = {NULL, NULL};
     if (e->gemm_autotune) {
         CUDA_CHECK(cudaEventCreate(&ev[0]));
@@ -509,11 +556,11 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         }
         float ms = 0;
         if (e->gemm_autotune) { /* the fastest of the heuristic's candidates, over 3 launches each */
-            if (cudaEventRecord(ev[0], e->stream) != cudaSuccess) rc = BS_ERR;
+            if (cudaEventRecord(ev[0], e->a->stream) != cudaSuccess) rc = BS_ERR;
             for (int r = 0; r < 3 && rc == BS_OK; r++)
                 if (plan_launch(e, p, &res[i].algo, W, X, Y, R) != CUBLAS_STATUS_SUCCESS) rc = BS_ERR;
             if (rc == BS_OK &&
-                (cudaEventRecord(ev[1], e->stream) != cudaSuccess || cudaEventSynchronize(ev[1]) != cudaSuccess ||
+                (cudaEventRecord(ev[1], e->a->stream) != cudaSuccess || cudaEventSynchronize(ev[1]) != cudaSuccess ||
                  cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess))
                 rc = BS_ERR;
             if (rc != BS_OK) bs_err(err, "timing the %s GEMM's candidates failed", gemm_names[p->kind]);
@@ -547,7 +594,7 @@ static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, cha
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
     if (e->fp8) {
         /* the heuristic must see that scales will be set; real pointers are set per call */
-        const void *sa = SCALE_AT(e->layer[0].scale, kind), *sb = SCALE_AT(e->act_scale, kind);
+        const void *sa = SCALE_AT(e->layer[0].scale, kind), *sb = SCALE_AT(e->a->act_scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
         const int8_t fast = (int8_t)e->fp8_fast_accum;
@@ -650,18 +697,18 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     gemm_dims(e, kind, &m, &k);
     const void *X = in;
     if (e->fp8) {
-        float *sb = SCALE_AT(e->act_scale, kind);
-        X = e->q8;
+        float *sb = SCALE_AT(e->a->act_scale, kind);
+        X = e->a->q8;
         if (!e->fp8_static) { /* this batch's amax, then the cast */
-            CUDA_CHECK(amax_forward(e->amax_parts, in, e->act, (size_t)n * k, e->stream));
-            CUDA_CHECK(quantize_fp8_forward(e->q8, sb, in, e->act, (size_t)n * k, e->amax_parts, e->stream));
+            CUDA_CHECK(amax_forward(e->a->amax_parts, in, e->act, (size_t)n * k, e->a->stream));
+            CUDA_CHECK(quantize_fp8_forward(e->a->q8, sb, in, e->act, (size_t)n * k, e->a->amax_parts, e->a->stream));
         } else { /* the scale is fixed; the LayerNorms wrote the QKV and FFN-up inputs already, the
                   * attention kernel and the FF1 GEMM may have written theirs in E4M3 too */
             sb = STATIC_SCALE(e, l, kind);
             if (kind == G_FF2 && e->ff_is_q8)
-                X = e->ff;
+                X = e->a->ff;
             else if ((kind == G_AO && !e->att_is_q8) || kind == G_FF2)
-                CUDA_CHECK(quantize_fp8_static_forward(e->q8, in, e->act, (size_t)n * k, sb, e->stream));
+                CUDA_CHECK(quantize_fp8_static_forward(e->a->q8, in, e->act, (size_t)n * k, sb, e->a->stream));
         }
         const void *sa = SCALE_AT(w->scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
@@ -680,9 +727,9 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
-        CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->stream));
+        CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->a->stream));
     if (kind == G_FF1 && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
-        CUDA_CHECK(bias_gelu_forward(out, w->ff1_b, (size_t)n, m, 1, e->act, e->stream));
+        CUDA_CHECK(bias_gelu_forward(out, w->ff1_b, (size_t)n, m, 1, e->act, e->a->stream));
     return BS_OK;
 }
 
@@ -704,7 +751,7 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
     if (!p->out_q8) return 1;
     const dev_layer *w = &e->layer[0];
     const float sx = 1.0f / 16;
-    float *sxd = SCALE_AT(e->act_scale, G_FF1), *sdd = SCALE_AT(e->act_scale, G_FF2);
+    float *sxd = SCALE_AT(e->a->act_scale, G_FF1), *sdd = SCALE_AT(e->a->act_scale, G_FF2);
     const void *sa = SCALE_AT(w->scale, G_FF1), *bias = w->ff1_b_act;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sxd, sizeof sxd));
@@ -724,9 +771,10 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
         hx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
     }
     float sw = 0;
-    cudaError_t ce = cudaMemcpyAsync(hw, w->ff1_w, (size_t)I * C, cudaMemcpyDeviceToHost, e->stream);
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(&sw, SCALE_AT(w->scale, G_FF1), 4, cudaMemcpyDeviceToHost, e->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+    cudaError_t ce = cudaMemcpyAsync(hw, w->ff1_w, (size_t)I * C, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(&sw, SCALE_AT(w->scale, G_FF1), 4, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
         bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
         goto done;
@@ -751,23 +799,23 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
             top = fmax(top, fabs(v));
         }
     const float dscale = top > 0 ? (float)(400.0 / top) : 1.0f;
-    ce = cudaMemsetAsync(e->q8, 0, (size_t)e->Tcap * C, e->stream);
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(e->q8, hx, (size_t)n * C, cudaMemcpyHostToDevice, e->stream);
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->stream);
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sdd, &dscale, 4, cudaMemcpyHostToDevice, e->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* sx, dscale are on the stack */
+    ce = cudaMemsetAsync(e->a->q8, 0, (size_t)e->Tcap * C, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(e->a->q8, hx, (size_t)n * C, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(sdd, &dscale, 4, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* sx, dscale are on the stack */
     if (ce != cudaSuccess) {
         bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
         goto done;
     }
-    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->q8, e->ff, NULL);
+    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->a->q8, e->a->ff, NULL);
     if (st != CUBLAS_STATUS_SUCCESS) {
         snprintf(why, BS_ERRLEN, "the FFN-up GEMM's E4M3 output failed to launch: %s", cublasGetStatusString(st));
         rc = 0;
         goto done;
     }
-    ce = cudaMemcpyAsync(hq, e->ff, (size_t)n * I, cudaMemcpyDeviceToHost, e->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+    ce = cudaMemcpyAsync(hq, e->a->ff, (size_t)n * I, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
         bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
         goto done;
@@ -800,25 +848,26 @@ static bs_sdpa_desc sdpa_desc(const cuda_engine *e, int Bb) {
                           .HS = c->hidden / c->heads,
                           .dt = e->act,
                           .offset_unit = e->sdpa_unit,
-                          .qkv = e->qkv,
-                          .out = e->att,
-                          .seqlen = e->d_seqlen,
-                          .off_qkv = e->d_offq,
-                          .off_out = e->d_offo,
-                          .workspace = e->sdpa_ws,
+                          .qkv = e->a->qkv,
+                          .out = e->a->att,
+                          .seqlen = e->a->d_seqlen,
+                          .off_qkv = e->a->d_offq,
+                          .off_out = e->a->d_offo,
+                          .workspace = e->a->sdpa_ws,
                           .workspace_cap = SDPA_WS_BYTES};
 }
 
 /* The SDPA plan for Bb slots (entry with p == NULL: the kernel runs that shape). Plans are never
  * freed while the engine lives: captured graphs may hold kernels that cuDNN compiled for them. */
 static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
-    static sdpa_entry none = {0, NULL};
+    static sdpa_entry none = {0, NULL, NULL};
     for (int i = 0; i < e->n_sdpa; i++)
-        if (e->sdpa[i].Bb == Bb) return &e->sdpa[i];
+        if (e->sdpa[i].Bb == Bb && e->sdpa[i].lane == e->a) return &e->sdpa[i];
     if (e->n_sdpa == MAX_SDPA) return &none;
     bs_sdpa_desc d = sdpa_desc(e, Bb);
     sdpa_entry *s = &e->sdpa[e->n_sdpa++];
     s->Bb = Bb;
+    s->lane = e->a;
     s->p = sdpa_cudnn_new(e->dnn, &d, err);
     if (!s->p) {
         const bs_log_level lvl = first_warning(e, W_SDPA);
@@ -835,17 +884,20 @@ static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
     if (e->use_cudnn) {
         char why[BS_ERRLEN];
         sdpa_entry *s = sdpa_get(e, Bb, why);
-        if (s->p) return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
+        if (s->p) {
+            CUDNN_CHECK(cudnnSetStream(e->dnn, e->a->stream)); /* the handle is shared by the lanes */
+            return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
+        }
     }
     const int tiles = attention_tiles_cap(Tb, Bb, e->att_bq), NH = c->heads, HS = c->hidden / c->heads;
     if (e->att_q8) {
-        CUDA_CHECK(attention_mma_q8_forward(e->q8, e->qkv, e->d_cu, e->d_tiles, tiles, NH, HS, e->act,
-                                            STATIC_SCALE(e, l, G_AO), e->stream));
+        CUDA_CHECK(attention_mma_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS, e->act,
+                                            STATIC_SCALE(e, l, G_AO), e->a->stream));
         e->att_is_q8 = 1;
         return BS_OK;
     }
-    CUDA_CHECK(attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, tiles, NH, HS, e->base.opts.max_seq_len,
-                                 e->att_kernel, e->act, e->stream));
+    CUDA_CHECK(attention_forward(e->a->att, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS,
+                                 e->base.opts.max_seq_len, e->att_kernel, e->act, e->a->stream));
     return BS_OK;
 }
 
@@ -869,23 +921,23 @@ static int last_layer_cls_rows(cuda_engine *e, int l, int Bb, char *err) {
     const int NH = c->heads, HS = c->hidden / c->heads;
     e->att_is_q8 = e->fp8_static;
     if (e->att_is_q8)
-        CUDA_CHECK(
-            attention_cls_q8_forward(e->q8, e->qkv, e->d_cu, Bb, NH, HS, e->act, STATIC_SCALE(e, l, G_AO), e->stream));
+        CUDA_CHECK(attention_cls_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act,
+                                            STATIC_SCALE(e, l, G_AO), e->a->stream));
     else
-        CUDA_CHECK(attention_cls_forward(e->att, e->qkv, e->d_cu, Bb, NH, HS, e->act, e->stream));
-    CUDA_CHECK(cls_rows_forward(e->x2, e->x, e->d_cu, Bb, C * sa, e->stream));
+        CUDA_CHECK(attention_cls_forward(e->a->att, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act, e->a->stream));
+    CUDA_CHECK(cls_rows_forward(e->a->x2, e->a->x, e->a->d_cu, Bb, C * sa, e->a->stream));
     if (nc > (size_t)Bb) {
-        unsigned char *att = e->att_is_q8 ? e->q8 : e->att;
+        unsigned char *att = e->att_is_q8 ? e->a->q8 : e->a->att;
         const size_t ab = e->att_is_q8 ? C : C * sa;
-        CUDA_CHECK(cudaMemsetAsync(att + (size_t)Bb * ab, 0, (nc - (size_t)Bb) * ab, e->stream));
-        CUDA_CHECK(
-            cudaMemsetAsync((unsigned char *)e->x2 + (size_t)Bb * C * sa, 0, (nc - (size_t)Bb) * C * sa, e->stream));
+        CUDA_CHECK(cudaMemsetAsync(att + (size_t)Bb * ab, 0, (nc - (size_t)Bb) * ab, e->a->stream));
+        CUDA_CHECK(cudaMemsetAsync((unsigned char *)e->a->x2 + (size_t)Bb * C * sa, 0, (nc - (size_t)Bb) * C * sa,
+                                   e->a->stream));
     }
     return BS_OK;
 }
 
 /* Everything from token ids to pooled features, for Tb rows and Bb sequence slots; only device
- * work on e->stream, so it can be captured as a CUDA graph. cls: the last layer on the CLS rows
+ * work on e->a->stream, so it can be captured as a CUDA graph. cls: the last layer on the CLS rows
  * only (engine_cls_only): its QKV GEMM over every row, its attention for the CLS queries, the
  * rest on cls_rows(Bb) rows; then no mean pooling (not asked for) and row s of x is sequence s's
  * CLS row. */
@@ -894,22 +946,22 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     const int C = c->hidden;
     const float eps = c->ln_eps;
     const bs_dtype A = e->act;
-    cudaStream_t s = e->stream;
+    cudaStream_t s = e->a->stream;
     /* static fp8 scales: each LayerNorm also writes its output in E4M3 for the GEMM after it (q8) */
     const int st = e->fp8_static;
-    CUDA_CHECK(embedding_layernorm_q8_forward(e->x, e->d_ids, e->d_cu, Bb, e->word, e->pos, e->type0, e->emb_ln_w,
-                                              e->emb_ln_b, Tb, C, eps, A, st ? e->q8 : NULL,
+    CUDA_CHECK(embedding_layernorm_q8_forward(e->a->x, e->a->d_ids, e->a->d_cu, Bb, e->word, e->pos, e->type0,
+                                              e->emb_ln_w, e->emb_ln_b, Tb, C, eps, A, st ? e->a->q8 : NULL,
                                               st ? STATIC_SCALE(e, 0, G_QKV) : NULL, s));
     /* Attention writes rows < T only; rows T..Tb-1 of att would keep an earlier batch's values. Under
      * fp8 with batch scales every GEMM input's per-tensor scale is the max over all Tb rows, so stale
      * rows would make this batch's features depend on the one before: zero them once per batch
      * (nothing else writes att). Static scales read no amax: nothing to clear. */
-    if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
+    if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->a->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
         const int next = st && l + 1 < c->layers; /* LN2 feeds the next layer's QKV GEMM */
         const int last_cls = cls && l + 1 == c->layers, n = last_cls ? cls_rows(Bb) : Tb; /* rows after attention */
-        const void *res1 = last_cls ? e->x2 : e->x; /* the attention block's residual */
+        const void *res1 = last_cls ? e->a->x2 : e->a->x; /* the attention block's residual */
         int added = 0; /* the GEMM added bias and residual: the LayerNorm reads tmp alone */
         if (gemm(e, G_QKV, l, Tb, NULL, NULL, err) != BS_OK) return BS_ERR; /* x -> qkv (Tb, 3C) */
         if (last_cls) {
@@ -918,20 +970,20 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
             return BS_ERR; /* att (Tb, C), or q8 */
         }
         if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR; /* att -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x2, e->tmp, added ? NULL : w->ao_b, added ? NULL : res1, w->ln1_w,
-                                                 w->ln1_b, n, C, eps, A, st ? e->q8 : NULL,
+        CUDA_CHECK(residual_layernorm_q8_forward(e->a->x2, e->a->tmp, added ? NULL : w->ao_b, added ? NULL : res1,
+                                                 w->ln1_w, w->ln1_b, n, C, eps, A, st ? e->a->q8 : NULL,
                                                  st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
-        if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR;    /* x2 -> ff (n, I) */
-        if (gemm(e, G_FF2, l, n, e->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->x, e->tmp, added ? NULL : w->ff2_b, added ? NULL : e->x2, w->ln2_w,
-                                                 w->ln2_b, n, C, eps, A, next ? e->q8 : NULL,
+        if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR;       /* x2 -> ff (n, I) */
+        if (gemm(e, G_FF2, l, n, e->a->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
+        CUDA_CHECK(residual_layernorm_q8_forward(e->a->x, e->a->tmp, added ? NULL : w->ff2_b, added ? NULL : e->a->x2,
+                                                 w->ln2_w, w->ln2_b, n, C, eps, A, next ? e->a->q8 : NULL,
                                                  next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
     }
     if (cls)
-        CUDA_CHECK(pool_forward(e->cls, NULL, e->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
+        CUDA_CHECK(pool_forward(e->a->cls, NULL, e->a->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
     else
-        CUDA_CHECK(pool_forward(e->cls, e->mean, e->x, e->d_cu, Bb, C, A, s));
-    CUDA_CHECK(pooler_forward(e->pooler, e->cls, e->pool_w, e->pool_b, Bb, C, A, s));
+        CUDA_CHECK(pool_forward(e->a->cls, e->a->mean, e->a->x, e->a->d_cu, Bb, C, A, s));
+    CUDA_CHECK(pooler_forward(e->a->pooler, e->a->cls, e->pool_w, e->pool_b, Bb, C, A, s));
     return BS_OK;
 }
 
@@ -948,10 +1000,11 @@ static int prepare(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
 }
 
 /* "cuda:0 NVIDIA H100 80GB HBM3 bf16 attention=cudnn-sdpa(9.19) gelu=tanh(cublaslt) residual=gemm graphs=on
- * mem=812MiB" (residual=gemm: the AO and FF2 GEMMs add bias and residual, =layernorm: the LayerNorms);
- * attention=kernel-mma / kernel-wmma: our tensor-core kernels, attention=kernel-simt: our CUDA-core
- * one (fp32, other head sizes) */
-static void describe(cuda_engine *e, const char *graphs) {
+ * lanes=2 mem=812MiB" (residual=gemm: the AO and FF2 GEMMs add bias and residual, =layernorm: the
+ * LayerNorms; lanes: how many batches can compute at once; mem: weights and the lanes allocated so
+ * far); attention=kernel-mma / kernel-wmma: our tensor-core kernels, attention=kernel-simt: our
+ * CUDA-core one (fp32, other head sizes). Called again when something it says changes. */
+static void describe(cuda_engine *e) {
     char attn[64];
     if (e->use_cudnn)
         snprintf(attn, sizeof attn, "cudnn-sdpa(%d.%d)", (int)(e->cudnn_version / 10000 % 100),
@@ -967,11 +1020,13 @@ static void describe(cuda_engine *e, const char *graphs) {
                  e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
                  e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
     }
+    size_t bytes = e->wbytes;
+    for (int i = 0; i < e->n_lanes; i++) bytes += e->lanes[i].bytes;
     snprintf(e->base.desc, sizeof e->base.desc,
-             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s%s mem=%zuMiB", e->dev, e->dev_name,
-             bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
-             e->res_gemm_used ? "gemm" : "layernorm", f8, graphs,
-             e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", (e->wbytes + e->abytes) >> 20);
+             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s lanes=%d%s mem=%zuMiB", e->dev,
+             e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
+             e->res_gemm_used ? "gemm" : "layernorm", f8, e->graphs_note, e->max_lanes,
+             e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", bytes >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -984,9 +1039,9 @@ static void graph_evict(cuda_engine *e, int i) {
 static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     if (!e->use_graphs) return encode(e, Tb, Bb, cls, err);
     for (int i = 0; i < e->n_graphs; i++)
-        if (e->graphs[i].Tb == Tb && e->graphs[i].Bb == Bb && e->graphs[i].cls == cls) {
+        if (e->graphs[i].Tb == Tb && e->graphs[i].Bb == Bb && e->graphs[i].cls == cls && e->graphs[i].lane == e->a) {
             e->graphs[i].stamp = ++e->clock;
-            CUDA_CHECK(cudaGraphLaunch(e->graphs[i].exec, e->stream));
+            CUDA_CHECK(cudaGraphLaunch(e->graphs[i].exec, e->a->stream));
             return BS_OK;
         }
     /* A shape's first batch runs eagerly (it also loads every module lazily, outside any capture);
@@ -1004,9 +1059,9 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     cudaGraph_t g = NULL;
     cudaGraphExec_t exec = NULL;
     char why[BS_ERRLEN] = "";
-    CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
+    CUDA_CHECK(cudaStreamBeginCapture(e->a->stream, cudaStreamCaptureModeThreadLocal));
     int rc = encode(e, Tb, Bb, cls, why);
-    cudaError_t ce = cudaStreamEndCapture(e->stream, &g);
+    cudaError_t ce = cudaStreamEndCapture(e->a->stream, &g);
     if (rc == BS_OK && ce != cudaSuccess) snprintf(why, sizeof why, "cudaStreamEndCapture: %s", cudaGetErrorString(ce));
     if (rc == BS_OK && ce == cudaSuccess) {
         ce = cudaGraphInstantiate(&exec, g, 0);
@@ -1017,7 +1072,8 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
         (void)cudaGetLastError(); /* clear the capture error; the context is fine */
         log_warn("CUDA graph capture failed: running without graphs", "reason=\"%s\"", why);
         e->use_graphs = 0;
-        describe(e, "off(capture failed)");
+        e->graphs_note = "off(capture failed)";
+        describe(e);
         return encode(e, Tb, Bb, cls, err);
     }
     if (e->n_graphs == MAX_GRAPHS) {
@@ -1026,8 +1082,9 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
             if (e->graphs[i].stamp < e->graphs[old].stamp) old = i;
         graph_evict(e, old);
     }
-    e->graphs[e->n_graphs++] = (graph_entry){.Tb = Tb, .Bb = Bb, .cls = cls, .stamp = ++e->clock, .exec = exec};
-    CUDA_CHECK(cudaGraphLaunch(exec, e->stream));
+    e->graphs[e->n_graphs++] =
+        (graph_entry){.Tb = Tb, .Bb = Bb, .cls = cls, .lane = e->a, .stamp = ++e->clock, .exec = exec};
+    CUDA_CHECK(cudaGraphLaunch(exec, e->a->stream));
     return BS_OK;
 }
 
@@ -1059,78 +1116,80 @@ static size_t stage_inputs(const cuda_engine *e, int32_t *h_in, const bs_batch *
  * Two batches can be in flight (engine.h): while the GPU computes batch N, batch N+1's inputs are
  * staged by the host and copied in, and batch N-1's features are copied out and handed over.
  *
- * Streams. `stream` (compute) runs every batch's encoder, in submission order; `h2d` copies each
- * batch's inputs in, `d2h` its features out. A stream per copy direction, because one shared copy
- * stream would queue batch N+1's H2D behind batch N's D2H, which waits for batch N's compute: the
- * overlap would be lost. (The GPU also has a copy engine per direction.) Events order the three.
+ * Streams. Slot s's encoders run on lane s's compute stream (lanes[s].stream), in submission order;
+ * `h2d` copies each batch's inputs in, `d2h` its features out. A stream per copy direction, because
+ * one shared copy stream would queue batch N+1's H2D behind batch N's D2H, which waits for batch N's
+ * compute: the overlap would be lost. (The GPU also has a copy engine per direction.) Events order
+ * them.
  *
- * Why the slots share the activations, the CUDA graphs, the GEMM plans and the cuDNN SDPA plans:
- * all compute is on the one compute stream, so two batches never compute at the same time; batch
- * N+1's first kernel starts after batch N's last. What must be per slot is only what is alive
- * outside that serialized compute:
+ * Lanes. Each lane owns every buffer an encoder writes (activations, d_in, the cuBLASLt workspace),
+ * so the two batches in flight compute at once: one batch's LayerNorms and attention, which are
+ * memory bound, run beside the other's GEMMs instead of after them. A lane costs ~400 MiB at
+ * BERT-base bf16 256 x 128 (qkv and ff share a buffer, so less than one lane took before); lane 1
+ * is allocated on slot 1's first batch, so engine_forward alone never pays for it. CUDA graphs and
+ * SDPA plans bind buffer addresses: they are per lane. GEMM plans are not (the pointers are given
+ * at each launch). BERTSTREAM_LANES=1, or a lane 1 that does not fit, leaves one lane: both slots
+ * then compute on lane 0's stream, one after the other. What stays per slot either way:
  *   h_in     pinned input staging: the host fills it in submit while the other slot's inputs may
  *            still be copying in from its own h_in;
- *   d_stage  the H2D target: batch N+1's inputs land there while batch N's kernels still read
- *            d_in. The compute stream copies d_stage -> d_in (device to device, ~1 us for 100 KiB)
- *            right before the encoder, so captured graphs and SDPA plans, which hold d_in's
- *            address, serve both slots;
+ *   d_stage  the H2D target: with one lane, batch N+1's inputs land there while batch N's kernels
+ *            still read d_in. The compute stream copies d_stage -> d_in (device to device, ~1 us
+ *            for 100 KiB) right before the encoder, so captured graphs and SDPA plans, which hold
+ *            d_in's address, serve both slots;
  *   d_feat   the requested features, copied there on the compute stream right after the encoder,
- *            so batch N+1's pooling may overwrite cls/mean/pooler while d2h still reads batch N's;
+ *            so (one lane) batch N+1's pooling may overwrite cls/mean/pooler while d2h still reads
+ *            batch N's;
  *   h_out    pinned output staging: d2h writes it, the host reads it in wait.
- * Two compute streams (one per slot) would need every activation buffer twice (~580 MiB for
- * BERT-base bf16 at 256 x 128), graphs and SDPA plans per slot (they bind buffer addresses), and
- * would gain little: one batch of useful size fills the GPU; what pipelining must hide is the host
- * work and the copies, and this does.
  *
  * Per slot s, batch N:
  *   host     stage_inputs -> h_in[s]
  *   h2d      H2D h_in[s] -> d_stage[s]; record in_done[s]
- *   compute  wait in_done[s]; D2D d_stage[s] -> d_in; encoder (graph or eager); D2D cls/mean/pooler
- *            -> d_feat[s]; [hidden: widen, D2H to the caller]; record computed[s]
+ *   compute  (lane s, or 0) wait in_done[s]; D2D d_stage[s] -> d_in; encoder (graph or eager); D2D
+ *            cls/mean/pooler -> d_feat[s]; [hidden: widen, D2H to the caller]; record computed[s]
  *   d2h      wait computed[s]; D2H d_feat[s] -> h_out[s]; record out_done[s]
  *   wait     synchronize out_done[s]; memcpy h_out[s] -> the caller's buffers
  * out_done[s] completes after computed[s] and in_done[s] (stream order plus the two waits), so once
  * engine_wait has seen it every buffer of slot s is free for the slot's next batch, which engine.c
- * refuses to submit before that wait. d_in is only touched on the compute stream, in order. */
+ * refuses to submit before that wait. A lane's buffers are only touched on its compute stream, in
+ * order. */
 
 /* Enqueues a batch in slot s. On error some of it may be enqueued: cuda_submit drains. */
 static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const bs_outputs *out, char *err) {
     const int C = e->base.model->cfg.hidden, B = b->n_seq, T = b->cu_seqlens[B];
     const int Tb = bucket(T, 16, e->Tcap), Bb = bucket(B, 4, e->Bcap);
-    CUDA_CHECK(cudaSetDevice(e->dev)); /* the calling thread may not have selected it */
     const size_t in_bytes = stage_inputs(e, s->h_in, b, Tb, Bb);
     CUDA_CHECK(cudaMemcpyAsync(s->d_stage, s->h_in, in_bytes, cudaMemcpyHostToDevice, e->h2d));
     CUDA_CHECK(cudaEventRecord(s->in_done, e->h2d));
     /* before any capture begins: a captured stream may not wait on an event recorded outside */
-    CUDA_CHECK(cudaStreamWaitEvent(e->stream, s->in_done, 0));
-    CUDA_CHECK(cudaMemcpyAsync(e->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(e->a->stream, s->in_done, 0));
+    CUDA_CHECK(cudaMemcpyAsync(e->a->d_in, s->d_stage, in_bytes, cudaMemcpyDeviceToDevice, e->a->stream));
     if (run_encoder(e, Tb, Bb, engine_cls_only(&e->base, out), err) != BS_OK) return BS_ERR;
 
     /* the requested features back to back in d_feat: (B, C) each, one D2H for all of them */
     const size_t BC = (size_t)B * C;
-    const float *src[3] = {e->cls, e->mean, e->pooler};
+    const float *src[3] = {e->a->cls, e->a->mean, e->a->pooler};
     float *dst[3] = {out->cls, out->mean, out->pooler};
     s->n_feat = 0;
     s->BC = BC;
     for (int k = 0; k < 3; k++) {
         if (!dst[k]) continue;
-        CUDA_CHECK(
-            cudaMemcpyAsync(s->d_feat + (size_t)s->n_feat * BC, src[k], BC * 4, cudaMemcpyDeviceToDevice, e->stream));
+        CUDA_CHECK(cudaMemcpyAsync(s->d_feat + (size_t)s->n_feat * BC, src[k], BC * 4, cudaMemcpyDeviceToDevice,
+                                   e->a->stream));
         s->dst[s->n_feat++] = dst[k];
     }
     if (out->hidden) {
         /* rare (tests, --emit-hidden): straight into the caller's pageable buffer, on the compute
          * stream (x is overwritten by the next batch). A copy to pageable memory returns only when
          * done, so submit blocks here until this batch is computed. */
-        const float *hs = (const float *)e->x;
+        const float *hs = (const float *)e->a->x;
         if (e->act != BS_DT_F32) {
-            float *dst32 = e->hidden32 ? e->hidden32 : (float *)e->ff;
-            CUDA_CHECK(convert_forward(dst32, BS_DT_F32, e->x, e->act, (size_t)T * C, e->stream));
+            float *dst32 = e->a->hidden32 ? e->a->hidden32 : (float *)e->a->ff;
+            CUDA_CHECK(convert_forward(dst32, BS_DT_F32, e->a->x, e->act, (size_t)T * C, e->a->stream));
             hs = dst32;
         }
-        CUDA_CHECK(cudaMemcpyAsync(out->hidden, hs, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->stream));
+        CUDA_CHECK(cudaMemcpyAsync(out->hidden, hs, (size_t)T * C * 4, cudaMemcpyDeviceToHost, e->a->stream));
     }
-    CUDA_CHECK(cudaEventRecord(s->computed, e->stream));
+    CUDA_CHECK(cudaEventRecord(s->computed, e->a->stream));
     CUDA_CHECK(cudaStreamWaitEvent(e->d2h, s->computed, 0));
     if (s->n_feat)
         CUDA_CHECK(cudaMemcpyAsync(s->h_out, s->d_feat, (size_t)s->n_feat * BC * 4, cudaMemcpyDeviceToHost, e->d2h));
@@ -1138,15 +1197,35 @@ static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const
     return BS_OK;
 }
 
+/* The lane slot i computes on: lane i, opened on its first batch; lane 0 when one lane is wanted
+ * or lane i cannot be opened (then the two slots take turns on lane 0's stream, in order). */
+static lane *lane_for(cuda_engine *e, int i) {
+    if (i >= e->max_lanes) return &e->lanes[0];
+    if (i >= e->n_lanes) {
+        char why[BS_ERRLEN] = "";
+        if (lane_open(e, i, why) != BS_OK) {
+            lane_close(&e->lanes[i]);
+            (void)cudaGetLastError(); /* an allocation failure is not sticky: lane 0 goes on */
+            log_warn("no memory for a second compute lane: the two batches in flight compute in turn", "reason=\"%s\"",
+                     why);
+            e->max_lanes = 1;
+        }
+        describe(e);
+    }
+    return &e->lanes[i < e->n_lanes ? i : 0];
+}
+
 /* engine.c has checked the slot (free) and the batch. */
 static int cuda_submit(bs_engine *base, int slot, const bs_batch *b, const bs_outputs *out, char *err) {
     cuda_engine *e = (cuda_engine *)base;
+    CUDA_CHECK(cudaSetDevice(e->dev)); /* the calling thread may not have selected it */
+    e->a = lane_for(e, slot);
     if (submit_enqueue(e, &e->slot[slot], b, out, err) == BS_OK) return BS_OK;
     /* Part of the batch may be queued and would still write this slot's buffers (and out->hidden):
      * let it finish, so the slot really is free as engine.h promises. Errors here are the same
      * one already in err, or a sticky one the next call will report. */
     cudaStreamSynchronize(e->h2d);
-    cudaStreamSynchronize(e->stream);
+    cudaStreamSynchronize(e->a->stream);
     cudaStreamSynchronize(e->d2h);
     (void)cudaGetLastError();
     return BS_ERR;
@@ -1197,7 +1276,7 @@ typedef struct {
 
 static void probe_close(cuda_engine *e, att_probe *p) {
     if (p->scratch) {
-        cudaStreamSynchronize(e->stream);
+        cudaStreamSynchronize(e->a->stream);
         cudaFree(p->scratch);
     }
     free(p->h);
@@ -1226,9 +1305,9 @@ static int probe_open(cuda_engine *e, att_probe *p, char *err) {
     }
     bs_rng r = {12345};
     for (size_t i = 0; i < n; i++) p->h[i] = bs_round_dtype((float)(bs_rng_uniform(&r) * 4.0 - 2.0), e->act);
-    if (cudaMemcpyAsync(p->scratch, p->h, n * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
-        convert_forward(e->qkv, e->act, p->scratch, BS_DT_F32, n, e->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->stream) != cudaSuccess) {
+    if (cudaMemcpyAsync(p->scratch, p->h, n * 4, cudaMemcpyHostToDevice, e->a->stream) != cudaSuccess ||
+        convert_forward(e->a->qkv, e->act, p->scratch, BS_DT_F32, n, e->a->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->a->stream) != cudaSuccess) {
         probe_close(e, p);
         return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
     }
@@ -1248,8 +1327,8 @@ static int probe_stage(cuda_engine *e, const att_probe *p, bs_att_kernel k, char
     (void)attention_tiles(h_in + e->o_tiles, attention_tiles_cap(p->T, p->Bb, bq), p->cu, p->B, bq);
     if (e->dnn)
         sdpa_cudnn_fill(h_in + e->o_seqlen, h_in + e->o_offq, h_in + e->o_offo, p->cu, p->B, p->Bb, C, e->sdpa_unit);
-    if (cudaMemcpyAsync(e->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->stream) != cudaSuccess)
+    if (cudaMemcpyAsync(e->a->d_in, h_in, e->o_ids * 4, cudaMemcpyHostToDevice, e->a->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->a->stream) != cudaSuccess)
         return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
     return BS_OK;
 }
@@ -1257,10 +1336,10 @@ static int probe_stage(cuda_engine *e, const att_probe *p, bs_att_kernel k, char
 /* att (T, C) -> dst in fp32, then att zeroed (the next path must write it to pass) */
 static int probe_fetch(cuda_engine *e, const att_probe *p, float *dst, char *err) {
     const size_t n = (size_t)p->T * e->base.model->cfg.hidden;
-    if (convert_forward(p->scratch, BS_DT_F32, e->att, e->act, n, e->stream) != cudaSuccess ||
-        cudaMemcpyAsync(dst, p->scratch, n * 4, cudaMemcpyDeviceToHost, e->stream) != cudaSuccess ||
-        cudaMemsetAsync(e->att, 0, n * bs_dtype_size(e->act), e->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->stream) != cudaSuccess)
+    if (convert_forward(p->scratch, BS_DT_F32, e->a->att, e->act, n, e->a->stream) != cudaSuccess ||
+        cudaMemcpyAsync(dst, p->scratch, n * 4, cudaMemcpyDeviceToHost, e->a->stream) != cudaSuccess ||
+        cudaMemsetAsync(e->a->att, 0, n * bs_dtype_size(e->act), e->a->stream) != cudaSuccess ||
+        cudaStreamSynchronize(e->a->stream) != cudaSuccess)
         return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
     return BS_OK;
 }
@@ -1270,8 +1349,9 @@ static int probe_kernel(cuda_engine *e, const att_probe *p, bs_att_kernel k, flo
     const bs_bert_config *c = &e->base.model->cfg;
     const int bq = attention_query_tile(k);
     if (probe_stage(e, p, k, err) != BS_OK) return BS_ERR;
-    cudaError_t ce = attention_forward(e->att, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(p->T, p->Bb, bq),
-                                       c->heads, c->hidden / c->heads, e->base.opts.max_seq_len, k, e->act, e->stream);
+    cudaError_t ce =
+        attention_forward(e->a->att, e->a->qkv, e->a->d_cu, e->a->d_tiles, attention_tiles_cap(p->T, p->Bb, bq),
+                          c->heads, c->hidden / c->heads, e->base.opts.max_seq_len, k, e->act, e->a->stream);
     if (ce != cudaSuccess)
         return bs_err(err, "attention self-check: kernel %s: %s", attention_kernel_name(k), cudaGetErrorString(ce));
     return probe_fetch(e, p, dst, err);
@@ -1331,12 +1411,13 @@ static int q8_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
         goto done;
     }
     /* the scale in the probe's scratch (free until probe_fetch); synchronous: scale is on the stack */
-    ce = cudaMemcpyAsync(p->scratch, &scale, 4, cudaMemcpyHostToDevice, e->stream);
+    ce = cudaMemcpyAsync(p->scratch, &scale, 4, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess)
-        ce = attention_mma_q8_forward(e->q8, e->qkv, e->d_cu, e->d_tiles, attention_tiles_cap(p->T, p->Bb, bq),
-                                      c->heads, C / c->heads, e->act, p->scratch, e->stream);
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(q, e->q8, n, cudaMemcpyDeviceToHost, e->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream);
+        ce = attention_mma_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles,
+                                      attention_tiles_cap(p->T, p->Bb, bq), c->heads, C / c->heads, e->act, p->scratch,
+                                      e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(q, e->a->q8, n, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
         bs_err(err, "attention self-check: E4M3 output: %s", cudaGetErrorString(ce));
         goto done;
@@ -1384,7 +1465,7 @@ static int sdpa_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
     }
     int run = sdpa_cudnn_run(plan, e->dnn, why);
     /* the plan owns the kernels cuDNN compiled for it: they must have run before it is freed */
-    (void)cudaStreamSynchronize(e->stream);
+    (void)cudaStreamSynchronize(e->a->stream);
     sdpa_cudnn_free(plan);
     if (run != 0) {
         (void)cudaGetLastError();
@@ -1490,7 +1571,8 @@ static void cuda_destroy(bs_engine *base) {
     cudaSetDevice(e->dev);
     /* batches still in flight finish (their outputs are dropped) before anything is freed */
     if (e->h2d) cudaStreamSynchronize(e->h2d);
-    if (e->stream) cudaStreamSynchronize(e->stream);
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++)
+        if (e->lanes[i].stream) cudaStreamSynchronize(e->lanes[i].stream);
     if (e->d2h) cudaStreamSynchronize(e->d2h);
     while (e->n_graphs) graph_evict(e, 0);
     for (int i = 0; i < e->n_sdpa; i++) sdpa_cudnn_free(e->sdpa[i].p);
@@ -1506,11 +1588,10 @@ static void cuda_destroy(bs_engine *base) {
         cudaFreeHost(s->h_in);
         cudaFreeHost(s->h_out);
     }
-    if (e->stream) cudaStreamDestroy(e->stream);
+    for (int i = 0; i < BS_ENGINE_SLOTS; i++) lane_close(&e->lanes[i]);
     if (e->h2d) cudaStreamDestroy(e->h2d);
     if (e->d2h) cudaStreamDestroy(e->d2h);
     cudaFree(e->wmem);
-    cudaFree(e->amem);
     free(e->layer);
     free(e);
     /* a failed creation (cudaSetDevice(99) above, an allocation) leaves its error as the thread's
@@ -1666,14 +1747,22 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     /* in the GEMM by default: the LayerNorm after it then reads one tensor instead of two */
     e->res_in_gemm = !(rs && !strcmp(rs, "layernorm"));
 
-    CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    const char *ln = getenv("BERTSTREAM_LANES");
+    if (ln && *ln && strcmp(ln, "1") && strcmp(ln, "2"))
+        return bs_err(err, "BERTSTREAM_LANES='%s': expected 1 or 2", ln);
+    /* two by default: the two batches in flight compute at once (one's LayerNorms and attention
+     * beside the other's GEMMs); 1: they share one lane and compute one after the other */
+    e->max_lanes = ln && !strcmp(ln, "1") ? 1 : BS_ENGINE_SLOTS;
+
+    layout_inputs(e);
+    if (lane_open(e, 0, err) != BS_OK) return BS_ERR; /* lane 0 first: its stream uploads the weights */
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->h2d, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&e->d2h, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->cudnn_version = cudnnGetVersion();
     if (e->act != BS_DT_F32) {
         if (cudnnCreate(&e->dnn) == CUDNN_STATUS_SUCCESS)
-            CUDNN_CHECK(cudnnSetStream(e->dnn, e->stream));
+            CUDNN_CHECK(cudnnSetStream(e->dnn, e->a->stream));
         else
             e->dnn = NULL, e->cudnn_version = 0; /* no usable cuDNN: the kernel does attention */
     }
@@ -1688,27 +1777,13 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     a = (arena){.base = e->wmem};
     layout_weights(e, &a);
 
-    /* activations (amax_parts is needed by the fp8 weight upload) */
-    layout_inputs(e);
-    a = (arena){0};
-    layout_activations(e, &a);
-    e->abytes = a.off;
-    CUDA_CHECK(cudaMalloc(&e->amem, e->abytes));
-    CUDA_CHECK(cudaMemsetAsync(e->amem, 0, e->abytes, e->stream)); /* spare and padding rows start finite */
-    a = (arena){.base = e->amem};
-    layout_activations(e, &a);
-    e->d_cu = e->d_in + e->o_cu;
-    e->d_seqlen = e->d_in + e->o_seqlen;
-    e->d_offq = e->d_in + e->o_offq;
-    e->d_offo = e->d_in + e->o_offo;
-    e->d_tiles = e->d_in + e->o_tiles;
-    e->d_ids = e->d_in + e->o_ids;
     {
         int32_t *iota = malloc(((size_t)e->Bcap + 1) * 4);
         if (!iota) return bs_err(err, "cuda engine: out of memory");
         for (int i = 0; i <= e->Bcap; i++) iota[i] = i;
-        cudaError_t ce = cudaMemcpyAsync(e->d_iota, iota, ((size_t)e->Bcap + 1) * 4, cudaMemcpyHostToDevice, e->stream);
-        if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->stream); /* iota is freed below */
+        cudaError_t ce =
+            cudaMemcpyAsync(e->d_iota, iota, ((size_t)e->Bcap + 1) * 4, cudaMemcpyHostToDevice, e->a->stream);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* iota is freed below */
         free(iota);
         CUDA_CHECK(ce);
     }
@@ -1766,9 +1841,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
             e->base.cls_off = 1;
         }
     }
-    describe(e, e->use_graphs ? "on" : "off");
-    log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu activations_mib=%zu max_tokens=%d max_seqs=%d",
-             e->base.desc, e->wbytes >> 20, e->abytes >> 20, e->Tcap, e->Bcap);
+    e->graphs_note = e->use_graphs ? "on" : "off";
+    describe(e);
+    log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu lane_mib=%zu max_tokens=%d max_seqs=%d", e->base.desc,
+             e->wbytes >> 20, e->lanes[0].bytes >> 20, e->Tcap, e->Bcap);
     return BS_OK;
 }
 
@@ -1778,6 +1854,7 @@ bs_engine *engine_cuda_new(const bs_model *m, const bs_engine_opts *opts, char *
         bs_err(err, "cuda engine: out of memory");
         return NULL;
     }
+    e->a = &e->lanes[0];
     if (cuda_init(e, m, opts, err) != BS_OK) {
         cuda_destroy(&e->base);
         return NULL;

@@ -657,7 +657,8 @@ static int txn_gapless(bs_worker *w) {
  * e_slots batches are in flight: engine_slots() is 2 on CUDA, where the host gathers, packs and
  * publishes one batch while the device computes the other, and 1 on the CPU, whose submit
  * computes the whole batch, so the batch is collected at once, exactly as a plain forward pass.
- * Batches complete in submission order: the ones in flight are eb[e_head], eb[e_head + 1]
+ * Batches are collected in submission order (on CUDA the two compute at once, on two lanes, and
+ * the later may finish first): the ones in flight are eb[e_head], eb[e_head + 1]
  * (mod e_slots), and each still owns its wslots (their messages, ids and trackers) until it is
  * collected, which is why every stop, drain and transaction barrier collects them first. */
 

@@ -166,6 +166,7 @@ static void check_pipelined_equals_sync(bs_precision prec) {
         CHECK_INT(diffs, 0);
         CHECK(compared > 0);
         CHECK_CONTAINS(engine_describe(ep), "graphs=on"); /* no capture fell back to eager */
+        CHECK_CONTAINS(engine_describe(ep), "lanes=2");   /* slot 1 computed on a lane of its own */
 
         /* again on the now warm engine (every shape replays a graph), against the same reference */
         for (int k = 0; k < N; k++)
@@ -228,17 +229,17 @@ static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
         CHECK_INT(engine_submit(e, 0, &b0, &o0, err), BS_OK);
         CHECK_INT(engine_submit(e, 0, &b1, &o1, err), BS_ERR);
         CHECK_CONTAINS(err, "already holds a batch");
-        /* forward while slot 0 is in flight: runs in slot 1, after slot 0's batch */
+        /* forward while slot 0 is in flight: runs in slot 1 (its own lane, beside slot 0's batch) */
         CHECK_INT(engine_forward(e, &b2, &o2, err), BS_OK);
         CHECK(memcmp(got[2].pooler, ref[2].pooler, (size_t)v[2].B * C * 4) == 0);
         CHECK_INT(engine_submit(e, 1, &b1, &o1, err), BS_OK);
         CHECK_INT(engine_forward(e, &b2, &o2, err), BS_ERR);
         CHECK_CONTAINS(err, "both engine slots hold a batch");
         double t0 = bs_now();
-        while (!engine_ready(e, 1) && bs_now() - t0 < 10) {
+        while (!(engine_ready(e, 1) && engine_ready(e, 0)) && bs_now() - t0 < 10) {
         }
-        CHECK_INT(engine_ready(e, 1), 1);
-        CHECK_INT(engine_ready(e, 0), 1); /* submitted earlier on the same compute stream */
+        CHECK_INT(engine_ready(e, 1), 1); /* the two lanes compute independently: both finish */
+        CHECK_INT(engine_ready(e, 0), 1);
         CHECK_INT(engine_wait(e, 1, err), BS_OK);
         CHECK_INT(engine_wait(e, 0, err), BS_OK);
         CHECK_INT(engine_ready(e, 0), 0);
@@ -262,6 +263,64 @@ static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
         for (int k = 0; k < 3; k++) outs_free(&ref[k]), outs_free(&got[k]);
     }
     batches_free(v, 3);
+    model_free(m);
+}
+
+/* BERTSTREAM_LANES=1: the two slots share one lane and compute in turn (also what the engine falls
+ * back to when a second lane does not fit in memory); the pipelined results equal engine_forward's.
+ * Other values are refused at start. */
+static void engine_cuda_one_lane_takes_turns(void) {
+    char err[BS_ERRLEN];
+    bs_bert_config cfg = {.vocab_size = 500,
+                          .hidden = 64,
+                          .layers = 2,
+                          .heads = 2,
+                          .intermediate = 128,
+                          .max_positions = 128,
+                          .type_vocab_size = 2,
+                          .ln_eps = 1e-12f};
+    bs_model *m = model_init_random(&cfg, 5, err);
+    CHECK(m != NULL);
+    if (!m) return;
+    enum { N = 8 };
+    const int C = cfg.hidden;
+    tbatch *v = make_batches(N, cfg.vocab_size, 9);
+    bs_engine *es = make_engine(m, BS_PREC_FP32, MAXB, MAXT, MAXLEN);
+    setenv("BERTSTREAM_LANES", "3", 1);
+    bs_engine_opts o = {
+        .device = "cuda", .precision = BS_PREC_FP32, .max_seqs = MAXB, .max_tokens = MAXT, .max_seq_len = MAXLEN};
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_LANES='3': expected 1 or 2");
+    setenv("BERTSTREAM_LANES", "1", 1);
+    bs_engine *e1 = make_engine(m, BS_PREC_FP32, MAXB, MAXT, MAXLEN);
+    unsetenv("BERTSTREAM_LANES");
+    CHECK(es && e1);
+    if (es && e1) {
+        touts ref[N], got[N];
+        for (int k = 0; k < N; k++) {
+            ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
+            bs_batch b = {.n_seq = v[k].B, .ids = v[k].ids, .cu_seqlens = v[k].cu};
+            bs_outputs out = outputs(&v[k], &ref[k]);
+            CHECK_INT(engine_forward(es, &b, &out, err), BS_OK);
+        }
+        int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
+        CHECK_INT(run_pipelined(e1, v, got, N, scratch), 0);
+        size_t diffs = 0;
+        double worst = 0;
+        for (int k = 0; k < N; k++) {
+            const size_t BC = (size_t)v[k].B * C, TC = (size_t)v[k].cu[v[k].B] * C;
+            if (v[k].want & 1) diffs += bit_diffs(got[k].pooler, ref[k].pooler, BC, &worst);
+            if (v[k].want & 2) diffs += bit_diffs(got[k].cls, ref[k].cls, BC, &worst);
+            if (v[k].want & 4) diffs += bit_diffs(got[k].mean, ref[k].mean, BC, &worst);
+            if (v[k].want & 8) diffs += bit_diffs(got[k].hidden, ref[k].hidden, TC, &worst);
+        }
+        CHECK_INT(diffs, 0);
+        CHECK_CONTAINS(engine_describe(e1), "lanes=1");
+        free(scratch);
+        for (int k = 0; k < N; k++) outs_free(&ref[k]), outs_free(&got[k]);
+    }
+    engine_free(es), engine_free(e1);
+    batches_free(v, N);
     model_free(m);
 }
 
@@ -357,6 +416,7 @@ int main(void) {
     }
     RUN(engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot);
     RUN(engine_cuda_pipelined_equals_synchronous_bit_for_bit);
+    RUN(engine_cuda_one_lane_takes_turns);
     RUN(engine_cuda_pipeline_throughput_vs_synchronous);
     return bs_test_done();
 }
