@@ -4,8 +4,11 @@
 # (CUDA graphs off, so every kernel is its own launch), records gpu__time_duration of the
 # kernels, cuts them into forwards (from one embedding kernel to the next), takes the longest
 # complete one (the bench's batch: the engine's start-up self-checks run small forwards of their
-# own first), and prints the total per kernel name, largest first. ncu runs kernels at base clocks and with cold caches: the shares
-# are what to read, not the absolute times. Needs ncu (the GPU image
+# own first), and prints the total per kernel name, largest first. The clocks and caches are left
+# as the bench has them (ncu --clock-control none --cache-control none), so the times are close to
+# a bench forward's, kernel by kernel, without the gaps between launches; GPU_PROFILE_CLOCKS=base
+# gives ncu's defaults instead (base clocks, caches flushed before each kernel: the profiles of
+# 2026-11-26 in docs/performance.md, whose shares, not times, are what to read). Needs ncu (the GPU image
 # has it); a bundle made by scripts/bundle.sh (unpacked by gpu-check.sh or its unpack.sh).
 # Defaults: build/bundle, bf16, 256 x 128. Writes ${OUT:-.}/gpu-profile${GPU_PROFILE_TAG:+-TAG}.csv too.
 # The engine's environment (BERTSTREAM_FP8_SCALES, ...) passes through.
@@ -24,7 +27,9 @@ CSV="$OUTDIR/gpu-profile${GPU_PROFILE_TAG:+-$GPU_PROFILE_TAG}.csv"
 # the engine at start runs kernels of its own (weight upload, attention probes, two small forwards
 # of the CLS-rows self-check, ~250 kernels), then the bench's forwards (~100 kernels each): skip
 # nothing, take enough kernels for the start and two bench forwards, attribute by name
-BERTSTREAM_CUDA_GRAPHS=0 timeout 120 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
+ctl=(--clock-control none --cache-control none)
+[ "${GPU_PROFILE_CLOCKS:-}" = base ] && ctl=()
+BERTSTREAM_CUDA_GRAPHS=0 timeout 120 "$NCU" "${ctl[@]}" --metrics gpu__time_duration.sum --csv --print-units base \
     -c "${GPU_PROFILE_KERNELS:-700}" "$BUNDLE/bertstream" bench --preset base --device cuda --precision "$PREC" \
     --batch "$BATCH" --seq-len "$LEN" --seconds 0.1 >"$CSV" 2>"$CSV.err"
 rc=$?

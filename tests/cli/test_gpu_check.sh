@@ -4,9 +4,9 @@
 # stub bundle: a `bertstream` that answers `init-model` and prints bench JSON lines (seq/s chosen
 # per precision and setting, so every number of the report is known), one passing test program
 # and one that fails, no ncu. Checked: the test verdicts, the table rows, the targets block, the
-# variants against the default with their percentages, the profile's slot and its budget
-# extension, a failed bench point counted as a failure, the time budget skipping points, and the
-# exit status.
+# variants against the default with their percentages (a setting of options and variables against
+# the options alone), the profile's slot and its budget extension, a failed bench point counted as
+# a failure, the time budget skipping points, and the exit status.
 # Usage: bash tests/cli/test_gpu_check.sh [BIN]   (BIN unused)
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,6 +56,7 @@ sps=10000
 [ "${BERTSTREAM_RESIDUAL:-}" = layernorm ] && sps=$((sps * 95 / 100))
 [ "${BERTSTREAM_LAST_LAYER:-}" = full ] && sps=$((sps * 90 / 100))
 [ "$inflight" = 2 ] && sps=$((sps * 110 / 100))
+[ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
 if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
 ms=$(awk -v b="$batch" -v s="$sps" 'BEGIN { printf "%.3f", 1000 * b / s }')
 echo "engine ready"
@@ -92,12 +93,17 @@ has "a refused variant is a FAILED row" "$tmp/r1.txt" "[BERTSTREAM_ATTENTION=wmm
 has "the bf16 target line against 28000" "$tmp/r1.txt" "bf16 256 x 128, seq/s"
 matches "the target says NOT met for 10000 seq/s" "$tmp/r1.txt" \
     "^bf16 256 x 128, seq/s +10000\.000 +\(target >= 28000 seq/s\) +NOT met$"
+matches "the memory target at two in flight (no nvidia-smi: peak 0)" "$tmp/r1.txt" \
+    "^the same, 2 in flight \(two lanes\) +0\.000 +\(target <= 2048 MiB\) +met$"
 matches "the latency target says met for 1.6 ms" "$tmp/r1.txt" "^bf16 16 x 128, ms per batch +1\.600 +\(target <= 3 ms\) +met$"
 matches "variants: bf16 residual=layernorm at -5 %" "$tmp/r1.txt" \
     "^bf16/256/128/fixed +\[BERTSTREAM_RESIDUAL=layernorm\] +9500\.0 vs +10000\.0 +\(-5\.0%\)$"
 matches "variants: fp8 last layer full at -10 %" "$tmp/r1.txt" \
     "^fp8/256/128/fixed +\[BERTSTREAM_LAST_LAYER=full\] +18000\.0 vs +20000\.0 +\(-10\.0%\)$"
 matches "variants: bf16 two in flight at +10 %" "$tmp/r1.txt" "^bf16/256/128/fixed +\[--inflight 2\] +11000\.0 vs +10000\.0 +\(\+10\.0%\)$"
+matches "variants: fp8 one lane against two in flight at -20 %" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_LANES=1\] +17600\.0 vs +22000\.0 +\(-20\.0%\)$"
+has "an option and a variable reach the stub together" "$tmp/r1.txt" "[--inflight 2 BERTSTREAM_LANES=1] attention="
 if grep -q "BERTSTREAM_ATTENTION=wmma\] .* vs " "$tmp/r1.txt"; then bad "a failed variant has no percentage"; else
     ok "a failed variant has no percentage"
 fi
