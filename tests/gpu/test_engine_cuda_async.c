@@ -1,13 +1,15 @@
 /* The CUDA engine with two batches in flight (engine_submit / engine_wait): a pipelined run over
  * many batches (shapes that repeat, so graphs are captured and replayed while the other slot is
- * in flight; outputs that vary) equals a synchronous engine_forward run bit for bit; slot misuse
- * is refused; and a timing print of pipelined vs synchronous throughput on BERT-base, with and
- * without host work per batch (the overlap must show there). Needs a CUDA device: fails without
- * one (the gpu label is excluded there). No reference data needed: random weights. */
+ * in flight; outputs that vary) equals a synchronous engine_forward run bit for bit, at fp32, bf16
+ * and fp8, with the two slots on two lanes (computing at once) and on one; slot misuse is refused;
+ * and a timing print of pipelined vs synchronous throughput on BERT-base, with and without host
+ * work per batch (the overlap must show there). Needs a CUDA device: fails without one (the gpu
+ * label is excluded there). No reference data needed: random weights. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 
 #include "common.h"
+#include "dtype.h"
 #include "engine.h"
 #include "model.h"
 #include "test.h"
@@ -101,6 +103,21 @@ static size_t bit_diffs(const float *a, const float *b, size_t n, double *worst)
     return d;
 }
 
+/* Floats that differ bitwise between got and ref over the outputs each of the n batches asked
+ * for; *compared counts them all, *worst is the largest |difference|. */
+static size_t outputs_diff(const tbatch *v, const touts *got, const touts *ref, int n, int C, size_t *compared,
+                           double *worst) {
+    size_t diffs = 0;
+    for (int k = 0; k < n; k++) {
+        const size_t BC = (size_t)v[k].B * C, TC = (size_t)v[k].cu[v[k].B] * C;
+        if (v[k].want & 1) diffs += bit_diffs(got[k].pooler, ref[k].pooler, BC, worst), *compared += BC;
+        if (v[k].want & 2) diffs += bit_diffs(got[k].cls, ref[k].cls, BC, worst), *compared += BC;
+        if (v[k].want & 4) diffs += bit_diffs(got[k].mean, ref[k].mean, BC, worst), *compared += BC;
+        if (v[k].want & 8) diffs += bit_diffs(got[k].hidden, ref[k].hidden, TC, worst), *compared += TC;
+    }
+    return diffs;
+}
+
 /* Two in flight: submit k into slot k % 2, scribble over its ids (engine.h: read only in submit),
  * then collect k - 1. Returns the number of failed calls. */
 static int run_pipelined(bs_engine *e, tbatch *v, touts *o, int n, int32_t *scratch) {
@@ -119,7 +136,8 @@ static int run_pipelined(bs_engine *e, tbatch *v, touts *o, int n, int32_t *scra
     return fails;
 }
 
-static void check_pipelined_equals_sync(bs_precision prec) {
+/* n_max: at most this many batches (the emulated fp8 run is the slowest) */
+static void check_pipelined_equals_sync(bs_precision prec, int n_max) {
     char err[BS_ERRLEN];
     bs_bert_config cfg = {.vocab_size = 1000,
                           .hidden = 128,
@@ -134,7 +152,8 @@ static void check_pipelined_equals_sync(bs_precision prec) {
     if (!m) return;
     /* BS_TEST_BATCHES caps N (the CPU emulator's copy of this test, which is slow) */
     const int cap = getenv("BS_TEST_BATCHES") ? atoi(getenv("BS_TEST_BATCHES")) : 0;
-    const int N = cap >= 8 && cap < 60 ? cap : 60;
+    int N = cap >= 8 && cap < 60 ? cap : 60;
+    if (N > n_max) N = n_max;
     const int C = cfg.hidden;
     tbatch *v = make_batches(N, cfg.vocab_size, 4);
     /* two fresh engines of the same options go through the same eager/capture/replay sequence */
@@ -151,16 +170,10 @@ static void check_pipelined_equals_sync(bs_precision prec) {
         }
         int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
         CHECK_INT(run_pipelined(ep, v, got, N, scratch), 0);
-        size_t diffs = 0, compared = 0;
+        size_t compared = 0;
         double worst = 0;
-        for (int k = 0; k < N; k++) {
-            const size_t BC = (size_t)v[k].B * C, TC = (size_t)v[k].cu[v[k].B] * C;
-            if (v[k].want & 1) diffs += bit_diffs(got[k].pooler, ref[k].pooler, BC, &worst), compared += BC;
-            if (v[k].want & 2) diffs += bit_diffs(got[k].cls, ref[k].cls, BC, &worst), compared += BC;
-            if (v[k].want & 4) diffs += bit_diffs(got[k].mean, ref[k].mean, BC, &worst), compared += BC;
-            if (v[k].want & 8) diffs += bit_diffs(got[k].hidden, ref[k].hidden, TC, &worst), compared += TC;
-            CHECK(!isnan(ref[k].pooler[0]) || !(v[k].want & 1));
-        }
+        size_t diffs = outputs_diff(v, got, ref, N, C, &compared, &worst);
+        for (int k = 0; k < N; k++) CHECK(!isnan(ref[k].pooler[0]) || !(v[k].want & 1));
         fprintf(stderr, "  %s: %d batches, %zu floats compared, %zu differ (max |diff| %.3g)\n",
                 bs_precision_name(prec), N, compared, diffs, worst);
         CHECK_INT(diffs, 0);
@@ -186,8 +199,22 @@ static void check_pipelined_equals_sync(bs_precision prec) {
 }
 
 static void engine_cuda_pipelined_equals_synchronous_bit_for_bit(void) {
-    check_pipelined_equals_sync(BS_PREC_FP32);
-    check_pipelined_equals_sync(BS_PREC_BF16); /* same algorithms, cuDNN SDPA where it is used */
+    check_pipelined_equals_sync(BS_PREC_FP32, 60);
+    check_pipelined_equals_sync(BS_PREC_BF16, 60); /* same algorithms, cuDNN SDPA where it is used */
+    /* fp8 keeps the most per lane (the E4M3 GEMM inputs, FF1's E4M3 output, the batch scales):
+     * static scales, then per-batch ones */
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&prop, dev);
+    if (!bs_cc_has_fp8(prop.major, prop.minor)) {
+        fprintf(stderr, "  no fp8 on this GPU: the fp8 runs are not applicable\n");
+        return;
+    }
+    check_pipelined_equals_sync(BS_PREC_FP8, 8);
+    setenv("BERTSTREAM_FP8_SCALES", "batch", 1);
+    check_pipelined_equals_sync(BS_PREC_FP8, 8);
+    unsetenv("BERTSTREAM_FP8_SCALES");
 }
 
 /* Slot rules on the real engine, and engine_forward between submits. */
@@ -305,16 +332,10 @@ static void engine_cuda_one_lane_takes_turns(void) {
         }
         int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
         CHECK_INT(run_pipelined(e1, v, got, N, scratch), 0);
-        size_t diffs = 0;
+        size_t compared = 0;
         double worst = 0;
-        for (int k = 0; k < N; k++) {
-            const size_t BC = (size_t)v[k].B * C, TC = (size_t)v[k].cu[v[k].B] * C;
-            if (v[k].want & 1) diffs += bit_diffs(got[k].pooler, ref[k].pooler, BC, &worst);
-            if (v[k].want & 2) diffs += bit_diffs(got[k].cls, ref[k].cls, BC, &worst);
-            if (v[k].want & 4) diffs += bit_diffs(got[k].mean, ref[k].mean, BC, &worst);
-            if (v[k].want & 8) diffs += bit_diffs(got[k].hidden, ref[k].hidden, TC, &worst);
-        }
-        CHECK_INT(diffs, 0);
+        CHECK_INT(outputs_diff(v, got, ref, N, C, &compared, &worst), 0);
+        CHECK(compared > 0);
         CHECK_CONTAINS(engine_describe(e1), "lanes=1");
         free(scratch);
         for (int k = 0; k < N; k++) outs_free(&ref[k]), outs_free(&got[k]);
