@@ -77,17 +77,35 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } gemm_plan;
 
+/* A compute lane: a stream and every buffer an encoder writes. Slot s of the two batches in flight
+ * computes on lane s (see "batches in flight" below), so two batches can compute at once; lane 1
+ * is allocated when slot 1 is first used. */
 typedef struct {
-    int Tb, Bb, cls;  /* cls: the last layer on the CLS rows only (engine_cls_only) */
-    const void *lane; /* the lane whose buffers and stream it was captured with */
+    cudaStream_t stream; /* compute: this lane's encoders, in submission order */
+    void *mem;           /* one device allocation for all of the below */
+    size_t bytes;
+    int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
+    int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
+    void *x, *x2, *tmp, *att;      /* (R, C) in A */
+    void *qkv, *ff;                /* (R, 3C) and (R, I) in A, one buffer: qkv is dead once FF1 writes ff */
+    void *q8;                      /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
+    float *amax_parts, *act_scale; /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
+    float *cls, *mean, *pooler;    /* (Bcap, C) fp32 */
+    float *hidden32;               /* (Tcap, C) fp32: x widened for the caller */
+    void *gemm_ws, *sdpa_ws;       /* two GEMMs of two lanes run at once: a workspace each */
+} cuda_lane;
+
+typedef struct {
+    int Tb, Bb, cls;       /* cls: the last layer on the CLS rows only (engine_cls_only) */
+    const cuda_lane *lane; /* the lane whose buffers and stream it was captured with */
     uint64_t stamp;
     cudaGraphExec_t exec;
 } graph_entry;
 
 typedef struct {
     int Bb;
-    const void *lane; /* the plan binds that lane's buffers */
-    bs_sdpa *p;       /* NULL: cuDNN refused this shape, the kernel runs */
+    const cuda_lane *lane; /* the plan binds that lane's buffers */
+    bs_sdpa *p;            /* NULL: cuDNN refused this shape, the kernel runs */
 } sdpa_entry;
 
 typedef struct {
@@ -111,24 +129,6 @@ typedef struct {
     int n_feat;
     size_t BC; /* B * C of the batch in flight */
 } cuda_slot;
-
-/* A compute lane: a stream and every buffer an encoder writes. Slot s of the two batches in flight
- * computes on lane s (see "batches in flight" below), so two batches can compute at once; lane 1
- * is allocated when slot 1 is first used. */
-typedef struct {
-    cudaStream_t stream; /* compute: this lane's encoders, in submission order */
-    void *mem;           /* one device allocation for all of the below */
-    size_t bytes;
-    int32_t *d_in; /* the batch being computed: inputs in layout_inputs' layout, at a fixed address */
-    int32_t *d_cu, *d_seqlen, *d_offq, *d_offo, *d_tiles, *d_ids;
-    void *x, *x2, *tmp, *att;      /* (R, C) in A */
-    void *qkv, *ff;                /* (R, 3C) and (R, I) in A, one buffer: qkv is dead once FF1 writes ff */
-    void *q8;                      /* (R, max(C, I)) E4M3: quantised GEMM input (fp8) */
-    float *amax_parts, *act_scale; /* (BS_AMAX_PARTS), by G_* kind (SCALE_AT) */
-    float *cls, *mean, *pooler;    /* (Bcap, C) fp32 */
-    float *hidden32;               /* (Tcap, C) fp32: x widened for the caller */
-    void *gemm_ws, *sdpa_ws;       /* two GEMMs of two lanes run at once: a workspace each */
-} lane;
 
 typedef struct {
     bs_engine base; /* first: engine.c sees a bs_engine */
@@ -156,10 +156,10 @@ typedef struct {
     float *static_dscale; /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
 
     /* activations: a lane each (lanes[0] from the start), sized once */
-    lane lanes[BS_ENGINE_SLOTS];
+    cuda_lane lanes[BS_ENGINE_SLOTS];
     int n_lanes;   /* allocated */
     int max_lanes; /* BERTSTREAM_LANES (2), or 1 after lane 1 could not be allocated */
-    lane *a;       /* the lane being enqueued (or checked at start): what every encoder step uses */
+    cuda_lane *a;  /* the lane being enqueued (or checked at start): what every encoder step uses */
 
     /* staging: per slot (two batches in flight) */
     cuda_slot slot[BS_ENGINE_SLOTS];
@@ -359,7 +359,7 @@ done:
 /* Lane i's buffers; lane 0's allocation also holds the slots' device staging (d_stage, d_feat),
  * which exist from the start. */
 static void layout_lane(cuda_engine *e, int i, arena *a) {
-    lane *L = &e->lanes[i];
+    cuda_lane *L = &e->lanes[i];
     const bs_bert_config *c = &e->base.model->cfg;
     const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, R = (size_t)e->R, sa = bs_dtype_size(e->act);
     size_t in_ints = e->o_ids + (size_t)e->Tcap;
@@ -400,7 +400,7 @@ static void layout_lane(cuda_engine *e, int i, arena *a) {
 
 /* Creates lane i: its stream and its buffers (zeroed: spare and padding rows start finite). */
 static int lane_open(cuda_engine *e, int i, char *err) {
-    lane *L = &e->lanes[i];
+    cuda_lane *L = &e->lanes[i];
     CUDA_CHECK(cudaStreamCreateWithFlags(&L->stream, cudaStreamNonBlocking));
     arena a = {0};
     layout_lane(e, i, &a);
@@ -413,7 +413,7 @@ static int lane_open(cuda_engine *e, int i, char *err) {
     return BS_OK;
 }
 
-static void lane_close(lane *L) {
+static void lane_close(cuda_lane *L) {
     if (L->stream) cudaStreamSynchronize(L->stream);
     cudaFree(L->mem);
     if (L->stream) cudaStreamDestroy(L->stream);
@@ -1124,7 +1124,7 @@ static size_t stage_inputs(const cuda_engine *e, int32_t *h_in, const bs_batch *
  *
  * Lanes. Each lane owns every buffer an encoder writes (activations, d_in, the cuBLASLt workspace),
  * so the two batches in flight compute at once: one batch's LayerNorms and attention, which are
- * memory bound, run beside the other's GEMMs instead of after them. A lane costs ~400 MiB at
+ * memory bound, run beside the other's GEMMs instead of after them. A lane costs ~440 MiB at
  * BERT-base bf16 256 x 128 (qkv and ff share a buffer, so less than one lane took before); lane 1
  * is allocated on slot 1's first batch, so engine_forward alone never pays for it. CUDA graphs and
  * SDPA plans bind buffer addresses: they are per lane. GEMM plans are not (the pointers are given
@@ -1199,7 +1199,7 @@ static int submit_enqueue(cuda_engine *e, cuda_slot *s, const bs_batch *b, const
 
 /* The lane slot i computes on: lane i, opened on its first batch; lane 0 when one lane is wanted
  * or lane i cannot be opened (then the two slots take turns on lane 0's stream, in order). */
-static lane *lane_for(cuda_engine *e, int i) {
+static cuda_lane *lane_for(cuda_engine *e, int i) {
     if (i >= e->max_lanes) return &e->lanes[0];
     if (i >= e->n_lanes) {
         char why[BS_ERRLEN] = "";
