@@ -217,8 +217,8 @@ static void engine_cuda_pipelined_equals_synchronous_bit_for_bit(void) {
     unsetenv("BERTSTREAM_FP8_SCALES");
 }
 
-/* Slot rules on the real engine, and engine_forward between submits. */
-static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
+/* A two-layer model of hidden size 64, random weights (the slot and lane tests); NULL on failure. */
+static bs_model *small_model(uint64_t seed) {
     char err[BS_ERRLEN];
     bs_bert_config cfg = {.vocab_size = 500,
                           .hidden = 64,
@@ -228,11 +228,18 @@ static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
                           .max_positions = 128,
                           .type_vocab_size = 2,
                           .ln_eps = 1e-12f};
-    bs_model *m = model_init_random(&cfg, 3, err);
+    bs_model *m = model_init_random(&cfg, seed, err);
     CHECK(m != NULL);
+    return m;
+}
+
+/* Slot rules on the real engine, and engine_forward between submits. */
+static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = small_model(3);
     if (!m) return;
-    const int C = cfg.hidden;
-    tbatch *v = make_batches(3, cfg.vocab_size, 8);
+    const int C = m->cfg.hidden;
+    tbatch *v = make_batches(3, m->cfg.vocab_size, 8);
     bs_engine *e = make_engine(m, BS_PREC_FP32, MAXB, MAXT, MAXLEN);
     CHECK(e != NULL);
     if (e) {
@@ -298,20 +305,11 @@ static void engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot(void) {
  * Other values are refused at start. */
 static void engine_cuda_one_lane_takes_turns(void) {
     char err[BS_ERRLEN];
-    bs_bert_config cfg = {.vocab_size = 500,
-                          .hidden = 64,
-                          .layers = 2,
-                          .heads = 2,
-                          .intermediate = 128,
-                          .max_positions = 128,
-                          .type_vocab_size = 2,
-                          .ln_eps = 1e-12f};
-    bs_model *m = model_init_random(&cfg, 5, err);
-    CHECK(m != NULL);
+    bs_model *m = small_model(5);
     if (!m) return;
     enum { N = 8 };
-    const int C = cfg.hidden;
-    tbatch *v = make_batches(N, cfg.vocab_size, 9);
+    const int C = m->cfg.hidden;
+    tbatch *v = make_batches(N, m->cfg.vocab_size, 9);
     bs_engine *es = make_engine(m, BS_PREC_FP32, MAXB, MAXT, MAXLEN);
     setenv("BERTSTREAM_LANES", "3", 1);
     bs_engine_opts o = {
