@@ -118,6 +118,18 @@ static size_t outputs_diff(const tbatch *v, const touts *got, const touts *ref, 
     return diffs;
 }
 
+/* One at a time: engine_forward of each batch into o. Returns the number of failed calls. */
+static int run_synchronous(bs_engine *e, const tbatch *v, touts *o, int n) {
+    char err[BS_ERRLEN];
+    int fails = 0;
+    for (int k = 0; k < n; k++) {
+        bs_batch b = {.n_seq = v[k].B, .ids = v[k].ids, .cu_seqlens = v[k].cu};
+        bs_outputs out = outputs(&v[k], &o[k]);
+        if (engine_forward(e, &b, &out, err) != BS_OK) fprintf(stderr, "  forward %d: %s\n", k, err), fails++;
+    }
+    return fails;
+}
+
 /* Two in flight: submit k into slot k % 2, scribble over its ids (engine.h: read only in submit),
  * then collect k - 1. Returns the number of failed calls. */
 static int run_pipelined(bs_engine *e, tbatch *v, touts *o, int n, int32_t *scratch) {
@@ -163,11 +175,7 @@ static void check_pipelined_equals_sync(bs_precision prec, int n_max) {
         CHECK_INT(engine_slots(ep), 2);
         touts *ref = calloc(N, sizeof *ref), *got = calloc(N, sizeof *got);
         for (int k = 0; k < N; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
-        for (int k = 0; k < N; k++) {
-            bs_batch b = {.n_seq = v[k].B, .ids = v[k].ids, .cu_seqlens = v[k].cu};
-            bs_outputs out = outputs(&v[k], &ref[k]);
-            CHECK_INT(engine_forward(es, &b, &out, err), BS_OK);
-        }
+        CHECK_INT(run_synchronous(es, v, ref, N), 0);
         int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
         CHECK_INT(run_pipelined(ep, v, got, N, scratch), 0);
         size_t compared = 0;
@@ -322,12 +330,8 @@ static void engine_cuda_one_lane_takes_turns(void) {
     CHECK(es && e1);
     if (es && e1) {
         touts ref[N], got[N];
-        for (int k = 0; k < N; k++) {
-            ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
-            bs_batch b = {.n_seq = v[k].B, .ids = v[k].ids, .cu_seqlens = v[k].cu};
-            bs_outputs out = outputs(&v[k], &ref[k]);
-            CHECK_INT(engine_forward(es, &b, &out, err), BS_OK);
-        }
+        for (int k = 0; k < N; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
+        CHECK_INT(run_synchronous(es, v, ref, N), 0);
         int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
         CHECK_INT(run_pipelined(e1, v, got, N, scratch), 0);
         size_t compared = 0;
