@@ -132,7 +132,7 @@ static int run_synchronous(bs_engine *e, const tbatch *v, touts *o, int n) {
 
 /* Two in flight: submit k into slot k % 2, scribble over its ids (engine.h: read only in submit),
  * then collect k - 1. Returns the number of failed calls. */
-static int run_pipelined(bs_engine *e, tbatch *v, touts *o, int n, int32_t *scratch) {
+static int run_pipelined(bs_engine *e, const tbatch *v, touts *o, int n, int32_t *scratch) {
     char err[BS_ERRLEN];
     int fails = 0;
     for (int k = 0; k <= n; k++) {
@@ -146,6 +146,19 @@ static int run_pipelined(bs_engine *e, tbatch *v, touts *o, int n, int32_t *scra
         if (k > 0 && engine_wait(e, (k - 1) % 2, err) != BS_OK) fprintf(stderr, "  wait %d: %s\n", k - 1, err), fails++;
     }
     return fails;
+}
+
+/* The same n batches through es one at a time into ref and through ep two in flight into got (both
+ * allocated here, freed by the caller with outs_free); returns the floats that differ, *compared
+ * and *worst as outputs_diff counts them. */
+static size_t sync_vs_pipelined(bs_engine *es, bs_engine *ep, const tbatch *v, touts *ref, touts *got, int n, int C,
+                                size_t *compared, double *worst) {
+    for (int k = 0; k < n; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
+    CHECK_INT(run_synchronous(es, v, ref, n), 0);
+    int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
+    CHECK_INT(run_pipelined(ep, v, got, n, scratch), 0);
+    free(scratch);
+    return outputs_diff(v, got, ref, n, C, compared, worst);
 }
 
 /* n_max: at most this many batches (the emulated fp8 run is the slowest) */
@@ -174,13 +187,9 @@ static void check_pipelined_equals_sync(bs_precision prec, int n_max) {
     if (es && ep) {
         CHECK_INT(engine_slots(ep), 2);
         touts *ref = calloc(N, sizeof *ref), *got = calloc(N, sizeof *got);
-        for (int k = 0; k < N; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
-        CHECK_INT(run_synchronous(es, v, ref, N), 0);
-        int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
-        CHECK_INT(run_pipelined(ep, v, got, N, scratch), 0);
         size_t compared = 0;
         double worst = 0;
-        size_t diffs = outputs_diff(v, got, ref, N, C, &compared, &worst);
+        size_t diffs = sync_vs_pipelined(es, ep, v, ref, got, N, C, &compared, &worst);
         for (int k = 0; k < N; k++) CHECK(!isnan(ref[k].pooler[0]) || !(v[k].want & 1));
         fprintf(stderr, "  %s: %d batches, %zu floats compared, %zu differ (max |diff| %.3g)\n",
                 bs_precision_name(prec), N, compared, diffs, worst);
@@ -192,6 +201,7 @@ static void check_pipelined_equals_sync(bs_precision prec, int n_max) {
         /* again on the now warm engine (every shape replays a graph), against the same reference */
         for (int k = 0; k < N; k++)
             for (size_t i = 0; i < (size_t)MAXB * C; i++) got[k].pooler[i] = NAN;
+        int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
         CHECK_INT(run_pipelined(ep, v, got, N, scratch), 0);
         diffs = 0;
         for (int k = 0; k < N; k++)
@@ -330,16 +340,11 @@ static void engine_cuda_one_lane_takes_turns(void) {
     CHECK(es && e1);
     if (es && e1) {
         touts ref[N], got[N];
-        for (int k = 0; k < N; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C);
-        CHECK_INT(run_synchronous(es, v, ref, N), 0);
-        int32_t *scratch = malloc(sizeof(int32_t) * MAXT);
-        CHECK_INT(run_pipelined(e1, v, got, N, scratch), 0);
         size_t compared = 0;
         double worst = 0;
-        CHECK_INT(outputs_diff(v, got, ref, N, C, &compared, &worst), 0);
+        CHECK_INT(sync_vs_pipelined(es, e1, v, ref, got, N, C, &compared, &worst), 0);
         CHECK(compared > 0);
         CHECK_CONTAINS(engine_describe(e1), "lanes=1");
-        free(scratch);
         for (int k = 0; k < N; k++) outs_free(&ref[k]), outs_free(&got[k]);
     }
     engine_free(es), engine_free(e1);
