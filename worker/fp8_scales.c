@@ -37,21 +37,40 @@ double fp8_linear_max_bound(const float *W, const float *bias, int out, int in, 
     return worst;
 }
 
+/* the input LayerNorm of layer l: the embeddings' for layer 0, else layer l - 1's output one */
+static void layer_input_ln(const bs_model *m, int l, const float **g, const float **b) {
+    *g = l == 0 ? m->emb_ln_w : m->layer[l - 1].ln2_w;
+    *b = l == 0 ? m->emb_ln_b : m->layer[l - 1].ln2_b;
+}
+
+static double nonzero(double bound) {
+    return bound == 0 ? 1.0 : bound; /* all-zero weights: any scale; NaN stays NaN */
+}
+
 void fp8_static_bounds(const bs_model *m, double *bounds) {
     const int C = m->cfg.hidden, I = m->cfg.intermediate;
     for (int l = 0; l < m->cfg.layers; l++) {
         const bs_layer_weights *w = &m->layer[l];
-        const float *g = l == 0 ? m->emb_ln_w : m->layer[l - 1].ln2_w,
-                    *b = l == 0 ? m->emb_ln_b : m->layer[l - 1].ln2_b;
+        const float *g, *b;
+        layer_input_ln(m, l, &g, &b);
         const double x_l2 = fp8_ln_l2_bound(g, b, C), x2_l2 = fp8_ln_l2_bound(w->ln1_w, w->ln1_b, C);
         const double h = fp8_linear_max_bound(w->ff1_w, w->ff1_b, I, C, x2_l2);
         bounds[4 * l + 0] = fp8_ln_max_bound(g, b, C);
         bounds[4 * l + 1] = fp8_linear_max_bound(w->qkv_w + (size_t)2 * C * C, w->qkv_b + 2 * C, C, C, x_l2);
         bounds[4 * l + 2] = fp8_ln_max_bound(w->ln1_w, w->ln1_b, C);
         bounds[4 * l + 3] = h > GELU_MIN_ABS ? h : GELU_MIN_ABS;
-        for (int k = 0; k < 4; k++) {
-            bounds[4 * l + k] *= k == 1 || k == 3 ? MARGIN_E4M3_PRODUCT : MARGIN_LN;
-            if (bounds[4 * l + k] == 0) bounds[4 * l + k] = 1.0; /* all-zero weights: any scale; NaN stays NaN */
-        }
+        for (int k = 0; k < 4; k++)
+            bounds[4 * l + k] = nonzero(bounds[4 * l + k] * (k == 1 || k == 3 ? MARGIN_E4M3_PRODUCT : MARGIN_LN));
+    }
+}
+
+void fp8_static_qkv_bounds(const bs_model *m, double *bounds) {
+    const int C = m->cfg.hidden;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        const float *g, *b;
+        layer_input_ln(m, l, &g, &b);
+        const bs_layer_weights *w = &m->layer[l];
+        bounds[l] =
+            nonzero(MARGIN_E4M3_PRODUCT * fp8_linear_max_bound(w->qkv_w, w->qkv_b, 3 * C, C, fp8_ln_l2_bound(g, b, C)));
     }
 }

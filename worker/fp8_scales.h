@@ -31,5 +31,10 @@ double fp8_linear_max_bound(const float *W, const float *bias, int out, int in, 
  * 1.0625^2 for those computed from E4M3 operands (attention output, FFN down). An all-zero bound
  * becomes 1; NaN or inf weights give a NaN or inf bound (the engine refuses it). */
 void fp8_static_bounds(const bs_model *m, double *bounds /* (4 L) */);
+/* bounds[l]: layer l's QKV GEMM output, all 3C columns (Q, K and V), where that GEMM writes E4M3
+ * for the attention kernel to read (BERTSTREAM_FP8_QKV=e4m3): the linear bound over every row of
+ * the QKV weight, from the same input bound as the V rows' above, widened alike (x 1.01 x 1.0625^2:
+ * computed from E4M3 operands). At least the V rows' bound, bounds[4 l + 1] of fp8_static_bounds. */
+void fp8_static_qkv_bounds(const bs_model *m, double *bounds /* (L) */);
 
 #endif

@@ -93,8 +93,8 @@ static void fp8_linear_bound_holds_and_is_reached_along_a_row(void) {
     free(W);
 }
 
-/* On a random model: each layer's four bounds come from the right weights (recomputed here from
- * the formulas), carry the 1 % margin, and hold for that layer's actual first-layer activations. */
+/* On a random model: each layer's four bounds (and its QKV output bound) come from the right weights (recomputed here
+ * from the formulas), carry the 1 % margin, and hold for that layer's actual first-layer activations. */
 static void fp8_static_bounds_wire_each_gemm_input(void) {
     char err[BS_ERRLEN];
     bs_bert_config cfg = {.vocab_size = 50,
@@ -129,24 +129,34 @@ static void fp8_static_bounds_wire_each_gemm_input(void) {
         CHECK_NEAR(bd[4 * l + 3], mp * (h > 0.1701 ? h : 0.1701), 1e-9);
     }
     CHECK(bd[4] > bd[2] && bd[2] > bd[0]); /* gammas 3..4, 2..3, 0.5..1.5 */
+    double bq[2]; /* the QKV outputs, all three parts: every row of the QKV weight, same input bound */
+    fp8_static_qkv_bounds(m, bq);
+    for (int l = 0; l < 2; l++) {
+        const bs_layer_weights *w = &m->layer[l];
+        const float *g = l == 0 ? m->emb_ln_w : m->layer[0].ln2_w, *b = l == 0 ? m->emb_ln_b : m->layer[0].ln2_b;
+        CHECK_NEAR(bq[l], mp * fp8_linear_max_bound(w->qkv_w, w->qkv_b, 3 * C, C, fp8_ln_l2_bound(g, b, C)), 1e-9);
+        CHECK(bq[l] >= bd[4 * l + 1]);
+    }
     /* layer 0: embeddings of random tokens -> LayerNorm -> V rows stay inside bd[0] and bd[1] */
-    double x[C], y[C], worst_y = 0, worst_v = 0;
+    double x[C], y[C], worst_y = 0, worst_v = 0, worst_qkv = 0;
     for (int t = 0; t < 200; t++) {
         const int id = (int)(bs_rng_next(&r) % 50u), pos = t % 16;
         for (int i = 0; i < C; i++)
             x[i] = (double)m->word_emb[(size_t)id * C + i] + m->pos_emb[(size_t)pos * C + i] + m->type_emb[i];
         layernorm(y, x, m->emb_ln_w, m->emb_ln_b, C, 1e-12);
         worst_y = fmax(worst_y, max_abs_d(y, C));
-        for (int j = 0; j < C; j++) {
-            double v = m->layer[0].qkv_b[2 * C + j];
-            for (int i = 0; i < C; i++) v += m->layer[0].qkv_w[(size_t)(2 * C + j) * C + i] * y[i];
-            worst_v = fmax(worst_v, fabs(v));
+        for (int j = 0; j < 3 * C; j++) {
+            double v = m->layer[0].qkv_b[j];
+            for (int i = 0; i < C; i++) v += m->layer[0].qkv_w[(size_t)j * C + i] * y[i];
+            if (j >= 2 * C) worst_v = fmax(worst_v, fabs(v));
+            worst_qkv = fmax(worst_qkv, fabs(v));
         }
     }
     CHECK(worst_y <= bd[0]);
     CHECK(worst_v <= bd[1]);
-    fprintf(stderr, "  layer 0: max |LN out| %.3g of bound %.3g; max |V| %.3g of bound %.3g\n", worst_y, bd[0], worst_v,
-            bd[1]);
+    CHECK(worst_qkv <= bq[0]);
+    fprintf(stderr, "  layer 0: max |LN out| %.3g of bound %.3g; max |V| %.3g of bound %.3g; max |QKV| %.3g of %.3g\n",
+            worst_y, bd[0], worst_v, bd[1], worst_qkv, bq[0]);
     model_free(m);
 }
 
