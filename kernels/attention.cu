@@ -359,7 +359,7 @@ static size_t cls_smem_bytes(int HS) {
 template <typename T, int NPL>
 __global__ void __launch_bounds__(CLS_WARPS * 32)
     attention_cls_kernel(T *out, uint8_t *out8, const float *oscale, const T *qkv, const int32_t *cu, int NH, int HS,
-                         float qscale) {
+                         float qscale, const float *iscale) {
     const int seq = blockIdx.x, h = blockIdx.y;
     const int start = cu[seq], len = cu[seq + 1] - start;
     const int C = NH * HS;
@@ -370,6 +370,8 @@ __global__ void __launch_bounds__(CLS_WARPS * 32)
     float *sm = so + CLS_WARPS * HS, *sl = sm + CLS_WARPS; // (CLS_WARPS) running max and sum
     const T *base = qkv + (size_t)start * ld + h * HS;     // the CLS row's q of head h
     float q[NPL], o[NPL], m = -INFINITY, l = 0;
+    const float si = iscale ? *iscale : 1.0f; // E4M3 input: values are code * si (q k: si^2, v: si)
+    qscale *= si * si;
 #pragma unroll
     for (int j = 0; j < NPL; j++) {
         const int d = lane + 32 * j;
@@ -413,7 +415,7 @@ __global__ void __launch_bounds__(CLS_WARPS * 32)
                 acc += so[w * HS + d] * f;
                 L += sl[w] * f;
             }
-        const float r = len > 0 ? acc / L : 0.0f;
+        const float r = len > 0 ? acc / L * si : 0.0f;
         const size_t i = (size_t)seq * C + h * HS + d;
         if (out8)
             out8[i] = __nv_cvt_float_to_fp8(r / sc8, __NV_SATFINITE, __NV_E4M3);
@@ -424,22 +426,22 @@ __global__ void __launch_bounds__(CLS_WARPS * 32)
 
 template <typename T>
 static cudaError_t cls_launch(T *out, uint8_t *out8, const float *oscale, const T *qkv, const int32_t *cu, int B,
-                              int NH, int HS, cudaStream_t s) {
+                              int NH, int HS, const float *iscale, cudaStream_t s) {
     const dim3 grid((unsigned)B, (unsigned)NH);
     const size_t smem = cls_smem_bytes(HS);
     const float qscale = 1.4426950408889634f / sqrtf((float)HS); // log2(e) / sqrt(HS)
     if (HS <= 32) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 1>)
-        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+        (out, out8, oscale, qkv, cu, NH, HS, qscale, iscale);
     } else if (HS <= 64) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 2>)
-        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+        (out, out8, oscale, qkv, cu, NH, HS, qscale, iscale);
     } else if (HS <= 128) {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 4>)
-        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+        (out, out8, oscale, qkv, cu, NH, HS, qscale, iscale);
     } else {
         BS_LAUNCH(grid, CLS_WARPS * 32, smem, s, attention_cls_kernel<T, 8>)
-        (out, out8, oscale, qkv, cu, NH, HS, qscale);
+        (out, out8, oscale, qkv, cu, NH, HS, qscale, iscale);
     }
     return cudaGetLastError();
 }
@@ -448,7 +450,7 @@ static cudaError_t cls_dispatch(void *out, uint8_t *out8, const float *oscale, c
                                 int B, int NH, int HS, bs_dtype dt, cudaStream_t s) {
     if (NH < 1 || HS < 1 || HS > BS_ATT_MAX_HS || B < 0) return cudaErrorInvalidValue;
     if (B == 0) return cudaSuccess;
-    BS_DISPATCH_ACT(dt, return cls_launch((T *)out, out8, oscale, (const T *)qkv, cu, B, NH, HS, s));
+    BS_DISPATCH_ACT(dt, return cls_launch((T *)out, out8, oscale, (const T *)qkv, cu, B, NH, HS, NULL, s));
     return cudaSuccess;
 }
 
@@ -461,6 +463,15 @@ extern "C" cudaError_t attention_cls_q8_forward(void *out8, const void *qkv, con
                                                 int HS, bs_dtype dt, const float *scale, cudaStream_t s) {
     if (!out8 || !scale) return cudaErrorInvalidValue;
     return cls_dispatch(NULL, (uint8_t *)out8, scale, qkv, cu_seqlens, B, NH, HS, dt, s);
+}
+
+extern "C" cudaError_t attention_cls_q8qkv_forward(void *out8, const void *qkv8, const int32_t *cu_seqlens, int B,
+                                                   int NH, int HS, const float *iscale, const float *scale,
+                                                   cudaStream_t s) {
+    if (!out8 || !scale || !iscale || NH < 1 || HS < 1 || HS > BS_ATT_MAX_HS || B < 0) return cudaErrorInvalidValue;
+    if (B == 0) return cudaSuccess;
+    return cls_launch((__nv_fp8_e4m3 *)NULL, (uint8_t *)out8, scale, (const __nv_fp8_e4m3 *)qkv8, cu_seqlens, B, NH, HS,
+                      iscale, s);
 }
 
 template <typename T, int NPL> static cudaError_t att_set_smem(int HS) {

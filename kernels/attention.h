@@ -64,6 +64,15 @@ cudaError_t attention_mma_forward(void *out, const void *qkv, const int32_t *cu,
 cudaError_t attention_mma_q8_forward(void *out8, const void *qkv, const int32_t *cu, const int32_t *tiles, int n_tiles,
                                      int NH, int HS, bs_dtype dt, const float *scale, cudaStream_t s);
 
+/* E4M3 in and out (fp8 with static scales, the QKV GEMM writing E4M3): qkv8 (T, 3C) holds E4M3
+ * codes whose values are code * *iscale (the QKV GEMM's output through its D scale 1 / *iscale).
+ * The tiles are copied in as bytes (half the bf16 form's reads), widened to f16 in shared memory
+ * (exactly: E4M3 values are f16 values) and run on f16 tensor cores, scores scaled by *iscale^2,
+ * the output by *iscale; out8 as attention_mma_q8_forward writes it. HS 32/64/128. */
+cudaError_t attention_mma_q8qkv_forward(void *out8, const void *qkv8, const int32_t *cu, const int32_t *tiles,
+                                        int n_tiles, int NH, int HS, const float *iscale, const float *scale,
+                                        cudaStream_t s);
+
 /* The CLS query alone: out (B, C) row s = sequence s's first row of what attention_forward
  * computes (softmax(q_CLS K^T / sqrt(HS)) V over the sequence's keys, per head), zeros for an
  * empty sequence. The last layer when only the pooler and CLS features are wanted: 1/len of the
@@ -74,6 +83,9 @@ cudaError_t attention_cls_forward(void *out, const void *qkv, const int32_t *cu_
                                   int HS, bs_dtype dt, cudaStream_t s);
 cudaError_t attention_cls_q8_forward(void *out8, const void *qkv, const int32_t *cu_seqlens, int B, int NH, int HS,
                                      bs_dtype dt, const float *scale, cudaStream_t s);
+/* The same from E4M3 codes of value code * *iscale (as attention_mma_q8qkv_forward reads them). */
+cudaError_t attention_cls_q8qkv_forward(void *out8, const void *qkv8, const int32_t *cu_seqlens, int B, int NH, int HS,
+                                        const float *iscale, const float *scale, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -51,6 +51,10 @@ template <int HS> struct mma_geom {
     static constexpr int CPR = HS / 8;   // 16-byte chunks per row
     static constexpr int TILE = 64 * LD; // elements of one 64-row tile
     static constexpr size_t BYTES = (size_t)5 * TILE * 2; // Q, K[2], V[2]
+    // E4M3 input (IN8): Q, K, V widened to f16, one tile each, then the E4M3 bytes as copied in:
+    // Q, K[2], V[2], 64 x HS bytes each (dense: they are read back in 16-byte pieces, not ldmatrix)
+    static constexpr int TILE8 = 64 * HS;
+    static constexpr size_t BYTES8 = (size_t)3 * TILE * 2 + (size_t)5 * TILE8;
 };
 
 /* two floats into one 16-bit-pair register (an A fragment of P), the lower column in the low half */
@@ -81,10 +85,45 @@ __device__ __forceinline__ void mma_load_tile(T *dst, const T *src, size_t row_s
     }
 }
 
-template <typename T, int HS, bool Q8>
+/* the E4M3 form: 64 rows of HS bytes into dst (64 x HS, dense), rows >= valid zero-filled */
+template <int HS>
+__device__ __forceinline__ void mma_load_tile8(uint8_t *dst, const uint8_t *src, size_t row_stride, int valid) {
+    constexpr int CPR8 = HS / 16;
+    for (int i = threadIdx.x; i < 64 * CPR8; i += MMA_WARPS * 32) {
+        const int r = i / CPR8, c = i - r * CPR8;
+        const bool in = r < valid;
+        cp_async16(dst + r * HS + c * 16, src + (in ? (size_t)r * row_stride : 0) + c * 16, in ? 16 : 0);
+    }
+}
+
+/* two E4M3 codes (the low byte first) as an f16 pair: exact, every E4M3 value is an f16 value */
+__device__ __forceinline__ uint32_t mma_e4m3x2_to_f16x2(uint32_t bits) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)bits, __NV_E4M3);
+    return (uint32_t)h.x | (uint32_t)h.y << 16;
+}
+
+/* a staged E4M3 tile (64 x HS bytes) widened into dst (64 x LD, f16), 16 codes per step */
+template <int HS> __device__ __forceinline__ void mma_widen_tile(__half *dst, const uint8_t *src) {
+    constexpr int CPR8 = HS / 16;
+    for (int i = threadIdx.x; i < 64 * CPR8; i += MMA_WARPS * 32) {
+        const int r = i / CPR8, c = i - r * CPR8;
+        const uint4 u = *(const uint4 *)(src + r * HS + c * 16);
+        uint4 *d = (uint4 *)(dst + r * mma_geom<HS>::LD + c * 16);
+        d[0] = make_uint4(mma_e4m3x2_to_f16x2(u.x & 0xffffu), mma_e4m3x2_to_f16x2(u.x >> 16),
+                          mma_e4m3x2_to_f16x2(u.y & 0xffffu), mma_e4m3x2_to_f16x2(u.y >> 16));
+        d[1] = make_uint4(mma_e4m3x2_to_f16x2(u.z & 0xffffu), mma_e4m3x2_to_f16x2(u.z >> 16),
+                          mma_e4m3x2_to_f16x2(u.w & 0xffffu), mma_e4m3x2_to_f16x2(u.w >> 16));
+    }
+}
+
+// IN8 (fp8 with static scales, the QKV GEMM writing E4M3): qkv holds E4M3 codes whose values are
+// code * *iscale. Tiles are copied in as bytes (half the traffic), widened to f16 in shared memory
+// once landed, and the kernel runs as for f16 (T = __half; Q8 output only) with the scores scaled
+// by *iscale^2 and the output by *iscale.
+template <typename T, int HS, bool Q8, bool IN8 = false>
 __global__ void __launch_bounds__(MMA_WARPS * 32)
-    attention_mma_kernel(void *out, const T *qkv, const int32_t *cu, const int32_t *tiles, int NH, float sl2,
-                         const float *oscale) {
+    attention_mma_kernel(void *out, const void *qkv_in, const int32_t *cu, const int32_t *tiles, int NH, float sl2,
+                         const float *oscale, const float *iscale) {
     typedef mma_geom<HS> G;
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
     if (seq < 0) return;
@@ -93,15 +132,33 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     const int nq = min(BS_ATT_MMA_BQ, len - q0);
     if (nq <= 0) return; // not a tile attention_tiles() makes; nothing to do (and no copy left in flight)
     const int C = NH * HS;
-    const size_t ld = 3 * (size_t)C;
+    const size_t ld = 3 * (size_t)C; // elements, bytes for IN8
     BS_DYN_SMEM(mma_smem);
-    T *sq = (T *)mma_smem, *sk = sq + G::TILE, *sv = sk + 2 * G::TILE; // sk, sv: two tiles each
+    // sk, sv: two tiles each (IN8: one each, and the bytes are double-buffered in s8 behind them)
+    T *sq = (T *)mma_smem, *sk = sq + G::TILE, *sv = sk + (IN8 ? 1 : 2) * G::TILE;
+    uint8_t *s8 = (uint8_t *)(sv + G::TILE); // IN8: Q at 0, K[b] at (1 + b) TILE8, V[b] at (3 + b) TILE8
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const T *base = qkv + (size_t)start * ld + h * HS; // row 0 of the sequence, this head's Q columns
-
-    mma_load_tile<T, HS>(sq, base + (size_t)q0 * ld, ld, nq);
-    mma_load_tile<T, HS>(sk, base + C, ld, len);
-    mma_load_tile<T, HS>(sv, base + 2 * C, ld, len);
+    const T *base = (const T *)qkv_in + (size_t)start * ld + h * HS; // row 0 of the sequence, this head's Q columns
+    const uint8_t *base8 = (const uint8_t *)qkv_in + (size_t)start * ld + h * HS;
+    // the K and V rows k1.. of the sequence into buffer b
+    auto load_kv = [&](int b, int k1) {
+        if constexpr (IN8) {
+            mma_load_tile8<HS>(s8 + (1 + b) * G::TILE8, base8 + (size_t)k1 * ld + C, ld, len - k1);
+            mma_load_tile8<HS>(s8 + (3 + b) * G::TILE8, base8 + (size_t)k1 * ld + 2 * C, ld, len - k1);
+        } else {
+            mma_load_tile<T, HS>(sk + b * G::TILE, base + (size_t)k1 * ld + C, ld, len - k1);
+            mma_load_tile<T, HS>(sv + b * G::TILE, base + (size_t)k1 * ld + 2 * C, ld, len - k1);
+        }
+    };
+    float si = 1.0f; // the input's dequantisation scale (IN8)
+    if constexpr (IN8) {
+        si = *iscale;
+        sl2 *= si * si;
+        mma_load_tile8<HS>(s8, base8 + (size_t)q0 * ld, ld, nq);
+    } else {
+        mma_load_tile<T, HS>(sq, base + (size_t)q0 * ld, ld, nq);
+    }
+    load_kv(0, 0);
     cp_async_commit();
 
     uint32_t qf[HS / 16][4];
@@ -114,21 +171,25 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     for (int kt = 0; kt < nkt; kt++) {
         const int buf = kt & 1;
         if (kt + 1 < nkt) { // prefetch the next tile into the other buffer (consumed at kt - 1)
-            const int k1 = (kt + 1) * MMA_BK;
-            mma_load_tile<T, HS>(sk + (buf ^ 1) * G::TILE, base + (size_t)k1 * ld + C, ld, len - k1);
-            mma_load_tile<T, HS>(sv + (buf ^ 1) * G::TILE, base + (size_t)k1 * ld + 2 * C, ld, len - k1);
+            load_kv(buf ^ 1, (kt + 1) * MMA_BK);
             cp_async_commit();
             cp_async_wait<1>(); // everything but that prefetch has landed
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
+        if constexpr (IN8) { // widen the landed bytes (sk, sv: read by kt - 1, which every warp has left)
+            if (kt == 0) mma_widen_tile<HS>(sq, s8);
+            mma_widen_tile<HS>(sk, s8 + (1 + buf) * G::TILE8);
+            mma_widen_tile<HS>(sv, s8 + (3 + buf) * G::TILE8);
+            __syncthreads();
+        }
         if (kt == 0) {
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++)
                 ldsm_x4(qf[kk], sq + (warp * 16 + ldsm_a_row(lane)) * G::LD + kk * 16 + ldsm_a_col(lane));
         }
-        const T *kb = sk + buf * G::TILE, *vb = sv + buf * G::TILE;
+        const T *kb = IN8 ? sk : sk + buf * G::TILE, *vb = IN8 ? sv : sv + buf * G::TILE;
 
         // S = Q K^T for 64 keys: 8 tiles of 16 x 8
         float s[MMA_BK / 8][4];
@@ -195,7 +256,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 mma_t<T>::run(o[2 * dp + 1], a, b[2], b[3]);
             }
         }
-        __syncthreads(); // every warp is done with this buffer before the next prefetch overwrites it
+        __syncthreads(); // every warp is done with this buffer before the next prefetch (or widening) overwrites it
     }
 
     // normalise, stage this warp's 16 rows in its own rows of the Q buffer, store 16 bytes a lane
@@ -203,7 +264,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    const float i0 = si / l0, i1 = si / l1; // si: 1 but for IN8, where V's codes still need their scale
     T *so = sq + warp * 16 * G::LD;
     if constexpr (Q8) { // rows of HS bytes at a stride of HS + 16 (16-byte aligned), in the same space
         const float sc = *oscale;

@@ -646,6 +646,95 @@ static void attention_cls_query_matches_twin_with_empty_slots(void) {
     cudaFree(d1);
 }
 
+/* E4M3 in and out (fp8 with static scales, the QKV GEMM writing E4M3): qkv8 holds the codes of
+ * E4M3(x / iscale); the mma kernel (full attention) and the CLS query kernel must give the twin's
+ * attention over the dequantised values code * iscale, written as E4M3(result / scale): within half
+ * an E4M3 step of the twin's result / scale plus 2e-3 (0.1 % of the |values| <= 2: the mma kernel
+ * rounds the probabilities to f16), at least 90 % exactly its cast; zeros for empty sequences;
+ * nothing written past the rows. iscale 2 / 448 puts the largest |x| at the top of E4M3's range:
+ * a scale applied once instead of twice (scores) or not at all (output) is off by orders of
+ * magnitude. The ragged lengths of the mma test above plus empty ones for the CLS kernel. */
+static size_t e4m3_out_misses(const uint8_t *h8, const float *want, size_t n, float scale, size_t *exact) {
+    size_t bad = 0;
+    *exact = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float got = bs_e4m3_decode(h8[i]) * scale, v = want[i] / scale;
+        const double d = fabs((double)got - want[i]) - 0.5 * bs_e4m3_ulp(fabsf(v)) * scale;
+        *exact += bs_e4m3_decode(h8[i]) == bs_round_e4m3(v);
+        if (!(d <= 2e-3) && bad++ < 3)
+            fprintf(stderr, "  element %zu: want %.6g, E4M3 out %.6g\n", i, (double)want[i], (double)got);
+    }
+    return bad;
+}
+
+static void attention_e4m3_qkv_matches_twin(void) {
+    const int lens[22] = {128, 1, 15, 16, 17, 63, 64, 0, 65, 127, 5, 96, 33, 2, 48, 80, 111, 7, 128, 9, 100, 0};
+    const int B = 22;
+    const float iscale = 2.0f / BS_E4M3_MAX, scale = 0.006f;
+    int32_t cu[23] = {0};
+    for (int s = 0; s < B; s++) cu[s + 1] = cu[s] + lens[s];
+    const int T = cu[B];
+    int runs = 0;
+    for (int hs = 32; hs <= 128; hs *= 2) {
+        if (!attention_kernel_ok(BS_ATT_MMA, BS_DT_F16, hs, 128)) continue;
+        const int NH = 256 / hs, C = NH * hs, bq = attention_query_tile(BS_ATT_MMA);
+        const size_t nq = (size_t)T * 3 * C, no = (size_t)T * C, nc = (size_t)B * C, guard = (size_t)64 * C;
+        float *x = rand_host(nq, -2, 2), *vals = host(nq), *want = host(no), *wcls = host(nc);
+        quantize_fp8_ref(vals, x, nq, iscale);
+        const int cap = attention_tiles_cap(T, B, bq) + 2;
+        int32_t *tiles = malloc(sizeof(int32_t) * 2 * (size_t)cap);
+        CHECK(attention_tiles(tiles, cap, cu, B, bq) > 0);
+        float *dx = upf(x, nq), *dis = upf(&iscale, 1), *ds = upf(&scale, 1);
+        int32_t *dcu = upi(cu, B + 1), *dtiles = upi(tiles, 2 * (size_t)cap);
+        uint8_t *dq = NULL, *d8 = NULL, *c8 = NULL, *h8 = malloc(no + guard);
+        CK(cudaMalloc((void **)&dq, nq));
+        CK(cudaMalloc((void **)&d8, no + guard));
+        CK(cudaMalloc((void **)&c8, nc + guard));
+        CK(cudaMemset(d8, 0xFF, no + guard));
+        CK(cudaMemset(c8, 0xFF, nc + guard));
+        CK(quantize_fp8_static_forward(dq, dx, BS_DT_F32, nq, dis, S));
+        CK(attention_setup(hs, 128));
+        CK(attention_mma_q8qkv_forward(d8, dq, dcu, dtiles, cap, NH, hs, dis, ds, S));
+        CK(attention_cls_q8qkv_forward(c8, dq, dcu, B, NH, hs, dis, ds, S));
+        CK(cudaStreamSynchronize(S));
+        double *p = malloc(sizeof(double) * (T + 1));
+        attention_ref(want, vals, cu, B, NH, hs, p);
+        attention_cls_ref(wcls, vals, cu, B, NH, hs, p);
+        for (int k = 0; k < 2; k++) { /* k 0: every row (mma kernel), 1: the CLS rows */
+            const size_t n = k ? nc : no;
+            CK(cudaMemcpy(h8, k ? c8 : d8, n + guard, cudaMemcpyDeviceToHost));
+            size_t past = 0, exact = 0;
+            for (size_t i = n; i < n + guard; i++) past += h8[i] != 0xFF;
+            const size_t bad = e4m3_out_misses(h8, k ? wcls : want, n, scale, &exact);
+            fprintf(stderr, "  %s E4M3 in/out HS=%d: %zu of %zu as the cast of the twin's result\n",
+                    k ? "CLS query" : "mma", hs, exact, n);
+            CHECK_INT((long long)past, 0);
+            CHECK_INT((long long)bad, 0);
+            CHECK(exact >= n * 9 / 10);
+        }
+        int zeros = 1; /* the empty sequences 7 and 21 */
+        for (int c = 0; c < C; c++) zeros &= h8[7 * (size_t)C + c] == 0 && h8[21 * (size_t)C + c] == 0;
+        CHECK(zeros);
+        runs++;
+        free(x), free(vals), free(want), free(wcls), free(tiles), free(h8), free(p);
+        cudaFree(dx), cudaFree(dis), cudaFree(ds), cudaFree(dcu), cudaFree(dtiles), cudaFree(dq), cudaFree(d8);
+        cudaFree(c8);
+    }
+    int dev = 0, major = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CHECK_INT(runs, major >= 8 ? 3 : 0);
+    const float one = 1;
+    float *d1 = upf(&one, 1);
+    CHECK_INT(attention_mma_q8qkv_forward(NULL, NULL, NULL, NULL, 1, 2, 64, NULL, d1, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_mma_q8qkv_forward(NULL, NULL, NULL, NULL, 1, 2, 48, d1, d1, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_mma_q8qkv_forward(NULL, NULL, NULL, NULL, 0, 2, 64, d1, d1, S),
+              major >= 8 ? cudaSuccess : cudaErrorInvalidValue);
+    CHECK_INT(attention_cls_q8qkv_forward(NULL, NULL, NULL, 1, 2, 64, d1, NULL, S), cudaErrorInvalidValue);
+    CHECK_INT(attention_cls_q8qkv_forward(NULL, NULL, NULL, 1, 2, 512, d1, d1, S), cudaErrorInvalidValue);
+    cudaFree(d1);
+}
+
 static void attention_tiles_cover_each_sequence_once(void) {
     const int32_t cu[4] = {0, 5, 5, 75}; /* an empty sequence in the middle */
     int32_t tiles[2 * 12];
@@ -839,6 +928,7 @@ int main(void) {
     RUN_GPU(attention_tensor_core_kernels_match_twin);
     RUN_GPU(attention_mma_e4m3_output_is_its_output_quantised);
     RUN_GPU(attention_cls_query_matches_twin_with_empty_slots);
+    RUN_GPU(attention_e4m3_qkv_matches_twin);
     RUN_GPU(cudnn_sdpa_matches_kernel_where_available);
     cudaStreamDestroy(S);
     return bs_test_done();

@@ -111,17 +111,20 @@ template <typename T> struct problem {
     problem &operator=(const problem &) = delete;
 };
 
-/* Runs the kernel over p into out (out_bytes, pre-filled by the caller) under opt. */
-template <typename T, int HS, bool Q8>
-static void run_kernel(const problem<T> &p, void *out, const float *oscale, bs_emu::Options opt) {
+/* Runs the kernel for T over p's sequences into out (pre-filled by the caller) under opt: over p's
+ * qkv, or (IN8) over qkv8, E4M3 codes (T x 3C bytes) of value code * *iscale. */
+template <typename T, int HS, bool Q8, bool IN8 = false, typename P>
+static void run_kernel(const P &p, void *out, const float *oscale, bs_emu::Options opt, const uint8_t *qkv8 = nullptr,
+                       const float *iscale = nullptr) {
     bs_emu::reset(opt);
-    bs_emu::global_region(p.qkv, (size_t)p.T_ * 3 * p.C * sizeof(T));
+    const void *qkv = IN8 ? (const void *)qkv8 : (const void *)p.qkv;
+    bs_emu::global_region(qkv, (size_t)p.T_ * 3 * p.C * (IN8 ? 1 : sizeof(T)));
     const float sl2 = mma_score_scale(HS);
     const int32_t *cu = p.cu.data(), *tiles = p.tiles.data();
-    const T *qkv = p.qkv;
     const int NH = p.NH;
-    bs_emu::launch(dim3((unsigned)p.cap, (unsigned)NH), dim3(MMA_WARPS * 32), mma_geom<HS>::BYTES,
-                   [&] { attention_mma_kernel<T, HS, Q8>(out, qkv, cu, tiles, NH, sl2, oscale); });
+    bs_emu::launch(dim3((unsigned)p.cap, (unsigned)NH), dim3(MMA_WARPS * 32),
+                   IN8 ? mma_geom<HS>::BYTES8 : mma_geom<HS>::BYTES,
+                   [&] { attention_mma_kernel<T, HS, Q8, IN8>(out, qkv, cu, tiles, NH, sl2, oscale, iscale); });
     if (bs_emu::errors())
         fprintf(stderr, "  emulator: %ld errors, first: %s\n", bs_emu::errors(), bs_emu::first_error());
     CHECK_INT(bs_emu::errors(), 0);
@@ -197,6 +200,45 @@ template <int HS> static void check_e4m3(const problem<__nv_bfloat16> &p, const 
     }
 }
 
+/* E4M3 in and out (the QKV GEMM writing E4M3): p's values as E4M3 codes at iscale = 2 / 448, the
+ * f16 form of the kernel; against the twin over the dequantised values, within half an E4M3 step
+ * of its result / scale plus 2e-3 (the probabilities rounded to f16), at least 90 % exactly its
+ * cast; both copy timings give the same bytes; guard rows untouched. */
+template <int HS> static void check_e4m3_in(const problem<__nv_bfloat16> &p) {
+    const size_t nq = (size_t)p.T_ * 3 * p.C, no = (size_t)p.T_ * p.C, guard = (size_t)64 * p.C;
+    const float iscale = 2.0f / BS_E4M3_MAX, scale = 0.006f;
+    uint8_t *codes = (uint8_t *)malloc(nq); /* exactly T x 3C: a read past it is ASan's */
+    std::vector<float> vals(nq);
+    for (size_t i = 0; i < nq; i++) {
+        codes[i] = __nv_cvt_float_to_fp8(p.qkvf[i] / iscale, __NV_SATFINITE, __NV_E4M3);
+        vals[i] = bs_e4m3_decode(codes[i]) * iscale;
+    }
+    std::vector<uint8_t> out[2];
+    for (int mode = 0; mode < 2; mode++) {
+        out[mode].assign(no + guard, 0xff);
+        run_kernel<__half, HS, true, true>(p, out[mode].data(), &scale, mode ? early_run_ahead : late_in_step, codes,
+                                           &iscale);
+    }
+    CHECK(out[0] == out[1]);
+    std::vector<float> want(no);
+    std::vector<double> scratch((size_t)p.T_ + 1);
+    attention_ref(want.data(), vals.data(), p.cu.data(), p.B, p.NH, HS, scratch.data());
+    size_t past = 0, bad = 0, exact = 0;
+    for (size_t i = no; i < no + guard; i++) past += out[0][i] != 0xff;
+    for (size_t i = 0; i < no; i++) {
+        const float got = bs_e4m3_decode(out[0][i]) * scale, v = want[i] / scale;
+        const double d = fabs((double)got - want[i]) - 0.5 * bs_e4m3_ulp(fabsf(v)) * scale;
+        exact += bs_e4m3_decode(out[0][i]) == bs_round_e4m3(v);
+        if (!(d <= 2e-3) && bad++ < 3)
+            fprintf(stderr, "  element %zu: want %.6g, E4M3 out %.6g\n", i, (double)want[i], (double)got);
+    }
+    fprintf(stderr, "  mma E4M3 in/out HS=%d: %zu of %zu as the cast of the twin's result\n", HS, exact, no);
+    CHECK_INT((long long)past, 0);
+    CHECK_INT((long long)bad, 0);
+    CHECK(exact >= no * 9 / 10);
+    free(codes);
+}
+
 /* Ragged lengths around the 64-query and 64-key tile edges and the 16-row warp slices: one token,
  * part of a warp slice, a full tile, one past, two and a half tiles, three and a bit. Three unused
  * tiles (sequence -1) at the end. */
@@ -206,7 +248,10 @@ template <typename T, int HS> static void kernel_case(int NH) {
     problem<T> p(ragged, NH, HS, 3);
     CHECK_INT(p.n_tiles, 1 + 1 + 1 + 2 + 3 + 4);
     std::vector<float> o = check_output<T, HS>(p);
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) check_e4m3<HS>(p, o);
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        check_e4m3<HS>(p, o);
+        check_e4m3_in<HS>(p);
+    }
 }
 
 static void mma_kernel_matches_twin_bf16(void) {
