@@ -70,7 +70,7 @@ typedef struct {
     int kind, n, used; /* key (kind, n); used = 0: free slot */
     uint64_t stamp;    /* LRU */
     int epilogue;      /* cublasLtEpilogue_t the algo was found for (may be less than wanted) */
-    int out_q8;        /* D is E4M3 through the D scale (fp8 static, FF1 only): c is the bf16 C layout, d D's */
+    int out_q8;        /* D is E4M3 through the D scale (fp8 static, FF1 and QKV): c is the bf16 C layout, d D's */
     int res;           /* AO, FF2: C is the residual (beta 1) and the epilogue adds the bias: D = X W^T + b + res */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c, d;
@@ -151,9 +151,11 @@ typedef struct {
     float *pool_b;
     dev_layer *layer; /* [L] host array of device pointers */
 
-    int32_t *d_iota;      /* 0, 1, ..., Bcap: the cu_seqlens of one row per sequence (the CLS rows, compacted) */
-    float *static_scale;  /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
-    float *static_dscale; /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
+    int32_t *d_iota;       /* 0, 1, ..., Bcap: the cu_seqlens of one row per sequence (the CLS rows, compacted) */
+    float *static_scale;   /* fp8 static scales: L x G_KINDS slots, STATIC_SCALE(e, l, kind) */
+    float *static_dscale;  /* 1 / STATIC_SCALE(e, l, G_FF2), one slot per layer: FF1's D scale */
+    float *static_qscale;  /* the QKV output's scale (its bound / 448), one slot per layer: attention's input scale */
+    float *static_qdscale; /* 1 / static_qscale: the D scale of a QKV GEMM that writes E4M3 */
 
     /* activations: a lane each (lanes[0] from the start), sized once */
     cuda_lane lanes[BS_ENGINE_SLOTS];
@@ -185,12 +187,16 @@ typedef struct {
     int att_q8;         /* fp8 static, mma kernel, its E4M3 output checked at start: the kernel (not
                          * cuDNN) writes the AO GEMM's E4M3 input itself */
     int ff1_q8_off;     /* the FFN-up GEMM's E4M3 output failed its start-up self-check: bf16 + cast */
+    int qkv_q8;         /* fp8 static, att_q8, no cuDNN, BERTSTREAM_FP8_QKV=e4m3 (default), both self-checks
+                         * passed: the QKV GEMM writes E4M3 and attention reads it (half its input bytes) */
+    int qkv_q8_in_gemm; /* the largest shape's QKV plan got an E4M3-output algo (describe) */
     int res_in_gemm;    /* the AO and FF2 GEMMs add bias and residual (C, beta 1): the LayerNorms read one
                          * tensor (BERTSTREAM_RESIDUAL=layernorm: they read both, as before) */
     int res_gemm_used;  /* the largest shape's AO and FF2 plans got it (describe) */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
+    int qkv_is_q8; /* the QKV GEMM just wrote qkv in E4M3 at static_qscale: attention reads it so */
     uint64_t clock;
     unsigned warned; /* first_warning: the fallbacks already logged as warnings */
 } cuda_engine;
@@ -247,6 +253,8 @@ static void layout_weights(cuda_engine *e, arena *a) {
     /* constants the lanes share */
     e->static_scale = e->fp8_static ? take(a, (size_t)c->layers * G_KINDS * SCALE_STRIDE * 4) : NULL;
     e->static_dscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
+    e->static_qscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
+    e->static_qdscale = e->fp8_static ? take(a, (size_t)c->layers * SCALE_STRIDE * 4) : NULL;
     e->d_iota = take(a, ((size_t)e->Bcap + 1) * 4);
 }
 
@@ -269,35 +277,48 @@ static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size
     return BS_OK;
 }
 
-/* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each; and
- * per layer its inverse for the FFN-down input, the D scale of an FF1 GEMM that writes E4M3. */
+/* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each; per
+ * layer its inverse for the FFN-down input, the D scale of an FF1 GEMM that writes E4M3; and per
+ * layer the QKV output's scale and its inverse, for a QKV GEMM that writes E4M3. */
 static int upload_static_scales(cuda_engine *e, char *err) {
     const int L = e->base.model->cfg.layers;
     const size_t nh = (size_t)L * G_KINDS * SCALE_STRIDE, nd = (size_t)L * SCALE_STRIDE;
-    double *bounds = malloc(sizeof(double) * 4 * (size_t)L);
-    float *h = calloc(nh + nd, sizeof(float)), *hd = h ? h + nh : NULL;
+    double *bounds = malloc(sizeof(double) * 5 * (size_t)L), *qb = bounds ? bounds + 4 * (size_t)L : NULL;
+    float *h = calloc(nh + 3 * nd, sizeof(float)), *hd = h ? h + nh : NULL, *hq = h ? hd + nd : NULL,
+          *hqd = h ? hq + nd : NULL;
     if (!bounds || !h) {
         free(bounds), free(h);
         return bs_err(err, "out of memory");
     }
     fp8_static_bounds(e->base.model, bounds);
+    fp8_static_qkv_bounds(e->base.model, qb);
     for (int l = 0; l < L; l++)
-        for (int k = 0; k < G_KINDS; k++) {
-            const float sc = (float)(bounds[4 * l + k] / BS_E4M3_MAX);
+        for (int k = 0; k <= G_KINDS; k++) { /* k == G_KINDS: the QKV output */
+            const double b = k < G_KINDS ? bounds[4 * l + k] : qb[l];
+            const float sc = (float)(b / BS_E4M3_MAX);
             if (!isfinite(sc) || sc < FLT_MIN) { /* NaN/inf weights, or a bound too small for a float scale */
-                const double b = bounds[4 * l + k];
                 free(bounds), free(h);
-                return bs_err(err, "fp8 static scales: layer %d, %s GEMM input: bound %g gives no usable scale", l,
-                              gemm_names[k], b);
+                return bs_err(err, "fp8 static scales: layer %d, %s: bound %g gives no usable scale", l,
+                              k < G_KINDS ? gemm_names[k] : "qkv output", b);
+            }
+            if (k == G_KINDS) {
+                hq[(size_t)l * SCALE_STRIDE] = sc;
+                hqd[(size_t)l * SCALE_STRIDE] = 1.0f / sc;
+                continue;
             }
             h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = sc;
             if (k == G_FF2) hd[(size_t)l * SCALE_STRIDE] = 1.0f / sc;
         }
-    log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g",
-              bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX);
+    log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g layer0_qkv_out=%.4g",
+              bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX,
+              qb[0] / BS_E4M3_MAX);
     cudaError_t ce = cudaMemcpyAsync(e->static_scale, h, sizeof(float) * nh, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess)
         ce = cudaMemcpyAsync(e->static_dscale, hd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(e->static_qscale, hq, sizeof(float) * nd, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(e->static_qdscale, hqd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* h is freed below */
     free(bounds), free(h);
     if (ce != cudaSuccess) return bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
@@ -579,8 +600,15 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     return rc;
 }
 
-/* Creates p's descriptor and layouts for (kind, n); q8: D in E4M3 through the D scale (FF1 at fp8
- * with static scales, the GELU_BIAS epilogue: the FFN-down GEMM's input without a cast pass). */
+/* The per-layer D scales of the GEMMs that may write E4M3 (fp8 static): FF1 (the FFN-down input's
+ * scale, inverted) and QKV (the QKV output's, inverted). */
+static float *gemm_dscales(const cuda_engine *e, int kind) {
+    return kind == G_QKV ? e->static_qdscale : e->static_dscale;
+}
+
+/* Creates p's descriptor and layouts for (kind, n); q8: D in E4M3 through the D scale (fp8 with
+ * static scales: FF1 with the GELU_BIAS epilogue, the FFN-down GEMM's input without a cast pass;
+ * QKV with the BIAS epilogue, which the attention kernel reads). */
 static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, char *err) {
     int m, k;
     gemm_dims(e, kind, &m, &k);
@@ -601,8 +629,8 @@ static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, cha
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
     }
     if (q8) {
-        const void *sd = e->static_dscale; /* layer 0's; gemm() sets the layer's */
-        const int32_t bt = (int32_t)ta;    /* with an E4M3 D the bias is in C's type (bf16), not D's */
+        const void *sd = gemm_dscales(e, kind); /* layer 0's; gemm() sets the layer's */
+        const int32_t bt = (int32_t)ta;         /* with an E4M3 D the bias is in C's type (bf16), not D's */
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
         CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_8F_E4M3, (uint64_t)m, (uint64_t)n, m));
@@ -615,7 +643,7 @@ static int plan_setup(cuda_engine *e, gemm_plan *p, int kind, int n, int q8, cha
 
 /* A fallback is a warning the first time it happens, then a debug line: every new batch shape
  * builds its own plans (and SDPA plans), and would repeat it. */
-enum { W_FF1_Q8 = 1, W_SDPA = 2, W_EPILOGUE = 4 /* << G_* kind */ };
+enum { W_Q8 = 1 /* << G_* kind */, W_SDPA = 16, W_EPILOGUE = 32 /* << G_* kind */ };
 static bs_log_level first_warning(cuda_engine *e, unsigned what) {
     const int first = !(e->warned & what);
     e->warned |= what;
@@ -625,15 +653,21 @@ static bs_log_level first_warning(cuda_engine *e, unsigned what) {
 static int plan_build(cuda_engine *e, gemm_plan *p, int kind, int n, char *err) {
     int want = gemm_wanted_epilogue(e, kind), found = 0;
     cublasStatus_t last = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (kind == G_FF1 && e->fp8_static && !e->ff1_q8_off && want == CUBLASLT_EPILOGUE_GELU_BIAS) {
-        /* anything cuBLASLt refuses here (an attribute, every algo) leaves the bf16 output + cast */
+    const int q8 = e->fp8_static && ((kind == G_FF1 && !e->ff1_q8_off && want == CUBLASLT_EPILOGUE_GELU_BIAS) ||
+                                     (kind == G_QKV && e->qkv_q8 && want == CUBLASLT_EPILOGUE_BIAS));
+    if (q8) {
+        /* anything cuBLASLt refuses here (an attribute, every algo) leaves the bf16 output (+ a cast pass
+         * for FF1; for QKV, attention reads bf16) */
         char why[BS_ERRLEN] = "";
         if (plan_setup(e, p, kind, n, 1, why) == BS_OK && plan_try(e, p, want, &found, &last, why) == BS_OK && found) {
             p->used = 1;
             return BS_OK;
         }
-        const bs_log_level lvl = first_warning(e, W_FF1_Q8); /* bs_log evaluates its level twice */
-        bs_log(lvl, "cuBLASLt has no E4M3-output algo for the FFN-up GEMM: it writes bf16 and a pass casts it",
+        const bs_log_level lvl = first_warning(e, W_Q8 << kind); /* bs_log evaluates its level twice */
+        bs_log(lvl,
+               kind == G_QKV
+                   ? "cuBLASLt has no E4M3-output algo for the QKV GEMM: it writes bf16 for attention"
+                   : "cuBLASLt has no E4M3-output algo for the FFN-up GEMM: it writes bf16 and a pass casts it",
                "n=%d status=%s reason=\"%s\"", n, cublasGetStatusString(last), why);
         plan_release(p);
         found = 0;
@@ -718,13 +752,14 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
         const void *bias = gemm_bias_act(e, kind, l);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
-    if (p->out_q8) { /* E4M3(GELU(...) / the FFN-down input's scale) */
-        const void *sd = SCALE_AT(e->static_dscale, l);
+    if (p->out_q8) { /* E4M3(GELU(...) / the FFN-down input's scale), E4M3((...) / the QKV output's scale) */
+        const void *sd = SCALE_AT(gemm_dscales(e, kind), l);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
     }
     if (p->res && !res) return bs_err(err, "the %s GEMM adds a residual but none was given", gemm_names[kind]);
     CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out, res));
     if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
+    if (kind == G_QKV) e->qkv_is_q8 = p->out_q8;
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
         CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->a->stream));
@@ -733,26 +768,30 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     return BS_OK;
 }
 
-/* fp8 static: the FFN-up GEMM writing E4M3 (cuBLASLt's D scale after its GELU_BIAS epilogue),
- * checked at start against the CPU, as cuBLASLt versions differ: the largest shape's plan (the one
- * big batches run) over rows of zeros but the first 16, which are compared, with layer 0; random
- * E4M3 input (|x| <= 7.5, scale 1/16), the layer's E4M3 weights and bf16 bias as uploaded, D scale
- * chosen so the largest output maps to 400; each output within one E4M3 step of E4M3(dscale *
- * GELU_tanh(sx sw (x . w) + b)), plus 2^-8 of dscale sx sw sum_k |x_k w_k| for fast accumulation
- * (Hopper keeps ~14 bits there; |GELU'| <= 1.13). That still catches what a cuBLASLt with other
- * semantics would do (the D scale divided or applied before GELU, the bias dropped): errors of the
- * order of the outputs themselves. The scales borrow act_scale's slots, which static scales leave
- * unused. Returns 1 agree (or nothing to check), 0 not, BS_ERR. */
-static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
-    const bs_bert_config *c = &e->base.model->cfg;
-    const int C = c->hidden, I = c->intermediate, n = 16;
-    gemm_plan *p = plan_get(e, G_FF1, e->Tcap, err);
+/* fp8 static: a GEMM writing E4M3 (cuBLASLt's D scale after its epilogue: GELU_BIAS for the FFN-up
+ * GEMM, BIAS for QKV), checked at start against the CPU, as cuBLASLt versions differ: the largest
+ * shape's plan (the one big batches run) over rows of zeros but the first 16, which are compared,
+ * with layer 0; random E4M3 input (|x| <= 7.5, scale 1/16), the layer's E4M3 weights and bf16 bias
+ * as uploaded, D scale chosen so the largest output maps to 400; each output within one E4M3 step
+ * of E4M3(dscale * act(sx sw (x . w) + b)), act GELU_tanh or the identity, plus 2^-8 of dscale sx sw
+ * sum_k |x_k w_k| for fast accumulation (Hopper keeps ~14 bits there; |GELU'| <= 1.13). That still
+ * catches what a cuBLASLt with other semantics would do (the D scale divided or applied before
+ * GELU, the bias dropped): errors of the order of the outputs themselves. The scales borrow
+ * act_scale's slots of this kind and the next, which static scales leave unused. Returns 1 agree
+ * (or nothing to check), 0 not, BS_ERR. */
+static int q8_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
+    const bs_layer_weights *hl = &e->base.model->layer[0];
+    const char *name = kind == G_QKV ? "QKV" : "FFN-up";
+    const int gelu = kind == G_FF1, n = 16;
+    int I, C; /* I: the outputs, C: the inputs */
+    gemm_dims(e, kind, &I, &C);
+    gemm_plan *p = plan_get(e, kind, e->Tcap, err);
     if (!p) return BS_ERR;
     if (!p->out_q8) return 1;
     const dev_layer *w = &e->layer[0];
     const float sx = 1.0f / 16;
-    float *sxd = SCALE_AT(e->a->act_scale, G_FF1), *sdd = SCALE_AT(e->a->act_scale, G_FF2);
-    const void *sa = SCALE_AT(w->scale, G_FF1), *bias = w->ff1_b_act;
+    float *sxd = SCALE_AT(e->a->act_scale, kind), *sdd = SCALE_AT(e->a->act_scale, kind + 1);
+    const void *sa = SCALE_AT(w->scale, kind), *bias = gemm_bias_act(e, kind, 0), *W = gemm_weight(e, kind, 0);
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sxd, sizeof sxd));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sdd, sizeof sdd));
@@ -771,18 +810,17 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
         hx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
     }
     float sw = 0;
-    cudaError_t ce = cudaMemcpyAsync(hw, w->ff1_w, (size_t)I * C, cudaMemcpyDeviceToHost, e->a->stream);
-    if (ce == cudaSuccess)
-        ce = cudaMemcpyAsync(&sw, SCALE_AT(w->scale, G_FF1), 4, cudaMemcpyDeviceToHost, e->a->stream);
+    cudaError_t ce = cudaMemcpyAsync(hw, W, (size_t)I * C, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(&sw, sa, 4, cudaMemcpyDeviceToHost, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
-        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        bs_err(err, "%s E4M3 self-check: %s", name, cudaGetErrorString(ce));
         goto done;
     }
     double top = 0;
     float dec[256];
     for (int b = 0; b < 256; b++) dec[b] = bs_e4m3_decode((uint8_t)b);
-    for (int i = 0; i < I; i++) hb[i] = bs_round_dtype(e->base.model->layer[0].ff1_b[i], e->act);
+    for (int i = 0; i < I; i++) hb[i] = bs_round_dtype((gelu ? hl->ff1_b : hl->qkv_b)[i], e->act);
     for (int t = 0; t < n; t++)
         for (int i = 0; i < I; i++) {
             const uint8_t *xr = hx + (size_t)t * C, *wr = hw + (size_t)i * C;
@@ -794,7 +832,7 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
             }
             a[(size_t)t * I + i] = (double)sx * sw * mag;
             const double h = (double)sx * sw * acc + hb[i];
-            const double v = gelu_tanh_ref(h);
+            const double v = gelu ? gelu_tanh_ref(h) : h;
             g[(size_t)t * I + i] = v;
             top = fmax(top, fabs(v));
         }
@@ -805,19 +843,22 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
     if (ce == cudaSuccess) ce = cudaMemcpyAsync(sdd, &dscale, 4, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* sx, dscale are on the stack */
     if (ce != cudaSuccess) {
-        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        bs_err(err, "%s E4M3 self-check: %s", name, cudaGetErrorString(ce));
         goto done;
     }
-    const cublasStatus_t st = plan_launch(e, p, &p->algo, w->ff1_w, e->a->q8, e->a->ff, NULL);
+    const void *in;
+    void *out; /* qkv or ff: one buffer */
+    gemm_io(e, kind, &in, &out, NULL);
+    const cublasStatus_t st = plan_launch(e, p, &p->algo, W, e->a->q8, out, NULL);
     if (st != CUBLAS_STATUS_SUCCESS) {
-        snprintf(why, BS_ERRLEN, "the FFN-up GEMM's E4M3 output failed to launch: %s", cublasGetStatusString(st));
+        snprintf(why, BS_ERRLEN, "the %s GEMM's E4M3 output failed to launch: %s", name, cublasGetStatusString(st));
         rc = 0;
         goto done;
     }
-    ce = cudaMemcpyAsync(hq, e->a->ff, (size_t)n * I, cudaMemcpyDeviceToHost, e->a->stream);
+    ce = cudaMemcpyAsync(hq, out, (size_t)n * I, cudaMemcpyDeviceToHost, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
-        bs_err(err, "FFN-up E4M3 self-check: %s", cudaGetErrorString(ce));
+        bs_err(err, "%s E4M3 self-check: %s", name, cudaGetErrorString(ce));
         goto done;
     }
     size_t bad = 0, first = 0;
@@ -829,9 +870,9 @@ static int ff1_q8_selfcheck(cuda_engine *e, char *why, char *err) {
     rc = bad == 0;
     if (!rc)
         snprintf(why, BS_ERRLEN,
-                 "the FFN-up GEMM's E4M3 output differs from the CPU in %zu of %d values (first: %.4g for %.4g)", bad,
+                 "the %s GEMM's E4M3 output differs from the CPU in %zu of %d values (first: %.4g for %.4g)", name, bad,
                  n * I, (double)bs_e4m3_decode(hq[first]), g[first] * dscale);
-    log_debug("FFN-up E4M3 output self-check", "mismatches=%zu of=%d", bad, n * I);
+    log_debug("GEMM E4M3 output self-check", "gemm=%s mismatches=%zu of=%d", gemm_names[kind], bad, n * I);
 done:
     free(hx), free(hw), free(hq), free(hb), free(g), free(a);
     return rc;
@@ -877,7 +918,8 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
     return s;
 }
 
-/* qkv -> att for layer l (with att_q8 and the kernel: -> q8 in E4M3 at the AO input's scale) */
+/* qkv -> att for layer l (with att_q8 and the kernel: -> q8 in E4M3 at the AO input's scale; from
+ * E4M3 qkv at the layer's QKV output scale when the QKV GEMM wrote it so) */
 static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     e->att_is_q8 = 0;
@@ -890,6 +932,12 @@ static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
         }
     }
     const int tiles = attention_tiles_cap(Tb, Bb, e->att_bq), NH = c->heads, HS = c->hidden / c->heads;
+    if (e->qkv_is_q8) {
+        CUDA_CHECK(attention_mma_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS,
+                                               SCALE_AT(e->static_qscale, l), STATIC_SCALE(e, l, G_AO), e->a->stream));
+        e->att_is_q8 = 1;
+        return BS_OK;
+    }
     if (e->att_q8) {
         CUDA_CHECK(attention_mma_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS, e->act,
                                             STATIC_SCALE(e, l, G_AO), e->a->stream));
@@ -920,7 +968,10 @@ static int last_layer_cls_rows(cuda_engine *e, int l, int Bb, char *err) {
     const size_t C = (size_t)c->hidden, sa = bs_dtype_size(e->act), nc = (size_t)cls_rows(Bb);
     const int NH = c->heads, HS = c->hidden / c->heads;
     e->att_is_q8 = e->fp8_static;
-    if (e->att_is_q8)
+    if (e->qkv_is_q8)
+        CUDA_CHECK(attention_cls_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS,
+                                               SCALE_AT(e->static_qscale, l), STATIC_SCALE(e, l, G_AO), e->a->stream));
+    else if (e->att_is_q8)
         CUDA_CHECK(attention_cls_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act,
                                             STATIC_SCALE(e, l, G_AO), e->a->stream));
     else
@@ -1012,13 +1063,15 @@ static void describe(cuda_engine *e) {
     else
         snprintf(attn, sizeof attn, "kernel-%s", attention_kernel_name(e->att_kernel));
     /* fp8: how the GEMM inputs are scaled, which producers write E4M3 themselves (static scales: the
-     * LayerNorms always; the FFN-up GEMM and the attention kernel where they can), the accumulation */
+     * LayerNorms always; the QKV and FFN-up GEMMs and the attention kernel where they can; qkv: the
+     * attention kernel also reads E4M3), the accumulation */
     char f8[96] = "";
     if (e->fp8) {
         const int att_q8 = !e->use_cudnn && e->att_q8;
-        snprintf(f8, sizeof f8, " scales=%s%s%s%s accum=%s", e->fp8_static ? "static" : "batch",
-                 e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "",
-                 e->fp8_static && att_q8 ? ",attention" : "", e->fp8_fast_accum ? "fast" : "split");
+        snprintf(f8, sizeof f8, " scales=%s%s%s%s%s accum=%s", e->fp8_static ? "static" : "batch",
+                 e->fp8_static ? " e4m3-out=layernorm" : "", e->fp8_static && e->qkv_q8_in_gemm ? ",qkv" : "",
+                 e->fp8_static && e->ff1_q8_in_gemm ? ",ff1" : "", e->fp8_static && att_q8 ? ",attention" : "",
+                 e->fp8_fast_accum ? "fast" : "split");
     }
     size_t bytes = e->wbytes;
     for (int i = 0; i < e->n_lanes; i++) bytes += e->lanes[i].bytes;
@@ -1284,6 +1337,19 @@ static void probe_close(cuda_engine *e, att_probe *p) {
     *p = (att_probe){0};
 }
 
+/* The probe's values into qkv: in the activation dtype, or (iscale, a device scalar) as E4M3 codes
+ * of value code * *iscale, as a QKV GEMM that writes E4M3 leaves them. */
+static int probe_upload(cuda_engine *e, const att_probe *p, const float *iscale, char *err) {
+    const size_t n = (size_t)p->T * 3 * e->base.model->cfg.hidden;
+    cudaError_t ce = cudaMemcpyAsync(p->scratch, p->h, n * 4, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess)
+        ce = iscale ? quantize_fp8_static_forward(e->a->qkv, p->scratch, BS_DT_F32, n, iscale, e->a->stream)
+                    : convert_forward(e->a->qkv, e->act, p->scratch, BS_DT_F32, n, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    if (ce != cudaSuccess) return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(ce));
+    return BS_OK;
+}
+
 /* Three sequences (two query and three key tiles of the mma kernel, a partial one of each, a
  * single token), capped by max_seq_len and the engine's rows, plus one empty slot; qkv filled. */
 static int probe_open(cuda_engine *e, att_probe *p, char *err) {
@@ -1305,11 +1371,9 @@ static int probe_open(cuda_engine *e, att_probe *p, char *err) {
     }
     bs_rng r = {12345};
     for (size_t i = 0; i < n; i++) p->h[i] = bs_round_dtype((float)(bs_rng_uniform(&r) * 4.0 - 2.0), e->act);
-    if (cudaMemcpyAsync(p->scratch, p->h, n * 4, cudaMemcpyHostToDevice, e->a->stream) != cudaSuccess ||
-        convert_forward(e->a->qkv, e->act, p->scratch, BS_DT_F32, n, e->a->stream) != cudaSuccess ||
-        cudaStreamSynchronize(e->a->stream) != cudaSuccess) {
+    if (probe_upload(e, p, NULL, err) != BS_OK) {
         probe_close(e, p);
-        return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+        return BS_ERR;
     }
     return BS_OK;
 }
@@ -1392,6 +1456,18 @@ static int kernel_selfcheck(cuda_engine *e, att_probe *p, bs_att_kernel k, char 
     return rc;
 }
 
+/* How far the E4M3 codes q (n) of scale `scale` stray from want beyond E4M3's own rounding of it
+ * (NaN, an unwritten 0xFF or a fault, counts as the worst). */
+static double e4m3_excess(const uint8_t *q, const float *want, size_t n, float scale) {
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d =
+            fabs((double)bs_e4m3_decode(q[i]) * scale - want[i]) - 0.5 * bs_e4m3_ulp(fabsf(want[i]) / scale) * scale;
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+
 /* fp8 static scales with the mma kernel: its E4M3 output (attention_mma_q8_forward, scale 2 / 448
  * for the probe's |values| <= 2) against the CPU twin, within half an E4M3 step plus the kernel
  * check's tolerance. Returns 1 when they agree, 0 when not (why), BS_ERR on a CUDA error. */
@@ -1423,18 +1499,73 @@ static int q8_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
         goto done;
     }
     attention_ref(want, p->h, p->cu, p->B, c->heads, C / c->heads, scr);
-    double worst = 0;
-    for (size_t i = 0; i < n; i++) { /* beyond E4M3's own rounding of the exact value */
-        const double d =
-            fabs((double)bs_e4m3_decode(q[i]) * scale - want[i]) - 0.5 * bs_e4m3_ulp(fabsf(want[i]) / scale) * scale;
-        if (!(d <= worst)) worst = d; /* NaN (an unwritten 0xFF, a fault) counts as the worst */
-    }
+    const double worst = e4m3_excess(q, want, n, scale);
     const double tol = 4.0 / 128 + 2e-5; /* as kernel_selfcheck at bf16 */
     rc = worst <= tol;
     if (!rc) snprintf(why, BS_ERRLEN, "the mma kernel's E4M3 output differs from the CPU twin by %.3g", worst);
     log_debug("attention E4M3 output self-check", "max_abs_diff=%.3g tolerance=%.3g", worst, tol);
 done:
     free(want), free(q), free(scr);
+    return rc;
+}
+
+/* fp8 static with att_q8: attention from E4M3 Q, K, V (a QKV GEMM writing E4M3), the mma kernel
+ * (attention_mma_q8qkv_forward) and the last layer's CLS query kernel (attention_cls_q8qkv_forward,
+ * every slot of the probe, the empty one included), against the CPU twin over the probe's values
+ * quantised at 2 / 448, E4M3 output at 2 / 448, within half an E4M3 step plus the kernel check's
+ * tolerance. The scales borrow act_scale's slots (unused under static scales); the probe's qkv is
+ * put back in the activation dtype after. Returns 1 agree, 0 not (why), BS_ERR on a CUDA error. */
+static int q8qkv_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const int C = c->hidden, NH = c->heads, HS = C / NH, bq = attention_query_tile(BS_ATT_MMA);
+    if (probe_need(e, p, err) != BS_OK || probe_stage(e, p, BS_ATT_MMA, err) != BS_OK) return BS_ERR;
+    const size_t nq = (size_t)p->T * 3 * C, n = (size_t)p->T * C, nc = (size_t)p->Bb * C;
+    const float scale = 2.0f / BS_E4M3_MAX;
+    float *is = SCALE_AT(e->a->act_scale, G_QKV), *os = SCALE_AT(e->a->act_scale, G_AO);
+    float *vals = malloc(nq * 4), *want = malloc(n * 4), *wcls = malloc(nc * 4);
+    uint8_t *q = malloc(n);
+    double *scr = malloc(sizeof(double) * (size_t)(p->T + 1));
+    int rc = BS_ERR;
+    if (!vals || !want || !wcls || !q || !scr) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    cudaError_t ce = cudaMemcpyAsync(is, &scale, 4, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(os, &scale, 4, cudaMemcpyHostToDevice, e->a->stream);
+    if (ce != cudaSuccess || probe_upload(e, p, is, err) != BS_OK) { /* synchronous: scale is on the stack */
+        if (ce != cudaSuccess) bs_err(err, "attention self-check: E4M3 input: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    ce = attention_mma_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles,
+                                     attention_tiles_cap(p->T, p->Bb, bq), NH, HS, is, os, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(q, e->a->q8, n, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    if (ce != cudaSuccess) {
+        bs_err(err, "attention self-check: E4M3 input: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    quantize_fp8_ref(vals, p->h, nq, scale);
+    attention_ref(want, vals, p->cu, p->B, NH, HS, scr);
+    const double worst = e4m3_excess(q, want, n, scale);
+    ce = attention_cls_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, p->Bb, NH, HS, is, os, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(q, e->a->q8, nc, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    if (ce != cudaSuccess) {
+        bs_err(err, "attention self-check: CLS query from E4M3: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    attention_cls_ref(wcls, vals, p->cu, p->Bb, NH, HS, scr);
+    const double worst_cls = e4m3_excess(q, wcls, nc, scale);
+    const double tol = 4.0 / 128 + 2e-5; /* as kernel_selfcheck at bf16 */
+    rc = worst <= tol && worst_cls <= tol;
+    if (!rc)
+        snprintf(why, BS_ERRLEN, "attention from E4M3 Q, K, V differs from the CPU twin by %.3g (CLS query: %.3g)",
+                 worst, worst_cls);
+    log_debug("attention E4M3 input self-check", "max_abs_diff=%.3g cls_max_abs_diff=%.3g tolerance=%.3g", worst,
+              worst_cls, tol);
+    if (probe_upload(e, p, NULL, err) != BS_OK) rc = BS_ERR; /* the next checks read it in the activation dtype */
+done:
+    free(vals), free(want), free(wcls), free(q), free(scr);
     return rc;
 }
 
@@ -1527,6 +1658,15 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
         if (!ok)
             log_warn("attention's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"", why);
     }
+    e->qkv_q8 = e->qkv_q8 && e->att_q8; /* E4M3 in: the kernel that writes E4M3 out */
+    if (e->qkv_q8) {
+        const int ok = q8qkv_selfcheck(e, p, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        e->qkv_q8 = ok;
+        if (!ok)
+            log_warn("attention from E4M3 Q, K, V failed its self-check: the QKV GEMM writes bf16", "reason=\"%s\"",
+                     why);
+    }
 
     const int force_cudnn = !strcmp(env, "cudnn");
     e->use_cudnn = 0;
@@ -1548,6 +1688,7 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
             e->use_cudnn = ok;
         }
     }
+    if (e->use_cudnn) e->qkv_q8 = 0; /* cuDNN's SDPA reads bf16 */
     if (!e->use_cudnn) {
         if (force_cudnn) return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but %s", why);
         log_info("attention runs in bertstream's kernel", "kernel=%s reason=\"%s\"",
@@ -1741,6 +1882,12 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         return bs_err(err, "BERTSTREAM_FP8_FAST_ACCUM='%s': expected 0 or 1", fa);
     /* on by default, as inference (and Transformer Engine's forward pass) runs fp8 GEMMs */
     e->fp8_fast_accum = !(fa && !strcmp(fa, "0"));
+    const char *fq = getenv("BERTSTREAM_FP8_QKV");
+    if (fq && *fq && strcmp(fq, "e4m3") && strcmp(fq, "bf16"))
+        return bs_err(err, "BERTSTREAM_FP8_QKV='%s': expected e4m3 or bf16", fq);
+    /* e4m3 by default: the QKV GEMM writes E4M3 and attention reads half the bytes (static scales,
+     * our mma kernel, both self-checks passed; choose_attention and the GEMM checks decide) */
+    e->qkv_q8 = e->fp8_static && !(fq && !strcmp(fq, "bf16"));
     const char *rs = getenv("BERTSTREAM_RESIDUAL");
     if (rs && *rs && strcmp(rs, "gemm") && strcmp(rs, "layernorm"))
         return bs_err(err, "BERTSTREAM_RESIDUAL='%s': expected gemm or layernorm", rs);
@@ -1807,16 +1954,20 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     /* build the largest shape's GEMM plans now: errors surface at start, and describe() can say
      * whether the GELU epilogue is in use */
     if (prepare(e, e->Tcap, e->Bcap, 1, err) != BS_OK) return BS_ERR;
-    if (e->fp8_static) {
+    const int q8_kinds[2] = {G_FF1, G_QKV}; /* the GEMMs that may write E4M3 */
+    for (int i = 0; e->fp8_static && i < 2; i++) {
+        const int kind = q8_kinds[i];
         char why[BS_ERRLEN] = "";
-        const int ok = ff1_q8_selfcheck(e, why, err);
+        const int ok = q8_gemm_selfcheck(e, kind, why, err);
         if (ok == BS_ERR) return BS_ERR;
-        if (!ok) { /* every FF1 plan is rebuilt to write bf16, which one cast pass quantises */
-            log_warn("the FFN-up GEMM's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"",
-                     why);
-            e->ff1_q8_off = 1;
+        if (!ok) { /* that kind's plans are rebuilt to write bf16: a cast pass quantises FF1's, attention reads QKV's */
+            log_warn(kind == G_FF1 ? "the FFN-up GEMM's E4M3 output failed its self-check: a cast pass quantises it"
+                                   : "the QKV GEMM's E4M3 output failed its self-check: attention reads bf16",
+                     "reason=\"%s\"", why);
+            if (kind == G_FF1) e->ff1_q8_off = 1;
+            if (kind == G_QKV) e->qkv_q8 = 0;
             for (int i = 0; i < MAX_PLANS; i++)
-                if (e->plans[i].used && e->plans[i].out_q8) plan_release(&e->plans[i]);
+                if (e->plans[i].used && e->plans[i].out_q8 && e->plans[i].kind == kind) plan_release(&e->plans[i]);
             if (prepare(e, e->Tcap, e->Bcap, 1, err) != BS_OK) return BS_ERR;
         }
     }
@@ -1828,6 +1979,7 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
             e->gelu_in_gemm = p->epilogue == CUBLASLT_EPILOGUE_GELU_BIAS;
             e->ff1_q8_in_gemm = p->out_q8;
         }
+        if (p->kind == G_QKV) e->qkv_q8_in_gemm = p->out_q8;
         if ((p->kind == G_AO || p->kind == G_FF2) && p->res) res_plans++;
     }
     e->res_gemm_used = res_plans == 2;

@@ -71,12 +71,13 @@ done
 
 # a host whose cuBLASLt offers less (BS_EMU_CUBLASLT_REFUSE, tests/emu/cuda_emu.cpp): the engine
 # falls back (our bias/GELU kernel, the LayerNorm adding bias and residual, a cast pass instead of
-# the FFN-up GEMM's E4M3 output), says so in its description and once per GEMM in a warning, and
-# meets the same bars; without fp8 GEMMs at all, fp8 is a one-line error
+# the FFN-up GEMM's E4M3 output, attention reading bf16 instead of the QKV GEMM's E4M3 output),
+# says so in its description and once per GEMM in a warning, and meets the same bars; without fp8
+# GEMMs at all, fp8 is a one-line error
 for spec in "beta|bf16|gelu=tanh(cublaslt) residual=layernorm |2" \
   "epilogue|bf16|gelu=erf residual=layernorm |4" \
-  "e4m3-out|fp8|residual=gemm scales=static e4m3-out=layernorm,attention accum|1" \
-  "epilogue,beta,e4m3-out|fp8|gelu=erf residual=layernorm scales=static e4m3-out=layernorm,attention accum|5"; do
+  "e4m3-out|fp8|residual=gemm scales=static e4m3-out=layernorm,attention accum|2" \
+  "epilogue,beta,e4m3-out|fp8|gelu=erf residual=layernorm scales=static e4m3-out=layernorm,attention accum|6"; do
   IFS='|' read -r refuse prec want warns <<<"$spec"
   BS_EMU_CUBLASLT_REFUSE=$refuse score "$prec"
   check "refused $refuse, $prec: score exits 0" "[ $? -eq 0 ]"

@@ -512,8 +512,9 @@ static int fp8_applicable(void) {
 
 /* scales: NULL = the default (static: bounds from the weights), "batch" = each GEMM input's amax in
  * this batch. casts: static scales through the cast passes instead of the producers' own E4M3
- * output (WMMA attention, erf GELU in our kernel, so the FFN-up GEMM writes bf16). */
-static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
+ * output (WMMA attention, erf GELU in our kernel, so the FFN-up GEMM writes bf16). qkv_bf16:
+ * BERTSTREAM_FP8_QKV=bf16, the QKV GEMM writes bf16 for attention (the default: E4M3). */
+static void fp8_tracks_fp32_cpu(const char *scales, int casts, int qkv_bf16) {
     const int batch = scales && !strcmp(scales, "batch");
     char err[BS_ERRLEN];
     const int has_fp8 = device_has_fp8();
@@ -524,8 +525,10 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
         .device = "cuda", .precision = BS_PREC_FP8, .max_seqs = 64, .max_tokens = 64 * 128, .max_seq_len = 128};
     if (scales) setenv("BERTSTREAM_FP8_SCALES", scales, 1);
     if (casts) setenv("BERTSTREAM_ATTENTION", "wmma", 1), setenv("BERTSTREAM_GELU", "erf", 1);
+    if (qkv_bf16) setenv("BERTSTREAM_FP8_QKV", "bf16", 1);
     bs_engine *e = engine_new(m, &o, err);
     unsetenv("BERTSTREAM_FP8_SCALES"), unsetenv("BERTSTREAM_ATTENTION"), unsetenv("BERTSTREAM_GELU");
+    unsetenv("BERTSTREAM_FP8_QKV");
     if (!has_fp8) {
         CHECK(e == NULL);
         CHECK_CONTAINS(err, "fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper)");
@@ -544,11 +547,12 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
     CHECK_CONTAINS(engine_describe(e), " accum=fast "); /* the default */
     /* static: the FFN-up GEMM (cuBLASLt's D scale) and the mma attention kernel (where it is the
      * path: cuDNN may be on a newer host) write the next GEMM's E4M3 input themselves, as the
-     * LayerNorms do; with casts, neither */
+     * LayerNorms do, and the QKV GEMM writes E4M3 for that kernel; with casts, none of them */
     if (casts)
         CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm accum=");
     else if (!batch && strstr(engine_describe(e), "attention=kernel-mma "))
-        CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1,attention ");
+        CHECK_CONTAINS(engine_describe(e),
+                       qkv_bf16 ? " e4m3-out=layernorm,ff1,attention " : " e4m3-out=layernorm,qkv,ff1,attention ");
     else if (!batch)
         CHECK_CONTAINS(engine_describe(e), " e4m3-out=layernorm,ff1 ");
     bs_head *h = head_load(bs_test_data("golden/tiny-bert/head.safetensors"), NULL, err);
@@ -557,7 +561,11 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
     if (h && cpu) {
         review_set rs = bs_test_imdb_reviews(300, 64);
         review_stats st = compare_on_reviews(m, e, cpu, &rs, h);
-        print_stats(batch ? "fp8 (batch scales)" : casts ? "fp8 (static, cast passes)" : "fp8", &rs, &st);
+        print_stats(batch      ? "fp8 (batch scales)"
+                    : casts    ? "fp8 (static, cast passes)"
+                    : qkv_bf16 ? "fp8 (static, bf16 QKV)"
+                               : "fp8",
+                    &rs, &st);
         CHECK(st.min_cos >= 0.99);
         CHECK(st.agree_golden >= 0.99);
         CHECK(st.agree_principal >= 0.99);
@@ -571,27 +579,33 @@ static void fp8_tracks_fp32_cpu(const char *scales, int casts) {
 }
 
 /* The default: scales bounded from the weights (no amax pass; the LayerNorms, the FFN-up GEMM and
- * the attention kernel write the next GEMM's E4M3 input themselves). */
+ * the attention kernel write the next GEMM's E4M3 input themselves; the QKV GEMM writes E4M3 and
+ * attention reads it). */
 static void engine_cuda_fp8_tracks_fp32_cpu_or_is_refused(void) {
-    fp8_tracks_fp32_cpu(NULL, 0);
+    fp8_tracks_fp32_cpu(NULL, 0, 0);
+}
+
+/* BERTSTREAM_FP8_QKV=bf16: attention reads the QKV output in bf16 (before 2026-11-27, the default). */
+static void engine_cuda_fp8_with_bf16_qkv_tracks_fp32_cpu(void) {
+    if (fp8_applicable()) fp8_tracks_fp32_cpu(NULL, 0, 1);
 }
 
 /* Static scales where the producers do not write E4M3 themselves: the attention output and the
  * GELU output go through the cast pass (what a host whose cuBLASLt refuses the E4M3 output runs). */
 static void engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu(void) {
-    fp8_tracks_fp32_cpu(NULL, 1);
+    fp8_tracks_fp32_cpu(NULL, 1, 0);
 }
 
 /* BERTSTREAM_FP8_SCALES=batch: the same tolerances with each GEMM input's amax over the batch. */
 static void engine_cuda_fp8_batch_scales_track_fp32_cpu(void) {
-    fp8_tracks_fp32_cpu("batch", 0);
+    fp8_tracks_fp32_cpu("batch", 0, 0);
 }
 
 /* Static scales (the default) make a sequence's features independent of its batch-mates: the
  * golden batch with every sequence but the first given other tokens of the same lengths (same
  * bucket, same GEMM plans) gives the first sequence's features bit for bit. With batch scales the
- * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES or
- * BERTSTREAM_FP8_FAST_ACCUM is a one-line error. */
+ * per-tensor amax couples the rows. Also: a bad BERTSTREAM_FP8_SCALES, BERTSTREAM_FP8_FAST_ACCUM or
+ * BERTSTREAM_FP8_QKV is a one-line error. */
 static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     char err[BS_ERRLEN];
     if (!fp8_applicable()) return;
@@ -609,6 +623,10 @@ static void engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates(void) {
     CHECK(engine_new(m, &o, err) == NULL);
     CHECK_STR(err, "BERTSTREAM_FP8_FAST_ACCUM='yes': expected 0 or 1");
     unsetenv("BERTSTREAM_FP8_FAST_ACCUM");
+    setenv("BERTSTREAM_FP8_QKV", "f16", 1);
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_FP8_QKV='f16': expected e4m3 or bf16");
+    unsetenv("BERTSTREAM_FP8_QKV");
     bs_engine *e = make_engine(m, "cuda", BS_PREC_FP8, pb.B, pb.T, pb.L);
     CHECK(e != NULL);
     CHECK(pb.B >= 2);
@@ -1103,6 +1121,7 @@ int main(void) {
     RUN(engine_cuda_fp8_result_does_not_depend_on_the_previous_batch);
     RUN(engine_cuda_fp8_batch_scales_track_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu);
+    RUN(engine_cuda_fp8_with_bf16_qkv_tracks_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_last_layer_on_cls_rows_matches_the_full_pass);
