@@ -15,6 +15,8 @@
 // the B fragment's columns), V with ldmatrix.trans. The output goes out through the Q buffer
 // (each warp its own rows) in 16-byte stores: in T, or (Q8, fp8 with static scales) in E4M3 as
 // the attention-output GEMM reads it, E4M3(o / *oscale) rounded as quantize_fp8_static_forward.
+// IN8 (fp8, the QKV GEMM writing E4M3): Q, K and V come in as E4M3 bytes and are widened to f16 in
+// shared memory before the loop above uses them (see attention_mma_kernel's own comment).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .row.col, 16-bit inputs, f32 accumulate), g = lane / 4,
 // t = lane % 4:

@@ -190,6 +190,8 @@ bench fp8 256 128 fixed BERTSTREAM_LAST_LAYER=full
 # bias and residual added by the LayerNorms (the default: by the AO and FFN-down GEMMs, through C)
 bench bf16 256 128 fixed BERTSTREAM_RESIDUAL=layernorm
 bench fp8 256 128 fixed BERTSTREAM_RESIDUAL=layernorm
+# fp8's QKV output in bf16 (the default: E4M3, which the attention kernel reads)
+bench fp8 256 128 fixed BERTSTREAM_FP8_QKV=bf16
 
 # GPU_CHECK_PROFILE=1: the per-kernel profiles of bf16 and fp8 at 256 x 128
 # (scripts/gpu-profile.sh, ~40-70 s each), right after the targets and their variants: asked for,

@@ -55,6 +55,7 @@ sps=10000
 [ "$prec" = fp32 ] && sps=1000
 [ "${BERTSTREAM_RESIDUAL:-}" = layernorm ] && sps=$((sps * 95 / 100))
 [ "${BERTSTREAM_LAST_LAYER:-}" = full ] && sps=$((sps * 90 / 100))
+[ "${BERTSTREAM_FP8_QKV:-}" = bf16 ] && sps=$((sps * 92 / 100))
 [ "$inflight" = 2 ] && sps=$((sps * 110 / 100))
 [ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
 if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
@@ -100,6 +101,8 @@ matches "variants: bf16 residual=layernorm at -5 %" "$tmp/r1.txt" \
     "^bf16/256/128/fixed +\[BERTSTREAM_RESIDUAL=layernorm\] +9500\.0 vs +10000\.0 +\(-5\.0%\)$"
 matches "variants: fp8 last layer full at -10 %" "$tmp/r1.txt" \
     "^fp8/256/128/fixed +\[BERTSTREAM_LAST_LAYER=full\] +18000\.0 vs +20000\.0 +\(-10\.0%\)$"
+matches "variants: fp8 QKV in bf16 at -8 %" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed +\[BERTSTREAM_FP8_QKV=bf16\] +18400\.0 vs +20000\.0 +\(-8\.0%\)$"
 matches "variants: bf16 two in flight at +10 %" "$tmp/r1.txt" "^bf16/256/128/fixed +\[--inflight 2\] +11000\.0 vs +10000\.0 +\(\+10\.0%\)$"
 matches "variants: fp8 one lane against two in flight at -20 %" "$tmp/r1.txt" \
     "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_LANES=1\] +17600\.0 vs +22000\.0 +\(-20\.0%\)$"

@@ -601,6 +601,54 @@ static void engine_cuda_fp8_batch_scales_track_fp32_cpu(void) {
     fp8_tracks_fp32_cpu("batch", 0, 0);
 }
 
+/* fp8's QKV output in E4M3 (the default) against the same engine with it in bf16
+ * (BERTSTREAM_FP8_QKV=bf16) on 64 IMDB reviews of the golden model, its V rows times 4^layer:
+ * every pooler, CLS, mean and hidden vector within cosine QKV_BAR of the other. The two differ
+ * only by the QKV output's rounding (E4M3 at its static scale against bf16), far less than either
+ * differs from fp32, so the bar is far above the issue's fp8 bar of 0.99 against the CPU. It is
+ * there for a scale wired to the wrong layer or GEMM (the QKV GEMM's D scale, attention's input
+ * scale): on the golden model as it is, the layers' and GEMMs' bounds are close and both such
+ * bugs passed even this test (measured 0.99998); with V scaled per layer they measured 0.87 and
+ * 0.98 (the correct wiring: 0.99997). */
+#define QKV_BAR 0.9999
+static void engine_cuda_fp8_e4m3_qkv_stays_near_bf16_qkv(void) {
+    if (!fp8_applicable()) return;
+    bs_model *m = load_golden_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    const int C = m->cfg.hidden;
+    for (int l = 0; l < m->cfg.layers; l++) { /* V rows x 4^l: each layer's QKV scale its own, unlike its others */
+        const float f = (float)(1 << (2 * l));
+        for (size_t i = (size_t)2 * C * C; i < (size_t)3 * C * C; i++) m->layer[l].qkv_w[i] *= f;
+        for (int i = 2 * C; i < 3 * C; i++) m->layer[l].qkv_b[i] *= f;
+    }
+    review_set rs = bs_test_imdb_reviews(64, 64);
+    bs_engine *e[2] = {make_engine(m, "cuda", BS_PREC_FP8, 64, 64 * 128, 128), NULL};
+    setenv("BERTSTREAM_FP8_QKV", "bf16", 1);
+    e[1] = make_engine(m, "cuda", BS_PREC_FP8, 64, 64 * 128, 128);
+    unsetenv("BERTSTREAM_FP8_QKV");
+    CHECK(e[0] && e[1]);
+    CHECK_INT(rs.n, 1);
+    if (e[0] && e[1] && rs.n == 1) {
+        CHECK_CONTAINS(engine_describe(e[0]), "e4m3-out=layernorm,qkv,");
+        CHECK(strstr(engine_describe(e[1]), ",qkv,") == NULL);
+        const packed_batch *pb = &rs.batches[0];
+        features f[2] = {features_alloc(pb->B, pb->T, C), features_alloc(pb->B, pb->T, C)};
+        for (int k = 0; k < 2; k++) CHECK_INT(run(e[k], pb->B, pb->ids, pb->cu, &f[k]), BS_OK);
+        const double c[4] = {
+            min_row_cosine(f[0].pooler, f[1].pooler, pb->B, C), min_row_cosine(f[0].cls, f[1].cls, pb->B, C),
+            min_row_cosine(f[0].mean, f[1].mean, pb->B, C), min_row_cosine(f[0].hidden, f[1].hidden, pb->T, C)};
+        fprintf(stderr,
+                "  fp8 E4M3 QKV against bf16 QKV, %d reviews: min cosine pooler %.6f cls %.6f mean %.6f hidden %.6f\n",
+                pb->B, c[0], c[1], c[2], c[3]);
+        for (int k = 0; k < 4; k++) CHECK(c[k] >= QKV_BAR);
+        features_free(&f[0]), features_free(&f[1]);
+    }
+    engine_free(e[0]), engine_free(e[1]);
+    review_set_free(&rs);
+    model_free(m);
+}
+
 /* Static scales (the default) make a sequence's features independent of its batch-mates: the
  * golden batch with every sequence but the first given other tokens of the same lengths (same
  * bucket, same GEMM plans) gives the first sequence's features bit for bit. With batch scales the
@@ -1122,6 +1170,7 @@ int main(void) {
     RUN(engine_cuda_fp8_batch_scales_track_fp32_cpu);
     RUN(engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu);
     RUN(engine_cuda_fp8_with_bf16_qkv_tracks_fp32_cpu);
+    RUN(engine_cuda_fp8_e4m3_qkv_stays_near_bf16_qkv);
     RUN(engine_cuda_fp8_static_scales_do_not_depend_on_batch_mates);
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_last_layer_on_cls_rows_matches_the_full_pass);
