@@ -5,7 +5,8 @@ makes the worker use both engine slots, and BERTSTREAM_TEST_ENGINE_LATENCY_MS ma
 batch count as finished only 30 ms later (a stand-in for a GPU computing it), so a second batch is
 submitted while the first is in flight. Also: the worker reports overlapped batches, every batch's
 bertstream_encode_seconds spans submit to collect (>= the latency), and bertstream_gpu_busy_ratio
-is above 0 while scoring and falls to 0 once the worker is idle."""
+is above 0 while scoring (or in the one-second window holding the burst's end, which closes up to
+a second after it) and falls to 0 once the worker is idle."""
 import os
 import re
 import sys
@@ -30,7 +31,13 @@ def test():
         mt = w.metrics()
         seen["batches"] = mt.get("bertstream_encode_seconds_count", 0)
         seen["encode_sum"] = mt.get("bertstream_encode_seconds_sum", 0.0)
-        H.log(f"busiest gpu_busy_ratio while scoring: {busiest:.2f}")
+        # the ratio is set as each window of a second or more closes: a burst shorter than that can
+        # end before its window does (one CI run scored all N within the window that was still open)
+        t1 = time.time()
+        while busiest == 0 and time.time() - t1 < 2.5:
+            busiest = max(busiest, w.metric("bertstream_gpu_busy_ratio"))
+            time.sleep(0.05)
+        H.log(f"busiest gpu_busy_ratio while scoring (or in the window that holds its end): {busiest:.2f}")
         H.check(busiest > 0, "bertstream_gpu_busy_ratio stayed 0 while batches ran")
         t0 = time.time()
         while w.metric("bertstream_gpu_busy_ratio", 1.0) > 0 and time.time() - t0 < 5:
