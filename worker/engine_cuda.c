@@ -277,6 +277,15 @@ static int upload(cuda_engine *e, void *dst, bs_dtype dt, const float *src, size
     return BS_OK;
 }
 
+/* bound / 448 into *sc, or a one-line error for a bound no float scale can hold (NaN/inf weights,
+ * or a bound too small) */
+static int bound_scale(double bound, int l, const char *what, float *sc, char *err) {
+    *sc = (float)(bound / BS_E4M3_MAX);
+    if (!isfinite(*sc) || *sc < FLT_MIN)
+        return bs_err(err, "fp8 static scales: layer %d, %s: bound %g gives no usable scale", l, what, bound);
+    return BS_OK;
+}
+
 /* fp8 with static scales: bound / 448 per GEMM input and layer (fp8_scales.h), one slot each; per
  * layer its inverse for the FFN-down input, the D scale of an FF1 GEMM that writes E4M3; and per
  * layer the QKV output's scale and its inverse, for a QKV GEMM that writes E4M3. */
@@ -286,29 +295,24 @@ static int upload_static_scales(cuda_engine *e, char *err) {
     double *bounds = malloc(sizeof(double) * 5 * (size_t)L), *qb = bounds ? bounds + 4 * (size_t)L : NULL;
     float *h = calloc(nh + 3 * nd, sizeof(float)), *hd = h ? h + nh : NULL, *hq = h ? hd + nd : NULL,
           *hqd = h ? hq + nd : NULL;
+    int rc = BS_ERR;
     if (!bounds || !h) {
-        free(bounds), free(h);
-        return bs_err(err, "out of memory");
+        bs_err(err, "out of memory");
+        goto done;
     }
     fp8_static_bounds(e->base.model, bounds);
     fp8_static_qkv_bounds(e->base.model, qb);
-    for (int l = 0; l < L; l++)
-        for (int k = 0; k <= G_KINDS; k++) { /* k == G_KINDS: the QKV output */
-            const double b = k < G_KINDS ? bounds[4 * l + k] : qb[l];
-            const float sc = (float)(b / BS_E4M3_MAX);
-            if (!isfinite(sc) || sc < FLT_MIN) { /* NaN/inf weights, or a bound too small for a float scale */
-                free(bounds), free(h);
-                return bs_err(err, "fp8 static scales: layer %d, %s: bound %g gives no usable scale", l,
-                              k < G_KINDS ? gemm_names[k] : "qkv output", b);
-            }
-            if (k == G_KINDS) {
-                hq[(size_t)l * SCALE_STRIDE] = sc;
-                hqd[(size_t)l * SCALE_STRIDE] = 1.0f / sc;
-                continue;
-            }
-            h[((size_t)l * G_KINDS + k) * SCALE_STRIDE] = sc;
-            if (k == G_FF2) hd[(size_t)l * SCALE_STRIDE] = 1.0f / sc;
+    char what[64];
+    for (int l = 0; l < L; l++) {
+        for (int k = 0; k < G_KINDS; k++) {
+            float *sc = &h[((size_t)l * G_KINDS + k) * SCALE_STRIDE];
+            snprintf(what, sizeof what, "%s GEMM input", gemm_names[k]);
+            if (bound_scale(bounds[4 * l + k], l, what, sc, err) != BS_OK) goto done;
+            if (k == G_FF2) hd[(size_t)l * SCALE_STRIDE] = 1.0f / *sc;
         }
+        if (bound_scale(qb[l], l, "qkv GEMM output", &hq[(size_t)l * SCALE_STRIDE], err) != BS_OK) goto done;
+        hqd[(size_t)l * SCALE_STRIDE] = 1.0f / hq[(size_t)l * SCALE_STRIDE];
+    }
     log_debug("fp8 static scales", "layer0_qkv=%.4g layer0_ao=%.4g layer0_ff1=%.4g layer0_ff2=%.4g layer0_qkv_out=%.4g",
               bounds[0] / BS_E4M3_MAX, bounds[1] / BS_E4M3_MAX, bounds[2] / BS_E4M3_MAX, bounds[3] / BS_E4M3_MAX,
               qb[0] / BS_E4M3_MAX);
@@ -320,9 +324,13 @@ static int upload_static_scales(cuda_engine *e, char *err) {
     if (ce == cudaSuccess)
         ce = cudaMemcpyAsync(e->static_qdscale, hqd, sizeof(float) * nd, cudaMemcpyHostToDevice, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream); /* h is freed below */
+    if (ce != cudaSuccess)
+        bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
+    else
+        rc = BS_OK;
+done:
     free(bounds), free(h);
-    if (ce != cudaSuccess) return bs_err(err, "uploading fp8 scales: %s", cudaGetErrorString(ce));
-    return BS_OK;
+    return rc;
 }
 
 static int upload_weights(cuda_engine *e, char *err) {
