@@ -9,11 +9,12 @@ template <int HS> static constexpr size_t mma_bytes(bool in8) {
 }
 
 /* the larger of the two forms' (bf16/f16 input, E4M3 input) */
+template <int HS> static constexpr size_t mma_most_bytes() {
+    return std::max(mma_bytes<HS>(false), mma_bytes<HS>(true));
+}
+
 extern "C" size_t attention_mma_smem_bytes(int HS) {
-    return HS == 32    ? std::max(mma_geom<32>::BYTES, mma_geom<32>::BYTES8)
-           : HS == 64  ? std::max(mma_geom<64>::BYTES, mma_geom<64>::BYTES8)
-           : HS == 128 ? std::max(mma_geom<128>::BYTES, mma_geom<128>::BYTES8)
-                       : 0;
+    return HS == 32 ? mma_most_bytes<32>() : HS == 64 ? mma_most_bytes<64>() : HS == 128 ? mma_most_bytes<128>() : 0;
 }
 
 template <typename T, int HS, bool Q8, bool IN8> static cudaError_t mma_allow_smem() {
@@ -42,13 +43,18 @@ static cudaError_t mma_launch(void *out, const void *qkv, const int32_t *cu, con
                               int HS, const float *oscale, const float *iscale, cudaStream_t s) {
     const dim3 grid((unsigned)n_tiles, (unsigned)NH), block(MMA_WARPS * 32);
     const float sl2 = mma_score_scale(HS);
-    if (HS == 32) BS_LAUNCH(grid, block, mma_bytes<32>(IN8), s, attention_mma_kernel<T, 32, Q8, IN8>)
-    (out, qkv, cu, tiles, NH, sl2, oscale, iscale);
-    else if (HS == 64) BS_LAUNCH(grid, block, mma_bytes<64>(IN8), s,
-                                 attention_mma_kernel<T, 64, Q8, IN8>)(out, qkv, cu, tiles, NH, sl2, oscale, iscale);
-    else if (HS == 128) BS_LAUNCH(grid, block, mma_bytes<128>(IN8), s,
-                                  attention_mma_kernel<T, 128, Q8, IN8>)(out, qkv, cu, tiles, NH, sl2, oscale, iscale);
-    else return cudaErrorInvalidValue;
+    if (HS == 32) {
+        BS_LAUNCH(grid, block, mma_bytes<32>(IN8), s, attention_mma_kernel<T, 32, Q8, IN8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale, iscale);
+    } else if (HS == 64) {
+        BS_LAUNCH(grid, block, mma_bytes<64>(IN8), s, attention_mma_kernel<T, 64, Q8, IN8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale, iscale);
+    } else if (HS == 128) {
+        BS_LAUNCH(grid, block, mma_bytes<128>(IN8), s, attention_mma_kernel<T, 128, Q8, IN8>)
+        (out, qkv, cu, tiles, NH, sl2, oscale, iscale);
+    } else {
+        return cudaErrorInvalidValue;
+    }
     return cudaGetLastError();
 }
 

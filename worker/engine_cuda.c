@@ -1522,7 +1522,7 @@ done:
  * every slot of the probe, the empty one included), against the CPU twin over the probe's values
  * quantised at 2 / 448, E4M3 output at 2 / 448, within half an E4M3 step plus the kernel check's
  * tolerance. The scales borrow act_scale's slots (unused under static scales); the probe's qkv is
- * put back in the activation dtype after. Returns 1 agree, 0 not (why), BS_ERR on a CUDA error. */
+ * left in E4M3, so this check runs last. Returns 1 agree, 0 not (why), BS_ERR on a CUDA error. */
 static int q8qkv_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
     const int C = c->hidden, NH = c->heads, HS = C / NH, bq = attention_query_tile(BS_ATT_MMA);
@@ -1571,7 +1571,6 @@ static int q8qkv_selfcheck(cuda_engine *e, att_probe *p, char *why, char *err) {
                  worst, worst_cls);
     log_debug("attention E4M3 input self-check", "max_abs_diff=%.3g cls_max_abs_diff=%.3g tolerance=%.3g", worst,
               worst_cls, tol);
-    if (probe_upload(e, p, NULL, err) != BS_OK) rc = BS_ERR; /* the next checks read it in the activation dtype */
 done:
     free(vals), free(want), free(wcls), free(q), free(scr);
     return rc;
@@ -1666,15 +1665,6 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
         if (!ok)
             log_warn("attention's E4M3 output failed its self-check: a cast pass quantises it", "reason=\"%s\"", why);
     }
-    e->qkv_q8 = e->qkv_q8 && e->att_q8; /* E4M3 in: the kernel that writes E4M3 out */
-    if (e->qkv_q8) {
-        const int ok = q8qkv_selfcheck(e, p, why, err);
-        if (ok == BS_ERR) return BS_ERR;
-        e->qkv_q8 = ok;
-        if (!ok)
-            log_warn("attention from E4M3 Q, K, V failed its self-check: the QKV GEMM writes bf16", "reason=\"%s\"",
-                     why);
-    }
 
     const int force_cudnn = !strcmp(env, "cudnn");
     e->use_cudnn = 0;
@@ -1696,11 +1686,21 @@ static int choose_attention_with(cuda_engine *e, att_probe *p, char *err) {
             e->use_cudnn = ok;
         }
     }
-    if (e->use_cudnn) e->qkv_q8 = 0; /* cuDNN's SDPA reads bf16 */
     if (!e->use_cudnn) {
         if (force_cudnn) return bs_err(err, "BERTSTREAM_ATTENTION=cudnn but %s", why);
         log_info("attention runs in bertstream's kernel", "kernel=%s reason=\"%s\"",
                  attention_kernel_name(e->att_kernel), why);
+    }
+    /* E4M3 in: only our kernel that writes E4M3 out (cuDNN's SDPA reads bf16); checked last, as it
+     * leaves the probe's qkv in E4M3 */
+    e->qkv_q8 = e->qkv_q8 && e->att_q8 && !e->use_cudnn;
+    if (e->qkv_q8) {
+        const int ok = q8qkv_selfcheck(e, p, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        e->qkv_q8 = ok;
+        if (!ok)
+            log_warn("attention from E4M3 Q, K, V failed its self-check: the QKV GEMM writes bf16", "reason=\"%s\"",
+                     why);
     }
     return BS_OK;
 }
