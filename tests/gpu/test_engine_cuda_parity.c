@@ -381,8 +381,7 @@ static void check_shape_at(const bs_model *m, bs_precision prec, int expect_fp8_
         double cp = min_row_cosine(fg.pooler, fc.pooler, B, C), cc = min_row_cosine(fg.cls, fc.cls, B, C);
         double cm = min_row_cosine(fg.mean, fc.mean, B, C), ch = min_row_cosine(fg.hidden, fc.hidden, T, C);
         fprintf(stderr, "  C=%d NH=%d HS=%d I=%d %s: min cosine pooler %.6f cls %.6f mean %.6f hidden %.6f (%s)\n", C,
-                cfg->heads, C / cfg->heads, cfg->intermediate, bs_precision_name(prec), cp, cc, cm, ch,
-                engine_describe(e));
+                cfg->heads, C / cfg->heads, cfg->intermediate, bs_precision_name(prec), cp, cc, cm, ch, d);
         CHECK(cp >= bar);
         CHECK(cc >= bar);
         CHECK(cm >= bar);
