@@ -175,6 +175,10 @@ bench bf16 256 128 fixed "--inflight 2"
 bench fp8 256 128 fixed "--inflight 2"
 bench bf16 256 128 fixed "--inflight 2 BERTSTREAM_LANES=1"
 bench fp8 256 128 fixed "--inflight 2 BERTSTREAM_LANES=1"
+# one batch at a time, split in two halves computing at once on the two lanes (off by default)
+bench bf16 256 128 fixed BERTSTREAM_SPLIT=on
+bench fp8 256 128 fixed BERTSTREAM_SPLIT=on
+bench bf16 16 128 fixed BERTSTREAM_SPLIT=on
 # the attention kernels side by side (default: mma on Ampere and later), fp8 with batch scales
 # (the default is static: no amax passes, the LayerNorms, the FFN-up GEMM and attention write
 # E4M3 themselves), fp8's split accumulation (the default is fast), the GEMM autotuner (off)

@@ -159,9 +159,11 @@ typedef struct {
 
     /* activations: a lane each (lanes[0] from the start), sized once */
     cuda_lane lanes[BS_ENGINE_SLOTS];
-    int n_lanes;   /* allocated */
-    int max_lanes; /* BERTSTREAM_LANES (2), or 1 after lane 1 could not be allocated */
-    cuda_lane *a;  /* the lane being enqueued (or checked at start): what every encoder step uses */
+    int n_lanes;       /* allocated */
+    int max_lanes;     /* BERTSTREAM_LANES (2), or 1 after lane 1 could not be allocated */
+    int split;         /* BERTSTREAM_SPLIT=on: engine_forward runs a batch as two halves, one per lane */
+    int32_t *split_cu; /* host (Bcap + 1): the second half's cu_seqlens, from 0 */
+    cuda_lane *a;      /* the lane being enqueued (or checked at start): what every encoder step uses */
 
     /* staging: per slot (two batches in flight) */
     cuda_slot slot[BS_ENGINE_SLOTS];
@@ -1084,9 +1086,10 @@ static void describe(cuda_engine *e) {
     size_t bytes = e->wbytes;
     for (int i = 0; i < e->n_lanes; i++) bytes += e->lanes[i].bytes;
     snprintf(e->base.desc, sizeof e->base.desc,
-             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s lanes=%d%s mem=%zuMiB", e->dev,
+             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s lanes=%d%s%s mem=%zuMiB", e->dev,
              e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
              e->res_gemm_used ? "gemm" : "layernorm", f8, e->graphs_note, e->max_lanes,
+             e->split && e->max_lanes > 1 ? " split=on" : "",
              e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", bytes >> 20);
 }
 
@@ -1314,8 +1317,39 @@ static int cuda_ready(bs_engine *base, int slot) {
     return 1; /* done, or failed: either way engine_wait returns at once */
 }
 
-/* engine_forward: submit + wait on a free slot (engine.c refuses when both are taken). */
+/* BERTSTREAM_SPLIT=on: one batch as two halves of about T/2 tokens each, cut at a sequence boundary,
+ * submitted to the two slots and so computed on the two lanes at once (one half's LayerNorms and
+ * attention beside the other's GEMMs, as two batches in flight run), then both waited for. */
+static int forward_split(cuda_engine *e, const bs_batch *b, const bs_outputs *out, char *err) {
+    const int B = b->n_seq, T = b->cu_seqlens[B], C = e->base.model->cfg.hidden;
+    const int32_t *cu = b->cu_seqlens;
+    int k = 1; /* the first sequence of the second half: the boundary nearest T/2 */
+    for (int s = 2; s < B; s++)
+        if (llabs(2LL * cu[s] - T) < llabs(2LL * cu[k] - T)) k = s;
+    const int t0 = cu[k];
+    for (int s = k; s <= B; s++) e->split_cu[s - k] = cu[s] - t0;
+    const bs_batch h0 = {.n_seq = k, .ids = b->ids, .cu_seqlens = cu};
+    const bs_batch h1 = {.n_seq = B - k, .ids = b->ids + t0, .cu_seqlens = e->split_cu};
+    const size_t r = (size_t)k * C;
+    const bs_outputs o1 = {.pooler = out->pooler ? out->pooler + r : NULL,
+                           .cls = out->cls ? out->cls + r : NULL,
+                           .mean = out->mean ? out->mean + r : NULL,
+                           .hidden = out->hidden ? out->hidden + (size_t)t0 * C : NULL};
+    if (cuda_submit(&e->base, 0, &h0, out, err) != BS_OK) return BS_ERR;
+    char err1[BS_ERRLEN] = "";
+    int rc1 = cuda_submit(&e->base, 1, &h1, &o1, err1);
+    const int rc0 = cuda_wait(&e->base, 0, err); /* the first half's error, if any, is the one told */
+    if (rc1 == BS_OK) rc1 = cuda_wait(&e->base, 1, err1);
+    if (rc0 != BS_OK) return BS_ERR;
+    return rc1 == BS_OK ? BS_OK : bs_err(err, "%s", err1);
+}
+
+/* engine_forward: submit + wait on a free slot (engine.c refuses when both are taken), or the two
+ * halves on both (BERTSTREAM_SPLIT=on, both free, two lanes). */
 static int cuda_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
+    cuda_engine *e = (cuda_engine *)base;
+    if (e->split && e->max_lanes > 1 && b->n_seq >= 2 && !base->slot_busy[0] && !base->slot_busy[1])
+        return forward_split(e, b, out, err);
     const int slot = base->slot_busy[0] ? 1 : 0;
     if (cuda_submit(base, slot, b, out, err) != BS_OK) return BS_ERR;
     return cuda_wait(base, slot, err);
@@ -1742,6 +1776,7 @@ static void cuda_destroy(bs_engine *base) {
     if (e->d2h) cudaStreamDestroy(e->d2h);
     cudaFree(e->wmem);
     free(e->layer);
+    free(e->split_cu);
     free(e);
     /* a failed creation (cudaSetDevice(99) above, an allocation) leaves its error as the thread's
      * last error, which the next engine's first kernel launcher would report as its own */
@@ -1908,6 +1943,13 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     /* two by default: the two batches in flight compute at once (one's LayerNorms and attention
      * beside the other's GEMMs); 1: they share one lane and compute one after the other */
     e->max_lanes = ln && !strcmp(ln, "1") ? 1 : BS_ENGINE_SLOTS;
+    const char *sp = getenv("BERTSTREAM_SPLIT");
+    if (sp && *sp && strcmp(sp, "on") && strcmp(sp, "off"))
+        return bs_err(err, "BERTSTREAM_SPLIT='%s': expected on or off", sp);
+    /* off by default (not yet measured on a GPU): one engine_forward computes on one lane */
+    e->split = sp && !strcmp(sp, "on");
+    if (e->split && !(e->split_cu = malloc(sizeof(int32_t) * ((size_t)e->Bcap + 1))))
+        return bs_err(err, "out of memory");
 
     layout_inputs(e);
     if (lane_open(e, 0, err) != BS_OK) return BS_ERR; /* lane 0 first: its stream uploads the weights */

@@ -58,6 +58,7 @@ sps=10000
 [ "${BERTSTREAM_FP8_QKV:-}" = bf16 ] && sps=$((sps * 92 / 100))
 [ "$inflight" = 2 ] && sps=$((sps * 110 / 100))
 [ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
+[ "${BERTSTREAM_SPLIT:-}" = on ] && sps=$((sps * 105 / 100))
 if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
 ms=$(awk -v b="$batch" -v s="$sps" 'BEGIN { printf "%.3f", 1000 * b / s }')
 echo "engine ready"
@@ -106,6 +107,10 @@ matches "variants: fp8 QKV in bf16 at -8 %" "$tmp/r1.txt" \
 matches "variants: bf16 two in flight at +10 %" "$tmp/r1.txt" "^bf16/256/128/fixed +\[--inflight 2\] +11000\.0 vs +10000\.0 +\(\+10\.0%\)$"
 matches "variants: fp8 one lane against two in flight at -20 %" "$tmp/r1.txt" \
     "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_LANES=1\] +17600\.0 vs +22000\.0 +\(-20\.0%\)$"
+matches "variants: bf16 split at +5 %" "$tmp/r1.txt" \
+    "^bf16/256/128/fixed +\[BERTSTREAM_SPLIT=on\] +10500\.0 vs +10000\.0 +\(\+5\.0%\)$"
+matches "variants: bf16 16 x 128 split at +5 %" "$tmp/r1.txt" \
+    "^bf16/16/128/fixed +\[BERTSTREAM_SPLIT=on\] +10500\.0 vs +10000\.0 +\(\+5\.0%\)$"
 has "an option and a variable reach the stub together" "$tmp/r1.txt" "[--inflight 2 BERTSTREAM_LANES=1] attention="
 if grep -q "BERTSTREAM_ATTENTION=wmma\] .* vs " "$tmp/r1.txt"; then bad "a failed variant has no percentage"; else
     ok "a failed variant has no percentage"

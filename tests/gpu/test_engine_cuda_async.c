@@ -352,6 +352,114 @@ static void engine_cuda_one_lane_takes_turns(void) {
     model_free(m);
 }
 
+/* Smallest cosine between the rows of a and b, (rows, n) each. */
+static double min_row_cosine(const float *a, const float *b, int rows, int n) {
+    double m = 1;
+    for (int r = 0; r < rows; r++) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int i = 0; i < n; i++) {
+            const double x = a[(size_t)r * n + i], y = b[(size_t)r * n + i];
+            ab += x * y, aa += x * x, bb += y * y;
+        }
+        const double c = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+        if (!(c >= m)) m = c;
+    }
+    return m;
+}
+
+/* BERTSTREAM_SPLIT=on: engine_forward runs a batch of two or more sequences as two halves on the
+ * two lanes at once. Every output of every batch (each half's rows at their place, hidden states
+ * included) equals a whole-batch engine's: at fp32 within 1e-5 (the halves' GEMMs have other row
+ * counts, so cuBLASLt may pick other algorithms), at bf16 cosine >= 0.9999 per row. With a slot
+ * busy, or one lane, nothing is split. Other values are refused at start. */
+static void check_split(bs_precision prec, int n) {
+    char err[BS_ERRLEN];
+    bs_model *m = small_model(13);
+    if (!m) return;
+    const int C = m->cfg.hidden;
+    tbatch *v = make_batches(n, m->cfg.vocab_size, 17);
+    bs_engine *ew = make_engine(m, prec, MAXB, MAXT, MAXLEN);
+    setenv("BERTSTREAM_SPLIT", "on", 1);
+    bs_engine *es = make_engine(m, prec, MAXB, MAXT, MAXLEN);
+    setenv("BERTSTREAM_LANES", "1", 1);
+    bs_engine *e1 = make_engine(m, prec, MAXB, MAXT, MAXLEN);
+    unsetenv("BERTSTREAM_LANES"), unsetenv("BERTSTREAM_SPLIT");
+    CHECK(ew && es && e1);
+    if (ew && es && e1) {
+        CHECK(strstr(engine_describe(ew), "split=") == NULL);
+        CHECK_CONTAINS(engine_describe(es), "lanes=2 split=on ");
+        CHECK(strstr(engine_describe(e1), "split=") == NULL); /* one lane: nothing to split across */
+        touts *ref = calloc((size_t)n, sizeof *ref), *got = calloc((size_t)n, sizeof *got);
+        touts *one = calloc((size_t)n, sizeof *one);
+        for (int k = 0; k < n; k++) ref[k] = outs_alloc(C), got[k] = outs_alloc(C), one[k] = outs_alloc(C);
+        CHECK_INT(run_synchronous(ew, v, ref, n), 0);
+        CHECK_INT(run_synchronous(es, v, got, n), 0);
+        CHECK_INT(run_synchronous(e1, v, one, n), 0);
+        size_t compared = 0, compared1 = 0;
+        double worst = 0, worst1 = 0, cos = 1;
+        const size_t diffs = outputs_diff(v, got, ref, n, C, &compared, &worst);
+        CHECK_INT(outputs_diff(v, one, ref, n, C, &compared1, &worst1), 0); /* one lane: the whole batch, same bits */
+        for (int k = 0; k < n; k++) {
+            const int B = v[k].B, T = v[k].cu[B];
+            const float *g[4] = {got[k].pooler, got[k].cls, got[k].mean, got[k].hidden};
+            const float *r[4] = {ref[k].pooler, ref[k].cls, ref[k].mean, ref[k].hidden};
+            for (int f = 0; f < 4; f++) {
+                if (!(v[k].want & 1 << f)) continue;
+                const double c = min_row_cosine(g[f], r[f], f == 3 ? T : B, C);
+                if (!(c >= cos)) cos = c;
+            }
+        }
+        fprintf(stderr,
+                "  %s: %d batches split across two lanes, %zu floats compared, %zu differ (max |diff| %.3g), "
+                "min cosine %.7f\n",
+                bs_precision_name(prec), n, compared, diffs, worst, cos);
+        CHECK(compared > 0);
+        if (prec == BS_PREC_FP32)
+            CHECK_NEAR(worst, 0, 1e-5);
+        else
+            CHECK(cos >= 0.9999);
+
+        /* slot 0 busy: engine_forward takes slot 1 whole, and the batch in slot 0 is unharmed */
+        const int a = 3, b = 4; /* two batches of several sequences */
+        CHECK(v[a].B >= 2 && v[b].B >= 2);
+        touts x = outs_alloc(C), y = outs_alloc(C);
+        bs_batch ba = {.n_seq = v[a].B, .ids = v[a].ids, .cu_seqlens = v[a].cu};
+        bs_batch bb = {.n_seq = v[b].B, .ids = v[b].ids, .cu_seqlens = v[b].cu};
+        bs_outputs oa = outputs(&v[a], &x), ob = outputs(&v[b], &y);
+        CHECK_INT(engine_submit(es, 0, &ba, &oa, err), BS_OK);
+        CHECK_INT(engine_forward(es, &bb, &ob, err), BS_OK);
+        CHECK_INT(engine_wait(es, 0, err), BS_OK);
+        touts xs[2] = {x, y}, rs[2] = {ref[a], ref[b]};
+        const tbatch vs[2] = {v[a], v[b]};
+        size_t c2 = 0;
+        double w2 = 0;
+        (void)outputs_diff(vs, xs, rs, 2, C, &c2, &w2);
+        CHECK(c2 > 0);
+        if (prec == BS_PREC_FP32) CHECK_NEAR(w2, 0, 1e-5);
+        outs_free(&x), outs_free(&y);
+        for (int k = 0; k < n; k++) outs_free(&ref[k]), outs_free(&got[k]), outs_free(&one[k]);
+        free(ref), free(got), free(one);
+    }
+    engine_free(ew), engine_free(es), engine_free(e1);
+    batches_free(v, n);
+    model_free(m);
+}
+
+static void engine_cuda_split_forward_matches_whole_batches(void) {
+    char err[BS_ERRLEN];
+    bs_model *m = small_model(13);
+    if (!m) return;
+    setenv("BERTSTREAM_SPLIT", "2", 1);
+    bs_engine_opts o = {
+        .device = "cuda", .precision = BS_PREC_FP32, .max_seqs = MAXB, .max_tokens = MAXT, .max_seq_len = MAXLEN};
+    CHECK(engine_new(m, &o, err) == NULL);
+    CHECK_STR(err, "BERTSTREAM_SPLIT='2': expected on or off");
+    unsetenv("BERTSTREAM_SPLIT");
+    model_free(m);
+    check_split(BS_PREC_FP32, 6); /* each of make_batches' six shapes once */
+    check_split(BS_PREC_BF16, 6);
+}
+
 /* Spins the host for s seconds: stands in for tokenizing and Kafka work per batch. */
 static void host_work(double s) {
     double t0 = bs_now();
@@ -445,6 +553,7 @@ int main(void) {
     RUN(engine_cuda_slots_refuse_misuse_and_forward_uses_a_free_slot);
     RUN(engine_cuda_pipelined_equals_synchronous_bit_for_bit);
     RUN(engine_cuda_one_lane_takes_turns);
+    RUN(engine_cuda_split_forward_matches_whole_batches);
     RUN(engine_cuda_pipeline_throughput_vs_synchronous);
     return bs_test_done();
 }
