@@ -6,7 +6,8 @@
 # than the fp8 bar; the same labels throughout), with bias and residual added by the AO and
 # FF2 GEMMs (the default, residual=gemm) and, at bf16 and fp8, by the LayerNorms
 # (BERTSTREAM_RESIDUAL=layernorm); with a cuBLASLt that refuses epilogues, beta or E4M3 output,
-# the engine's fallbacks must meet the same bars. `bench --device cuda --inflight 2` must
+# the engine's fallbacks must meet the same bars; so must bf16 with each batch split across the two
+# lanes (BERTSTREAM_SPLIT=on; a bad value is a one-line error). `bench --device cuda --inflight 2` must
 # report the engine, the CLS-rows last layer and sane numbers. Skips when the emulated binary was not built (no CUDA headers).
 # Usage: bash tests/cli/test_cuda_cli_on_emu.sh BIN (BIN is unused: the emulated build is used)
 set -u
@@ -68,6 +69,16 @@ for spec in fp32:1e-4:gemm bf16:5e-3:gemm fp8:5e-3:gemm bf16:5e-3:layernorm fp8:
   golden_check "$TMP/out.jsonl" "$tol"
   check "$prec residual=$residual: probabilities within $tol of the golden head, same labels" "[ $? -eq 0 ]"
 done
+
+# one batch split across the two lanes (BERTSTREAM_SPLIT=on: batches of 5 as halves of 2 and 3)
+BERTSTREAM_SPLIT=on score bf16
+check "bf16 split: score exits 0, the description says lanes=2 split=on" \
+  "[ $? -eq 0 ] && grep -q 'lanes=2 split=on ' '$TMP/err.txt'"
+golden_check "$TMP/out.jsonl" 5e-3
+check "bf16 split: probabilities within 5e-3 of the golden head, same labels" "[ $? -eq 0 ]"
+BERTSTREAM_SPLIT=yes score bf16
+check "BERTSTREAM_SPLIT=yes: exit 1 with one line" \
+  "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_SPLIT='yes': expected on or off\" ]"
 
 # a host whose cuBLASLt offers less (BS_EMU_CUBLASLT_REFUSE, tests/emu/cuda_emu.cpp): the engine
 # falls back (our bias/GELU kernel, the LayerNorm adding bias and residual, a cast pass instead of
