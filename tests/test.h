@@ -189,4 +189,21 @@ static inline double bs_test_max_abs_diff(const float *a, const float *b, size_t
     return m;
 }
 
+/* cos(a, b) over n floats in double; 1 when both are zero, 0 when one is. */
+static inline double bs_test_cosine(const float *a, const float *b, int n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+}
+
+/* The smallest cosine over the rows of two (rows, n) matrices (NaN anywhere: NaN). */
+static inline double bs_test_min_row_cosine(const float *a, const float *b, int rows, int n) {
+    double m = 1;
+    for (int r = 0; r < rows; r++) {
+        double c = bs_test_cosine(a + (size_t)r * n, b + (size_t)r * n, n);
+        if (!(c >= m)) m = c;
+    }
+    return m;
+}
+
 #endif

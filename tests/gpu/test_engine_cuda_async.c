@@ -352,21 +352,6 @@ static void engine_cuda_one_lane_takes_turns(void) {
     model_free(m);
 }
 
-/* Smallest cosine between the rows of a and b, (rows, n) each. */
-static double min_row_cosine(const float *a, const float *b, int rows, int n) {
-    double m = 1;
-    for (int r = 0; r < rows; r++) {
-        double ab = 0, aa = 0, bb = 0;
-        for (int i = 0; i < n; i++) {
-            const double x = a[(size_t)r * n + i], y = b[(size_t)r * n + i];
-            ab += x * y, aa += x * x, bb += y * y;
-        }
-        const double c = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
-        if (!(c >= m)) m = c;
-    }
-    return m;
-}
-
 /* BERTSTREAM_SPLIT=on: engine_forward runs a batch of two or more sequences as two halves on the
  * two lanes at once. Every output of every batch (each half's rows at their place, hidden states
  * included) equals a whole-batch engine's: at fp32 within 1e-5 (the halves' GEMMs have other row
@@ -405,7 +390,7 @@ static void check_split(bs_precision prec, int n) {
             const float *r[4] = {ref[k].pooler, ref[k].cls, ref[k].mean, ref[k].hidden};
             for (int f = 0; f < 4; f++) {
                 if (!(v[k].want & 1 << f)) continue;
-                const double c = min_row_cosine(g[f], r[f], f == 3 ? T : B, C);
+                const double c = bs_test_min_row_cosine(g[f], r[f], f == 3 ? T : B, C);
                 if (!(c >= cos)) cos = c;
             }
         }

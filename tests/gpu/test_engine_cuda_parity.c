@@ -26,22 +26,6 @@ static float *falloc(size_t n) {
     return p;
 }
 
-static double cosine(const float *a, const float *b, int n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
-}
-
-/* Smallest cosine over the rows of two (rows, n) matrices. */
-static double min_row_cosine(const float *a, const float *b, int rows, int n) {
-    double m = 1;
-    for (int r = 0; r < rows; r++) {
-        double c = cosine(a + (size_t)r * n, b + (size_t)r * n, n);
-        if (!(c >= m)) m = c;
-    }
-    return m;
-}
-
 static bs_engine *make_engine(const bs_model *m, const char *device, bs_precision p, int max_seqs, int max_tokens,
                               int max_seq_len) {
     char err[BS_ERRLEN];
@@ -378,8 +362,10 @@ static void check_shape_at(const bs_model *m, bs_precision prec, int expect_fp8_
         CHECK_INT(run(e, B, ids, cu, &fg), BS_OK);
         CHECK_INT(run(cpu, B, ids, cu, &fc), BS_OK);
         const double bar = prec == BS_PREC_FP8 ? 0.99 : 0.999;
-        double cp = min_row_cosine(fg.pooler, fc.pooler, B, C), cc = min_row_cosine(fg.cls, fc.cls, B, C);
-        double cm = min_row_cosine(fg.mean, fc.mean, B, C), ch = min_row_cosine(fg.hidden, fc.hidden, T, C);
+        double cp = bs_test_min_row_cosine(fg.pooler, fc.pooler, B, C),
+               cc = bs_test_min_row_cosine(fg.cls, fc.cls, B, C);
+        double cm = bs_test_min_row_cosine(fg.mean, fc.mean, B, C),
+               ch = bs_test_min_row_cosine(fg.hidden, fc.hidden, T, C);
         fprintf(stderr, "  C=%d NH=%d HS=%d I=%d %s: min cosine pooler %.6f cls %.6f mean %.6f hidden %.6f (%s)\n", C,
                 cfg->heads, C / cfg->heads, cfg->intermediate, bs_precision_name(prec), cp, cc, cm, ch, d);
         CHECK(cp >= bar);
@@ -581,12 +567,12 @@ static review_stats compare_on_reviews(const bs_model *m, bs_engine *e, bs_engin
         CHECK_INT(run(cpu, pb->B, pb->ids, pb->cu, &fc), BS_OK);
         const float *mine[3] = {fg.pooler, fg.cls, fg.mean}, *ref[3] = {fc.pooler, fc.cls, fc.mean};
         for (int k = 0; k < 3; k++) {
-            double c = min_row_cosine(mine[k], ref[k], pb->B, C);
+            double c = bs_test_min_row_cosine(mine[k], ref[k], pb->B, C);
             if (!(c >= st.min_cos)) st.min_cos = c;
             memcpy(all[0][k] + (size_t)n * C, ref[k], sizeof(float) * (size_t)pb->B * C);
             memcpy(all[1][k] + (size_t)n * C, mine[k], sizeof(float) * (size_t)pb->B * C);
         }
-        double ch = min_row_cosine(fg.hidden, fc.hidden, pb->T, C);
+        double ch = bs_test_min_row_cosine(fg.hidden, fc.hidden, pb->T, C);
         if (!(ch >= st.min_cos_hidden)) st.min_cos_hidden = ch;
         n += pb->B;
         features_free(&fg), features_free(&fc);
@@ -781,9 +767,10 @@ static void engine_cuda_fp8_e4m3_qkv_stays_near_bf16_qkv(void) {
         const packed_batch *pb = &rs.batches[0];
         features f[2] = {features_alloc(pb->B, pb->T, C), features_alloc(pb->B, pb->T, C)};
         for (int k = 0; k < 2; k++) CHECK_INT(run(e[k], pb->B, pb->ids, pb->cu, &f[k]), BS_OK);
-        const double c[4] = {
-            min_row_cosine(f[0].pooler, f[1].pooler, pb->B, C), min_row_cosine(f[0].cls, f[1].cls, pb->B, C),
-            min_row_cosine(f[0].mean, f[1].mean, pb->B, C), min_row_cosine(f[0].hidden, f[1].hidden, pb->T, C)};
+        const double c[4] = {bs_test_min_row_cosine(f[0].pooler, f[1].pooler, pb->B, C),
+                             bs_test_min_row_cosine(f[0].cls, f[1].cls, pb->B, C),
+                             bs_test_min_row_cosine(f[0].mean, f[1].mean, pb->B, C),
+                             bs_test_min_row_cosine(f[0].hidden, f[1].hidden, pb->T, C)};
         fprintf(stderr,
                 "  fp8 E4M3 QKV against bf16 QKV, %d reviews: min cosine pooler %.6f cls %.6f mean %.6f hidden %.6f\n",
                 pb->B, c[0], c[1], c[2], c[3]);
@@ -885,10 +872,12 @@ static void engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape(void) {
         CHECK_INT(run(es, B, ids, cu, &fs), BS_OK);
         CHECK_INT(run(eb, B, ids, cu, &fb), BS_OK);
         CHECK_INT(run(ec, B, ids, cu, &fc), BS_OK);
-        const double cs[3] = {min_row_cosine(fs.pooler, fc.pooler, B, C), min_row_cosine(fs.mean, fc.mean, B, C),
-                              min_row_cosine(fs.hidden, fc.hidden, T, C)};
-        const double cb[3] = {min_row_cosine(fb.pooler, fc.pooler, B, C), min_row_cosine(fb.mean, fc.mean, B, C),
-                              min_row_cosine(fb.hidden, fc.hidden, T, C)};
+        const double cs[3] = {bs_test_min_row_cosine(fs.pooler, fc.pooler, B, C),
+                              bs_test_min_row_cosine(fs.mean, fc.mean, B, C),
+                              bs_test_min_row_cosine(fs.hidden, fc.hidden, T, C)};
+        const double cb[3] = {bs_test_min_row_cosine(fb.pooler, fc.pooler, B, C),
+                              bs_test_min_row_cosine(fb.mean, fc.mean, B, C),
+                              bs_test_min_row_cosine(fb.hidden, fc.hidden, T, C)};
         fprintf(stderr,
                 "  C=256 fp8 vs CPU fp32, min cosine pooler/mean/hidden: static %.5f %.5f %.5f, batch %.5f %.5f %.5f\n",
                 cs[0], cs[1], cs[2], cb[0], cb[1], cb[2]);
@@ -1003,7 +992,8 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
         features fk = features_alloc(pb.B, pb.T, C), fd = features_alloc(pb.B, pb.T, C);
         CHECK_INT(run(ek, pb.B, pb.ids, pb.cu, &fk), BS_OK);
         CHECK_INT(run(ed, pb.B, pb.ids, pb.cu, &fd), BS_OK);
-        double c = min_row_cosine(fk.pooler, fd.pooler, pb.B, C), ch = min_row_cosine(fk.hidden, fd.hidden, pb.T, C);
+        double c = bs_test_min_row_cosine(fk.pooler, fd.pooler, pb.B, C),
+               ch = bs_test_min_row_cosine(fk.hidden, fd.hidden, pb.T, C);
         fprintf(stderr, "  kernel vs default attention (%s): min cosine pooler %.6f hidden %.6f\n",
                 strstr(engine_describe(ed), "attention="), c, ch);
         CHECK(c >= 0.9999);
@@ -1025,8 +1015,8 @@ static void engine_cuda_attention_paths_agree_and_are_described(void) {
             CHECK_CONTAINS(engine_describe(en), want);
             features fn = features_alloc(pb.B, pb.T, C);
             CHECK_INT(run(en, pb.B, pb.ids, pb.cu, &fn), BS_OK);
-            double cn = min_row_cosine(fn.pooler, fd.pooler, pb.B, C),
-                   chn = min_row_cosine(fn.hidden, fd.hidden, pb.T, C);
+            double cn = bs_test_min_row_cosine(fn.pooler, fd.pooler, pb.B, C),
+                   chn = bs_test_min_row_cosine(fn.hidden, fd.hidden, pb.T, C);
             fprintf(stderr, "  attention=%s vs default: min cosine pooler %.6f hidden %.6f\n", names[i], cn, chn);
             CHECK(cn >= 0.9999);
             CHECK(chn >= 0.999);
@@ -1099,8 +1089,8 @@ static void engine_cuda_residual_in_the_gemm_matches_the_layernorm_path(void) {
         CHECK_INT(run(el, pb.B, pb.ids, pb.cu, &fl), BS_OK);
         const double dp = bs_test_max_abs_diff(fg.pooler, fl.pooler, (size_t)pb.B * C),
                      dh = bs_test_max_abs_diff(fg.hidden, fl.hidden, (size_t)pb.T * C),
-                     cp = min_row_cosine(fg.pooler, fl.pooler, pb.B, C),
-                     ch = min_row_cosine(fg.hidden, fl.hidden, pb.T, C);
+                     cp = bs_test_min_row_cosine(fg.pooler, fl.pooler, pb.B, C),
+                     ch = bs_test_min_row_cosine(fg.hidden, fl.hidden, pb.T, C);
         fprintf(stderr,
                 "  %s residual in the GEMM vs the LayerNorm: pooler max |diff| %.3g cosine %.7f, hidden %.3g %.7f\n",
                 bs_precision_name(precs[k]), dp, cp, dh, ch);
@@ -1177,10 +1167,10 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
                               memcmp(again.hidden, full.hidden, sizeof(float) * (size_t)pb->T * C) != 0;
                 features_free(&again);
             }
-            const double co =
-                fmin(min_row_cosine(pool[0], full.pooler, pb->B, C), min_row_cosine(cls[0], full.cls, pb->B, C));
-            const double cc =
-                fmin(min_row_cosine(pool[0], ref.pooler, pb->B, C), min_row_cosine(cls[0], ref.cls, pb->B, C));
+            const double co = fmin(bs_test_min_row_cosine(pool[0], full.pooler, pb->B, C),
+                                   bs_test_min_row_cosine(cls[0], full.cls, pb->B, C));
+            const double cc = fmin(bs_test_min_row_cosine(pool[0], ref.pooler, pb->B, C),
+                                   bs_test_min_row_cosine(cls[0], ref.cls, pb->B, C));
             min_cos_own = fmin(min_cos_own, co), min_cos_cpu = fmin(min_cos_cpu, cc);
             max_diff = fmax(max_diff, bs_test_max_abs_diff(pool[0], ref.pooler, (size_t)pb->B * C));
             same += label_agreement(h, pool[0], ref.pooler, pb->B, &max_dprob, NULL);
@@ -1232,7 +1222,7 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
             bs_outputs of = {.pooler = full, .mean = mean}, oc = {.pooler = pool};
             CHECK_INT(engine_forward(e, &bb, &of, err), BS_OK);
             CHECK_INT(engine_forward(e, &bb, &oc, err), BS_OK);
-            const double c1 = min_row_cosine(pool, full, N1, C);
+            const double c1 = bs_test_min_row_cosine(pool, full, N1, C);
             fprintf(stderr, "  %s, 37 one-token sequences: min pooler cosine to the full pass %.6f\n",
                     bs_precision_name(precs[k]), c1);
             CHECK(c1 >= (precs[k] == BS_PREC_FP8 ? 0.99 : 0.9999));

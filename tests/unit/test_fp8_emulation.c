@@ -188,12 +188,6 @@ static void emu_forward(const emu *E, const int32_t *ids, const int32_t *cu, int
     free(x), free(x2), free(q8), free(row), free(qkv), free(att), free(ff), free(tmp), free(p);
 }
 
-static double cosine(const float *a, const float *b, int n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
-}
-
 /* min cosines (hidden per token, mean, pooler) of the emulation against the fp32 CPU engine */
 static void compare(const bs_model *m, const emu *E, const int32_t *ids, const int32_t *cu, int B, double out[3]) {
     char err[BS_ERRLEN];
@@ -212,10 +206,10 @@ static void compare(const bs_model *m, const emu *E, const int32_t *ids, const i
     CHECK_INT(e ? engine_forward(e, &b, &want, err) : BS_ERR, BS_OK);
     emu_forward(E, ids, cu, B, h[1], mn[1], pl[1]);
     out[0] = out[1] = out[2] = 1;
-    for (int t = 0; t < T; t++) out[0] = fmin(out[0], cosine(h[0] + (size_t)t * C, h[1] + (size_t)t * C, C));
+    for (int t = 0; t < T; t++) out[0] = fmin(out[0], bs_test_cosine(h[0] + (size_t)t * C, h[1] + (size_t)t * C, C));
     for (int s = 0; s < B; s++) {
-        out[1] = fmin(out[1], cosine(mn[0] + (size_t)s * C, mn[1] + (size_t)s * C, C));
-        out[2] = fmin(out[2], cosine(pl[0] + (size_t)s * C, pl[1] + (size_t)s * C, C));
+        out[1] = fmin(out[1], bs_test_cosine(mn[0] + (size_t)s * C, mn[1] + (size_t)s * C, C));
+        out[2] = fmin(out[2], bs_test_cosine(pl[0] + (size_t)s * C, pl[1] + (size_t)s * C, C));
     }
     for (int k = 0; k < 2; k++) free(h[k]), free(mn[k]), free(pl[k]);
     engine_free(e);
