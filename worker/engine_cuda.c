@@ -1854,6 +1854,17 @@ done:
     return rc;
 }
 
+/* A two-way switch in the environment: 0 for value a, 1 for b, dflt when unset or empty; anything
+ * else is a one-line error (-1). */
+static int env_pick(const char *name, const char *a, const char *b, int dflt, char *err) {
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    if (!strcmp(v, a)) return 0;
+    if (!strcmp(v, b)) return 1;
+    bs_err(err, "%s='%s': expected %s or %s", name, v, a, b);
+    return -1;
+}
+
 static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *opts, char *err) {
     const bs_bert_config *c = &m->cfg;
     if (parse_device(opts->device, &e->dev, err) != BS_OK) return BS_ERR;
@@ -1915,39 +1926,29 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     e->gemm_autotune = tune && (!strcmp(tune, "1") || !strcmp(tune, "on"));
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
-    const char *fs = getenv("BERTSTREAM_FP8_SCALES");
-    if (fs && *fs && strcmp(fs, "batch") && strcmp(fs, "static"))
-        return bs_err(err, "BERTSTREAM_FP8_SCALES='%s': expected batch or static", fs);
+    /* the two-way switches: the first bad one is the error */
+    int scales, accum, qkv, resid, lanes, split;
+    if ((scales = env_pick("BERTSTREAM_FP8_SCALES", "batch", "static", 1, err)) < 0 ||
+        (accum = env_pick("BERTSTREAM_FP8_FAST_ACCUM", "0", "1", 1, err)) < 0 ||
+        (qkv = env_pick("BERTSTREAM_FP8_QKV", "e4m3", "bf16", 0, err)) < 0 ||
+        (resid = env_pick("BERTSTREAM_RESIDUAL", "gemm", "layernorm", 0, err)) < 0 ||
+        (lanes = env_pick("BERTSTREAM_LANES", "1", "2", 1, err)) < 0 ||
+        (split = env_pick("BERTSTREAM_SPLIT", "on", "off", 1, err)) < 0)
+        return BS_ERR;
     /* static by default: no amax passes, and a review's features do not depend on its batch-mates */
-    e->fp8_static = e->fp8 && !(fs && !strcmp(fs, "batch"));
-    const char *fa = getenv("BERTSTREAM_FP8_FAST_ACCUM");
-    if (fa && *fa && strcmp(fa, "0") && strcmp(fa, "1"))
-        return bs_err(err, "BERTSTREAM_FP8_FAST_ACCUM='%s': expected 0 or 1", fa);
+    e->fp8_static = e->fp8 && scales == 1;
     /* on by default, as inference (and Transformer Engine's forward pass) runs fp8 GEMMs */
-    e->fp8_fast_accum = !(fa && !strcmp(fa, "0"));
-    const char *fq = getenv("BERTSTREAM_FP8_QKV");
-    if (fq && *fq && strcmp(fq, "e4m3") && strcmp(fq, "bf16"))
-        return bs_err(err, "BERTSTREAM_FP8_QKV='%s': expected e4m3 or bf16", fq);
+    e->fp8_fast_accum = accum == 1;
     /* e4m3 by default: the QKV GEMM writes E4M3 and attention reads half the bytes (static scales,
      * our mma kernel, both self-checks passed; choose_attention and the GEMM checks decide) */
-    e->qkv_q8 = e->fp8_static && !(fq && !strcmp(fq, "bf16"));
-    const char *rs = getenv("BERTSTREAM_RESIDUAL");
-    if (rs && *rs && strcmp(rs, "gemm") && strcmp(rs, "layernorm"))
-        return bs_err(err, "BERTSTREAM_RESIDUAL='%s': expected gemm or layernorm", rs);
+    e->qkv_q8 = e->fp8_static && qkv == 0;
     /* in the GEMM by default: the LayerNorm after it then reads one tensor instead of two */
-    e->res_in_gemm = !(rs && !strcmp(rs, "layernorm"));
-
-    const char *ln = getenv("BERTSTREAM_LANES");
-    if (ln && *ln && strcmp(ln, "1") && strcmp(ln, "2"))
-        return bs_err(err, "BERTSTREAM_LANES='%s': expected 1 or 2", ln);
+    e->res_in_gemm = resid == 0;
     /* two by default: the two batches in flight compute at once (one's LayerNorms and attention
      * beside the other's GEMMs); 1: they share one lane and compute one after the other */
-    e->max_lanes = ln && !strcmp(ln, "1") ? 1 : BS_ENGINE_SLOTS;
-    const char *sp = getenv("BERTSTREAM_SPLIT");
-    if (sp && *sp && strcmp(sp, "on") && strcmp(sp, "off"))
-        return bs_err(err, "BERTSTREAM_SPLIT='%s': expected on or off", sp);
+    e->max_lanes = lanes == 0 ? 1 : BS_ENGINE_SLOTS;
     /* off by default (not yet measured on a GPU): one engine_forward computes on one lane */
-    e->split = sp && !strcmp(sp, "on");
+    e->split = split == 0;
     if (e->split && !(e->split_cu = malloc(sizeof(int32_t) * ((size_t)e->Bcap + 1))))
         return bs_err(err, "out of memory");
 
