@@ -13,23 +13,7 @@
 
 #include "common.h"
 #include "engine.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-static int bs_thread_num(void) {
-    return omp_get_thread_num();
-}
-static int bs_max_threads(void) {
-    return omp_get_max_threads();
-}
-#else
-static int bs_thread_num(void) {
-    return 0;
-}
-static int bs_max_threads(void) {
-    return 1;
-}
-#endif
+#include "pool.h"
 
 typedef struct {
     bs_engine base;
@@ -39,7 +23,7 @@ typedef struct {
     float *tmp;     /* (T, C) */
     float *ff;      /* (T, I) */
     float *scores;  /* (threads, S, S) attention probabilities, one (S, S) block per thread, S = max_seq_len */
-    int threads;    /* OpenMP threads for attention heads and the element-wise loops */
+    bs_pool *pool;  /* attention heads and the element-wise loops, as many threads as OpenBLAS's */
     float *pool_in; /* (B, C) CLS rows gathered for the pooler */
 } cpu_engine;
 
@@ -147,66 +131,98 @@ static void attention_head(cpu_engine *e, int s0, int n, int h, float *S) {
                 e->ctx + (size_t)s0 * C + h * HS, C);
 }
 
-/* All (sequence, head) pairs, spread over the engine's threads. These GEMMs are small
- * (n x n x HS): OpenBLAS would split each over its own threads and spend the time
- * synchronising, so it runs single-threaded here while the pairs run in parallel. */
+/* One loop of cpu_forward over the pool: its arguments, and the batch. */
+typedef struct {
+    cpu_engine *e;
+    const bs_batch *b;
+    float *out, *y; /* add_layernorm: out = LayerNorm(y + x), y overwritten; gelu: y in place */
+    const float *x, *w, *bias;
+    int T, C;
+    float eps;
+} loop_args;
+
+/* BLAS single-threaded for a loop whose items call it: its threads would split each small GEMM
+ * and spend the time synchronising, while the items already run in parallel. */
+static void pool_for_blas1(cpu_engine *e, int n, int grain, pool_fn fn, loop_args *a) {
+    const int blas_threads = openblas_get_num_threads(), many = pool_threads(e->pool) > 1;
+    if (many) openblas_set_num_threads(1);
+    pool_for(e->pool, n, grain, fn, a);
+    if (many) openblas_set_num_threads(blas_threads);
+}
+
+/* Item p of attention: (sequence p / NH, head p % NH). */
+static void attention_item(void *ctx, int p, int thread) {
+    const loop_args *a = ctx;
+    const int NH = a->e->base.model->cfg.heads, s = p / NH, s0 = a->b->cu_seqlens[s];
+    const size_t S = (size_t)a->e->base.opts.max_seq_len;
+    attention_head(a->e, s0, a->b->cu_seqlens[s + 1] - s0, p % NH, a->e->scores + (size_t)thread * S * S);
+}
+
+/* All (sequence, head) pairs, spread over the engine's threads. */
 static void attention(cpu_engine *e, const bs_batch *b) {
-    const int NH = e->base.model->cfg.heads, pairs = b->n_seq * NH;
-    const size_t S = (size_t)e->base.opts.max_seq_len;
-    int blas_threads = openblas_get_num_threads();
-    if (e->threads > 1) openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(e->threads) if (e->threads > 1)
-    for (int p = 0; p < pairs; p++) {
-        int s = p / NH, s0 = b->cu_seqlens[s];
-        attention_head(e, s0, b->cu_seqlens[s + 1] - s0, p % NH, e->scores + (size_t)bs_thread_num() * S * S);
-    }
-    if (e->threads > 1) openblas_set_num_threads(blas_threads);
+    loop_args a = {.e = e, .b = b};
+    pool_for_blas1(e, b->n_seq * e->base.model->cfg.heads, 1, attention_item, &a);
 }
 
 /* The element-wise steps in row chunks over the engine's threads (the GEMMs around them use
  * OpenBLAS's own threads; leaving these on one core would idle the other one). */
 #define ROW_CHUNK 32
 
+static int row_chunks(int T) {
+    return (T + ROW_CHUNK - 1) / ROW_CHUNK;
+}
+
+static int chunk_rows(int T, int k) {
+    return T - k * ROW_CHUNK < ROW_CHUNK ? T - k * ROW_CHUNK : ROW_CHUNK;
+}
+
+static void gelu_item(void *ctx, int k, int thread) {
+    (void)thread;
+    const loop_args *a = ctx;
+    gelu_erf(a->y + (size_t)k * ROW_CHUNK * a->C, (size_t)chunk_rows(a->T, k) * a->C);
+}
+
 static void gelu_parallel(cpu_engine *e, float *x /* (T, FF) */, int T, int FF) {
-#pragma omp parallel for schedule(static) num_threads(e->threads) if (e->threads > 1)
-    for (int t0 = 0; t0 < T; t0 += ROW_CHUNK) {
-        int n = T - t0 < ROW_CHUNK ? T - t0 : ROW_CHUNK;
-        gelu_erf(x + (size_t)t0 * FF, (size_t)n * FF);
-    }
+    loop_args a = {.y = x, .T = T, .C = FF};
+    pool_for(e->pool, row_chunks(T), 1, gelu_item, &a);
+}
+
+static void add_layernorm_item(void *ctx, int k, int thread) {
+    (void)thread;
+    const loop_args *a = ctx;
+    const int n = chunk_rows(a->T, k);
+    const size_t off = (size_t)k * ROW_CHUNK * a->C;
+    add_inplace(a->y + off, a->x + off, (size_t)n * a->C);
+    layernorm_rows(a->out + off, a->y + off, a->w, a->bias, n, a->C, a->eps);
 }
 
 /* out = LayerNorm(y + x) row-wise; y is overwritten with the sum. */
 static void add_layernorm_parallel(cpu_engine *e, float *out /* (T, C) */, float *y /* (T, C) */,
                                    const float *x /* (T, C) */, const float *w, const float *b, int T, int C,
                                    float eps) {
-#pragma omp parallel for schedule(static) num_threads(e->threads) if (e->threads > 1)
-    for (int t0 = 0; t0 < T; t0 += ROW_CHUNK) {
-        int n = T - t0 < ROW_CHUNK ? T - t0 : ROW_CHUNK;
-        size_t off = (size_t)t0 * C;
-        add_inplace(y + off, x + off, (size_t)n * C);
-        layernorm_rows(out + off, y + off, w, b, n, C, eps);
-    }
+    loop_args a = {.out = out, .y = y, .x = x, .w = w, .bias = b, .T = T, .C = C, .eps = eps};
+    pool_for(e->pool, row_chunks(T), 1, add_layernorm_item, &a);
+}
+
+/* Item p of attention_cls: the CLS query of sequence p / NH, head p % NH, to ctx row s. */
+static void attention_cls_item(void *ctx, int p, int thread) {
+    const loop_args *a = ctx;
+    cpu_engine *e = a->e;
+    const int C = e->base.model->cfg.hidden, NH = e->base.model->cfg.heads, HS = C / NH, ld = 3 * C;
+    const int s = p / NH, h = p % NH, s0 = a->b->cu_seqlens[s], n = a->b->cu_seqlens[s + 1] - s0;
+    const float scale = 1.0f / sqrtf((float)HS);
+    float *P = e->scores + (size_t)thread * e->base.opts.max_seq_len * e->base.opts.max_seq_len;
+    const float *Q = e->qkv + (size_t)s0 * ld + h * HS, *K = Q + C, *V = Q + 2 * C;
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, HS, scale, K, ld, Q, 1, 0.0f, P, 1); /* P = K q */
+    softmax_row(P, n);
+    cblas_sgemv(CblasRowMajor, CblasTrans, n, HS, 1.0f, V, ld, P, 1, 0.0f, e->ctx + (size_t)s * C + h * HS, 1);
 }
 
 /* Attention of each sequence's first query (CLS) only, every head: ctx row s (B, C). The last
  * layer when neither hidden states nor mean pooling are asked for (cpu_forward). */
 static void attention_cls(cpu_engine *e, const bs_batch *b) {
-    const int C = e->base.model->cfg.hidden, NH = e->base.model->cfg.heads, HS = C / NH, ld = 3 * C;
-    const int pairs = b->n_seq * NH;
-    const size_t S = (size_t)e->base.opts.max_seq_len;
-    const float scale = 1.0f / sqrtf((float)HS);
-    int blas_threads = openblas_get_num_threads();
-    if (e->threads > 1) openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic, 4) num_threads(e->threads) if (e->threads > 1)
-    for (int p = 0; p < pairs; p++) {
-        const int s = p / NH, h = p % NH, s0 = b->cu_seqlens[s], n = b->cu_seqlens[s + 1] - s0;
-        float *P = e->scores + (size_t)bs_thread_num() * S * S;
-        const float *Q = e->qkv + (size_t)s0 * ld + h * HS, *K = Q + C, *V = Q + 2 * C;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, HS, scale, K, ld, Q, 1, 0.0f, P, 1); /* P = K q */
-        softmax_row(P, n);
-        cblas_sgemv(CblasRowMajor, CblasTrans, n, HS, 1.0f, V, ld, P, 1, 0.0f, e->ctx + (size_t)s * C + h * HS, 1);
-    }
-    if (e->threads > 1) openblas_set_num_threads(blas_threads);
+    loop_args a = {.e = e, .b = b};
+    pool_for_blas1(e, b->n_seq * e->base.model->cfg.heads, 4, attention_cls_item, &a);
 }
 
 static int cpu_forward(bs_engine *base, const bs_batch *b, const bs_outputs *out, char *err) {
@@ -286,6 +302,7 @@ static void cpu_destroy(bs_engine *base) {
     free(e->ff);
     free(e->scores);
     free(e->pool_in);
+    pool_free(e->pool);
     free(e);
 }
 
@@ -308,8 +325,13 @@ bs_engine *engine_cpu_new(const bs_model *m, const bs_engine_opts *opts, char *e
     e->ctx = alloc_floats(T, C);
     e->tmp = alloc_floats(T, C);
     e->ff = alloc_floats(T, FF);
-    e->threads = bs_max_threads();
-    e->scores = alloc_floats((size_t)e->threads * S, S);
+    e->pool = pool_new(openblas_get_num_threads());
+    if (!e->pool) {
+        bs_err(err, "cpu engine: cannot start %d threads", openblas_get_num_threads());
+        cpu_destroy(&e->base);
+        return NULL;
+    }
+    e->scores = alloc_floats((size_t)pool_threads(e->pool) * S, S);
     e->pool_in = alloc_floats((size_t)opts->max_seqs, C);
     if (!e->x || !e->qkv || !e->ctx || !e->tmp || !e->ff || !e->scores || !e->pool_in) {
         bs_err(err, "cpu engine: cannot allocate activations for %zu tokens x %zu hidden", T, C);
