@@ -17,6 +17,14 @@
 #define BS_PRINTF(f, a)
 #endif
 
+/* Hot CPU loops get AVX-512 / AVX2 clones picked at load time, so one portable binary (the GPU
+ * bundle runs on other hosts) still uses the wide vector units. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__) && !defined(BS_NO_CLONES)
+#define BS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BS_VECTOR_CLONES
+#endif
+
 /* Writes a formatted message into err (BS_ERRLEN bytes) when err is not NULL. Returns BS_ERR. */
 int bs_err(char *err, const char *fmt, ...) BS_PRINTF(2, 3);
 /* bs_err for errors counted by a stable reason: also sets *code_out = code (when code_out is not NULL). */

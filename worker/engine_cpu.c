@@ -84,14 +84,7 @@ static inline float fast_gelu(float x) {
     return 0.5f * x * (1.0f + y);
 }
 
-/* The element-wise loops get AVX-512 / AVX2 clones picked at load time, so one portable
- * binary (the GPU bundle runs on other hosts) still uses the wide vector units. */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(BS_NO_CLONES)
-#define BS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define BS_VECTOR_CLONES
-#endif
-
+/* The element-wise loops get AVX-512 / AVX2 clones (BS_VECTOR_CLONES, common.h). */
 BS_VECTOR_CLONES static void gelu_erf(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = fast_gelu(x[i]);
 }

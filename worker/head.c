@@ -129,21 +129,51 @@ int head_save(const bs_head *h, const char *path, char *err) {
 }
 
 /* feat (B, C) -> logit (B), prob (B). No scratch: each hidden unit is consumed as soon as it is computed. */
+/* The pre-activations of fc1 row w for HEAD_ROWS feature rows at once: each weight is loaded once
+ * for all the rows, and each dot product is split over HEAD_LANES partial sums in double, which
+ * the compiler keeps in vector registers (no FMA contraction under -std=c11, so every clone gives
+ * the same bits). Scalar, one sum per dot product, this took 37 us per review at BERT-base's
+ * 768 x 64 on the engine thread: more than a GPU batch's share. */
+#define HEAD_ROWS 4
+#define HEAD_LANES 8
+
+BS_VECTOR_CLONES static void head_fc1_rows(const float *w, const float *const x[HEAD_ROWS], int C,
+                                           double out[HEAD_ROWS]) {
+    double acc[HEAD_ROWS][HEAD_LANES] = {{0}};
+    int k = 0;
+    for (; k + HEAD_LANES <= C; k += HEAD_LANES)
+        for (int r = 0; r < HEAD_ROWS; r++)
+            for (int l = 0; l < HEAD_LANES; l++) acc[r][l] += (double)w[k + l] * (double)x[r][k + l];
+    for (int r = 0; r < HEAD_ROWS; r++) {
+        double s = 0;
+        for (int l = 0; l < HEAD_LANES; l++) s += acc[r][l];
+        for (int t = k; t < C; t++) s += (double)w[t] * (double)x[r][t];
+        out[r] = s;
+    }
+}
+
 void head_apply(const bs_head *h, const float *feat, int B, float *logit, float *prob) {
     const int C = h->in_dim, Hd = h->hidden;
-    for (int b = 0; b < B; b++) {
-        const float *x = feat + (size_t)b * C;
-        double out = h->fc2_b[0];
-        for (int j = 0; j < Hd; j++) {
-            const float *w = h->fc1_w + (size_t)j * C;
-            double acc = h->fc1_b[j];
-            for (int k = 0; k < C; k++) acc += (double)w[k] * x[k];
-            float a = (float)acc;
-            if (a > 0.0f) out += (double)h->fc2_w[j] * a;
+    for (int b0 = 0; b0 < B; b0 += HEAD_ROWS) {
+        const int rows = B - b0 < HEAD_ROWS ? B - b0 : HEAD_ROWS;
+        const float *x[HEAD_ROWS];
+        double out[HEAD_ROWS], pre[HEAD_ROWS];
+        for (int r = 0; r < HEAD_ROWS; r++) { /* past the end: the last row again, results unused */
+            x[r] = feat + (size_t)(b0 + (r < rows ? r : rows - 1)) * C;
+            out[r] = h->fc2_b[0];
         }
-        float z = (float)out;
-        if (logit) logit[b] = z;
-        if (prob) prob[b] = bs_sigmoid(z);
+        for (int j = 0; j < Hd; j++) {
+            head_fc1_rows(h->fc1_w + (size_t)j * C, x, C, pre);
+            for (int r = 0; r < HEAD_ROWS; r++) {
+                const float a = (float)(pre[r] + h->fc1_b[j]);
+                if (a > 0.0f) out[r] += (double)h->fc2_w[j] * a;
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            const float z = (float)out[r];
+            if (logit) logit[b0 + r] = z;
+            if (prob) prob[b0 + r] = bs_sigmoid(z);
+        }
     }
 }
 

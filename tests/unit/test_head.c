@@ -121,6 +121,48 @@ static void head_validate_rejects_non_finite_values(void) {
     head_free(h);
 }
 
+/* head_apply blocks the batch in groups of rows and splits each dot product into partial sums:
+ * against the plain formula (one double sum per dot product) on sizes that are not multiples of
+ * either, and on BERT-base's 768 x 64. The partial sums change only the order of double additions
+ * of float products, far below the float rounding of the outputs. */
+static void head_apply_blocked_equals_plain_sums(void) {
+    const int sizes[][3] = {{1, 1, 1}, {3, 7, 2}, {5, 8, 3}, {9, 17, 5}, {4, 37, 4}, {13, 768, 64}};
+    uint64_t rng = 99;
+    for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++) {
+        const int B = sizes[t][0], C = sizes[t][1], Hd = sizes[t][2];
+        bs_head *h = head_new(C, Hd);
+        float *x = malloc(sizeof(float) * (size_t)B * C), *logit = malloc(sizeof(float) * (size_t)B);
+        CHECK(h && x && logit);
+        if (!h || !x || !logit) {
+            head_free(h), free(x), free(logit);
+            continue;
+        }
+        float *all[] = {h->fc1_w, h->fc1_b, h->fc2_w, h->fc2_b, x};
+        const size_t len[] = {(size_t)Hd * C, (size_t)Hd, (size_t)Hd, 1, (size_t)B * C};
+        for (int a = 0; a < 5; a++)
+            for (size_t i = 0; i < len[a]; i++) {
+                rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+                all[a][i] = (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5);
+            }
+        head_apply(h, x, B, logit, NULL);
+        double worst = 0;
+        for (int b = 0; b < B; b++) {
+            double out = h->fc2_b[0];
+            for (int j = 0; j < Hd; j++) {
+                double acc = 0;
+                for (int k = 0; k < C; k++) acc += (double)h->fc1_w[(size_t)j * C + k] * x[(size_t)b * C + k];
+                const float a = (float)(acc + h->fc1_b[j]);
+                if (a > 0.0f) out += (double)h->fc2_w[j] * a;
+            }
+            const double d = fabs((double)logit[b] - (double)(float)out);
+            worst = d > worst ? d : worst;
+        }
+        if (worst > 0) printf("  B %d C %d Hd %d: max |logit - plain| %.3g\n", B, C, Hd, worst);
+        CHECK_NEAR(worst, 0, 1e-6);
+        head_free(h), free(x), free(logit);
+    }
+}
+
 static void head_apply_is_relu_mlp_then_sigmoid(void) {
     bs_head *h = head_new(2, 2);
     /* hidden 0: x0 + 2 x1 + 0.5; hidden 1: -x0 - 1 (ReLU cuts it for x0 > -1) */
@@ -193,6 +235,7 @@ static void bs_sigmoid_is_stable_for_large_inputs(void) {
 int main(void) {
     snprintf(tmp, sizeof tmp, "%s", bs_test_tmpdir());
     RUN(head_apply_is_relu_mlp_then_sigmoid);
+    RUN(head_apply_blocked_equals_plain_sums);
     RUN(head_validate_rejects_non_finite_values);
     RUN(head_save_then_load_round_trips);
     RUN(head_load_cross_checks_shapes);
