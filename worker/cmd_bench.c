@@ -1,6 +1,8 @@
 /* `bertstream bench`: encoder throughput on random token ids. Prints one JSON line:
  * device, precision, batch, seq_len, seq_per_s, ms_per_batch, tokens_per_s, gflops, and on
- * the CPU sgemm_gflops (cblas_sgemm alone on the model's GEMM shapes) and their ratio. */
+ * the CPU sgemm_gflops (cblas_sgemm alone on the model's GEMM shapes) and their ratio; and
+ * head_ms_per_batch, the head (hidden 64) on the batch's features on one host thread, which the
+ * worker's engine thread adds to every batch. */
 #include <cblas.h>
 #undef I
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include "commands.h"
 #include "common.h"
 #include "engine.h"
+#include "head.h"
 #include "model.h"
 
 static const char *usage =
@@ -20,6 +23,31 @@ static const char *usage =
     "Runs the encoder on random ids (random weights with --preset) and prints one JSON line.\n"
     "--inflight 2 keeps two batches in flight (engine_submit/engine_wait, as the worker does):\n"
     "seq_per_s is then the pipelined throughput and ms_per_batch the interval between batches.\n";
+
+/* Milliseconds per batch of the head (hidden 64, random weights) on the batch's pooled features:
+ * host work that the worker's engine thread does for every batch beside the encoder. The best of
+ * repeated runs over ~0.05 s. Negative when out of memory. */
+static double head_ms(const float *feat, int B, int C, bs_rng *r) {
+    bs_head *h = head_new(C, 64);
+    float *logit = malloc(sizeof(float) * (size_t)B);
+    double best = -1;
+    if (h && logit) {
+        float *arr[4] = {h->fc1_w, h->fc1_b, h->fc2_w, h->fc2_b};
+        const size_t len[4] = {(size_t)C * 64, 64, 64, 1};
+        for (int a = 0; a < 4; a++)
+            for (size_t i = 0; i < len[a]; i++) arr[a][i] = (float)(bs_rng_uniform(r) - 0.5) * 0.1f;
+        const double t_end = bs_now() + 0.05;
+        for (int k = 0; k < 3 || bs_now() < t_end; k++) {
+            const double t0 = bs_now();
+            head_apply(h, feat, B, logit, NULL);
+            const double t = (bs_now() - t0) * 1e3;
+            best = best < 0 || t < best ? t : best;
+        }
+    }
+    head_free(h);
+    free(logit);
+    return best;
+}
 
 /* GFLOP/s of cblas_sgemm alone on the four GEMM shapes of one encoder layer over T tokens:
  * the best of repeated rounds, as the engine's figure is, so both see the same machine noise. */
@@ -209,6 +237,7 @@ int cmd_bench(int argc, char **argv) {
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
            seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, gflop, inflight,
            cls_only ? "cls-rows" : "all-rows");
+    printf(", \"head_ms_per_batch\": %.6g", head_ms(pool, (int)batch, m->cfg.hidden, &r));
     if (!engine_is_cuda(e)) {
         /* the figure of merit: the engine's best batch against cblas_sgemm's best round */
         double peak = sgemm_peak((int)T, m->cfg.hidden, m->cfg.intermediate, seconds < 3 ? seconds : 3);

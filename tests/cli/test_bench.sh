@@ -69,12 +69,13 @@ import json, sys
 r = json.loads(sys.stdin.readline())
 need = ["device", "engine", "precision", "batch", "seq_len", "lengths", "tokens_per_batch", "iterations",
         "seq_per_s", "ms_per_batch", "tokens_per_s", "gflops", "gflop_per_batch", "sgemm_gflops", "ratio_to_sgemm",
-        "last_layer"]
+        "last_layer", "head_ms_per_batch"]
 missing = [k for k in need if k not in r]
-print("missing " + ",".join(missing) if missing else "%s %d %d %s %s %s %s" % (
-    r["device"], r["batch"], r["seq_len"], r["lengths"], r["seq_per_s"] > 0, r["sgemm_gflops"] > 0, r["last_layer"]))
+print("missing " + ",".join(missing) if missing else "%s %d %d %s %s %s %s %s" % (
+    r["device"], r["batch"], r["seq_len"], r["lengths"], r["seq_per_s"] > 0, r["sgemm_gflops"] > 0, r["last_layer"],
+    0 < r["head_ms_per_batch"] < r["ms_per_batch"]))
 ' 2>&1)
-if [ "$fields" == "cpu 8 40 uniform:3:40 True True cls-rows" ]; then ok "one JSON line with the documented fields"; else
+if [ "$fields" == "cpu 8 40 uniform:3:40 True True cls-rows True" ]; then ok "one JSON line with the documented fields"; else
     bad "bench JSON: $fields"
 fi
 
