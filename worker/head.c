@@ -128,7 +128,6 @@ int head_save(const bs_head *h, const char *path, char *err) {
     return st_write(path, t, 4, meta, err);
 }
 
-/* feat (B, C) -> logit (B), prob (B). No scratch: each hidden unit is consumed as soon as it is computed. */
 /* The pre-activations of fc1 row w for HEAD_ROWS feature rows at once: each weight is loaded once
  * for all the rows, and each dot product is split over HEAD_LANES partial sums in double, which
  * the compiler keeps in vector registers (no FMA contraction under -std=c11, so every clone gives
@@ -152,6 +151,7 @@ BS_VECTOR_CLONES static void head_fc1_rows(const float *w, const float *const x[
     }
 }
 
+/* feat (B, C) -> logit (B), prob (B). No scratch: each hidden unit is consumed as soon as it is computed. */
 void head_apply(const bs_head *h, const float *feat, int B, float *logit, float *prob) {
     const int C = h->in_dim, Hd = h->hidden;
     for (int b0 = 0; b0 < B; b0 += HEAD_ROWS) {
