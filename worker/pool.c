@@ -7,9 +7,15 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+typedef struct {
+    pthread_t tid;
+    struct bs_pool *p;
+    int thread; /* 1..threads-1 */
+} pool_worker;
+
 struct bs_pool {
     int threads; /* the caller's included */
-    pthread_t *tids;
+    pool_worker *workers;
     int started; /* threads started (threads - 1 when pool_new succeeded) */
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -23,11 +29,6 @@ struct bs_pool {
     atomic_int next;
 };
 
-typedef struct {
-    bs_pool *p;
-    int thread;
-} worker_arg;
-
 static void run_items(bs_pool *p, pool_fn fn, void *ctx, int n, int grain, int thread) {
     for (;;) {
         int i0 = atomic_fetch_add_explicit(&p->next, grain, memory_order_relaxed);
@@ -38,9 +39,8 @@ static void run_items(bs_pool *p, pool_fn fn, void *ctx, int n, int grain, int t
 }
 
 static void *worker_main(void *arg) {
-    worker_arg a = *(worker_arg *)arg;
-    free(arg);
-    bs_pool *p = a.p;
+    const pool_worker *me = arg;
+    bs_pool *p = me->p;
     unsigned long seen = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
@@ -51,7 +51,7 @@ static void *worker_main(void *arg) {
         void *ctx = p->ctx;
         int n = p->n, grain = p->grain;
         pthread_mutex_unlock(&p->mu);
-        run_items(p, fn, ctx, n, grain, a.thread);
+        run_items(p, fn, ctx, n, grain, me->thread);
         pthread_mutex_lock(&p->mu);
         if (--p->busy == 0) pthread_cond_signal(&p->done);
     }
@@ -67,15 +67,14 @@ bs_pool *pool_new(int threads) {
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
-    if (p->threads > 1 && !(p->tids = calloc((size_t)p->threads - 1, sizeof *p->tids))) {
+    if (p->threads > 1 && !(p->workers = calloc((size_t)p->threads - 1, sizeof *p->workers))) {
         pool_free(p);
         return NULL;
     }
     for (int t = 1; t < p->threads; t++) {
-        worker_arg *a = malloc(sizeof *a);
-        if (a) *a = (worker_arg){p, t};
-        if (!a || pthread_create(&p->tids[t - 1], NULL, worker_main, a) != 0) {
-            free(a);
+        pool_worker *w = &p->workers[t - 1];
+        w->p = p, w->thread = t;
+        if (pthread_create(&w->tid, NULL, worker_main, w) != 0) {
             pool_free(p);
             return NULL;
         }
@@ -90,11 +89,11 @@ void pool_free(bs_pool *p) {
     p->stop = 1;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    for (int t = 0; t < p->started; t++) pthread_join(p->tids[t], NULL);
+    for (int t = 0; t < p->started; t++) pthread_join(p->workers[t].tid, NULL);
     pthread_cond_destroy(&p->done);
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->mu);
-    free(p->tids);
+    free(p->workers);
     free(p);
 }
 
