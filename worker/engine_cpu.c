@@ -143,12 +143,17 @@ static void pool_for_blas1(cpu_engine *e, int n, int grain, pool_fn fn, loop_arg
     if (many) openblas_set_num_threads(blas_threads);
 }
 
+/* The pool thread's own (S, S) block of scores, S = max_seq_len. */
+static float *thread_scores(const cpu_engine *e, int thread) {
+    const size_t S = (size_t)e->base.opts.max_seq_len;
+    return e->scores + (size_t)thread * S * S;
+}
+
 /* Item p of attention: (sequence p / NH, head p % NH). */
 static void attention_item(void *ctx, int p, int thread) {
     const loop_args *a = ctx;
     const int NH = a->e->base.model->cfg.heads, s = p / NH, s0 = a->b->cu_seqlens[s];
-    const size_t S = (size_t)a->e->base.opts.max_seq_len;
-    attention_head(a->e, s0, a->b->cu_seqlens[s + 1] - s0, p % NH, a->e->scores + (size_t)thread * S * S);
+    attention_head(a->e, s0, a->b->cu_seqlens[s + 1] - s0, p % NH, thread_scores(a->e, thread));
 }
 
 /* All (sequence, head) pairs, spread over the engine's threads. */
@@ -204,7 +209,7 @@ static void attention_cls_item(void *ctx, int p, int thread) {
     const int C = e->base.model->cfg.hidden, NH = e->base.model->cfg.heads, HS = C / NH, ld = 3 * C;
     const int s = p / NH, h = p % NH, s0 = a->b->cu_seqlens[s], n = a->b->cu_seqlens[s + 1] - s0;
     const float scale = 1.0f / sqrtf((float)HS);
-    float *P = e->scores + (size_t)thread * e->base.opts.max_seq_len * e->base.opts.max_seq_len;
+    float *P = thread_scores(e, thread);
     const float *Q = e->qkv + (size_t)s0 * ld + h * HS, *K = Q + C, *V = Q + 2 * C;
     cblas_sgemv(CblasRowMajor, CblasNoTrans, n, HS, scale, K, ld, Q, 1, 0.0f, P, 1); /* P = K q */
     softmax_row(P, n);

@@ -127,7 +127,7 @@ static void head_validate_rejects_non_finite_values(void) {
  * of float products, far below the float rounding of the outputs. */
 static void head_apply_blocked_equals_plain_sums(void) {
     const int sizes[][3] = {{1, 1, 1}, {3, 7, 2}, {5, 8, 3}, {9, 17, 5}, {4, 37, 4}, {13, 768, 64}};
-    uint64_t rng = 99;
+    bs_rng rng = {99};
     for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++) {
         const int B = sizes[t][0], C = sizes[t][1], Hd = sizes[t][2];
         bs_head *h = head_new(C, Hd);
@@ -140,10 +140,7 @@ static void head_apply_blocked_equals_plain_sums(void) {
         float *all[] = {h->fc1_w, h->fc1_b, h->fc2_w, h->fc2_b, x};
         const size_t len[] = {(size_t)Hd * C, (size_t)Hd, (size_t)Hd, 1, (size_t)B * C};
         for (int a = 0; a < 5; a++)
-            for (size_t i = 0; i < len[a]; i++) {
-                rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-                all[a][i] = (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5);
-            }
+            for (size_t i = 0; i < len[a]; i++) all[a][i] = (float)(bs_rng_uniform(&rng) - 0.5);
         head_apply(h, x, B, logit, NULL);
         double worst = 0;
         for (int b = 0; b < B; b++) {
