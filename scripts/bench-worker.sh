@@ -2,9 +2,12 @@
 # End-to-end worker benchmark: `bertstream broker` (mock cluster on loopback), one `bertstream worker`
 # with a random head, IMDb reviews from $BERTSTREAM_DATA/imdb/reviews.tsv (cycled) as Avro Reviews
 # through `bertstream produce`, results read back with `bertstream consume`.
-#   1. throughput: a burst of --reviews reviews; reviews/s from the first produce to the last result
-#      acknowledged (the worker's bertstream_messages_scored_total), and the engine's busy share of
-#      that time (bertstream_encode_seconds): near 100 % means Kafka and tokenization keep up;
+#   1. throughput: --reviews reviews written to the input topic before the worker starts; the
+#      worker drains that backlog, and reviews/s is taken while it went from 10 % to 90 % of it
+#      (results acknowledged: the worker's bertstream_messages_scored_total, sampled every 20 ms),
+#      with the engine's busy share of that window (bertstream_gpu_busy_seconds_total: time with a
+#      batch in the engine, overlapping batches once): near 100 % means Kafka and tokenization keep
+#      up; also the whole drain, from the first result to the last (drain_s);
 #   2. latency: --rate reviews/s (default: half the measured throughput) for --seconds; per review,
 #      input timestamp -> result produced (the result's record timestamp) and -> result seen by a
 #      consumer (after the broker acknowledged it); p50/p99 of each. The worker runs with
@@ -14,7 +17,7 @@
 # Prints one JSON summary line on stdout (progress on stderr).
 # Usage: scripts/bench-worker.sh [--bin PATH] [--model DIR | --preset tiny|base] [--device D]
 #        [--precision P] [--reviews N] [--rate R] [--seconds S] [--max-len N] [--batch N] [--partitions N]
-#        [--burst-timeout S] [--set KEY=VALUE ...] (more worker config overrides)
+#        [--burst-timeout S] [--save DIR] [--set KEY=VALUE ...] (more worker config overrides)
 #        (defaults: build/bertstream, init-model --preset tiny (random weights), cpu, 3000 reviews,
 #        10 s, max-len 128, batch 256, 8 partitions or one per 2 MB of the burst, burst timeout 600 s;
 #        env BERTSTREAM_DATA, BUILD_DIR)

@@ -108,30 +108,30 @@ class Worker:
         with open(self.logpath, "rb") as f:
             return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
 
-    def wait_ready(self, timeout):
-        t_end = time.time() + timeout
-        while time.time() < t_end:
-            self.alive()
-            if self.get("/readyz")[0] == 200:
-                return
-            time.sleep(0.2)
-        fail(f"the worker was not ready within {timeout}s:\n{self.tail()}")
-
-    def wait_scored(self, n, timeout):
+    def wait_scored(self, n, timeout, ready_timeout):
+        """Samples /metrics every 20 ms from the worker's start until n results are acknowledged:
+        returns the first sample after it became ready (its metrics) and every (time, metrics)."""
         t0 = time.time()
-        t_end, t_note = t0 + timeout, t0 + 5
+        t_end, t_note = t0 + ready_timeout, t0 + 5
+        samples, m0 = [], None
         while time.time() < t_end:
             self.alive()
+            t = time.time()
             m = self.metrics()
-            if m.get("bertstream_messages_scored_total", 0) >= n:
-                return m
+            if m:
+                if m0 is None:
+                    m0 = m
+                    t_end = t + timeout  # the drain's own limit, from the first answer of /metrics
+                samples.append((t, m))
+                if m.get("bertstream_messages_scored_total", 0) >= n:
+                    return m0, samples
             if time.time() >= t_note:  # progress, so a run cut short still says how far it got
                 t_note += 5
                 log(f"scored {m.get('bertstream_messages_scored_total', 0):.0f} of {n} after {time.time() - t0:.0f}s")
-            time.sleep(0.05)
+            time.sleep(0.02)
         m = self.metrics()
         keys = ("bertstream_messages_scored_total", "bertstream_batch_sequences_count", "bertstream_batch_tokens_sum",
-                "bertstream_encode_seconds_sum", "bertstream_gpu_busy_ratio")
+                "bertstream_encode_seconds_sum", "bertstream_gpu_busy_seconds_total")
         fail(f"fewer than {n} reviews scored within {timeout}s; metrics: "
              f"{ {k: m.get(k) for k in keys} }\n{self.tail()}")
 
@@ -165,6 +165,9 @@ def main():
                     help="of the input and output topics; default: 8, or one per 2 MB of the burst if more "
                          "(the mock broker keeps only about 5 MB per partition: docs/kafka.md)")
     ap.add_argument("--burst-timeout", type=float, default=600, help="seconds the burst may take to be scored")
+    ap.add_argument("--save", metavar="DIR",
+                    help="write worker.log and latency.csv (per paced review: when it was written, relative "
+                         "to the first, and its milliseconds to produced and to visible) into DIR")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more worker config override (repeatable), e.g. worker.queue_depth=16384")
     a = ap.parse_args()
@@ -196,6 +199,19 @@ def main():
         head = os.path.join(tmp, "head.safetensors")
         write_head(head, hidden)
 
+        # -- 1. throughput: a backlog --
+        # The burst goes into the input topic before the worker starts, so what is measured is the
+        # worker draining a backlog (as after an outage, or when a consumer group scales out), not how
+        # fast one `produce` process writes: on the first GPU runs the writer was the slower side.
+        burst = "".join(json.dumps({"review_id": f"t{i}", "text": texts[i % len(texts)]}) + "\n"
+                        for i in range(a.reviews)).encode()
+        t0 = time.time()
+        r = subprocess.run(produce_cmd(a.bin, bootstrap), input=burst, capture_output=True)
+        if r.returncode != 0:
+            fail(f"produce: {r.stderr.decode().strip()}")
+        t_produced = time.time() - t0
+        log(f"backlog: {a.reviews} reviews produced in {t_produced:.2f}s")
+
         # -- worker --
         # The mock broker answers an empty Fetch only after fetch.wait.max.ms (a real broker answers as
         # soon as data arrives): without a short wait every idle fetch would add up to 500 ms of latency.
@@ -206,34 +222,42 @@ def main():
             "consumer.fetch.wait.max.ms": "5", "log.level": "info",
             **dict(kv.split("=", 1) for kv in a.set)}, os.path.join(tmp, "worker.log"))
         procs.append(w.p)
-        w.wait_ready(300)
-        engine = re.search(r'engine="([^"]*)"', w.tail(200))
+        t_start = time.time()
+        m0, samples = w.wait_scored(a.reviews, a.burst_timeout, a.burst_timeout + 300)
+        engine = re.search(r'engine="([^"]*)"', w.tail(400))
         engine = engine.group(1) if engine else a.device
-        log(f"worker ready: {engine}")
+        log(f"worker: {engine}")
+        m1 = samples[-1][1]
 
-        # -- 1. throughput: a burst --
-        burst = "".join(json.dumps({"review_id": f"t{i}", "text": texts[i % len(texts)]}) + "\n"
-                        for i in range(a.reviews)).encode()
-        m0 = w.metrics()
-        t0 = time.time()
-        r = subprocess.run(produce_cmd(a.bin, bootstrap), input=burst, capture_output=True)
-        if r.returncode != 0:
-            fail(f"produce: {r.stderr.decode().strip()}")
-        t_produced = time.time() - t0
-        log(f"burst: {a.reviews} reviews produced in {t_produced:.2f}s")
-        m1 = w.wait_scored(a.reviews, a.burst_timeout)
-        burst_s = time.time() - t0
-        throughput = a.reviews / burst_s
+        # the steady part: from the sample where 10 % of the backlog was scored to the one with 90 %
+        # (the worker's start, its first batches of each shape and the last partial batches are
+        # outside it; under half a second of it, from the worker's start to the end instead); the
+        # whole drain too, from the first review scored to the last
+        def at(frac):
+            need = frac * a.reviews
+            return next(s for s in samples if s[1].get("bertstream_messages_scored_total", 0) >= need)
+
+        def between(sa, sb, k):
+            return sb[1].get(k, 0) - sa[1].get(k, 0)
+
+        lo, hi = at(0.10), at(0.90)
+        if hi[0] - lo[0] < 0.5:  # a backlog too small for a steady part: the worker's whole run, its start included
+            lo, hi = (t_start, m0), samples[-1]
+        window = hi[0] - lo[0]
+        throughput = between(lo, hi, "bertstream_messages_scored_total") / window
+        busy = between(lo, hi, "bertstream_gpu_busy_seconds_total") / window
+        first = next(s for s in samples if s[1].get("bertstream_messages_scored_total", 0) > 0)
+        drain_s = samples[-1][0] - first[0]
 
         def delta(k):
             return m1.get(k, 0) - m0.get(k, 0)
 
-        busy = delta("bertstream_encode_seconds_sum")
         n_batches = delta("bertstream_batch_sequences_count")
-        log(f"throughput: {a.reviews} reviews in {burst_s:.2f}s = {throughput:.0f}/s (produce took {t_produced:.2f}s; "
-            f"{n_batches:.0f} batches of {delta('bertstream_batch_sequences_sum') / max(n_batches, 1):.1f} reviews, "
-            f"{delta('bertstream_batch_tokens_sum') / max(n_batches, 1):.0f} tokens; engine busy {busy:.2f}s "
-            f"= {100 * busy / burst_s:.0f}% of the burst)")
+        log(f"throughput: {throughput:.0f} reviews/s while the backlog drained from 10 % to 90 % ({window:.2f}s; "
+            f"engine busy {100 * busy:.0f}% of it); all {a.reviews} in {drain_s:.2f}s from the first result, "
+            f"{samples[-1][0] - t_start:.2f}s from the worker's start; {n_batches:.0f} batches of "
+            f"{delta('bertstream_batch_sequences_sum') / max(n_batches, 1):.1f} reviews, "
+            f"{delta('bertstream_batch_tokens_sum') / max(n_batches, 1):.0f} tokens")
 
         # -- 2. latency at a steady rate --
         rate = a.rate or max(1.0, throughput / 2)
@@ -277,12 +301,20 @@ def main():
         t_end = time.time() + 60
         while len(seen) < n and time.time() < t_end:
             time.sleep(0.1)
-        m2 = w.metrics()
         produced = [seen[k][1] - sent[k] for k in seen if k in sent]
         visible = [seen[k][0] - sent[k] for k in seen if k in sent]
+        if a.save:
+            os.makedirs(a.save, exist_ok=True)
+            with open(os.path.join(a.save, "latency.csv"), "w") as f:
+                f.write("sent_s,ms_to_produced,ms_to_visible\n")
+                for k in sorted((k for k in seen if k in sent), key=lambda k: sent[k]):
+                    f.write(f"{sent[k] - start:.4f},{1000 * (seen[k][1] - sent[k]):.1f},"
+                            f"{1000 * (seen[k][0] - sent[k]):.1f}\n")
         if len(seen) < n:
             fail(f"latency phase: {len(seen)} of {n} results seen")
         rc = w.stop()
+        if a.save:
+            shutil.copy(w.logpath, os.path.join(a.save, "worker.log"))
         if rc != 0:
             fail(f"worker exit status {rc}")
         summary = {
@@ -290,9 +322,9 @@ def main():
             "model": a.model or f"init-model --preset {a.preset} (random weights)", "max_seq_len": a.max_len,
             "batch_max_sequences": a.batch, "partitions": a.partitions, "cores": os.cpu_count(),
             "throughput_reviews": a.reviews, "throughput_reviews_per_s": round(throughput, 1),
-            "engine_busy_fraction": round(busy / burst_s, 3),
+            "engine_busy_fraction": round(busy, 3), "throughput_window_s": round(window, 3),
+            "drain_s": round(drain_s, 3), "backlog_produce_s": round(t_produced, 3),
             "mean_batch_sequences": round(delta("bertstream_batch_sequences_sum") / max(n_batches, 1), 1),
-            "busy_ratio_gauge_at_end": m2.get("bertstream_gpu_busy_ratio"),
             "latency_rate_per_s": round(rate, 1), "latency_reviews": n,
             "p50_ms_to_result_produced": round(1000 * pct(produced, 0.50), 1),
             "p99_ms_to_result_produced": round(1000 * pct(produced, 0.99), 1),

@@ -1120,6 +1120,7 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
         return encode(e, Tb, Bb, cls, err);
     }
     if (prepare(e, Tb, Bb, cls, err) != BS_OK) return BS_ERR;
+    const double t0 = bs_now();
     cudaGraph_t g = NULL;
     cudaGraphExec_t exec = NULL;
     char why[BS_ERRLEN] = "";
@@ -1148,6 +1149,8 @@ static int run_encoder(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     }
     e->graphs[e->n_graphs++] =
         (graph_entry){.Tb = Tb, .Bb = Bb, .cls = cls, .lane = e->a, .stamp = ++e->clock, .exec = exec};
+    log_debug("CUDA graph captured", "tokens=%d sequences=%d cls=%d lane=%d graphs=%d host_ms=%.2f", Tb, Bb, cls,
+              (int)(e->a - e->lanes), e->n_graphs, 1e3 * (bs_now() - t0));
     CUDA_CHECK(cudaGraphLaunch(exec, e->a->stream));
     return BS_OK;
 }

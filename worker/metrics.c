@@ -471,6 +471,10 @@ bs_worker_metrics *metrics_worker_new(char *err) {
     SERIES(gpu_busy_ratio,
            metrics_gauge(r, "bertstream_gpu_busy_ratio",
                          "Share of wall time the encoder spent in forward passes (0..1).", NULL, 0, err));
+    SERIES(gpu_busy_seconds,
+           metrics_counter(r, "bertstream_gpu_busy_seconds_total",
+                           "Seconds with at least one batch in the encoder (overlapping batches count once).", NULL, 0,
+                           err));
     FAMILY(build_info,
            metrics_gauge(r, "bertstream_build_info", "Build of the running worker (always 1).", "version", 4, err));
     metrics_set(metrics_with(w->build_info, BS_VERSION), 1);

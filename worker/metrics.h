@@ -75,6 +75,7 @@ typedef struct {
     bs_metric *consumer_lag;       /* bertstream_consumer_lag{partition} (gauge) */
     bs_metric *heads_rejected;     /* bertstream_heads_rejected_total{reason} */
     bs_series *gpu_busy_ratio;     /* bertstream_gpu_busy_ratio (gauge, 0..1) */
+    bs_series *gpu_busy_seconds;   /* bertstream_gpu_busy_seconds_total (counter: the ratio's numerator) */
     bs_metric *build_info;         /* bertstream_build_info{version} (gauge, 1) */
 } bs_worker_metrics;
 

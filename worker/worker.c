@@ -668,12 +668,16 @@ static int batch_ready(bs_worker *w, int slot) {
 }
 
 /* bertstream_gpu_busy_ratio: the share of wall time with a batch in the engine (submit to the
- * return of its wait), over windows of a second or more. busy_through is how far busy time has
- * been counted, so overlapping batches count once; a running batch counts up to now at every tick,
- * so a long batch or an idle engine shows in the window where it happens. */
+ * return of its wait), over windows of a second or more; bertstream_gpu_busy_seconds_total: the
+ * same busy time as a counter, so a scraper takes the share over any window it likes. busy_through
+ * is how far busy time has been counted, so overlapping batches count once; a running batch counts
+ * up to now at every tick, so a long batch or an idle engine shows in the window where it happens. */
 static void engine_busy(bs_worker *w, double t_submit, double now) {
     double from = t_submit > w->busy_through ? t_submit : w->busy_through;
-    if (now > from) w->busy_acc += now - from;
+    if (now > from) {
+        w->busy_acc += now - from;
+        metrics_add(w->m->gpu_busy_seconds, now - from);
+    }
     if (now > w->busy_through) w->busy_through = now;
 }
 

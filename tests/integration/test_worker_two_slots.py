@@ -6,7 +6,8 @@ batch count as finished only 30 ms later (a stand-in for a GPU computing it), so
 submitted while the first is in flight. Also: the worker reports overlapped batches, every batch's
 bertstream_encode_seconds spans submit to collect (>= the latency), and bertstream_gpu_busy_ratio
 is above 0 while scoring (or in the one-second window holding the burst's end, which closes up to
-a second after it) and falls to 0 once the worker is idle."""
+a second after it) and falls to 0 once the worker is idle; bertstream_gpu_busy_seconds_total, the
+union of the batches' in-engine spans, lies between half their sum and their sum."""
 import os
 import re
 import sys
@@ -31,6 +32,7 @@ def test():
         mt = w.metrics()
         seen["batches"] = mt.get("bertstream_encode_seconds_count", 0)
         seen["encode_sum"] = mt.get("bertstream_encode_seconds_sum", 0.0)
+        seen["busy_seconds"] = mt.get("bertstream_gpu_busy_seconds_total", -1.0)
         # the ratio is set as each window of a second or more closes: a burst shorter than that can
         # end before its window does (one CI run scored all N within the window that was still open)
         t1 = time.time()
@@ -56,6 +58,12 @@ def test():
     H.check(batches == seen["batches"], f"{batches} batches submitted, encode_seconds counted {seen['batches']}")
     H.check(seen["encode_sum"] >= batches * LATENCY_MS / 1000.0 * 0.999,
             f"encode_seconds_sum {seen['encode_sum']:.3f} < {batches} batches x {LATENCY_MS} ms")
+    # the busy counter is the union of the batches' in-engine spans: no more than their sum, and, with
+    # at most two in flight at any instant, no less than half of it
+    busy, total = seen["busy_seconds"], seen["encode_sum"]
+    H.log(f"gpu_busy_seconds_total {busy:.3f} s, encode_seconds_sum {total:.3f} s")
+    H.check(total / 2 * 0.999 <= busy <= total * 1.001 + 1e-6,
+            f"gpu_busy_seconds_total {busy:.3f} outside [encode_sum / 2, encode_sum] = [{total / 2:.3f}, {total:.3f}]")
 
 
 if __name__ == "__main__":

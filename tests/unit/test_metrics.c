@@ -257,6 +257,8 @@ static void metrics_worker_registers_design_names(void) {
     metrics_set(metrics_with(w->consumer_lag, "3"), 17);
     metrics_inc(metrics_with(w->heads_rejected, "bad_signature"));
     metrics_set(w->gpu_busy_ratio, 0.75);
+    metrics_add(w->gpu_busy_seconds, 1.5);
+    metrics_add(w->gpu_busy_seconds, 0.25);
     size_t len;
     char *t = metrics_render_alloc(w->registry, &len);
     CHECK_CONTAINS(t, "# TYPE bertstream_messages_consumed_total counter\nbertstream_messages_consumed_total 1\n");
@@ -275,6 +277,7 @@ static void metrics_worker_registers_design_names(void) {
     CHECK_CONTAINS(t, "bertstream_consumer_lag{partition=\"3\"} 17\n");
     CHECK_CONTAINS(t, "bertstream_heads_rejected_total{reason=\"bad_signature\"} 1\n");
     CHECK_CONTAINS(t, "bertstream_gpu_busy_ratio 0.75\n");
+    CHECK_CONTAINS(t, "# TYPE bertstream_gpu_busy_seconds_total counter\nbertstream_gpu_busy_seconds_total 1.75\n");
     CHECK_CONTAINS(t, "bertstream_build_info{version=\"" BS_VERSION "\"} 1\n");
     free(t);
     metrics_worker_free(w);
