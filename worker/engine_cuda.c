@@ -173,7 +173,8 @@ typedef struct {
     graph_entry graphs[MAX_GRAPHS];
     int n_graphs, use_graphs;
     const char *graphs_note; /* describe(): "on", "off", "off(capture failed)" */
-    int gemm_autotune; /* BERTSTREAM_GEMM_AUTOTUNE=1: plan_try times the heuristic's candidates, else takes its first */
+    int gemm_autotune; /* BERTSTREAM_GEMM_AUTOTUNE: plan_try times this many of the heuristic's candidates (0: takes its
+                          first) */
     int seen[MAX_GRAPHS][3]; /* shapes (Tb, Bb, cls) run once (eagerly): a second sighting captures a graph */
     int n_seen;
     sdpa_entry sdpa[MAX_SDPA];
@@ -521,7 +522,8 @@ static void gemm_io(const cuda_engine *e, int kind, const void **in, void **out,
     if (res) *res = kind == G_AO ? e->a->x : kind == G_FF2 ? e->a->x2 : NULL;
 }
 
-#define PLAN_CANDIDATES 8
+#define PLAN_CANDIDATES 8 /* asked of the heuristic; BERTSTREAM_GEMM_AUTOTUNE=N asks N (up to PLAN_CANDIDATES_MAX) */
+#define PLAN_CANDIDATES_MAX 64
 
 /* One launch of plan p with algo: Y (n, m) = X W^T [+ R] and the epilogue. R, the residual, is C
  * with beta 1 when the plan adds it (p->res); otherwise beta is 0 and C is Y, or none for a plan
@@ -552,11 +554,11 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
     size_t ws = GEMM_WS_BYTES;
     cublasStatus_t st =
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t res[PLAN_CANDIDATES];
+    cublasLtMatmulHeuristicResult_t res[PLAN_CANDIDATES_MAX];
     int n = 0;
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasLtMatmulAlgoGetHeuristic(e->lt, p->desc, p->a, p->b, p->c, p->out_q8 ? p->d : p->c, pref,
-                                            PLAN_CANDIDATES, res, &n);
+                                            e->gemm_autotune > 1 ? e->gemm_autotune : PLAN_CANDIDATES, res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
     *found = 0;
     if (st != CUBLAS_STATUS_SUCCESS) {
@@ -574,8 +576,8 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
         CUDA_CHECK(cudaEventCreate(&ev[0]));
         CUDA_CHECK(cudaEventCreate(&ev[1]));
     }
-    float best = INFINITY;
-    int rc = BS_OK;
+    float best = INFINITY, first_ms = -1;
+    int rc = BS_OK, best_i = -1;
     for (int i = 0; i < n && rc == BS_OK; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
         st = plan_launch(e, p, &res[i].algo, W, X, Y, R);
@@ -596,16 +598,21 @@ static int plan_try(cuda_engine *e, gemm_plan *p, int epilogue, int *found, cubl
                 rc = BS_ERR;
             if (rc != BS_OK) bs_err(err, "timing the %s GEMM's candidates failed", gemm_names[p->kind]);
         }
+        if (rc == BS_OK && first_ms < 0) first_ms = ms;
         if (rc == BS_OK && (!*found || ms < best)) {
             p->algo = res[i].algo;
             p->epilogue = epilogue;
             *found = 1;
             best = ms;
+            best_i = i;
         }
         if (*found && !e->gemm_autotune) break; /* the heuristic's first runnable choice */
     }
     if (ev[0]) cudaEventDestroy(ev[0]);
     if (ev[1]) cudaEventDestroy(ev[1]);
+    if (e->gemm_autotune && *found)
+        log_debug("GEMM autotuned", "gemm=%s n=%d epilogue=%d candidates=%d picked=%d ms=%.4f first_ms=%.4f",
+                  gemm_names[p->kind], p->n, epilogue, n, best_i, best / 3, first_ms / 3);
     CUDA_CHECK(cudaGetLastError());
     return rc;
 }
@@ -1926,7 +1933,18 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     const char *tune = getenv("BERTSTREAM_GEMM_AUTOTUNE");
     /* off by default: timing picks can differ between two engines, and two workers (or a restart)
      * should score the same review with the same bits */
-    e->gemm_autotune = tune && (!strcmp(tune, "1") || !strcmp(tune, "on"));
+    e->gemm_autotune = 0;
+    if (tune && *tune && strcmp(tune, "0") && strcmp(tune, "off")) {
+        char *end = NULL;
+        const long nc = strtol(tune, &end, 10);
+        if (!strcmp(tune, "on") || (*end == 0 && nc == 1))
+            e->gemm_autotune = PLAN_CANDIDATES;
+        else if (*end == 0 && nc >= 2 && nc <= PLAN_CANDIDATES_MAX)
+            e->gemm_autotune = (int)nc;
+        else
+            return bs_err(err, "BERTSTREAM_GEMM_AUTOTUNE='%s': expected 0, off, 1, on, or a candidate count 2..%d",
+                          tune, PLAN_CANDIDATES_MAX);
+    }
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
     /* the two-way switches: the first bad one is the error */

@@ -4,6 +4,7 @@
 #include "kafka.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,10 +27,11 @@ struct bs_offsets {
     uint64_t tail;   /* seq the next push gets */
     uint64_t mask;   /* cap - 1 (cap is a power of two) */
     uint32_t epoch;
-    int64_t next;     /* commit position: last popped offset + 1, -1 unknown */
-    int64_t reported; /* the position offsets_advance last returned as moved */
-    int64_t last;     /* last pushed offset, -1 none */
-    int64_t emitted;  /* highest offset handed to the producer, -1 none */
+    int64_t next;            /* commit position: last popped offset + 1, -1 unknown */
+    int64_t reported;        /* the position offsets_advance last returned as moved */
+    int64_t last;            /* last pushed offset, -1 none */
+    int64_t emitted;         /* highest offset handed to the producer, -1 none */
+    atomic_int handing_over; /* a revocation has begun (offsets_hand_over), until the next reset */
 };
 
 bs_offsets *offsets_new(int capacity) {
@@ -67,6 +69,7 @@ void offsets_reset(bs_offsets *o) {
     o->n_pending = 0;
     o->epoch++;
     o->next = o->last = o->emitted = o->reported = -1;
+    atomic_store(&o->handing_over, 0);
     pthread_mutex_unlock(&o->mu);
 }
 
@@ -183,6 +186,14 @@ int64_t offsets_emitted(bs_offsets *o) {
     int64_t e = o->emitted;
     pthread_mutex_unlock(&o->mu);
     return e;
+}
+
+void offsets_hand_over(bs_offsets *o) {
+    atomic_store(&o->handing_over, 1);
+}
+
+int offsets_handing_over(bs_offsets *o) {
+    return atomic_load(&o->handing_over);
 }
 
 /* ---------------------------------------------------------------------------------------------

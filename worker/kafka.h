@@ -67,6 +67,12 @@ uint32_t offsets_epoch(bs_offsets *o);
  * produced lies beyond the final commit, so a restart repeats nothing. */
 void offsets_note_emitted(bs_offsets *o, int64_t offset);
 int64_t offsets_emitted(bs_offsets *o);
+/* A revocation has begun: the worker hands the partition over, so its messages not yet in an
+ * engine batch are dropped as in a graceful stop (the rule above, per partition) and the revoke
+ * waits only for what the engine already holds. offsets_reset (the revocation's end, or a new
+ * assignment) clears it. */
+void offsets_hand_over(bs_offsets *o);
+int offsets_handing_over(bs_offsets *o);
 
 /* ---- rebalance ----
  * kafka_consumer_new installs kafka_rebalance_cb with a pointer to these hooks as opaque.

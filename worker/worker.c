@@ -532,11 +532,14 @@ static void emit(bs_worker *w, wslot *s) {
         produce_or_retry(w, s);
 }
 
-/* Graceful stop: a queued message is still worth finishing only when something after it on its
- * partition was already emitted (else the final commit could not move past it anyway). The rest
- * are released unproduced and uncommitted: the next owner scores them, once. */
+/* Graceful stop, or the revocation of the message's partition (offsets_hand_over): a queued
+ * message is still worth finishing only when something after it on its partition was already
+ * emitted (else the commit could not move past it anyway). The rest are released unproduced and
+ * uncommitted: the next owner scores them, once. So a revocation waits only for the batches the
+ * engine already holds, and its commit lands before the group's next generation. */
 static int drain_drops(bs_worker *w, const wslot *s) {
-    return atomic_load(&w->draining) && s->offset > offsets_emitted(s->tracker);
+    if (!atomic_load(&w->draining) && !offsets_handing_over(s->tracker)) return 0;
+    return s->offset > offsets_emitted(s->tracker);
 }
 
 static void wait_txn_reports(bs_worker *w) {
@@ -1125,15 +1128,20 @@ static void on_assigned(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partitio
     if (w->http) http_set_ready(w->http, BS_READY_PARTITIONS, any_assigned(w));
 }
 
-/* Revocation: wait (bounded) for the in-flight work of these partitions to be acknowledged, commit
- * that, then abandon whatever is left (a new epoch makes its late results harmless; the new owner
- * scores those messages again: the duplicates at-least-once allows). Lost partitions are not ours
- * to commit: they are abandoned at once. */
+/* Revocation: drop the queued messages of these partitions (drain_drops), wait (bounded) for what
+ * the engine already holds of them to be acknowledged, commit that, then abandon whatever is left (a new epoch makes
+ * its late results harmless; the new owner scores those messages again: the duplicates at-least-once allows). Lost
+ * partitions are not ours to commit: they are abandoned at once. */
 static void on_revoking(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, int lost) {
     (void)rk;
     bs_worker *w = ctx;
     for (int i = 0; i < parts->cnt; i++) drop_held(w, parts->elems[i].partition);
     if (!lost) {
+        for (int i = 0; i < parts->cnt; i++) { /* their queued messages are dropped, not scored */
+            wpart *pp = part_get(w, parts->elems[i].partition, 0);
+            if (pp && pp->assigned && strcmp(parts->elems[i].topic, w->cfg->topics.input) == 0)
+                offsets_hand_over(pp->tracker);
+        }
         queue_wake(&w->engq);
         double t0 = bs_now(), until = t0 + w->revoke_wait_s;
         int left = 0;

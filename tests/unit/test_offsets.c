@@ -126,6 +126,18 @@ static void offsets_track_highest_emitted_until_reset(void) {
     offsets_free(o);
 }
 
+static void offsets_hand_over_lasts_until_reset(void) {
+    bs_offsets *o = offsets_new(4);
+    CHECK_INT(offsets_handing_over(o), 0);
+    offsets_hand_over(o);
+    CHECK_INT(offsets_handing_over(o), 1);
+    offsets_hand_over(o); /* twice is once */
+    CHECK_INT(offsets_handing_over(o), 1);
+    offsets_reset(o); /* the revocation's end, or a new assignment */
+    CHECK_INT(offsets_handing_over(o), 0);
+    offsets_free(o);
+}
+
 static void offsets_never_pass_an_abandoned_offset(void) {
     bs_offsets *o = offsets_new(8);
     bs_offset_ticket t[4];
@@ -206,6 +218,7 @@ int main(void) {
     RUN(offsets_reset_makes_old_tickets_stale);
     RUN(offsets_ignore_double_ack_after_advance);
     RUN(offsets_track_highest_emitted_until_reset);
+    RUN(offsets_hand_over_lasts_until_reset);
     RUN(offsets_never_pass_an_abandoned_offset);
     RUN(kafka_classifies_delivery_errors);
     RUN(offsets_are_consistent_across_threads);
