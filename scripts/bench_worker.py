@@ -224,7 +224,7 @@ def main():
         procs.append(w.p)
         t_start = time.time()
         m0, samples = w.wait_scored(a.reviews, a.burst_timeout, a.burst_timeout + 300)
-        engine = re.search(r'engine="([^"]*)"', w.tail(400))
+        engine = re.search(r'engine="([^"]*)"', w.tail(10 ** 6))  # the first: the engine's own line
         engine = engine.group(1) if engine else a.device
         log(f"worker: {engine}")
         m1 = samples[-1][1]
@@ -276,9 +276,14 @@ def main():
 
         th = threading.Thread(target=reader, daemon=True)
         th.start()
-        time.sleep(2)  # the consumer's assignment settles ("only new messages")
+        # the paced writer's `produce` starts now and writes one review that is not timed, so its
+        # connection and the topic's metadata are in place before the clock starts (else the first
+        # half second of reviews waits for them, in the writer, not in the worker)
         prod = subprocess.Popen(produce_cmd(a.bin, bootstrap), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(prod)
+        prod.stdin.write((json.dumps({"review_id": "warm-up", "text": texts[0]}) + "\n").encode())
+        prod.stdin.flush()
+        time.sleep(2)  # the consumer's assignment settles ("only new messages"), the writer connects
         sent = {}
         start = time.time()
         i = 0
