@@ -67,6 +67,38 @@ def write_head(path, hidden, width=64, seed=1, scale=0.2):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+class CpuSampler(threading.Thread):
+    """The CPU a process uses (cores, from /proc/PID/stat), once a second, while it runs: the
+    development broker is one thread, and where it reaches a whole core the latencies measured
+    through it are its own queueing, not the worker's."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.samples = pid, []  # (time, cores over the second before it)
+
+    def ticks(self):
+        try:
+            st = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+            return int(st[11]) + int(st[12])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def run(self):
+        hz = os.sysconf("SC_CLK_TCK")
+        t0, c0 = time.time(), self.ticks()
+        while c0 is not None:
+            time.sleep(1.0)
+            t1, c1 = time.time(), self.ticks()
+            if c1 is None:
+                return
+            self.samples.append((t1, (c1 - c0) / hz / (t1 - t0)))
+            t0, c0 = t1, c1
+
+    def peak(self, t_from, t_to):
+        xs = [c for t, c in self.samples if t_from < t <= t_to]
+        return round(max(xs), 2) if xs else None
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -182,6 +214,8 @@ def main():
         # -- broker, model, head --
         topics = f"reviews:{a.partitions},review-scores:{a.partitions},reviews-dlq:1"
         broker = subprocess.Popen([a.bin, "broker", "--topics", topics], stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        broker_cpu = CpuSampler(broker.pid)
+        broker_cpu.start()
         procs.append(broker)
         bootstrap = broker.stdout.readline().decode().strip()
         if not bootstrap:
@@ -306,8 +340,14 @@ def main():
         t_end = time.time() + 60
         while len(seen) < n and time.time() < t_end:
             time.sleep(0.1)
+        t_seen = time.time()
         produced = [seen[k][1] - sent[k] for k in seen if k in sent]
         visible = [seen[k][0] - sent[k] for k in seen if k in sent]
+        cpu_drain, cpu_lat = broker_cpu.peak(lo[0], hi[0]), broker_cpu.peak(start, t_seen)
+        for what, c in (("drain", cpu_drain), ("latency phase", cpu_lat)):
+            if c is not None and c >= 0.9:
+                log(f"the development broker used {c:.2f} cores during the {what}: it is one thread, so the "
+                    f"figures include its own queueing (a real Kafka cluster does not share that limit)")
         if a.save:
             os.makedirs(a.save, exist_ok=True)
             with open(os.path.join(a.save, "latency.csv"), "w") as f:
@@ -329,6 +369,7 @@ def main():
             "throughput_reviews": a.reviews, "throughput_reviews_per_s": round(throughput, 1),
             "engine_busy_fraction": round(busy, 3), "throughput_window_s": round(window, 3),
             "drain_s": round(drain_s, 3), "backlog_produce_s": round(t_produced, 3),
+            "broker_cpu_peak_drain": cpu_drain, "broker_cpu_peak_latency": cpu_lat,
             "mean_batch_sequences": round(delta("bertstream_batch_sequences_sum") / max(n_batches, 1), 1),
             "latency_rate_per_s": round(rate, 1), "latency_reviews": n,
             "p50_ms_to_result_produced": round(1000 * pct(produced, 0.50), 1),

@@ -37,6 +37,12 @@ check(s["latency_reviews"] == 100, "latency_reviews = 50/s x 2 s = 100")
 check(s["throughput_reviews_per_s"] > 0, "throughput_reviews_per_s > 0")
 check(0 < s["engine_busy_fraction"] <= 1.0, "0 < engine_busy_fraction <= 1")
 check(s["engine"].startswith("cpu fp32"), f"engine described: {s['engine']}")
+lat_cpu = s["broker_cpu_peak_latency"]  # sampled once a second over a 2 s phase: at least one sample
+check(isinstance(lat_cpu, (int, float)) and 0 <= lat_cpu <= s["cores"] + 0.5,
+      f"broker_cpu_peak_latency = {lat_cpu} cores")
+check(s["broker_cpu_peak_drain"] is None or 0 <= s["broker_cpu_peak_drain"] <= s["cores"] + 0.5,
+      f"broker_cpu_peak_drain = {s['broker_cpu_peak_drain']}")
+check(s["throughput_window_s"] > 0 and s["drain_s"] >= 0, "throughput window and drain time")
 check(s["batch_max_sequences"] == 64 and s["partitions"] == 2 and s["max_seq_len"] == 128, "options echoed")
 for k in ("p50_ms_to_result_produced", "p99_ms_to_result_produced", "p50_ms_to_result_visible",
           "p99_ms_to_result_visible"):
