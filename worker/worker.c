@@ -1129,9 +1129,10 @@ static void on_assigned(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partitio
 }
 
 /* Revocation: drop the queued messages of these partitions (drain_drops), wait (bounded) for what
- * the engine already holds of them to be acknowledged, commit that, then abandon whatever is left (a new epoch makes
- * its late results harmless; the new owner scores those messages again: the duplicates at-least-once allows). Lost
- * partitions are not ours to commit: they are abandoned at once. */
+ * the engine already holds of them to be acknowledged, commit that, then abandon whatever is left
+ * (a new epoch makes its late results harmless; the new owner scores those messages again: the
+ * duplicates at-least-once allows). Lost partitions are not ours to commit: they are abandoned at
+ * once. */
 static void on_revoking(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, int lost) {
     (void)rk;
     bs_worker *w = ctx;
