@@ -142,7 +142,8 @@ class Worker:
 
     def wait_scored(self, n, timeout, ready_timeout):
         """Samples /metrics every 20 ms from the worker's start until n results are acknowledged:
-        returns the first sample after it became ready (its metrics) and every (time, metrics)."""
+        returns the first answer of /metrics and every (time, metrics). ready_timeout bounds the wait
+        for that first answer, timeout the drain after it."""
         t0 = time.time()
         t_end, t_note = t0 + ready_timeout, t0 + 5
         samples, m0 = [], None
@@ -274,9 +275,9 @@ def main():
         def between(sa, sb, k):
             return sb[1].get(k, 0) - sa[1].get(k, 0)
 
-        lo, hi = at(0.10), at(0.90)
+        lo, hi, span = at(0.10), at(0.90), "while the backlog drained from 10 % to 90 %"
         if hi[0] - lo[0] < 0.5:  # a backlog too small for a steady part: the worker's whole run, its start included
-            lo, hi = (t_start, m0), samples[-1]
+            lo, hi, span = (t_start, m0), samples[-1], "over the worker's whole run (too small a backlog for 10-90 %)"
         window = hi[0] - lo[0]
         throughput = between(lo, hi, "bertstream_messages_scored_total") / window
         busy = between(lo, hi, "bertstream_gpu_busy_seconds_total") / window
@@ -287,7 +288,7 @@ def main():
             return m1.get(k, 0) - m0.get(k, 0)
 
         n_batches = delta("bertstream_batch_sequences_count")
-        log(f"throughput: {throughput:.0f} reviews/s while the backlog drained from 10 % to 90 % ({window:.2f}s; "
+        log(f"throughput: {throughput:.0f} reviews/s {span} ({window:.2f}s; "
             f"engine busy {100 * busy:.0f}% of it); all {a.reviews} in {drain_s:.2f}s from the first result, "
             f"{samples[-1][0] - t_start:.2f}s from the worker's start; {n_batches:.0f} batches of "
             f"{delta('bertstream_batch_sequences_sum') / max(n_batches, 1):.1f} reviews, "
