@@ -4,7 +4,8 @@
 # through `bertstream produce`, results read back with `bertstream consume`.
 #   1. throughput: --reviews reviews written to the input topic before the worker starts; the
 #      worker drains that backlog, and reviews/s is taken while it went from 10 % to 90 % of it
-#      (results acknowledged: the worker's bertstream_messages_scored_total, sampled every 20 ms),
+#      (results acknowledged: the worker's bertstream_messages_scored_total, sampled every 20 ms;
+#      a window under 0.5 s or 20 batches gives way to the worker's whole run),
 #      with the engine's busy share of that window (bertstream_gpu_busy_seconds_total: time with a
 #      batch in the engine, overlapping batches once): near 100 % means Kafka and tokenization keep
 #      up; also the whole drain, from the first result to the last (drain_s);
