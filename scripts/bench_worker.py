@@ -262,7 +262,6 @@ def main():
         engine = re.search(r'engine="([^"]*)"', w.tail(10 ** 6))  # the first: the engine's own line
         engine = engine.group(1) if engine else a.device
         log(f"worker: {engine}")
-        m1 = samples[-1][1]
 
         # the steady part: from the sample where 10 % of the backlog was scored to the one with 90 %
         # (the worker's start, its first batches of each shape and the last partial batches are
@@ -288,8 +287,8 @@ def main():
         first = next(s for s in samples if s[1].get("bertstream_messages_scored_total", 0) > 0)
         drain_s = samples[-1][0] - first[0]
 
-        def delta(k):
-            return m1.get(k, 0) - m0.get(k, 0)
+        def delta(k):  # over the worker's whole run
+            return between((t_start, m0), samples[-1], k)
 
         n_batches = delta("bertstream_batch_sequences_count")
         log(f"throughput: {throughput:.0f} reviews/s {span} ({window:.2f}s; "

@@ -151,7 +151,7 @@ struct bs_worker {
     bs_codec *enc_codec;
     int test_delay_ms;
     double test_latency_s;
-    double busy_acc, busy_window_start, busy_through;
+    double busy_at_window, busy_window_start, busy_through; /* busy seconds counted when the window began */
     int64_t n_batches, n_overlapped; /* batches submitted; of those, submitted with another in flight */
     /* retry list (delivery thread consumes; any thread adds) */
     pthread_mutex_t retry_mu;
@@ -670,17 +670,14 @@ static int batch_ready(bs_worker *w, int slot) {
     return w->test_latency_s <= 0 || bs_now() - w->eb[slot].t_returned >= w->test_latency_s;
 }
 
-/* bertstream_gpu_busy_ratio: the share of wall time with a batch in the engine (submit to the
- * return of its wait), over windows of a second or more; bertstream_gpu_busy_seconds_total: the
- * same busy time as a counter, so a scraper takes the share over any window it likes. busy_through
+/* bertstream_gpu_busy_seconds_total: the time with a batch in the engine (submit to the return of
+ * its wait), a counter, so a scraper takes the share over any window it likes;
+ * bertstream_gpu_busy_ratio: that share over windows of a second or more, from the counter. busy_through
  * is how far busy time has been counted, so overlapping batches count once; a running batch counts
  * up to now at every tick, so a long batch or an idle engine shows in the window where it happens. */
 static void engine_busy(bs_worker *w, double t_submit, double now) {
     double from = t_submit > w->busy_through ? t_submit : w->busy_through;
-    if (now > from) {
-        w->busy_acc += now - from;
-        metrics_add(w->m->gpu_busy_seconds, now - from);
-    }
+    if (now > from) metrics_add(w->m->gpu_busy_seconds, now - from);
     if (now > w->busy_through) w->busy_through = now;
 }
 
@@ -688,9 +685,10 @@ static void engine_busy_tick(bs_worker *w, double now) {
     if (w->e_inflight > 0) engine_busy(w, w->eb[w->e_head].t_submit, now);
     double span = now - w->busy_window_start;
     if (span < 1.0) return;
-    double r = w->busy_acc / span;
+    const double busy = metrics_value(w->m->gpu_busy_seconds);
+    double r = (busy - w->busy_at_window) / span;
     metrics_set(w->m->gpu_busy_ratio, r > 1 ? 1 : r);
-    w->busy_acc = 0;
+    w->busy_at_window = busy;
     w->busy_window_start = now;
 }
 
@@ -839,6 +837,7 @@ static void *engine_main(void *arg) {
     slot_queue *q = &w->engq;
     int ndl = 0;
     w->busy_window_start = w->busy_through = bs_now();
+    w->busy_at_window = metrics_value(w->m->gpu_busy_seconds);
     for (;;) {
         maybe_swap_head(w);
         double now = bs_now();
