@@ -46,6 +46,7 @@ int engine_cuda_device_count(void) {
 #include "cuda_check.h"
 #include "dtype.h"
 #include "gelu.h"
+#include "gemm_ln.h"
 #include "layernorm.h"
 #include "pooling.h"
 
@@ -196,6 +197,9 @@ typedef struct {
     int res_in_gemm;    /* the AO and FF2 GEMMs add bias and residual (C, beta 1): the LayerNorms read one
                          * tensor (BERTSTREAM_RESIDUAL=layernorm: they read both, as before) */
     int res_gemm_used;  /* the largest shape's AO and FF2 plans got it (describe) */
+    int gemm_ln;        /* BERTSTREAM_GEMM_LN=fused and its start-up check agreed: the AO and FF2 GEMMs run
+                         * with the LayerNorm after them in their epilogue (gemm_ln.h; Hopper only) */
+    const char *gemm_ln_note; /* describe(): "off", "fused", or why fused was asked for and not used */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -785,6 +789,54 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     return BS_OK;
 }
 
+/* The AO or FF2 GEMM and the LayerNorm after it as one Hopper kernel (gemm_ln.h), when e->gemm_ln:
+ * out (n, C) = LN(in W^T + bias + res) with layer l's LayerNorm after that GEMM (ln1 after AO, ln2
+ * after FF2) and, when q8s is given (static fp8: the next GEMM reads E4M3), q8 = E4M3(out / *q8s).
+ * The input is what gemm() would read, quantised as gemm() would. *fused = 0 when it did not run
+ * (off; or FF2 under static fp8 after an FF1 that wrote bf16, whose E4M3 copy would sit in q8,
+ * where this kernel writes the next GEMM's input): the caller runs gemm() and the LayerNorm. */
+static int gemm_ln(cuda_engine *e, int kind, int l, int n, const void *res, void *out, const float *q8s, int *fused,
+                   char *err) {
+    *fused = 0;
+    if (!e->gemm_ln) return BS_OK;
+    const bs_bert_config *c = &e->base.model->cfg;
+    const dev_layer *w = &e->layer[l];
+    const void *in;
+    void *unused;
+    gemm_io(e, kind, &in, &unused, NULL);
+    int m, k;
+    gemm_dims(e, kind, &m, &k);
+    const void *X = in;
+    const float *sa = NULL, *sb = NULL;
+    if (e->fp8) {
+        sa = SCALE_AT(w->scale, kind);
+        if (!e->fp8_static) { /* this batch's amax, then the cast, as gemm() */
+            float *sbw = SCALE_AT(e->a->act_scale, kind);
+            CUDA_CHECK(amax_forward(e->a->amax_parts, in, e->act, (size_t)n * k, e->a->stream));
+            CUDA_CHECK(quantize_fp8_forward(e->a->q8, sbw, in, e->act, (size_t)n * k, e->a->amax_parts, e->a->stream));
+            sb = sbw;
+            X = e->a->q8;
+        } else {
+            sb = STATIC_SCALE(e, l, kind);
+            if (kind == G_FF2 && e->ff_is_q8) {
+                X = e->a->ff;
+            } else if (kind == G_AO) { /* K == C: the kernel may write q8 over its own input rows */
+                if (!e->att_is_q8)
+                    CUDA_CHECK(quantize_fp8_static_forward(e->a->q8, in, e->act, (size_t)n * k, sb, e->a->stream));
+                X = e->a->q8;
+            } else {
+                return BS_OK;
+            }
+        }
+    }
+    const int ao = kind == G_AO;
+    CUDA_CHECK(gemm_ln_sm90_forward(out, q8s ? e->a->q8 : NULL, q8s, X, gemm_weight(e, kind, l), n, k, c->hidden,
+                                    e->gemm, e->act, sa, sb, ao ? w->ao_b : w->ff2_b, res, ao ? w->ln1_w : w->ln2_w,
+                                    ao ? w->ln1_b : w->ln2_b, c->ln_eps, e->a->stream));
+    *fused = 1;
+    return BS_OK;
+}
+
 /* fp8 static: a GEMM writing E4M3 (cuBLASLt's D scale after its epilogue: GELU_BIAS for the FFN-up
  * GEMM, BIAS for QKV), checked at start against the CPU, as cuBLASLt versions differ: the largest
  * shape's plan (the one big batches run) over rows of zeros but the first 16, which are compared,
@@ -894,6 +946,148 @@ done:
     free(hx), free(hw), free(hq), free(hb), free(g), free(a);
     return rc;
 }
+
+/* f16 bits -> value (the self-checks read device tensors back) */
+static float half_bits_to_float(uint16_t h) {
+    const int s = h >> 15, ex = (h >> 10) & 31, mant = h & 1023;
+    float v = ex == 0 ? ldexpf((float)mant, -24) : ex == 31 ? (mant ? NAN : INFINITY) : ldexpf(1024.0f + mant, ex - 25);
+    return s ? -v : v;
+}
+/* element i of a device tensor of type dt, copied to host memory */
+static float host_elem(const void *p, bs_dtype dt, size_t i) {
+    if (dt == BS_DT_F32) return ((const float *)p)[i];
+    if (dt == BS_DT_E4M3) return bs_e4m3_decode(((const uint8_t *)p)[i]);
+    const uint16_t h = ((const uint16_t *)p)[i];
+    if (dt == BS_DT_F16) return half_bits_to_float(h);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The fused GEMM + LayerNorm (gemm_ln) at start, against the CPU: layer 0's AO or FF2 weights and
+ * LayerNorm as uploaded, over n rows (two 128-row tiles, the second partial, when the buffers
+ * allow) of random input (16-bit: uniform in [-1, 1]; E4M3: random finite codes, |x| <= 7.5, at
+ * scale 1/16) and random residual (uniform in [-2, 2]), written where encode() reads them (att or
+ * q8 for AO, ff for FF2; x or x2) and into tmp. Rows 0..7 and n-8..n-1 are compared, every column,
+ * with the LayerNorm of the product in double: within 2^-7 |y| plus 1/64 (16-bit) or 1/16 (E4M3:
+ * fast accumulation), where a wrong layout or a lost row sum is off by the size of y itself; the
+ * E4M3 copy (fp8) must be exactly E4M3(y / q8 scale) of the stored y, and the 16 rows after n must
+ * still hold what they held (the kernel writes no row past M). Returns 1 agree, 0 not (why says
+ * how), BS_ERR. */
+#define GL_SC(stmt)                                                                                                    \
+    do {                                                                                                               \
+        const cudaError_t ce_ = (stmt);                                                                                \
+        if (ce_ != cudaSuccess) {                                                                                      \
+            bs_err(err, "fused GEMM + LayerNorm self-check: %s", cudaGetErrorString(ce_));                             \
+            goto done;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
+    const bs_bert_config *c = &e->base.model->cfg;
+    const bs_layer_weights *hl = &e->base.model->layer[0];
+    const dev_layer *w = &e->layer[0];
+    const int C = c->hidden, ao = kind == G_AO, fp8 = e->fp8;
+    int m, K;
+    gemm_dims(e, kind, &m, &K);
+    const int n = e->Tcap >= 160 ? 144 : e->Tcap - 16, tail = 16;
+    const bs_dtype A = e->act, G = e->gemm;
+    const size_t as = bs_dtype_size(A), gs = bs_dtype_size(G);
+    void *X = ao ? (fp8 ? e->a->q8 : e->a->att) : e->a->ff;
+    void *R = ao ? e->a->x : e->a->x2;
+    float *sxd = SCALE_AT(e->a->act_scale, G_QKV), *sqd = SCALE_AT(e->a->act_scale, G_AO); /* free at start */
+    const float sx = fp8 ? 1.0f / 16 : 1.0f, sq = 1.0f / 64;
+    float *hx = malloc(sizeof(float) * (size_t)n * K), *hr = malloc(sizeof(float) * (size_t)n * C);
+    uint8_t *bx = malloc((size_t)n * K * gs), *bw = malloc((size_t)C * K * gs);
+    uint8_t *bo = malloc((size_t)(n + tail) * C * as), *bq = malloc((size_t)n * C);
+    float *tmpf = NULL, *wf = malloc(sizeof(float) * (size_t)C * K);
+    double *vd = malloc(sizeof(double) * (size_t)C);
+    int rc = BS_ERR;
+    if (!hx || !hr || !bx || !bw || !bo || !bq || !wf || !vd) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    bs_rng r = {777 + (uint64_t)kind};
+    for (size_t i = 0; i < (size_t)n * K; i++) {
+        if (fp8) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
+            const uint64_t u = bs_rng_next(&r);
+            bx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
+            hx[i] = bs_e4m3_decode(bx[i]) * sx;
+        } else {
+            hx[i] = bs_round_dtype((float)(2 * bs_rng_uniform(&r) - 1), A);
+        }
+    }
+    for (size_t i = 0; i < (size_t)n * C; i++) hr[i] = bs_round_dtype((float)(4 * bs_rng_uniform(&r) - 2), A);
+    GL_SC(cudaMalloc((void **)&tmpf, sizeof(float) * (size_t)n * (K > C ? K : C)));
+    if (fp8) {
+        GL_SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
+    } else if (upload(e, X, A, hx, (size_t)n * K, tmpf, NULL, err) != BS_OK) {
+        goto done;
+    }
+    if (upload(e, R, A, hr, (size_t)n * C, tmpf, NULL, err) != BS_OK) goto done;
+    GL_SC(cudaMemsetAsync(e->a->tmp, 0x5a, (size_t)(n + tail) * C * as, e->a->stream)); /* rows n.. must stay */
+    GL_SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
+    GL_SC(cudaMemcpyAsync(sqd, &sq, 4, cudaMemcpyHostToDevice, e->a->stream));
+    float sw = 1.0f;
+    GL_SC(cudaMemcpyAsync(bw, gemm_weight(e, kind, 0), (size_t)C * K * gs, cudaMemcpyDeviceToHost, e->a->stream));
+    if (fp8) GL_SC(cudaMemcpyAsync(&sw, SCALE_AT(w->scale, kind), 4, cudaMemcpyDeviceToHost, e->a->stream));
+    GL_SC(cudaStreamSynchronize(e->a->stream)); /* sx, sq, sw are on the stack */
+    cudaError_t ce =
+        gemm_ln_sm90_forward(e->a->tmp, fp8 ? e->a->q8 : NULL, fp8 ? sqd : NULL, X, gemm_weight(e, kind, 0), n, K, C, G,
+                             A, fp8 ? SCALE_AT(w->scale, kind) : NULL, fp8 ? sxd : NULL, ao ? w->ao_b : w->ff2_b, R,
+                             ao ? w->ln1_w : w->ln2_w, ao ? w->ln1_b : w->ln2_b, c->ln_eps, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    if (ce != cudaSuccess) {
+        snprintf(why, BS_ERRLEN, "the fused GEMM + LayerNorm did not run: %s", cudaGetErrorString(ce));
+        cudaGetLastError(); /* a launch error is not sticky; clear it */
+        rc = 0;
+        goto done;
+    }
+    GL_SC(cudaMemcpyAsync(bo, e->a->tmp, (size_t)(n + tail) * C * as, cudaMemcpyDeviceToHost, e->a->stream));
+    if (fp8) GL_SC(cudaMemcpyAsync(bq, e->a->q8, (size_t)n * C, cudaMemcpyDeviceToHost, e->a->stream));
+    GL_SC(cudaStreamSynchronize(e->a->stream));
+    for (size_t i = 0; i < (size_t)C * K; i++) wf[i] = host_elem(bw, G, i) * sw;
+    const float *bias = ao ? hl->ao_b : hl->ff2_b, *gam = ao ? hl->ln1_w : hl->ln2_w, *bet = ao ? hl->ln1_b : hl->ln2_b;
+    size_t bad = 0, badq = 0, checked = 0;
+    double worst = 0, worst_ref = 0, worst_got = 0;
+    for (int t = 0; t < n; t++) {
+        if (t >= 8 && t < n - 8) continue;
+        double mean = 0, var = 0;
+        for (int o = 0; o < C; o++) {
+            double acc = 0;
+            for (int i = 0; i < K; i++) acc += (double)hx[(size_t)t * K + i] * wf[(size_t)o * K + i];
+            vd[o] = acc + bias[o] + hr[(size_t)t * C + o];
+            mean += vd[o];
+        }
+        mean /= C;
+        for (int o = 0; o < C; o++) var += (vd[o] - mean) * (vd[o] - mean);
+        const double rstd = 1.0 / sqrt(var / C + c->ln_eps);
+        for (int o = 0; o < C; o++) {
+            const double y = (vd[o] - mean) * rstd * gam[o] + bet[o];
+            const float got = host_elem(bo, A, (size_t)t * C + o);
+            const double d = fabs(got - y), tol = fabs(y) / 128 + (fp8 ? 1.0 / 16 : 1.0 / 64);
+            checked++;
+            if (!(d <= tol)) bad++;
+            if (!(d <= worst)) worst = d, worst_ref = y, worst_got = got;
+            if (fp8 && bs_e4m3_decode(bq[(size_t)t * C + o]) != bs_round_e4m3(got / sq)) badq++;
+        }
+    }
+    size_t past = 0;
+    for (size_t i = (size_t)n * C * as; i < (size_t)(n + tail) * C * as; i++) past += bo[i] != 0x5a;
+    rc = bad == 0 && badq == 0 && past == 0;
+    if (!rc)
+        snprintf(why, BS_ERRLEN,
+                 "the fused %s GEMM + LayerNorm differs from the CPU in %zu of %zu values (worst %.4g for %.4g), "
+                 "%zu E4M3 copies, %zu bytes past its rows",
+                 gemm_names[kind], bad, checked, worst_got, worst_ref, badq, past);
+    log_debug("fused GEMM + LayerNorm self-check", "gemm=%s rows=%d mismatches=%zu of=%zu worst=%.3g q8=%zu past=%zu",
+              gemm_names[kind], n, bad, checked, worst, badq, past);
+done:
+    cudaFree(tmpf);
+    free(hx), free(hr), free(bx), free(bw), free(bo), free(bq), free(wf), free(vd);
+    return rc;
+}
+#undef GL_SC
 
 /* ---- attention ---- */
 
@@ -1037,15 +1231,25 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
         } else if (attention(e, l, Tb, Bb, err) != BS_OK) {
             return BS_ERR; /* att (Tb, C), or q8 */
         }
-        if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR; /* att -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->a->x2, e->a->tmp, added ? NULL : w->ao_b, added ? NULL : res1,
-                                                 w->ln1_w, w->ln1_b, n, C, eps, A, st ? e->a->q8 : NULL,
-                                                 st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
-        if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR;       /* x2 -> ff (n, I) */
-        if (gemm(e, G_FF2, l, n, e->a->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
-        CUDA_CHECK(residual_layernorm_q8_forward(e->a->x, e->a->tmp, added ? NULL : w->ff2_b, added ? NULL : e->a->x2,
-                                                 w->ln2_w, w->ln2_b, n, C, eps, A, next ? e->a->q8 : NULL,
-                                                 next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
+        int fused = 0; /* the GEMM did the LayerNorm too (gemm_ln) */
+        if (gemm_ln(e, G_AO, l, n, res1, e->a->x2, st ? STATIC_SCALE(e, l, G_FF1) : NULL, &fused, err) != BS_OK)
+            return BS_ERR; /* att -> x2 (n, C) */
+        if (!fused) {
+            if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR; /* att -> tmp (n, C) */
+            CUDA_CHECK(residual_layernorm_q8_forward(e->a->x2, e->a->tmp, added ? NULL : w->ao_b, added ? NULL : res1,
+                                                     w->ln1_w, w->ln1_b, n, C, eps, A, st ? e->a->q8 : NULL,
+                                                     st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
+        }
+        if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR; /* x2 -> ff (n, I) */
+        if (gemm_ln(e, G_FF2, l, n, e->a->x2, e->a->x, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, &fused, err) !=
+            BS_OK)
+            return BS_ERR; /* ff -> x (n, C) */
+        if (!fused) {
+            if (gemm(e, G_FF2, l, n, e->a->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
+            CUDA_CHECK(residual_layernorm_q8_forward(
+                e->a->x, e->a->tmp, added ? NULL : w->ff2_b, added ? NULL : e->a->x2, w->ln2_w, w->ln2_b, n, C, eps, A,
+                next ? e->a->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
+        }
     }
     if (cls)
         CUDA_CHECK(pool_forward(e->a->cls, NULL, e->a->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
@@ -1092,12 +1296,13 @@ static void describe(cuda_engine *e) {
     }
     size_t bytes = e->wbytes;
     for (int i = 0; i < e->n_lanes; i++) bytes += e->lanes[i].bytes;
-    snprintf(e->base.desc, sizeof e->base.desc,
-             "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s graphs=%.24s lanes=%d%s%s mem=%zuMiB", e->dev,
-             e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
-             e->res_gemm_used ? "gemm" : "layernorm", f8, e->graphs_note, e->max_lanes,
-             e->split && e->max_lanes > 1 ? " split=on" : "",
-             e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", bytes >> 20);
+    snprintf(
+        e->base.desc, sizeof e->base.desc,
+        "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s gemm-ln=%.24s graphs=%.24s lanes=%d%s%s mem=%zuMiB",
+        e->dev, e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
+        e->res_gemm_used ? "gemm" : "layernorm", f8, e->gemm_ln_note ? e->gemm_ln_note : "off", e->graphs_note,
+        e->max_lanes, e->split && e->max_lanes > 1 ? " split=on" : "",
+        e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", bytes >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -1948,13 +2153,14 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
     /* the two-way switches: the first bad one is the error */
-    int scales, accum, qkv, resid, lanes, split;
+    int scales, accum, qkv, resid, lanes, split, gln;
     if ((scales = env_pick("BERTSTREAM_FP8_SCALES", "batch", "static", 1, err)) < 0 ||
         (accum = env_pick("BERTSTREAM_FP8_FAST_ACCUM", "0", "1", 1, err)) < 0 ||
         (qkv = env_pick("BERTSTREAM_FP8_QKV", "e4m3", "bf16", 0, err)) < 0 ||
         (resid = env_pick("BERTSTREAM_RESIDUAL", "gemm", "layernorm", 0, err)) < 0 ||
         (lanes = env_pick("BERTSTREAM_LANES", "1", "2", 1, err)) < 0 ||
-        (split = env_pick("BERTSTREAM_SPLIT", "on", "off", 1, err)) < 0)
+        (split = env_pick("BERTSTREAM_SPLIT", "on", "off", 1, err)) < 0 ||
+        (gln = env_pick("BERTSTREAM_GEMM_LN", "off", "fused", 0, err)) < 0)
         return BS_ERR;
     /* static by default: no amax passes, and a review's features do not depend on its batch-mates */
     e->fp8_static = e->fp8 && scales == 1;
@@ -2056,6 +2262,32 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     }
     e->res_gemm_used = res_plans == 2;
 
+    /* off by default until a GPU has measured it against cuBLASLt + the LayerNorm kernel */
+    e->gemm_ln_note = "off";
+    if (gln == 1) {
+        const int I = c->intermediate;
+        char why[BS_ERRLEN] = "";
+        int ok = 0;
+        if (e->act == BS_DT_F32)
+            snprintf(why, sizeof why, "fp32 keeps cuBLASLt's GEMMs (no TF32)");
+        else if (e->cc_major != 9)
+            snprintf(why, sizeof why, "it needs Hopper (compute capability 9.0); this is %d.%d", e->cc_major,
+                     e->cc_minor);
+        else if (!gemm_ln_sm90_shape_ok(c->hidden, c->hidden, e->gemm, e->act) ||
+                 !gemm_ln_sm90_shape_ok(c->hidden, I, e->gemm, e->act))
+            snprintf(why, sizeof why, "no variant for hidden %d, intermediate %d in %s", c->hidden, I,
+                     bs_dtype_name(e->gemm));
+        else if ((ok = gemm_ln_selfcheck(e, G_AO, why, err)) == 1)
+            ok = gemm_ln_selfcheck(e, G_FF2, why, err);
+        if (ok == BS_ERR) return BS_ERR;
+        e->gemm_ln = ok == 1;
+        e->gemm_ln_note = ok == 1 ? "fused" : "off(fused refused)";
+        if (ok == 1)
+            log_info("the attention-output and FFN-down GEMMs run with the LayerNorm in their epilogue",
+                     "kernel=gemm_ln_sm90");
+        else
+            log_warn("BERTSTREAM_GEMM_LN=fused: not used, cuBLASLt and the LayerNorm kernel run", "reason=\"%s\"", why);
+    }
     {
         char why[BS_ERRLEN] = "";
         const int ok = cls_selfcheck(e, why, err);

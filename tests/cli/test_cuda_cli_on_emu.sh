@@ -70,6 +70,38 @@ for spec in fp32:1e-4:gemm bf16:5e-3:gemm fp8:5e-3:gemm bf16:5e-3:layernorm fp8:
   check "$prec residual=$residual: probabilities within $tol of the golden head, same labels" "[ $? -eq 0 ]"
 done
 
+# The fused GEMM + LayerNorm (BERTSTREAM_GEMM_LN=fused, kernels/gemm_ln.h). The emulator cannot run
+# the Hopper kernel itself; BS_EMU_GEMM_LN=cpu gives it its CPU twin (tests/emu/cuda_emu.cpp), so the
+# engine's side runs here: the start-up check against the CPU, the inputs it hands the kernel (E4M3
+# from attention or FF1, static or batch scales), the E4M3 copy it writes for the next GEMM.
+for spec in bf16:static fp16:static fp8:static fp8:batch; do
+  IFS=: read -r prec scales <<<"$spec"
+  BS_EMU_GEMM_LN=cpu BERTSTREAM_GEMM_LN=fused BERTSTREAM_FP8_SCALES=$scales score "$prec"
+  check "gemm-ln fused, $prec ($scales scales): score exits 0, the description says gemm-ln=fused" \
+    "[ $? -eq 0 ] && grep -q ' $prec .* gemm-ln=fused graphs=' '$TMP/err.txt' && ! grep -q 'level=warn' '$TMP/err.txt'"
+  golden_check "$TMP/out.jsonl" 5e-3
+  check "gemm-ln fused, $prec ($scales scales): probabilities within 5e-3 of the golden head, same labels" "[ $? -eq 0 ]"
+done
+# a kernel that computes something else (BS_EMU_GEMM_LN=wrong: it drops the residual) fails the
+# start-up check: one warning with the reason, the two-kernel path, the same numbers
+BS_EMU_GEMM_LN=wrong BERTSTREAM_GEMM_LN=fused score bf16
+check "gemm-ln wrong kernel: score exits 0 on the two-kernel path" \
+  "[ $? -eq 0 ] && grep -q ' gemm-ln=off(fused refused) ' '$TMP/err.txt'"
+check "gemm-ln wrong kernel: the warning says what differed" \
+  "grep -q 'level=warn msg=\"BERTSTREAM_GEMM_LN=fused: not used, cuBLASLt and the LayerNorm kernel run\" reason=\"the fused attention.output GEMM + LayerNorm differs from the CPU in ' '$TMP/err.txt'"
+golden_check "$TMP/out.jsonl" 5e-3
+check "gemm-ln wrong kernel: probabilities within 5e-3 of the golden head" "[ $? -eq 0 ]"
+# no sm_90a image (any GPU but Hopper; the emulator by default): the launch fails, the check says so
+BERTSTREAM_GEMM_LN=fused score bf16
+check "gemm-ln without the kernel: score exits 0, a warning that it did not run" \
+  "[ $? -eq 0 ] && grep -q 'reason=\"the fused GEMM + LayerNorm did not run: ' '$TMP/err.txt' && grep -q ' gemm-ln=off(fused refused) ' '$TMP/err.txt'"
+BS_EMU_GEMM_LN=cpu BERTSTREAM_GEMM_LN=fused score fp32
+check "gemm-ln at fp32: refused (no TF32), golden within 1e-4" \
+  "[ $? -eq 0 ] && grep -q 'reason=\"fp32 keeps cuBLASLt' '$TMP/err.txt' && golden_check '$TMP/out.jsonl' 1e-4"
+BERTSTREAM_GEMM_LN=yes score bf16
+check "BERTSTREAM_GEMM_LN=yes: exit 1 with one line" \
+  "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_GEMM_LN='yes': expected off or fused\" ]"
+
 # one batch split across the two lanes (BERTSTREAM_SPLIT=on: batches of 5 as halves of 2 and 3)
 BERTSTREAM_SPLIT=on score bf16
 check "bf16 split: score exits 0, the description says lanes=2 split=on" \

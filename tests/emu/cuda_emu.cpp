@@ -32,6 +32,12 @@
  *    E4M3), `beta` (beta != 0, refused at launch as the H100's refusals came), `fp8` (E4M3 A/B).
  *  - cuDNN reports version 9.14 and refuses the backend graph (as the H100 host's did): the
  *    engine's SDPA path is refused and our kernels run.
+ *  - gemm_ln_sm90_forward (kernels/gemm_ln.h: the Hopper GEMM with the LayerNorm in its epilogue,
+ *    TMA and wgmma, which the warp emulator cannot run) is a library call here too: by default
+ *    cudaErrorNoKernelImageForDevice, as on a GPU without sm_90a code; BS_EMU_GEMM_LN=cpu runs its
+ *    CPU twin (fp32 products, double statistics, the output rounded to its type and the E4M3 copy
+ *    made from that) on the stream, so the engine's fused path runs; BS_EMU_GEMM_LN=wrong the same
+ *    without the residual, a kernel bug the engine's start-up check must catch.
  * Not modelled: timing (events give host time), overlap within an op (a kernel runs whole), and
  * the tensor cores' own rounding. */
 #include "emu/simt.hpp"
@@ -54,6 +60,7 @@ template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum c
 #include "convert.cu"
 #include "cuda_check.cu"
 #include "gelu.cu"
+#include "gemm_ln_sm90.cu" /* gemm_ln_sm90_shape_ok; gemm_ln_sm90_forward is emulated below */
 #include "layernorm.cu"
 #include "pooling.cu"
 
@@ -857,6 +864,75 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     *n = 1;
     return CUBLAS_STATUS_SUCCESS;
 }
+/* gemm_ln_sm90_forward: see the head of this file */
+static float emu_load(const void *p, bs_dtype t, size_t i) {
+    switch (t) {
+    case BS_DT_F32:
+        return ((const float *)p)[i];
+    case BS_DT_F16:
+        return __half2float(((const __half *)p)[i]);
+    case BS_DT_BF16:
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    default:
+        return bs_e4m3_decode(((const uint8_t *)p)[i]);
+    }
+}
+static void emu_store(void *p, bs_dtype t, size_t i, float v) {
+    if (t == BS_DT_F16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+}
+extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8_scale, const void *X, const void *W,
+                                            int M, int K, int C, bs_dtype in, bs_dtype act, const float *sa,
+                                            const float *sb, const float *bias, const void *res, const float *gamma,
+                                            const float *beta, float eps, cudaStream_t s) {
+    LOCK;
+    const char *mode = getenv("BS_EMU_GEMM_LN");
+    if (!mode || (strcmp(mode, "cpu") && strcmp(mode, "wrong"))) return cudaErrorNoKernelImageForDevice;
+    const bool wrong = !strcmp(mode, "wrong");
+    if (!gemm_ln_sm90_shape_ok(C, K, in, act) || M < 0 || !out || !X || !W || !bias || !res || !gamma || !beta ||
+        (q8 && !q8_scale) || (in == BS_DT_E4M3 && (!sa || !sb)))
+        return cudaErrorInvalidValue;
+    auto al = [](const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
+    if (!al(X, 16) || !al(W, 16) || !al(out, 4) || !al(res, 4) || !al(q8, 2) || !al(bias, 8) || !al(gamma, 8) ||
+        !al(beta, 8))
+        return cudaErrorMisalignedAddress;
+    if (M == 0) return cudaSuccess;
+    const size_t as = bs_dtype_size(act), is = bs_dtype_size(in);
+    if (!cuda_emu::device_range(X, (size_t)M * K * is) || !cuda_emu::device_range(W, (size_t)C * K * is) ||
+        !cuda_emu::device_range(out, (size_t)M * C * as) || !cuda_emu::device_range(res, (size_t)M * C * as) ||
+        (q8 && !cuda_emu::device_range(q8, (size_t)M * C))) {
+        fprintf(stderr, "gemm_ln_emu: an operand is not inside device memory\n");
+        return cudaErrorInvalidValue;
+    }
+    cuda_emu::submit(s, [=] {
+        const float scale = in == BS_DT_E4M3 ? *sa * *sb : 1.0f, qs = q8 ? *q8_scale : 1.0f;
+        std::vector<float> v((size_t)C);
+        std::vector<float> xr((size_t)K);
+        for (int t = 0; t < M; t++) { /* every input of row t is read before any output of it is written */
+            for (int k = 0; k < K; k++) xr[k] = emu_load(X, in, (size_t)t * K + k);
+            double mean = 0, var = 0;
+            for (int o = 0; o < C; o++) {
+                float acc = 0;
+                for (int k = 0; k < K; k++) acc += xr[k] * emu_load(W, in, (size_t)o * K + k);
+                v[o] = acc * scale + bias[o] + (wrong ? 0.0f : emu_load(res, act, (size_t)t * C + o));
+                mean += v[o];
+            }
+            mean /= C;
+            for (int o = 0; o < C; o++) var += (v[o] - mean) * (v[o] - mean);
+            const float m = (float)mean, rstd = (float)(1.0 / sqrt(var / C + eps));
+            for (int o = 0; o < C; o++) {
+                emu_store(out, act, (size_t)t * C + o, (v[o] - m) * rstd * gamma[o] + beta[o]);
+                if (q8)
+                    ((uint8_t *)q8)[(size_t)t * C + o] =
+                        __nv_cvt_float_to_fp8(emu_load(out, act, (size_t)t * C + o) / qs, __NV_SATFINITE, __NV_E4M3);
+            }
+        }
+    });
+    return cudaSuccess;
+}
+
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha, const void *A,
                               cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t o,
