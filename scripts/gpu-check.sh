@@ -12,9 +12,9 @@
 # GPU_CHECK_BENCH_SECONDS (per point; 1), GPU_CHECK_WORKER=0 (skip the worker bench),
 # GPU_CHECK_WORKER_REVIEWS (its backlog; 100000), GPU_CHECK_WORKER_SAVE=1 (each worker run keeps its
 # debug log and per-review latencies under ${OUT:-.}/worker/ and ${OUT:-.}/worker-latency/: four
-# files, so with GPU_CHECK_PROFILE's four the device tool's eight-file limit is passed),
-# GPU_CHECK_PROFILE=1 (scripts/gpu-profile.sh for bf16 and fp8 at 256 x 128 after the targets and
-# their variants; its time extends the budget).
+# files, so with GPU_CHECK_PROFILE's six the device tool's eight-file limit is passed),
+# GPU_CHECK_PROFILE=1 (scripts/gpu-profile.sh for bf16 and fp8 at 256 x 128, and bf16 with the
+# fused GEMM + LayerNorm, after the targets and their variants; its time extends the budget).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -94,6 +94,29 @@ for t in "$BUNDLE"/tests/test_*; do
     esac
 done
 
+# The engine's parity tests again with the fused GEMM + LayerNorm (BERTSTREAM_GEMM_LN=fused, off by
+# default: kernels/gemm_ln.h, Hopper only). The engine falls back to cuBLASLt + the LayerNorm kernel
+# when the kernel fails its start-up check, so the warnings are counted: 0 means it ran in every engine.
+if [ -x "$BUNDLE/tests/test_engine_cuda_parity" ]; then
+    flog=$(mktemp)
+    t0=$(date +%s)
+    BERTSTREAM_GEMM_LN=fused BS_TEST_ONLY=engine_cuda_reduced_precisions_on_other_shapes,engine_cuda_bf16_fp16_track_fp32_cpu,engine_cuda_fp8_tracks_fp32_cpu_or_is_refused,engine_cuda_fp8_batch_scales_track_fp32_cpu,engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu,engine_cuda_last_layer_on_cls_rows_matches_the_full_pass \
+        $TO ${TO:+150} "$BUNDLE/tests/test_engine_cuda_parity" >"$flog" 2>&1
+    rc=$?
+    refused=$(grep -c 'BERTSTREAM_GEMM_LN=fused: not used' "$flog")
+    fused=$(grep -c 'LayerNorm in their epilogue' "$flog")
+    if [ $rc -eq 0 ]; then
+        echo "PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused ($(($(date +%s) - t0))s): fused in $fused engines, refused in $refused"
+    else
+        echo "FAIL test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused (exit $rc): fused in $fused engines, refused in $refused"
+        grep -E 'FAIL|failed|expected' "$flog" | head -20
+        failures=$((failures + 1))
+    fi
+    grep -m3 'BERTSTREAM_GEMM_LN=fused: not used' "$flog"
+    tail -1 "$flog"
+    rm -f "$flog"
+fi
+
 # One bench run: prints a table row. The peak GPU memory is sampled from nvidia-smi while it runs
 # (all compute processes together: the machine is ours; CUDA context included).
 ROWS=()
@@ -172,6 +195,13 @@ bench bf16 16 128
 bench bf16 256 128 uniform:8:128
 bench fp8 256 128 uniform:8:128
 bench fp32 16 128
+# the fused GEMM + LayerNorm (off by default until measured here): the attention-output and FFN-down
+# GEMMs with the LayerNorm in their epilogue, in place of cuBLASLt and the LayerNorm kernel
+bench bf16 256 128 fixed BERTSTREAM_GEMM_LN=fused
+bench fp8 256 128 fixed BERTSTREAM_GEMM_LN=fused
+bench bf16 16 128 fixed BERTSTREAM_GEMM_LN=fused
+bench bf16 256 128 fixed "--inflight 2 BERTSTREAM_GEMM_LN=fused"
+bench fp8 256 128 fixed "--inflight 2 BERTSTREAM_GEMM_LN=fused"
 # two batches in flight (engine_submit/engine_wait, as the worker runs): copies and host work overlap,
 # and the two batches compute at once on two lanes; BERTSTREAM_LANES=1: in turn on one lane
 bench bf16 256 128 fixed "--inflight 2"
@@ -211,9 +241,11 @@ bench fp8 256 128 fixed BERTSTREAM_FP8_QKV=bf16
 # count against it); informational (never a failure)
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
     p0=$(elapsed)
-    for p in bf16 fp8; do
-        echo "== profile (scripts/gpu-profile.sh $p 256 128)"
-        OUT=$OUTDIR GPU_PROFILE_TAG=$p bash "$HERE/gpu-profile.sh" "$BUNDLE" $p 256 128 ||
+    for p in bf16 fp8 bf16-fused; do
+        gln=off
+        [ "$p" = bf16-fused ] && gln=fused
+        echo "== profile (scripts/gpu-profile.sh ${p%-fused} 256 128, BERTSTREAM_GEMM_LN=$gln)"
+        BERTSTREAM_GEMM_LN=$gln OUT=$OUTDIR GPU_PROFILE_TAG=$p bash "$HERE/gpu-profile.sh" "$BUNDLE" "${p%-fused}" 256 128 ||
             echo "gpu-profile failed (not counted)"
     done
     BUDGET=$((BUDGET + $(elapsed) - p0))

@@ -59,6 +59,7 @@ sps=10000
 [ "$inflight" = 2 ] && sps=$((sps * 110 / 100))
 [ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
 [ "${BERTSTREAM_SPLIT:-}" = on ] && sps=$((sps * 105 / 100))
+[ "${BERTSTREAM_GEMM_LN:-}" = fused ] && sps=$((sps * 112 / 100))
 if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
 ms=$(awk -v b="$batch" -v s="$sps" 'BEGIN { printf "%.3f", 1000 * b / s }')
 echo "engine ready"
@@ -68,7 +69,17 @@ EOF
 chmod +x "$B/bertstream"
 printf '#!/bin/sh\necho "stub test"\nexit 0\n' >"$B/tests/test_good"
 printf '#!/bin/sh\necho "stub test failing"\nexit 1\n' >"$B/tests/test_bad"
-chmod +x "$B/tests/test_good" "$B/tests/test_bad"
+# the parity test: gpu-check also runs it with BERTSTREAM_GEMM_LN=fused and counts the engines that used it
+cat >"$B/tests/test_engine_cuda_parity" <<'EOF'
+#!/bin/sh
+if [ "${BERTSTREAM_GEMM_LN:-}" = fused ]; then
+    echo 'level=info msg="the attention-output and FFN-down GEMMs run with the LayerNorm in their epilogue"'
+    echo 'level=info msg="the attention-output and FFN-down GEMMs run with the LayerNorm in their epilogue"'
+    echo 'level=warn msg="BERTSTREAM_GEMM_LN=fused: not used, cuBLASLt and the LayerNorm kernel run" reason="stub"'
+fi
+echo "12 checks, 0 failed"
+EOF
+chmod +x "$B/tests/test_good" "$B/tests/test_bad" "$B/tests/test_engine_cuda_parity"
 
 # no ncu and no nvidia-smi on the path this script sees (the profile must fail without counting)
 bindir=$tmp/bin
@@ -111,6 +122,12 @@ matches "variants: bf16 split at +5 %" "$tmp/r1.txt" \
     "^bf16/256/128/fixed +\[BERTSTREAM_SPLIT=on\] +10500\.0 vs +10000\.0 +\(\+5\.0%\)$"
 matches "variants: bf16 16 x 128 split at +5 %" "$tmp/r1.txt" \
     "^bf16/16/128/fixed +\[BERTSTREAM_SPLIT=on\] +10500\.0 vs +10000\.0 +\(\+5\.0%\)$"
+matches "variants: bf16 fused GEMM + LayerNorm at +12 %" "$tmp/r1.txt" \
+    "^bf16/256/128/fixed +\[BERTSTREAM_GEMM_LN=fused\] +11200\.0 vs +10000\.0 +\(\+12\.0%\)$"
+matches "variants: fp8 fused two in flight against two in flight" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_GEMM_LN=fused\] +24640\.0 vs +22000\.0 +\(\+12\.0%\)$"
+matches "the parity test with the fused GEMM + LayerNorm, engines counted" "$tmp/r1.txt" \
+    "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused \([0-9]+s\): fused in 2 engines, refused in 1$"
 has "an option and a variable reach the stub together" "$tmp/r1.txt" "[--inflight 2 BERTSTREAM_LANES=1] attention="
 if grep -q "BERTSTREAM_ATTENTION=wmma\] .* vs " "$tmp/r1.txt"; then bad "a failed variant has no percentage"; else
     ok "a failed variant has no percentage"
