@@ -98,10 +98,19 @@ __device__ __forceinline__ int gl_bar_try_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
     return (int)ok;
 }
-/* until the phase of parity `parity` has completed */
+__device__ __forceinline__ uint64_t gl_ns(void) {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    return t;
+}
+/* until the phase of parity `parity` has completed. A wait of more than 5 s means the kernel is
+ * wrong (a transaction count or a phase that never completes): it traps rather than hang the engine
+ * at start, whose check then fails with the launch error. */
 __device__ __forceinline__ void gl_bar_wait(uint32_t bar, uint32_t parity) {
-    while (!gl_bar_try_wait(bar, parity)) {
-    }
+    if (gl_bar_try_wait(bar, parity)) return;
+    const uint64_t t0 = gl_ns();
+    while (!gl_bar_try_wait(bar, parity))
+        if (gl_ns() - t0 > 5000000000ull) __trap();
 }
 /* the 2-D box at (x = K element, y = row) of the tensor map into shared dst; completes on bar */
 __device__ __forceinline__ void gl_tma_load(uint32_t dst, const CUtensorMap *map, uint32_t bar, int x, int y) {
