@@ -33,7 +33,9 @@ int gemm_ln_sm90_shape_ok(int C, int K, bs_dtype in, bs_dtype act);
  * q8 may be X when K == C (the rows a cluster writes are the rows it alone reads, and it writes them
  * after all its loads). X and W 16-byte aligned, out and res 4, q8 2, the fp32 vectors 8. A kernel
  * that waits more than 5 s on one of its barriers traps (a launch failure that ends the CUDA
- * context) rather than hang. */
+ * context) rather than hang. For tests: with BS_GEMM_LN_DEBUG=gemm in the environment the kernel
+ * skips the normalisation and stores v itself (times gamma, plus beta), so a test can check the
+ * GEMM part apart from the row statistics. */
 cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8_scale, const void *X, const void *W, int M, int K,
                                  int C, bs_dtype in, bs_dtype act, const float *sa, const float *sb, const float *bias,
                                  const void *res, const float *gamma, const float *beta, float eps, cudaStream_t s);

@@ -32,6 +32,8 @@
 #endif
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define GL_BM 128                  /* rows per CTA: two consumer warpgroups of 64 */
 #define GL_THREADS 384             /* the producer warpgroup and the two consumers */
@@ -317,7 +319,7 @@ template <typename TIn, typename TOut, int BN>
 __global__ void __launch_bounds__(GL_THREADS, 1)
     gemm_ln_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w, TOut *out,
                    uint8_t *q8, const float *q8_scale, const TOut *res, const float *bias, const float *gamma,
-                   const float *beta, const float *sa, const float *sb, int M, int K, int C, float eps) {
+                   const float *beta, const float *sa, const float *sb, int M, int K, int C, float eps, int raw) {
 #ifdef GL_DEVICE
     typedef gl_cfg<BN> cfg;
     extern __shared__ unsigned char gl_raw[];
@@ -435,7 +437,9 @@ __global__ void __launch_bounds__(GL_THREADS, 1)
         const float *p = cluster.map_shared_rank(red_sq, r);
         var_a += p[ra], var_b += p[rb];
     }
-    const float rs_a = rsqrtf(var_a / C + eps), rs_b = rsqrtf(var_b / C + eps);
+    float rs_a = rsqrtf(var_a / C + eps), rs_b = rsqrtf(var_b / C + eps);
+    if (raw) /* BS_GEMM_LN_DEBUG=gemm: y = v, the GEMM part alone (gamma 1, beta 0 expected) */
+        mean_a = mean_b = 0.0f, rs_a = rs_b = 1.0f;
     const float qs = q8 ? *q8_scale : 1.0f;
 #pragma unroll
     for (int j = 0; j < cfg::NACC / 4; j++) {
@@ -466,6 +470,13 @@ __global__ void __launch_bounds__(GL_THREADS, 1)
     }
     cluster.sync(); /* no CTA leaves while another may still read its row sums */
 #endif
+}
+
+/* BS_GEMM_LN_DEBUG=gemm (tests only, gemm_ln.h): the kernel stores v = the GEMM + bias + residual, no
+ * LayerNorm, so a wrong result can be told apart from a wrong row statistic */
+static int gemm_ln_debug_raw(void) {
+    const char *d = getenv("BS_GEMM_LN_DEBUG");
+    return d && !strcmp(d, "gemm");
 }
 
 /* cuTensorMapEncodeTiled from the driver, found through the runtime (no link against libcuda) */
@@ -504,7 +515,8 @@ static cudaError_t gl_launch(const CUtensorMap &mx, const CUtensorMap &mw, void 
                              const void *res, const float *bias, const float *gamma, const float *beta, const float *sa,
                              const float *sb, int M, int K, int C, float eps, cudaStream_t s) {
     void (*kern)(CUtensorMap, CUtensorMap, TOut *, uint8_t *, const float *, const TOut *, const float *, const float *,
-                 const float *, const float *, const float *, int, int, int, float) = gemm_ln_kernel<TIn, TOut, BN>;
+                 const float *, const float *, const float *, int, int, int, float, int) =
+        gemm_ln_kernel<TIn, TOut, BN>;
     static int smem_set; /* once per variant, outside graph capture (the engine's start-up check launches first) */
     if (!smem_set) {
         const cudaError_t e =
@@ -525,7 +537,7 @@ static cudaError_t gl_launch(const CUtensorMap &mx, const CUtensorMap &mw, void 
     cfg.attrs = at;
     cfg.numAttrs = 1;
     return cudaLaunchKernelEx(&cfg, kern, mx, mw, (TOut *)out, (uint8_t *)q8, q8_scale, (const TOut *)res, bias, gamma,
-                              beta, sa, sb, M, K, C, eps);
+                              beta, sa, sb, M, K, C, eps, gemm_ln_debug_raw());
 }
 
 static bool gl_aligned(const void *p, uintptr_t a) {

@@ -921,7 +921,9 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
             }
             mean /= C;
             for (int o = 0; o < C; o++) var += (v[o] - mean) * (v[o] - mean);
-            const float m = (float)mean, rstd = (float)(1.0 / sqrt(var / C + eps));
+            const char *dbg = getenv("BS_GEMM_LN_DEBUG"); /* gemm_ln.h: v itself, no normalisation */
+            const bool raw = dbg && !strcmp(dbg, "gemm");
+            const float m = raw ? 0.0f : (float)mean, rstd = raw ? 1.0f : (float)(1.0 / sqrt(var / C + eps));
             for (int o = 0; o < C; o++) {
                 emu_store(out, act, (size_t)t * C + o, (v[o] - m) * rstd * gamma[o] + beta[o]);
                 if (q8)

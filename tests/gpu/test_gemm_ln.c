@@ -65,9 +65,11 @@ typedef struct {
     int q8;       /* also the E4M3 copy */
     int q8_on_x;  /* ... written over X (K == C, E4M3 in: the attention-output GEMM) */
     int out_on_r; /* out written over res */
+    int raw;      /* BS_GEMM_LN_DEBUG=gemm: the kernel stores v (gamma 1, beta 0): the GEMM part alone */
 } shape;
 
-/* one case; returns the number of mismatches (and prints the worst) */
+/* one case: checks it, prints the worst difference and the first mismatches */
+static int gemm_ln_bn(int C);
 static void run_case(const shape *sh) {
     const int M = sh->M, K = sh->K, C = sh->C, e8 = sh->in == BS_DT_E4M3;
     const size_t as = bs_dtype_size(sh->act);
@@ -102,8 +104,8 @@ static void run_case(const shape *sh) {
     for (size_t i = 0; i < (size_t)M * C; i++) res[i] = bs_round_dtype((float)(4 * bs_rng_uniform(&r) - 2), sh->act);
     for (int c = 0; c < C; c++) {
         bias[c] = (float)(0.2 * bs_rng_uniform(&r) - 0.1);
-        g[c] = (float)(0.8 + 0.4 * bs_rng_uniform(&r));
-        b[c] = (float)(0.2 * bs_rng_uniform(&r) - 0.1);
+        g[c] = sh->raw ? 1.0f : (float)(0.8 + 0.4 * bs_rng_uniform(&r));
+        b[c] = sh->raw ? 0.0f : (float)(0.2 * bs_rng_uniform(&r) - 0.1);
     }
 
     /* device: X, W in their type; out with TAIL more rows set to 0x5a bytes */
@@ -144,10 +146,12 @@ static void run_case(const shape *sh) {
             CKC(cudaMalloc(&dq, (size_t)M * C + 256));
     }
     const float eps = 1e-12f;
+    if (sh->raw) setenv("BS_GEMM_LN_DEBUG", "gemm", 1);
     cudaError_t ce =
         gemm_ln_sm90_forward(dout, dq, sh->q8 ? dv + 3 * C + 2 : NULL, dx, dw, M, K, C, sh->in, sh->act,
                              e8 ? dv + 3 * C : NULL, e8 ? dv + 3 * C + 1 : NULL, dv, dres, dv + C, dv + 2 * C, eps, 0);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
+    unsetenv("BS_GEMM_LN_DEBUG");
     if (!hopper()) {
         /* no sm_90a code here: an error, and nothing written */
         CHECK(ce != cudaSuccess);
@@ -179,22 +183,27 @@ static void run_case(const shape *sh) {
             }
             mean /= C;
             for (int c = 0; c < C; c++) var += (v[c] - mean) * (v[c] - mean);
-            const double rstd = 1.0 / sqrt(var / C + eps);
+            const double rstd = sh->raw ? 1.0 : 1.0 / sqrt(var / C + eps);
+            if (sh->raw) mean = 0;
             for (int c = 0; c < C; c++) {
                 const double y = (v[c] - mean) * rstd * g[c] + b[c];
                 const float o = got[(size_t)t * C + c];
                 const double d = fabs(o - y), tol = e8 ? fabs(y) / 128 + 1.0 / 32 : fabs(y) / 256 + 1.0 / 256;
-                if (!(d <= tol)) bad++;
+                if (!(d <= tol) && bad++ < 4) /* where a layout slip shows: the first few, with their place */
+                    fprintf(stderr, "    row %d (tile row %d) col %d (of BN %d): got %.5g, want %.5g\n", t, t % 128, c,
+                            gemm_ln_bn(C), o, y);
                 if (!(d <= worst)) worst = d, wy = y, wg = o;
                 if (sh->q8 && bs_e4m3_decode(qb[(size_t)t * C + c]) != bs_round_e4m3(o / sq)) badq++;
             }
         }
         free(v);
         for (size_t i = 0; i < (size_t)TAIL * C * as; i++) past += tailb[i] != 0x5a;
-        fprintf(stderr,
-                "  M=%d K=%d C=%d %s->%s%s%s%s: worst |dy| %.3g (y %.4g, got %.4g), %zu over tol, %zu E4M3, %zu past\n",
-                M, K, C, bs_dtype_name(sh->in), bs_dtype_name(sh->act), sh->q8 ? " +e4m3" : "",
-                sh->q8_on_x ? " over X" : "", sh->out_on_r ? " out=res" : "", worst, wy, wg, bad, badq, past);
+        fprintf(
+            stderr,
+            "  M=%d K=%d C=%d %s->%s%s%s%s%s: worst |dy| %.3g (y %.4g, got %.4g), %zu over tol, %zu E4M3, %zu past\n",
+            M, K, C, bs_dtype_name(sh->in), bs_dtype_name(sh->act), sh->q8 ? " +e4m3" : "",
+            sh->q8_on_x ? " over X" : "", sh->out_on_r ? " out=res" : "", sh->raw ? " (GEMM part only)" : "", worst, wy,
+            wg, bad, badq, past);
         CHECK_INT(bad, 0);
         CHECK_INT(badq, 0);
         CHECK_INT(past, 0);
@@ -206,18 +215,35 @@ static void run_case(const shape *sh) {
         free(tailb);
 }
 
+/* the tile width the kernel uses for C (gemm_ln_sm90.cu): for the messages */
+static int gemm_ln_bn(int C) {
+    return C % 256 == 0 && C / 256 <= 8 ? 256 : 128;
+}
+
+/* first the GEMM part alone (BS_GEMM_LN_DEBUG=gemm: v = X W^T + bias + res stored as it is), so a
+ * failure below says whether the product or the row statistics are wrong */
+static void gemm_ln_gemm_part_matches_cpu(void) {
+    const shape cases[] = {
+        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 1},
+        {300, 3072, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 1},
+        {300, 768, 768, BS_DT_E4M3, BS_DT_BF16, 0, 0, 0, 1},
+        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+}
+
 static void gemm_ln_matches_cpu_twin(void) {
     const shape cases[] = {
-        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0},   /* BERT-base attention output, BN 256 x 3 */
-        {300, 3072, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0},  /* FFN down */
-        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 1},   /* out over res (the last layer's CLS rows) */
-        {200, 768, 768, BS_DT_F16, BS_DT_F16, 0, 0, 0},     /* f16 */
-        {300, 768, 768, BS_DT_E4M3, BS_DT_BF16, 1, 1, 0},   /* fp8: E4M3 copy over X */
-        {300, 3072, 768, BS_DT_E4M3, BS_DT_BF16, 1, 0, 0},  /* fp8 FFN down */
-        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, 0, 0, 0},   /* the golden tiny model: BN 128 x 1 */
-        {129, 384, 384, BS_DT_BF16, BS_DT_BF16, 0, 0, 0},   /* BN 128 x 3 */
-        {257, 1024, 1024, BS_DT_BF16, BS_DT_BF16, 0, 0, 0}, /* BERT-large: BN 256 x 4 */
-        {1, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0},     /* one row */
+        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0},   /* BERT-base attention output, BN 256 x 3 */
+        {300, 3072, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0},  /* FFN down */
+        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 1, 0},   /* out over res (the last layer's CLS rows) */
+        {200, 768, 768, BS_DT_F16, BS_DT_F16, 0, 0, 0, 0},     /* f16 */
+        {300, 768, 768, BS_DT_E4M3, BS_DT_BF16, 1, 1, 0, 0},   /* fp8: E4M3 copy over X */
+        {300, 3072, 768, BS_DT_E4M3, BS_DT_BF16, 1, 0, 0, 0},  /* fp8 FFN down */
+        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0},   /* the golden tiny model: BN 128 x 1 */
+        {129, 384, 384, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0},   /* BN 128 x 3 */
+        {257, 1024, 1024, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0}, /* BERT-large: BN 256 x 4 */
+        {1, 768, 768, BS_DT_BF16, BS_DT_BF16, 0, 0, 0, 0},     /* one row */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 }
@@ -261,6 +287,7 @@ int main(void) {
         return 1;
     }
     RUN(gemm_ln_refuses_what_it_has_no_variant_for);
+    RUN(gemm_ln_gemm_part_matches_cpu);
     RUN(gemm_ln_matches_cpu_twin);
     return bs_test_done();
 }
