@@ -15,8 +15,9 @@
 // the B fragment's columns), V with ldmatrix.trans. The output goes out through the Q buffer
 // (each warp its own rows) in 16-byte stores: in T, or (Q8, fp8 with static scales) in E4M3 as
 // the attention-output GEMM reads it, E4M3(o / *oscale) rounded as quantize_fp8_static_forward.
-// IN8 (fp8, the QKV GEMM writing E4M3): Q, K and V come in as E4M3 bytes and are widened to f16 in
-// shared memory before the loop above uses them (see attention_mma_kernel's own comment).
+// IN8 (fp8, the QKV GEMM writing E4M3): Q, K and V come in as E4M3 bytes; S = Q K^T runs on them
+// with the E4M3 mma (m16n8k32), and V is widened to f16 in shared memory for O += P V (see
+// attention_mma_kernel's own comment).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .row.col, 16-bit inputs, f32 accumulate), g = lane / 4,
 // t = lane % 4:
@@ -53,10 +54,14 @@ template <int HS> struct mma_geom {
     static constexpr int CPR = HS / 8;   // 16-byte chunks per row
     static constexpr int TILE = 64 * LD; // elements of one 64-row tile
     static constexpr size_t BYTES = (size_t)5 * TILE * 2; // Q, K[2], V[2]
-    // E4M3 input (IN8): Q, K, V widened to f16, one tile each, then the E4M3 bytes as copied in:
-    // Q, K[2], V[2], 64 x HS bytes each (dense: they are read back in 16-byte pieces, not ldmatrix)
+    // E4M3 input (IN8): V widened to f16 (one tile), then the E4M3 bytes as copied in: Q and K[2] at a
+    // row stride of LD8 bytes (ldmatrix reads them as 16-bit pairs for the E4M3 mma: the 16 extra
+    // bytes put its 8 rows on 8 distinct 16-byte bank groups), V[2] dense (64 x HS: widened in 16-byte
+    // pieces, never read by ldmatrix)
+    static constexpr int LD8 = HS + 16;
+    static constexpr int QK8 = 64 * LD8;
     static constexpr int TILE8 = 64 * HS;
-    static constexpr size_t BYTES8 = (size_t)3 * TILE * 2 + (size_t)5 * TILE8;
+    static constexpr size_t BYTES8 = (size_t)TILE * 2 + (size_t)3 * QK8 + (size_t)2 * TILE8;
 };
 
 /* two floats into one 16-bit-pair register (an A fragment of P), the lower column in the low half */
@@ -87,14 +92,14 @@ __device__ __forceinline__ void mma_load_tile(T *dst, const T *src, size_t row_s
     }
 }
 
-/* the E4M3 form: 64 rows of HS bytes into dst (64 x HS, dense), rows >= valid zero-filled */
-template <int HS>
+/* the E4M3 form: 64 rows of HS bytes into dst (64 x DLD bytes), rows >= valid zero-filled */
+template <int HS, int DLD>
 __device__ __forceinline__ void mma_load_tile8(uint8_t *dst, const uint8_t *src, size_t row_stride, int valid) {
     constexpr int CPR8 = HS / 16;
     for (int i = threadIdx.x; i < 64 * CPR8; i += MMA_WARPS * 32) {
         const int r = i / CPR8, c = i - r * CPR8;
         const bool in = r < valid;
-        cp_async16(dst + r * HS + c * 16, src + (in ? (size_t)r * row_stride : 0) + c * 16, in ? 16 : 0);
+        cp_async16(dst + r * DLD + c * 16, src + (in ? (size_t)r * row_stride : 0) + c * 16, in ? 16 : 0);
     }
 }
 
@@ -119,9 +124,11 @@ template <int HS> __device__ __forceinline__ void mma_widen_tile(__half *dst, co
 }
 
 // IN8 (fp8 with static scales, the QKV GEMM writing E4M3): qkv holds E4M3 codes whose values are
-// code * *iscale. Tiles are copied in as bytes (half the traffic), widened to f16 in shared memory
-// once landed, and the kernel runs as for f16 (T = __half; Q8 output only) with the scores scaled
-// by *iscale^2 and the output by *iscale.
+// code * *iscale. Tiles are copied in as bytes (half the traffic). S = Q K^T runs on the E4M3 codes
+// themselves (mma.sync m16n8k32 .e4m3, sm_89+: ldmatrix of the byte rows gives its fragments, half
+// the k-steps of f16), with the scores scaled by *iscale^2; V is widened to f16 in shared memory
+// once landed and O += P V runs as for f16 (T = __half; Q8 output only), the output scaled by
+// *iscale.
 template <typename T, int HS, bool Q8, bool IN8 = false>
 __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_kernel(void *out, const void *qkv_in, const int32_t *cu, const int32_t *tiles, int NH, float sl2,
@@ -136,17 +143,18 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     const int C = NH * HS;
     const size_t ld = 3 * (size_t)C; // elements, bytes for IN8
     BS_DYN_SMEM(mma_smem);
-    // sk, sv: two tiles each (IN8: one each, and the bytes are double-buffered in s8 behind them)
-    T *sq = (T *)mma_smem, *sk = sq + G::TILE, *sv = sk + (IN8 ? 1 : 2) * G::TILE;
-    uint8_t *s8 = (uint8_t *)(sv + G::TILE); // IN8: Q at 0, K[b] at (1 + b) TILE8, V[b] at (3 + b) TILE8
+    // sk, sv: two tiles each. IN8: sv alone (the widened V), at sq, and the bytes behind it in s8: Q at
+    // 0, K[b] at (1 + b) QK8 (rows LD8 bytes apart), V[b] at 3 QK8 + b TILE8
+    T *sq = (T *)mma_smem, *sk = sq + G::TILE, *sv = IN8 ? sq : sk + 2 * G::TILE;
+    uint8_t *s8 = (uint8_t *)(sq + G::TILE);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const T *base = (const T *)qkv_in + (size_t)start * ld + h * HS; // row 0 of the sequence, this head's Q columns
     const uint8_t *base8 = (const uint8_t *)qkv_in + (size_t)start * ld + h * HS;
     // the K and V rows k1.. of the sequence into buffer b
     auto load_kv = [&](int b, int k1) {
         if constexpr (IN8) {
-            mma_load_tile8<HS>(s8 + (1 + b) * G::TILE8, base8 + (size_t)k1 * ld + C, ld, len - k1);
-            mma_load_tile8<HS>(s8 + (3 + b) * G::TILE8, base8 + (size_t)k1 * ld + 2 * C, ld, len - k1);
+            mma_load_tile8<HS, G::LD8>(s8 + (1 + b) * G::QK8, base8 + (size_t)k1 * ld + C, ld, len - k1);
+            mma_load_tile8<HS, HS>(s8 + 3 * G::QK8 + b * G::TILE8, base8 + (size_t)k1 * ld + 2 * C, ld, len - k1);
         } else {
             mma_load_tile<T, HS>(sk + b * G::TILE, base + (size_t)k1 * ld + C, ld, len - k1);
             mma_load_tile<T, HS>(sv + b * G::TILE, base + (size_t)k1 * ld + 2 * C, ld, len - k1);
@@ -156,14 +164,14 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     if constexpr (IN8) {
         si = *iscale;
         sl2 *= si * si;
-        mma_load_tile8<HS>(s8, base8 + (size_t)q0 * ld, ld, nq);
+        mma_load_tile8<HS, G::LD8>(s8, base8 + (size_t)q0 * ld, ld, nq);
     } else {
         mma_load_tile<T, HS>(sq, base + (size_t)q0 * ld, ld, nq);
     }
     load_kv(0, 0);
     cp_async_commit();
 
-    uint32_t qf[HS / 16][4];
+    uint32_t qf[IN8 ? HS / 32 : HS / 16][4]; // IN8: E4M3 A fragments of k32 steps
     float o[HS / 8][4];
 #pragma unroll
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -180,32 +188,49 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
             cp_async_wait<0>();
         }
         __syncthreads();
-        if constexpr (IN8) { // widen the landed bytes (sk, sv: read by kt - 1, which every warp has left)
-            if (kt == 0) mma_widen_tile<HS>(sq, s8);
-            mma_widen_tile<HS>(sk, s8 + (1 + buf) * G::TILE8);
-            mma_widen_tile<HS>(sv, s8 + (3 + buf) * G::TILE8);
+        if constexpr (IN8) { // widen V's landed bytes (sv: read by kt - 1, which every warp has left)
+            mma_widen_tile<HS>(sv, s8 + 3 * G::QK8 + buf * G::TILE8);
             __syncthreads();
         }
         if (kt == 0) {
+            if constexpr (IN8) { // 32 codes (16 16-bit pairs) per k-step: the ldmatrix columns in bytes, doubled
 #pragma unroll
-            for (int kk = 0; kk < HS / 16; kk++)
-                ldsm_x4(qf[kk], sq + (warp * 16 + ldsm_a_row(lane)) * G::LD + kk * 16 + ldsm_a_col(lane));
+                for (int kk = 0; kk < HS / 32; kk++)
+                    ldsm_x4(qf[kk], s8 + (warp * 16 + ldsm_a_row(lane)) * G::LD8 + kk * 32 + 2 * ldsm_a_col(lane));
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < HS / 16; kk++)
+                    ldsm_x4(qf[kk], sq + (warp * 16 + ldsm_a_row(lane)) * G::LD + kk * 16 + ldsm_a_col(lane));
+            }
         }
-        const T *kb = IN8 ? sk : sk + buf * G::TILE, *vb = IN8 ? sv : sv + buf * G::TILE;
+        const T *kb = sk + buf * G::TILE, *vb = IN8 ? sv : sv + buf * G::TILE;
 
         // S = Q K^T for 64 keys: 8 tiles of 16 x 8
         float s[MMA_BK / 8][4];
 #pragma unroll
         for (int j = 0; j < MMA_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        if constexpr (IN8) {
+            const uint8_t *k8 = s8 + (1 + buf) * G::QK8;
 #pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++)
+            for (int kk = 0; kk < HS / 32; kk++)
 #pragma unroll
-            for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np..16np+15 (two n-tiles), dims 16kk..
-                uint32_t b[4];
-                ldsm_x4(b, kb + (np * 16 + ldsm_bn_row(lane)) * G::LD + kk * 16 + ldsm_bn_col(lane));
-                mma_t<T>::run(s[2 * np], qf[kk], b[0], b[1]);
-                mma_t<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
-            }
+                for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np.., dims 32kk..32kk+31
+                    uint32_t b[4];
+                    ldsm_x4(b, k8 + (np * 16 + ldsm_bn_row(lane)) * G::LD8 + kk * 32 + 2 * ldsm_bn_col(lane));
+                    mma_t<__nv_fp8_e4m3>::run(s[2 * np], qf[kk], b[0], b[1]);
+                    mma_t<__nv_fp8_e4m3>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+                }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++)
+#pragma unroll
+                for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np..16np+15 (two n-tiles), dims 16kk..
+                    uint32_t b[4];
+                    ldsm_x4(b, kb + (np * 16 + ldsm_bn_row(lane)) * G::LD + kk * 16 + ldsm_bn_col(lane));
+                    mma_t<T>::run(s[2 * np], qf[kk], b[0], b[1]);
+                    mma_t<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+                }
+        }
 
         // online softmax: mask keys >= len, scale, new max, rescale O and l
         // (elements e and 2 + e of an accumulator tile share column mma_c_col(lane, e))

@@ -8,6 +8,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 __device__ __forceinline__ unsigned smem_u32(const void *p) {
@@ -44,6 +45,23 @@ template <> struct mma_t<__nv_bfloat16> {
                      "{%8, %9}, {%0, %1, %2, %3};\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+/* m16n8k32 with E4M3 A and B (Ada and Hopper): each register holds four codes, the first in the low
+ * byte. The A and B fragments are m16n8k16's with every 16-bit element read as two E4M3 codes (PTX
+ * ISA, 8-bit fragments: row g (+8), columns 4t..4t+3 (+16)), so ldmatrix of E4M3 rows gives them:
+ * the attention kernel's E4M3 Q K^T. Built for sm_80 too, where fp8 never runs: it traps there. */
+template <> struct mma_t<__nv_fp8_e4m3> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+        (void)d, (void)a, (void)b0, (void)b1;
+        __trap();
+#endif
     }
 };
 template <> struct mma_t<__half> {

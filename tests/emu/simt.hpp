@@ -8,7 +8,8 @@
  * turn, each until it reaches a collective. A collective runs once every live thread it involves
  * has reached it:
  *   __syncthreads()              all live threads of the block
- *   __syncwarp(), __shfl_xor_sync, ldmatrix.x4 (.trans), mma.sync m16n8k16 (f16/bf16 in, f32 acc)
+ *   __syncwarp(), __shfl_xor_sync, ldmatrix.x4 (.trans), mma.sync m16n8k16 (f16/bf16 in, f32 acc),
+ *                                mma.sync m16n8k32 (E4M3 in, f32 acc)
  *                                all 32 threads of the warp, at the same kind of instruction
  * The warp instructions follow the PTX ISA's fragment tables (as tests/unit/test_mma_layout.c,
  * written separately); cp.async copies 16 bytes, zero-filling past src-size, and completes when
@@ -86,13 +87,14 @@ enum Op {
     OP_MMA_BF16,
     OP_MMA_F16,
     OP_WMMA,
-    OP_SHFL_IDX
+    OP_SHFL_IDX,
+    OP_MMA_E4M3
 };
 
 static inline const char *op_name(int op) {
     static const char *n[] = {"none",           "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
                               "ldmatrix.x4",    "ldmatrix.x4.trans", "mma.bf16",   "mma.f16",
-                              "wmma::mma_sync", "__shfl_sync"};
+                              "wmma::mma_sync", "__shfl_sync",       "mma.e4m3"};
     return n[op];
 }
 
@@ -349,6 +351,32 @@ static inline void exec_warp(Lane *w, int op) {
             const int g = l / 4, t = l % 4;
             for (int i = 0; i < 4; i++) w[l].d[i] = D[g + 8 * (i / 2)][2 * t + i % 2];
         }
+        break;
+    }
+    case OP_MMA_E4M3: { /* m16n8k32 .row.col, E4M3: D (16 x 8) = A (16 x 32) B (32 x 8) + C. PTX ISA, 8-bit
+                         * fragments: A element i (0..15, byte i % 4 of register i / 4) at row g (+8 for
+                         * registers 1, 3), col 4t + i % 4 (+16 for i >= 8); B element i (0..7, byte i % 4
+                         * of b0, b1) at row (k) 4t + i % 4 (+16 for i >= 4), col g; C as m16n8k16's */
+        float A[16][32], B[32][8], Cm[16][8];
+        auto e4m3 = [](uint32_t reg, int byte) {
+            __nv_fp8_e4m3 v;
+            v.__x = (__nv_fp8_storage_t)(reg >> (8 * byte));
+            return float(v);
+        };
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 16; i++)
+                A[g + 8 * ((i / 4) & 1)][4 * t + i % 4 + 16 * (i >= 8)] = e4m3(w[l].a[i / 4], i % 4);
+            for (int i = 0; i < 8; i++) B[4 * t + i % 4 + 16 * (i >= 4)][g] = e4m3(i < 4 ? w[l].b0 : w[l].b1, i % 4);
+            for (int i = 0; i < 4; i++) Cm[g + 8 * (i / 2)][2 * t + i % 2] = w[l].d[i];
+        }
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 8; c++) {
+                double acc = Cm[r][c];
+                for (int k = 0; k < 32; k++) acc += (double)A[r][k] * B[k][c];
+                const int l = 4 * (r % 8) + c / 2;
+                w[l].d[2 * (r / 8) + c % 2] = (float)acc;
+            }
         break;
     }
     }
@@ -659,6 +687,11 @@ template <> struct mma_t<__nv_bfloat16> {
 template <> struct mma_t<__half> {
     static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
         bs_emu_mma(d, a, b0, b1, bs_emu::OP_MMA_F16);
+    }
+};
+template <> struct mma_t<__nv_fp8_e4m3> { /* m16n8k32 */
+    static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        bs_emu_mma(d, a, b0, b1, bs_emu::OP_MMA_E4M3);
     }
 };
 

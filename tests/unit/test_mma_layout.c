@@ -13,6 +13,7 @@
  * This is what the kernel computes per warp: S = Q K^T for 16 queries x 16 keys x 16 dims, then
  * O = P V with P taken from S's accumulators. (No GPU needed; the kernel itself is tested against
  * the CPU twin in tests/gpu/test_kernels.c.) */
+#include <stdint.h>
 #include <string.h>
 
 #include "../kernels/mma_layout.h"
@@ -186,8 +187,58 @@ static void mma_lane_maps_cover_each_cell_once(void) {
     }
 }
 
+/* The E4M3 form of S = Q K^T (the attention kernel with E4M3 Q, K, V): rows of 32 one-byte codes,
+ * read with the same ldmatrix lane maps at byte columns 2 x the 16-bit ones, feed
+ * mma.sync.m16n8k32 .e4m3, whose fragments per the PTX ISA's 8-bit tables are (g = l/4, t = l%4):
+ *   A element i (0..15, byte i%4 of register i/4): row g + 8 ((i/4) % 2), col 4t + i%4 + 16 (i >= 8)
+ *   B element i (0..7, byte i%4 of b0, b1):         row (k) 4t + i%4 + 16 (i >= 4), col (n) g
+ * Bytes stand for codes here (any 8-bit value): a wrong byte map shows as a wrong sum. */
+static void ldmatrix_bytes(uint32_t reg[32][4], const uint8_t src[16][32], const int row[32], const int col16[32]) {
+    uint8_t m[4][8][16]; /* matrix i, row r: 8 16-bit elements = 16 bytes from (row, 2 col16) */
+    for (int i = 0; i < 4; i++)
+        for (int r = 0; r < 8; r++) memcpy(m[i][r], &src[row[8 * i + r]][2 * col16[8 * i + r]], 16);
+    for (int l = 0; l < 32; l++) { /* register i: (row g, 16-bit cols 2t, 2t+1) = bytes 4t..4t+3 */
+        const int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++)
+            reg[l][i] = (uint32_t)m[i][g][4 * t] | (uint32_t)m[i][g][4 * t + 1] << 8 |
+                        (uint32_t)m[i][g][4 * t + 2] << 16 | (uint32_t)m[i][g][4 * t + 3] << 24;
+    }
+}
+static void mma_e4m3_lane_maps_compute_q_kt(void) {
+    uint8_t q[16][32], k[16][32];
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 32; j++)
+            q[i][j] = (uint8_t)((i * 7 + j * 3) % 11), k[i][j] = (uint8_t)((i * 5 + j * 11) % 13);
+    int row[32], col[32];
+    uint32_t qa[32][4], kb[32][4];
+    lane_maps(row, col, a_row, a_col);
+    ldmatrix_bytes(qa, (const uint8_t(*)[32])q, row, col);
+    lane_maps(row, col, bn_row, bn_col);
+    ldmatrix_bytes(kb, (const uint8_t(*)[32])k, row, col);
+    int bad = 0;
+    for (int tile = 0; tile < 2; tile++) { /* keys 8 tile..: b0, b1 = registers 2 tile, 2 tile + 1 */
+        long A[16][32], B[32][8];
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 16; i++)
+                A[g + 8 * ((i / 4) % 2)][4 * t + i % 4 + 16 * (i >= 8)] = (qa[l][i / 4] >> (8 * (i % 4))) & 0xff;
+            for (int i = 0; i < 8; i++)
+                B[4 * t + i % 4 + 16 * (i >= 4)][g] = (kb[l][2 * tile + i / 4] >> (8 * (i % 4))) & 0xff;
+        }
+        for (int l = 0; l < 32; l++)
+            for (int i = 0; i < 4; i++) {
+                const int r = mma_c_row(l, i), c = mma_c_col(l, i);
+                long got = 0, want = 0;
+                for (int d = 0; d < 32; d++) got += A[r][d] * B[d][c], want += (long)q[r][d] * k[8 * tile + c][d];
+                bad += got != want;
+            }
+    }
+    CHECK_INT(bad, 0);
+}
+
 int main(void) {
     RUN(mma_lane_maps_cover_each_cell_once);
+    RUN(mma_e4m3_lane_maps_compute_q_kt);
     RUN(mma_lane_maps_compute_q_kt);
     RUN(mma_scores_accumulators_feed_p_v_as_a_fragment);
     return bs_test_done();
