@@ -14,16 +14,8 @@
 #include "convert.h"
 #include "dtype.h"
 #include "twins.h"
+#include "cuda_test.h"
 #include "test.h"
-
-#define CKC(x)                                                                                                         \
-    do {                                                                                                               \
-        cudaError_t _e = (x);                                                                                          \
-        if (_e != cudaSuccess) {                                                                                       \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e));                        \
-            exit(1);                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 enum { M = 192, K = 128, N = 48 }; /* all multiples of 16, as the engine's buckets are */
 
@@ -249,11 +241,7 @@ static void engine_fp8_gemm_runs_and_matches_dequantised_product(void) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: this test needs one\n");
-        return 1;
-    }
+    if (bs_gpu_test_need_device()) return 1;
     RUN(engine_fp8_gemm_runs_and_matches_dequantised_product);
     return bs_test_done();
 }

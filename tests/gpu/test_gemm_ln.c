@@ -19,16 +19,8 @@
 #include "convert.h"
 #include "dtype.h"
 #include "gemm_ln.h"
+#include "cuda_test.h"
 #include "test.h"
-
-#define CKC(x)                                                                                                         \
-    do {                                                                                                               \
-        cudaError_t _e = (x);                                                                                          \
-        if (_e != cudaSuccess) {                                                                                       \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(_e));                        \
-            exit(1);                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 #define TAIL 16 /* rows after M that must stay as they were */
 
@@ -281,11 +273,7 @@ static void gemm_ln_refuses_what_it_has_no_variant_for(void) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: this test needs one\n");
-        return 1;
-    }
+    if (bs_gpu_test_need_device()) return 1;
     RUN(gemm_ln_refuses_what_it_has_no_variant_for);
     RUN(gemm_ln_gemm_part_matches_cpu);
     RUN(gemm_ln_matches_cpu_twin);
