@@ -947,22 +947,25 @@ done:
     return rc;
 }
 
-/* f16 bits -> value (the self-checks read device tensors back) */
-static float half_bits_to_float(uint16_t h) {
-    const int s = h >> 15, ex = (h >> 10) & 31, mant = h & 1023;
-    float v = ex == 0 ? ldexpf((float)mant, -24) : ex == 31 ? (mant ? NAN : INFINITY) : ldexpf(1024.0f + mant, ex - 25);
-    return s ? -v : v;
-}
-/* element i of a device tensor of type dt, copied to host memory */
-static float host_elem(const void *p, bs_dtype dt, size_t i) {
-    if (dt == BS_DT_F32) return ((const float *)p)[i];
-    if (dt == BS_DT_E4M3) return bs_e4m3_decode(((const uint8_t *)p)[i]);
-    const uint16_t h = ((const uint16_t *)p)[i];
-    if (dt == BS_DT_F16) return half_bits_to_float(h);
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+/* n elements of type dt at src (device) as floats into dst (host), through scratch (n floats of
+ * device memory) for 16-bit types, decoded on the host for E4M3; then the stream is synchronised */
+static cudaError_t download_f32(cuda_engine *e, float *dst, const void *src, bs_dtype dt, size_t n, float *scratch) {
+    cudaError_t ce;
+    if (dt == BS_DT_E4M3) {
+        uint8_t *b = malloc(n);
+        if (!b) return cudaErrorMemoryAllocation;
+        ce = cudaMemcpyAsync(b, src, n, cudaMemcpyDeviceToHost, e->a->stream);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+        for (size_t i = 0; ce == cudaSuccess && i < n; i++) dst[i] = bs_e4m3_decode(b[i]);
+        free(b);
+        return ce;
+    }
+    const void *from = src;
+    ce = cudaSuccess;
+    if (dt != BS_DT_F32) ce = convert_forward(scratch, BS_DT_F32, src, dt, n, e->a->stream), from = scratch;
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(dst, from, n * 4, cudaMemcpyDeviceToHost, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    return ce;
 }
 
 /* The fused GEMM + LayerNorm (gemm_ln) at start, against the CPU: layer 0's AO or FF2 weights and
@@ -992,18 +995,17 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     gemm_dims(e, kind, &m, &K);
     const int n = e->Tcap >= 160 ? 144 : e->Tcap - 16, tail = 16;
     const bs_dtype A = e->act, G = e->gemm;
-    const size_t as = bs_dtype_size(A), gs = bs_dtype_size(G);
+    const size_t as = bs_dtype_size(A);
     void *X = ao ? (fp8 ? e->a->q8 : e->a->att) : e->a->ff;
     void *R = ao ? e->a->x : e->a->x2;
     float *sxd = SCALE_AT(e->a->act_scale, G_QKV), *sqd = SCALE_AT(e->a->act_scale, G_AO); /* free at start */
     const float sx = fp8 ? 1.0f / 16 : 1.0f, sq = 1.0f / 64;
     float *hx = malloc(sizeof(float) * (size_t)n * K), *hr = malloc(sizeof(float) * (size_t)n * C);
-    uint8_t *bx = malloc((size_t)n * K * gs), *bw = malloc((size_t)C * K * gs);
-    uint8_t *bo = malloc((size_t)(n + tail) * C * as), *bq = malloc((size_t)n * C);
-    float *tmpf = NULL, *wf = malloc(sizeof(float) * (size_t)C * K);
+    uint8_t *bx = malloc((size_t)n * K), *bt = malloc((size_t)tail * C * as), *bq = malloc((size_t)n * C);
+    float *tmpf = NULL, *wf = malloc(sizeof(float) * (size_t)C * K), *of = malloc(sizeof(float) * (size_t)n * C);
     double *vd = malloc(sizeof(double) * (size_t)C);
     int rc = BS_ERR;
-    if (!hx || !hr || !bx || !bw || !bo || !bq || !wf || !vd) {
+    if (!hx || !hr || !bx || !bt || !bq || !wf || !of || !vd) {
         bs_err(err, "out of memory");
         goto done;
     }
@@ -1018,7 +1020,8 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         }
     }
     for (size_t i = 0; i < (size_t)n * C; i++) hr[i] = bs_round_dtype((float)(4 * bs_rng_uniform(&r) - 2), A);
-    GL_SC(cudaMalloc((void **)&tmpf, sizeof(float) * (size_t)n * (K > C ? K : C)));
+    const size_t nt = (size_t)(n > C ? n : C) * (K > C ? K : C); /* at least n K, n C and C K */
+    GL_SC(cudaMalloc((void **)&tmpf, sizeof(float) * nt));
     if (fp8) {
         GL_SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
     } else if (upload(e, X, A, hx, (size_t)n * K, tmpf, NULL, err) != BS_OK) {
@@ -1029,9 +1032,8 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     GL_SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
     GL_SC(cudaMemcpyAsync(sqd, &sq, 4, cudaMemcpyHostToDevice, e->a->stream));
     float sw = 1.0f;
-    GL_SC(cudaMemcpyAsync(bw, gemm_weight(e, kind, 0), (size_t)C * K * gs, cudaMemcpyDeviceToHost, e->a->stream));
     if (fp8) GL_SC(cudaMemcpyAsync(&sw, SCALE_AT(w->scale, kind), 4, cudaMemcpyDeviceToHost, e->a->stream));
-    GL_SC(cudaStreamSynchronize(e->a->stream)); /* sx, sq, sw are on the stack */
+    GL_SC(download_f32(e, wf, gemm_weight(e, kind, 0), G, (size_t)C * K, tmpf)); /* synchronises: sx, sq, sw */
     cudaError_t ce =
         gemm_ln_sm90_forward(e->a->tmp, fp8 ? e->a->q8 : NULL, fp8 ? sqd : NULL, X, gemm_weight(e, kind, 0), n, K, C, G,
                              A, fp8 ? SCALE_AT(w->scale, kind) : NULL, fp8 ? sxd : NULL, ao ? w->ao_b : w->ff2_b, R,
@@ -1043,10 +1045,11 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         rc = 0;
         goto done;
     }
-    GL_SC(cudaMemcpyAsync(bo, e->a->tmp, (size_t)(n + tail) * C * as, cudaMemcpyDeviceToHost, e->a->stream));
+    GL_SC(cudaMemcpyAsync(bt, (uint8_t *)e->a->tmp + (size_t)n * C * as, (size_t)tail * C * as, cudaMemcpyDeviceToHost,
+                          e->a->stream));
     if (fp8) GL_SC(cudaMemcpyAsync(bq, e->a->q8, (size_t)n * C, cudaMemcpyDeviceToHost, e->a->stream));
-    GL_SC(cudaStreamSynchronize(e->a->stream));
-    for (size_t i = 0; i < (size_t)C * K; i++) wf[i] = host_elem(bw, G, i) * sw;
+    GL_SC(download_f32(e, of, e->a->tmp, A, (size_t)n * C, tmpf));
+    for (size_t i = 0; i < (size_t)C * K; i++) wf[i] *= sw;
     const float *bias = ao ? hl->ao_b : hl->ff2_b, *gam = ao ? hl->ln1_w : hl->ln2_w, *bet = ao ? hl->ln1_b : hl->ln2_b;
     size_t bad = 0, badq = 0, checked = 0;
     double worst = 0, worst_ref = 0, worst_got = 0;
@@ -1064,7 +1067,7 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         const double rstd = 1.0 / sqrt(var / C + c->ln_eps);
         for (int o = 0; o < C; o++) {
             const double y = (vd[o] - mean) * rstd * gam[o] + bet[o];
-            const float got = host_elem(bo, A, (size_t)t * C + o);
+            const float got = of[(size_t)t * C + o];
             const double d = fabs(got - y), tol = fabs(y) / 128 + (fp8 ? 1.0 / 16 : 1.0 / 64);
             checked++;
             if (!(d <= tol)) bad++;
@@ -1073,7 +1076,7 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         }
     }
     size_t past = 0;
-    for (size_t i = (size_t)n * C * as; i < (size_t)(n + tail) * C * as; i++) past += bo[i] != 0x5a;
+    for (size_t i = 0; i < (size_t)tail * C * as; i++) past += bt[i] != 0x5a;
     rc = bad == 0 && badq == 0 && past == 0;
     if (!rc)
         snprintf(why, BS_ERRLEN,
@@ -1084,7 +1087,7 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
               gemm_names[kind], n, bad, checked, worst, badq, past);
 done:
     cudaFree(tmpf);
-    free(hx), free(hr), free(bx), free(bw), free(bo), free(bq), free(wf), free(vd);
+    free(hx), free(hr), free(bx), free(bt), free(bq), free(wf), free(of), free(vd);
     return rc;
 }
 #undef GL_SC
@@ -1657,8 +1660,7 @@ static int probe_stage(cuda_engine *e, const att_probe *p, bs_att_kernel k, char
 /* att (T, C) -> dst in fp32, then att zeroed (the next path must write it to pass) */
 static int probe_fetch(cuda_engine *e, const att_probe *p, float *dst, char *err) {
     const size_t n = (size_t)p->T * e->base.model->cfg.hidden;
-    if (convert_forward(p->scratch, BS_DT_F32, e->a->att, e->act, n, e->a->stream) != cudaSuccess ||
-        cudaMemcpyAsync(dst, p->scratch, n * 4, cudaMemcpyDeviceToHost, e->a->stream) != cudaSuccess ||
+    if (download_f32(e, dst, e->a->att, e->act, n, p->scratch) != cudaSuccess ||
         cudaMemsetAsync(e->a->att, 0, n * bs_dtype_size(e->act), e->a->stream) != cudaSuccess ||
         cudaStreamSynchronize(e->a->stream) != cudaSuccess)
         return bs_err(err, "attention self-check: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
