@@ -232,7 +232,7 @@ int cmd_bench(int argc, char **argv) {
     double gflops_best = gflop / best;
     printf("{\"device\": \"%s\", \"engine\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, "
            "\"lengths\": \"%s\", \"tokens_per_batch\": %.0f, \"iterations\": %d, \"seq_per_s\": %.1f, "
-           "\"ms_per_batch\": %.3f, \"tokens_per_s\": %.0f, \"gflops\": %.1f, \"gflop_per_batch\": %.6g, "
+           "\"ms_per_batch\": %.6g, \"tokens_per_s\": %.0f, \"gflops\": %.1f, \"gflop_per_batch\": %.6g, "
            "\"inflight\": %lld, \"last_layer\": \"%s\"",
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
            seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, gflop, inflight,
