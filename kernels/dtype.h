@@ -65,6 +65,12 @@ static inline float bs_e4m3_decode(uint8_t b) {
     return s ? -v : v;
 }
 
+/* A finite E4M3 code from the random bits u: sign, exponent field below `exps` (10: |x| <= 7.5),
+ * mantissa; what the start-up checks and tests feed the fp8 GEMMs. */
+static inline uint8_t bs_e4m3_random_code(uint64_t u, int exps) {
+    return (uint8_t)((u & 1) << 7 | (u >> 1) % (uint64_t)exps << 3 | (u >> 8) % 8);
+}
+
 /* The spacing of E4M3 values around |x| (within the finite range): 2^-9 among the subnormals. */
 static inline float bs_e4m3_ulp(float x) {
     int e;

@@ -876,7 +876,7 @@ static int q8_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     bs_rng r = {4242};
     for (int i = 0; i < n * C; i++) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
         const uint64_t u = bs_rng_next(&r);
-        hx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
+        hx[i] = bs_e4m3_random_code(u, 10);
     }
     float sw = 0;
     cudaError_t ce = cudaMemcpyAsync(hw, W, (size_t)I * C, cudaMemcpyDeviceToHost, e->a->stream);
@@ -1013,7 +1013,7 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     for (size_t i = 0; i < (size_t)n * K; i++) {
         if (fp8) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
             const uint64_t u = bs_rng_next(&r);
-            bx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
+            bx[i] = bs_e4m3_random_code(u, 10);
             hx[i] = bs_e4m3_decode(bx[i]) * sx;
         } else {
             hx[i] = bs_round_dtype((float)(2 * bs_rng_uniform(&r) - 1), A);

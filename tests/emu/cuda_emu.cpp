@@ -865,23 +865,9 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     return CUBLAS_STATUS_SUCCESS;
 }
 /* gemm_ln_sm90_forward: see the head of this file */
-static float emu_load(const void *p, bs_dtype t, size_t i) {
-    switch (t) {
-    case BS_DT_F32:
-        return ((const float *)p)[i];
-    case BS_DT_F16:
-        return __half2float(((const __half *)p)[i]);
-    case BS_DT_BF16:
-        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-    default:
-        return bs_e4m3_decode(((const uint8_t *)p)[i]);
-    }
-}
-static void emu_store(void *p, bs_dtype t, size_t i, float v) {
-    if (t == BS_DT_F16)
-        ((__half *)p)[i] = __float2half_rn(v);
-    else
-        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+/* the cuBLASLt emulation's element type for a bs_dtype (its load and store serve the twin too) */
+static cudaDataType_t emu_type(bs_dtype t) {
+    return t == BS_DT_F32 ? CUDA_R_32F : t == BS_DT_F16 ? CUDA_R_16F : t == BS_DT_BF16 ? CUDA_R_16BF : CUDA_R_8F_E4M3;
 }
 extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8_scale, const void *X, const void *W,
                                             int M, int K, int C, bs_dtype in, bs_dtype act, const float *sa,
@@ -911,12 +897,12 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
         std::vector<float> v((size_t)C);
         std::vector<float> xr((size_t)K);
         for (int t = 0; t < M; t++) { /* every input of row t is read before any output of it is written */
-            for (int k = 0; k < K; k++) xr[k] = emu_load(X, in, (size_t)t * K + k);
+            for (int k = 0; k < K; k++) xr[k] = cuda_emu::load(X, emu_type(in), (size_t)t * K + k);
             double mean = 0, var = 0;
             for (int o = 0; o < C; o++) {
                 float acc = 0;
-                for (int k = 0; k < K; k++) acc += xr[k] * emu_load(W, in, (size_t)o * K + k);
-                v[o] = acc * scale + bias[o] + (wrong ? 0.0f : emu_load(res, act, (size_t)t * C + o));
+                for (int k = 0; k < K; k++) acc += xr[k] * cuda_emu::load(W, emu_type(in), (size_t)o * K + k);
+                v[o] = acc * scale + bias[o] + (wrong ? 0.0f : cuda_emu::load(res, emu_type(act), (size_t)t * C + o));
                 mean += v[o];
             }
             mean /= C;
@@ -925,10 +911,10 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
             const bool raw = dbg && !strcmp(dbg, "gemm");
             const float m = raw ? 0.0f : (float)mean, rstd = raw ? 1.0f : (float)(1.0 / sqrt(var / C + eps));
             for (int o = 0; o < C; o++) {
-                emu_store(out, act, (size_t)t * C + o, (v[o] - m) * rstd * gamma[o] + beta[o]);
+                cuda_emu::store(out, emu_type(act), (size_t)t * C + o, (v[o] - m) * rstd * gamma[o] + beta[o]);
                 if (q8)
-                    ((uint8_t *)q8)[(size_t)t * C + o] =
-                        __nv_cvt_float_to_fp8(emu_load(out, act, (size_t)t * C + o) / qs, __NV_SATFINITE, __NV_E4M3);
+                    ((uint8_t *)q8)[(size_t)t * C + o] = __nv_cvt_float_to_fp8(
+                        cuda_emu::load(out, emu_type(act), (size_t)t * C + o) / qs, __NV_SATFINITE, __NV_E4M3);
             }
         }
     });

@@ -77,7 +77,7 @@ static void run_case(const shape *sh) {
     for (size_t i = 0; i < (size_t)M * K; i++) {
         if (e8) { /* random finite codes, |x| <= 7.5 */
             const uint64_t u = bs_rng_next(&r);
-            qx[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 10 << 3 | (u >> 8) % 8);
+            qx[i] = bs_e4m3_random_code(u, 10);
             x[i] = bs_e4m3_decode(qx[i]) * sx;
         } else {
             x[i] = bs_round_dtype((float)(2 * bs_rng_uniform(&r) - 1), sh->in);
@@ -87,7 +87,7 @@ static void run_case(const shape *sh) {
     for (size_t i = 0; i < (size_t)C * K; i++) {
         if (e8) {
             const uint64_t u = bs_rng_next(&r);
-            qw[i] = (uint8_t)((u & 1) << 7 | (u >> 1) % 12 << 3 | (u >> 8) % 8);
+            qw[i] = bs_e4m3_random_code(u, 12);
             w[i] = bs_e4m3_decode(qw[i]) * sw;
         } else {
             w[i] = bs_round_dtype((float)(wa * (2 * bs_rng_uniform(&r) - 1)), sh->in);
