@@ -736,6 +736,32 @@ static gemm_plan *plan_get(cuda_engine *e, int kind, int n, char *err) {
     return victim;
 }
 
+/* fp8: the E4M3 input of GEMM kind of layer l over n rows, and its scale. Batch scales: this batch's
+ * amax, then the cast into q8. Static scales: the scale is fixed; the LayerNorms wrote the QKV and
+ * FFN-up inputs already, the attention kernel and the FF1 GEMM may have written theirs in E4M3 too,
+ * else the cast into q8. gemm() and gemm_ln() read their input through it. */
+static int gemm_input_q8(cuda_engine *e, int kind, int l, int n, const void **X, const float **sb, char *err) {
+    const void *in;
+    void *unused;
+    gemm_io(e, kind, &in, &unused, NULL);
+    int m, k;
+    gemm_dims(e, kind, &m, &k);
+    *X = e->a->q8;
+    if (!e->fp8_static) {
+        float *s = SCALE_AT(e->a->act_scale, kind);
+        CUDA_CHECK(amax_forward(e->a->amax_parts, in, e->act, (size_t)n * k, e->a->stream));
+        CUDA_CHECK(quantize_fp8_forward(e->a->q8, s, in, e->act, (size_t)n * k, e->a->amax_parts, e->a->stream));
+        *sb = s;
+        return BS_OK;
+    }
+    *sb = STATIC_SCALE(e, l, kind);
+    if (kind == G_FF2 && e->ff_is_q8)
+        *X = e->a->ff;
+    else if ((kind == G_AO && !e->att_is_q8) || kind == G_FF2)
+        CUDA_CHECK(quantize_fp8_static_forward(e->a->q8, in, e->act, (size_t)n * k, *sb, e->a->stream));
+    return BS_OK;
+}
+
 /* out (n, m) = in (n, k) W^T [+ bias] [GELU] [+ res], W of layer l, in/out per gemm_io. res: the
  * residual of an AO or FF2 GEMM; *added (may be NULL for the others) says whether the plan added
  * bias and residual, or left both to the LayerNorm. Under fp8 the input is quantised first. */
@@ -752,19 +778,8 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     gemm_dims(e, kind, &m, &k);
     const void *X = in;
     if (e->fp8) {
-        float *sb = SCALE_AT(e->a->act_scale, kind);
-        X = e->a->q8;
-        if (!e->fp8_static) { /* this batch's amax, then the cast */
-            CUDA_CHECK(amax_forward(e->a->amax_parts, in, e->act, (size_t)n * k, e->a->stream));
-            CUDA_CHECK(quantize_fp8_forward(e->a->q8, sb, in, e->act, (size_t)n * k, e->a->amax_parts, e->a->stream));
-        } else { /* the scale is fixed; the LayerNorms wrote the QKV and FFN-up inputs already, the
-                  * attention kernel and the FF1 GEMM may have written theirs in E4M3 too */
-            sb = STATIC_SCALE(e, l, kind);
-            if (kind == G_FF2 && e->ff_is_q8)
-                X = e->a->ff;
-            else if ((kind == G_AO && !e->att_is_q8) || kind == G_FF2)
-                CUDA_CHECK(quantize_fp8_static_forward(e->a->q8, in, e->act, (size_t)n * k, sb, e->a->stream));
-        }
+        const float *sb;
+        if (gemm_input_q8(e, kind, l, n, &X, &sb, err) != BS_OK) return BS_ERR;
         const void *sa = SCALE_AT(w->scale, kind);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
@@ -801,33 +816,18 @@ static int gemm_ln(cuda_engine *e, int kind, int l, int n, const void *res, void
     if (!e->gemm_ln) return BS_OK;
     const bs_bert_config *c = &e->base.model->cfg;
     const dev_layer *w = &e->layer[l];
-    const void *in;
+    const void *X;
     void *unused;
-    gemm_io(e, kind, &in, &unused, NULL);
+    gemm_io(e, kind, &X, &unused, NULL);
     int m, k;
     gemm_dims(e, kind, &m, &k);
-    const void *X = in;
     const float *sa = NULL, *sb = NULL;
     if (e->fp8) {
+        /* static scales: AO's E4M3 input sits in q8 (K == C: the kernel may write q8 over its own
+         * input rows); FF2's must be FF1's own E4M3 output, since a cast would also land in q8 */
+        if (e->fp8_static && kind == G_FF2 && !e->ff_is_q8) return BS_OK;
         sa = SCALE_AT(w->scale, kind);
-        if (!e->fp8_static) { /* this batch's amax, then the cast, as gemm() */
-            float *sbw = SCALE_AT(e->a->act_scale, kind);
-            CUDA_CHECK(amax_forward(e->a->amax_parts, in, e->act, (size_t)n * k, e->a->stream));
-            CUDA_CHECK(quantize_fp8_forward(e->a->q8, sbw, in, e->act, (size_t)n * k, e->a->amax_parts, e->a->stream));
-            sb = sbw;
-            X = e->a->q8;
-        } else {
-            sb = STATIC_SCALE(e, l, kind);
-            if (kind == G_FF2 && e->ff_is_q8) {
-                X = e->a->ff;
-            } else if (kind == G_AO) { /* K == C: the kernel may write q8 over its own input rows */
-                if (!e->att_is_q8)
-                    CUDA_CHECK(quantize_fp8_static_forward(e->a->q8, in, e->act, (size_t)n * k, sb, e->a->stream));
-                X = e->a->q8;
-            } else {
-                return BS_OK;
-            }
-        }
+        if (gemm_input_q8(e, kind, l, n, &X, &sb, err) != BS_OK) return BS_ERR;
     }
     const int ao = kind == G_AO;
     CUDA_CHECK(gemm_ln_sm90_forward(out, q8s ? e->a->q8 : NULL, q8s, X, gemm_weight(e, kind, l), n, k, c->hidden,
