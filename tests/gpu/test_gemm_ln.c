@@ -14,6 +14,7 @@
  * the CPU; tests/unit/test_wgmma_layout.c the layouts.) */
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <string.h>
 
 #include "common.h"
 #include "convert.h"
@@ -158,6 +159,10 @@ static void run_case(const shape *sh) {
         if (sh->q8) CKC(cudaMemcpy(qb, dq, (size_t)M * C, cudaMemcpyDeviceToHost));
         size_t bad = 0, badq = 0, past = 0;
         double worst = 0, wy = 0, wg = 0;
+        /* which 8 x 8 blocks of the first 128 x BN tile are off: a layout slip shows as a pattern */
+        char map[16][33];
+        memset(map, '.', sizeof map);
+        for (int i = 0; i < 16; i++) map[i][32] = 0;
         double *v = malloc(sizeof(double) * C);
         const double sc = (double)sx * sw;
         for (int t = 0; t < M; t++) {
@@ -181,6 +186,7 @@ static void run_case(const shape *sh) {
                 const double y = (v[c] - mean) * rstd * g[c] + b[c];
                 const float o = got[(size_t)t * C + c];
                 const double d = fabs(o - y), tol = e8 ? fabs(y) / 128 + 1.0 / 32 : fabs(y) / 256 + 1.0 / 256;
+                if (!(d <= tol) && t < 128 && c < gemm_ln_bn(C)) map[t / 8][c / 8] = 'X';
                 if (!(d <= tol) && bad++ < 4) /* where a layout slip shows: the first few, with their place */
                     fprintf(stderr, "    row %d (tile row %d) col %d (of BN %d): got %.5g, want %.5g\n", t, t % 128, c,
                             gemm_ln_bn(C), o, y);
@@ -196,6 +202,11 @@ static void run_case(const shape *sh) {
             M, K, C, bs_dtype_name(sh->in), bs_dtype_name(sh->act), sh->q8 ? " +e4m3" : "",
             sh->q8_on_x ? " over X" : "", sh->out_on_r ? " out=res" : "", sh->raw ? " (GEMM part only)" : "", worst, wy,
             wg, bad, badq, past);
+        if (bad) {
+            fprintf(stderr, "    the first tile, 8 x 8 blocks (X: off), rows down, columns across:\n");
+            for (int i = 0; i < (M < 128 ? (M + 7) / 8 : 16); i++)
+                fprintf(stderr, "      %.*s\n", gemm_ln_bn(C) / 8, map[i]);
+        }
         CHECK_INT(bad, 0);
         CHECK_INT(badq, 0);
         CHECK_INT(past, 0);
