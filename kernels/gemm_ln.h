@@ -31,7 +31,7 @@ int gemm_ln_sm90_shape_ok(int C, int K, bs_dtype in, bs_dtype act);
  * is not NULL it also gets E4M3(out / *q8_scale) of the stored (rounded) out, the bytes
  * quantize_fp8_static_forward makes from it. bias, gamma and beta are fp32 (C). out may be res;
  * q8 may be X when K == C (the rows a cluster writes are the rows it alone reads, and it writes them
- * after all its loads). X and W 16-byte aligned, out and res 4, q8 2, the fp32 vectors 8. A kernel
+ * after all its loads). X, W, res, out and q8 16-byte aligned (TMA moves them), the fp32 vectors 8. A kernel
  * that waits more than 5 s on one of its barriers traps (a launch failure that ends the CUDA
  * context) rather than hang. For tests: with BS_GEMM_LN_DEBUG=gemm in the environment the kernel
  * skips the normalisation and stores v itself (times gamma, plus beta), so a test can check the

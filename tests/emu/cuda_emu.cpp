@@ -881,7 +881,7 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
         (q8 && !q8_scale) || (in == BS_DT_E4M3 && (!sa || !sb)))
         return cudaErrorInvalidValue;
     auto al = [](const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
-    if (!al(X, 16) || !al(W, 16) || !al(out, 4) || !al(res, 4) || !al(q8, 2) || !al(bias, 8) || !al(gamma, 8) ||
+    if (!al(X, 16) || !al(W, 16) || !al(out, 16) || !al(res, 16) || !al(q8, 16) || !al(bias, 8) || !al(gamma, 8) ||
         !al(beta, 8))
         return cudaErrorMisalignedAddress;
     if (M == 0) return cudaSuccess;
