@@ -38,6 +38,8 @@
 #include <cuda_fp8.h>
 #include <math.h>
 
+#include <type_traits>
+
 #include "attention.h"
 #include "mma_layout.h"
 #ifndef BS_SIMT_EMU
@@ -171,7 +173,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     load_kv(0, 0);
     cp_async_commit();
 
-    uint32_t qf[IN8 ? HS / 32 : HS / 16][4]; // IN8: E4M3 A fragments of k32 steps
+    // S = Q K^T's operands as bytes: 16-bit rows G::LD elements apart, or (IN8) E4M3 rows G::LD8 bytes
+    // apart. A k-step is 32 bytes of a row either way (16 elements, or 32 codes for the E4M3 mma), and
+    // ldmatrix's 16-bit column c is byte 2c: the same addressing serves both, with the mma of TS.
+    typedef typename std::conditional<IN8, __nv_fp8_e4m3, T>::type TS;
+    constexpr int ROWB = IN8 ? G::LD8 : 2 * G::LD, KSTEPS = HS * (IN8 ? 1 : 2) / 32;
+    const uint8_t *const qbytes = IN8 ? s8 : (const uint8_t *)sq;
+    uint32_t qf[KSTEPS][4];
     float o[HS / 8][4];
 #pragma unroll
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -193,44 +201,26 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
             __syncthreads();
         }
         if (kt == 0) {
-            if constexpr (IN8) { // 32 codes (16 16-bit pairs) per k-step: the ldmatrix columns in bytes, doubled
 #pragma unroll
-                for (int kk = 0; kk < HS / 32; kk++)
-                    ldsm_x4(qf[kk], s8 + (warp * 16 + ldsm_a_row(lane)) * G::LD8 + kk * 32 + 2 * ldsm_a_col(lane));
-            } else {
-#pragma unroll
-                for (int kk = 0; kk < HS / 16; kk++)
-                    ldsm_x4(qf[kk], sq + (warp * 16 + ldsm_a_row(lane)) * G::LD + kk * 16 + ldsm_a_col(lane));
-            }
+            for (int kk = 0; kk < KSTEPS; kk++)
+                ldsm_x4(qf[kk], qbytes + (warp * 16 + ldsm_a_row(lane)) * ROWB + kk * 32 + 2 * ldsm_a_col(lane));
         }
-        const T *kb = sk + buf * G::TILE, *vb = IN8 ? sv : sv + buf * G::TILE;
+        const uint8_t *kbytes = IN8 ? s8 + (1 + buf) * G::QK8 : (const uint8_t *)(sk + buf * G::TILE);
+        const T *vb = IN8 ? sv : sv + buf * G::TILE;
 
         // S = Q K^T for 64 keys: 8 tiles of 16 x 8
         float s[MMA_BK / 8][4];
 #pragma unroll
         for (int j = 0; j < MMA_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        if constexpr (IN8) {
-            const uint8_t *k8 = s8 + (1 + buf) * G::QK8;
 #pragma unroll
-            for (int kk = 0; kk < HS / 32; kk++)
+        for (int kk = 0; kk < KSTEPS; kk++)
 #pragma unroll
-                for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np.., dims 32kk..32kk+31
-                    uint32_t b[4];
-                    ldsm_x4(b, k8 + (np * 16 + ldsm_bn_row(lane)) * G::LD8 + kk * 32 + 2 * ldsm_bn_col(lane));
-                    mma_t<__nv_fp8_e4m3>::run(s[2 * np], qf[kk], b[0], b[1]);
-                    mma_t<__nv_fp8_e4m3>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
-                }
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < HS / 16; kk++)
-#pragma unroll
-                for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np..16np+15 (two n-tiles), dims 16kk..
-                    uint32_t b[4];
-                    ldsm_x4(b, kb + (np * 16 + ldsm_bn_row(lane)) * G::LD + kk * 16 + ldsm_bn_col(lane));
-                    mma_t<T>::run(s[2 * np], qf[kk], b[0], b[1]);
-                    mma_t<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
-                }
-        }
+            for (int np = 0; np < MMA_BK / 16; np++) { // keys 16np..16np+15 (two n-tiles), bytes 32kk.. of a row
+                uint32_t b[4];
+                ldsm_x4(b, kbytes + (np * 16 + ldsm_bn_row(lane)) * ROWB + kk * 32 + 2 * ldsm_bn_col(lane));
+                mma_t<TS>::run(s[2 * np], qf[kk], b[0], b[1]);
+                mma_t<TS>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+            }
 
         // online softmax: mask keys >= len, scale, new max, rescale O and l
         // (elements e and 2 + e of an accumulator tile share column mma_c_col(lane, e))

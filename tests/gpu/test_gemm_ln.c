@@ -70,10 +70,10 @@ static void run_case(const shape *sh) {
     float *x = malloc(sizeof(float) * (size_t)M * K), *w = malloc(sizeof(float) * (size_t)C * K);
     float *res = malloc(sizeof(float) * (size_t)M * C), *bias = malloc(sizeof(float) * C);
     float *g = malloc(sizeof(float) * C), *b = malloc(sizeof(float) * C);
-    float *got = malloc(sizeof(float) * (size_t)(M + TAIL) * C), *q8f = malloc(sizeof(float) * (size_t)M * C);
+    float *got = malloc(sizeof(float) * (size_t)(M + TAIL) * C);
     uint8_t *qx = malloc((size_t)M * K), *qw = malloc((size_t)C * K), *qb = malloc((size_t)M * C);
     uint8_t *tailb = malloc((size_t)TAIL * C * as);
-    CHECK(x && w && res && bias && g && b && got && q8f && qx && qw && qb && tailb);
+    CHECK(x && w && res && bias && g && b && got && qx && qw && qb && tailb);
     const float sx = e8 ? 1.0f / 16 : 1.0f, sw = e8 ? 1.0f / 256 : 1.0f, sq = 1.0f / 64;
     for (size_t i = 0; i < (size_t)M * K; i++) {
         if (e8) { /* random finite codes, |x| <= 7.5 */
@@ -214,8 +214,7 @@ static void run_case(const shape *sh) {
     cudaFree(dx), cudaFree(dw), cudaFree(dout), cudaFree(dv);
     if (sh->q8 && !sh->q8_on_x) cudaFree(dq);
     if (!sh->out_on_r) cudaFree(dres);
-    free(x), free(w), free(res), free(bias), free(g), free(b), free(got), free(q8f), free(qx), free(qw), free(qb),
-        free(tailb);
+    free(x), free(w), free(res), free(bias), free(g), free(b), free(got), free(qx), free(qw), free(qb), free(tailb);
 }
 
 /* the tile width the kernel uses for C (gemm_ln_sm90.cu): for the messages */
