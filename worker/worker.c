@@ -1127,11 +1127,30 @@ static void on_assigned(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partitio
     if (w->http) http_set_ready(w->http, BS_READY_PARTITIONS, any_assigned(w));
 }
 
-/* Revocation: drop the queued messages of these partitions (drain_drops), wait (bounded) for what
- * the engine already holds of them to be acknowledged, commit that, then abandon whatever is left
- * (a new epoch makes its late results harmless; the new owner scores those messages again: the
- * duplicates at-least-once allows). Lost partitions are not ours to commit: they are abandoned at
- * once. */
+/* Messages of these (assigned) partitions not yet acknowledged; moves their commit positions. */
+static int revoking_in_flight(bs_worker *w, const rd_kafka_topic_partition_list_t *parts) {
+    int left = 0;
+    for (int i = 0; i < parts->cnt; i++) {
+        wpart *pp = part_get(w, parts->elems[i].partition, 0);
+        if (!pp || !pp->assigned) continue;
+        if (!w->eos) offsets_advance(pp->tracker, NULL);
+        left += offsets_in_flight(pp->tracker);
+    }
+    return left;
+}
+
+/* Revocation: drop the queued messages of these partitions (drain_drops), commit what is already
+ * acknowledged, wait (bounded) for what the engine already holds of them to be acknowledged, commit
+ * that, then abandon whatever is left (a new epoch makes its late results harmless; the new owner
+ * scores those messages again: the duplicates at-least-once allows). Lost partitions are not ours
+ * to commit: they are abandoned at once.
+ * The first commit is there because the group may refuse the second one: another member can start
+ * the next rebalance while this one waits for the engine, and from then on the coordinator answers
+ * REBALANCE_IN_PROGRESS (a real broker while it completes the rebalance; librdkafka's mock broker
+ * from the first JoinGroup on, and it starts one whenever a follower's SyncGroup comes after the
+ * leader's). Had nothing been committed since the last periodic commit, which the same rebalance
+ * may have refused for seconds, the new owner would score all of that again, not just what the
+ * engine held. */
 static void on_revoking(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, int lost) {
     (void)rk;
     bs_worker *w = ctx;
@@ -1144,17 +1163,17 @@ static void on_revoking(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partitio
         }
         queue_wake(&w->engq);
         double t0 = bs_now(), until = t0 + w->revoke_wait_s;
-        int left = 0;
-        for (;;) {
-            left = 0;
-            for (int i = 0; i < parts->cnt; i++) {
-                wpart *pp = part_get(w, parts->elems[i].partition, 0);
-                if (!pp || !pp->assigned) continue;
-                if (!w->eos) offsets_advance(pp->tracker, NULL);
-                left += offsets_in_flight(pp->tracker);
+        int left = revoking_in_flight(w, parts);
+        if (left > 0 && !w->eos) {
+            rd_kafka_topic_partition_list_t *l = store_offsets(w, parts, 1);
+            if (l) {
+                commit_sync(w, l, "revoke_acknowledged");
+                rd_kafka_topic_partition_list_destroy(l);
             }
-            if (left == 0 || bs_now() >= until || atomic_load(&w->abandon) || atomic_load(&w->fatal)) break;
+        }
+        while (left > 0 && bs_now() < until && !atomic_load(&w->abandon) && !atomic_load(&w->fatal)) {
             sleep_s(0.002);
+            left = revoking_in_flight(w, parts);
         }
         if (w->eos && w->threads_started) txn_barrier(w, w->revoke_wait_s);
         rd_kafka_topic_partition_list_t *l = store_offsets(w, parts, 1);
