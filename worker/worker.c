@@ -1066,13 +1066,18 @@ static rd_kafka_topic_partition_list_t *store_offsets(bs_worker *w, const rd_kaf
     return l;
 }
 
-static void commit_sync(bs_worker *w, rd_kafka_topic_partition_list_t *l, const char *why) {
+/* Stores the acknowledged positions of parts (NULL = every assigned partition) and commits them
+ * synchronously. */
+static void commit_stored(bs_worker *w, const rd_kafka_topic_partition_list_t *parts, const char *why) {
     if (w->eos) return; /* offsets travel in the transactions */
+    rd_kafka_topic_partition_list_t *l = store_offsets(w, parts, 1);
+    if (!l) return;
     rd_kafka_resp_err_t e = rd_kafka_commit(w->consumer, l, 0);
     if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
         log_warn("synchronous commit failed", "why=%s error=\"%s\"", why, rd_kafka_err2str(e));
     else
-        log_info("offsets committed", "why=%s partitions=%d", why, l ? l->cnt : -1);
+        log_info("offsets committed", "why=%s partitions=%d", why, l->cnt);
+    rd_kafka_topic_partition_list_destroy(l);
 }
 
 static void update_lag(bs_worker *w) {
@@ -1164,23 +1169,13 @@ static void on_revoking(void *ctx, rd_kafka_t *rk, const rd_kafka_topic_partitio
         queue_wake(&w->engq);
         double t0 = bs_now(), until = t0 + w->revoke_wait_s;
         int left = revoking_in_flight(w, parts);
-        if (left > 0 && !w->eos) {
-            rd_kafka_topic_partition_list_t *l = store_offsets(w, parts, 1);
-            if (l) {
-                commit_sync(w, l, "revoke_acknowledged");
-                rd_kafka_topic_partition_list_destroy(l);
-            }
-        }
+        if (left > 0) commit_stored(w, parts, "revoke_acknowledged");
         while (left > 0 && bs_now() < until && !atomic_load(&w->abandon) && !atomic_load(&w->fatal)) {
             sleep_s(0.002);
             left = revoking_in_flight(w, parts);
         }
         if (w->eos && w->threads_started) txn_barrier(w, w->revoke_wait_s);
-        rd_kafka_topic_partition_list_t *l = store_offsets(w, parts, 1);
-        if (l) {
-            commit_sync(w, l, "revoke");
-            rd_kafka_topic_partition_list_destroy(l);
-        }
+        commit_stored(w, parts, "revoke");
         log_info("revoked partitions drained", "partitions=%d abandoned=%d wait_s=%.3f", parts->cnt, left,
                  bs_now() - t0);
     }
@@ -1526,13 +1521,7 @@ int worker_run(bs_worker *w, volatile sig_atomic_t *stop, char *err) {
         rc = bs_err(err, "%s", w->fatal_msg);
     }
     stop_threads(w);
-    if (!w->eos) {
-        rd_kafka_topic_partition_list_t *l = store_offsets(w, NULL, 1);
-        if (l) {
-            commit_sync(w, l, "shutdown");
-            rd_kafka_topic_partition_list_destroy(l);
-        }
-    }
+    commit_stored(w, NULL, "shutdown");
     rd_kafka_resp_err_t e = rd_kafka_consumer_close(w->consumer);
     if (e) log_warn("consumer close failed", "error=\"%s\"", rd_kafka_err2str(e));
     log_info("worker stopped", "drain_s=%.3f consumed=%.0f scored=%.0f engine_slots=%d batches=%lld overlapped=%lld",
