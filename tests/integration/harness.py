@@ -390,6 +390,25 @@ class Worker:
         with open(self.logpath, "rb") as f:
             return f.read().decode(errors="replace").count(needle)
 
+    def wait_log(self, needle, timeout=30):
+        t0 = time.time()
+        while self.log_count(needle) < 1:
+            if time.time() - t0 >= timeout:
+                raise AssertionError(f"{self.name} never logged {needle}:\n{self.tail()}")
+            if self.p.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.p.returncode}:\n{self.tail()}")
+            time.sleep(0.005)
+
+
+def wait_scored(workers, n, timeout):
+    """Waits (at most timeout s) until the workers together scored n; returns what each scored."""
+    t0 = time.time()
+    while True:
+        counts = [w.metric("bertstream_messages_scored_total") for w in workers]
+        if sum(counts) >= n or time.time() - t0 >= timeout:
+            return counts
+        time.sleep(0.2)
+
 
 # ---------------------------------------------------------------------------------------------
 # Kafka client helpers (the independent client)

@@ -29,15 +29,7 @@ def test():
         w1.wait_metric("bertstream_messages_scored_total", 40, timeout=40)
         w2 = h.worker("second", overrides=o, env=env)
         w2.wait_ready(timeout=40)
-        total = 0
-        import time
-        t0 = time.time()
-        while time.time() - t0 < 45:
-            total = w1.metric("bertstream_messages_scored_total") + w2.metric("bertstream_messages_scored_total")
-            if total >= N:
-                break
-            time.sleep(0.2)
-        s1, s2 = w1.metric("bertstream_messages_scored_total"), w2.metric("bertstream_messages_scored_total")
+        s1, s2 = H.wait_scored([w1, w2], N, 45)
         H.log(f"first scored {s1:.0f}, second {s2:.0f}")
         H.check(s2 > 0, "the second worker scored nothing")
         scores = h.scores(N, settle=1.0)

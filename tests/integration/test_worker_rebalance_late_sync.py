@@ -22,14 +22,6 @@ N = 600
 BATCH = 4  # a bound of 3 batches = 12, well under the ~24 scored again without the first commit
 
 
-def wait_log(w, needle, timeout):
-    t0 = time.time()
-    while w.log_count(needle) < 1:
-        H.check(time.time() - t0 < timeout, f"{w.name} never logged {needle}")
-        H.check(w.p.poll() is None, f"{w.name} exited with {w.p.returncode}")
-        time.sleep(0.005)
-
-
 def test():
     texts = H.imdb_reviews(N)
     with H.Harness("rebalance-late-sync") as h:
@@ -40,22 +32,16 @@ def test():
         h.produce_reviews(texts, spread=4)
         w1.wait_metric("bertstream_messages_scored_total", 40, timeout=40)
         w2 = h.worker("second", overrides=o, env=env)
-        wait_log(w2, 'msg="worker ready"', 40)  # subscribed: its JoinGroup goes out now
+        w2.wait_log('msg="worker ready"', 40)  # subscribed: its JoinGroup goes out now
         time.sleep(1.0)
         w2.signal(signal.SIGSTOP)
         try:
             H.log("second frozen with its JoinGroup pending")
-            wait_log(w1, 'msg="partitions revoked"', 30)  # the leader synced alone
+            w1.wait_log('msg="partitions revoked"', 30)  # the leader synced alone
         finally:
             w2.signal(signal.SIGCONT)
         H.log("second thawed: its SyncGroup comes late")
-        t0 = time.time()
-        while time.time() - t0 < 60:
-            total = w1.metric("bertstream_messages_scored_total") + w2.metric("bertstream_messages_scored_total")
-            if total >= N:
-                break
-            time.sleep(0.2)
-        s1, s2 = w1.metric("bertstream_messages_scored_total"), w2.metric("bertstream_messages_scored_total")
+        s1, s2 = H.wait_scored([w1, w2], N, 60)
         H.log(f"first scored {s1:.0f}, second {s2:.0f}")
         H.check(s2 > 0, "the second worker scored nothing")
         scores = h.scores(N, settle=1.0)
