@@ -169,6 +169,12 @@ template <typename T> __device__ __forceinline__ void bs_load8(const T *x, size_
     bs_unpack8(bs_ld16(x + 8 * i8), f, T());
 }
 
+/* E4M3(lo / scale) | E4M3(hi / scale) << 8: two neighbouring codes, as bs_st<__nv_fp8_e4m3> rounds */
+__device__ __forceinline__ uint16_t bs_e4m3_pack2(float lo, float hi, float scale) {
+    return (uint16_t)(__nv_cvt_float_to_fp8(lo / scale, __NV_SATFINITE, __NV_E4M3) |
+                      (unsigned)__nv_cvt_float_to_fp8(hi / scale, __NV_SATFINITE, __NV_E4M3) << 8);
+}
+
 /* E4M3(f[j] / scale) for 8 values, byte j = element j (little-endian), as bs_st<__nv_fp8_e4m3> rounds */
 __device__ __forceinline__ uint2 bs_e4m3_pack8(const float *f, float scale) {
     uint32_t w[2] = {0, 0};

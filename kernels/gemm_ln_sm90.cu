@@ -397,12 +397,8 @@ __global__ void __launch_bounds__(GL_THREADS, 1)
         *(uint32_t *)(rt + gl_tile_offset(rb, c, 2)) = w1;
         if (q8) { /* of the stored y */
             const float2 f0 = bs_unpack2(w0, TOut()), f1 = bs_unpack2(w1, TOut());
-            *(uint16_t *)(qt + gl_tile_offset(ra, c, 1)) =
-                (uint16_t)(__nv_cvt_float_to_fp8(f0.x / qs, __NV_SATFINITE, __NV_E4M3) |
-                           (unsigned)__nv_cvt_float_to_fp8(f0.y / qs, __NV_SATFINITE, __NV_E4M3) << 8);
-            *(uint16_t *)(qt + gl_tile_offset(rb, c, 1)) =
-                (uint16_t)(__nv_cvt_float_to_fp8(f1.x / qs, __NV_SATFINITE, __NV_E4M3) |
-                           (unsigned)__nv_cvt_float_to_fp8(f1.y / qs, __NV_SATFINITE, __NV_E4M3) << 8);
+            *(uint16_t *)(qt + gl_tile_offset(ra, c, 1)) = bs_e4m3_pack2(f0.x, f0.y, qs);
+            *(uint16_t *)(qt + gl_tile_offset(rb, c, 1)) = bs_e4m3_pack2(f1.x, f1.y, qs);
         }
     }
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* the writes, visible to TMA */
