@@ -2,7 +2,8 @@
  * device, precision, batch, seq_len, seq_per_s, ms_per_batch, tokens_per_s, gflops, and on
  * the CPU sgemm_gflops (cblas_sgemm alone on the model's GEMM shapes) and their ratio; and
  * head_ms_per_batch, the head (hidden 64) on the batch's features on one host thread, which the
- * worker's engine thread adds to every batch. */
+ * worker's engine thread adds to every batch. --skip leaves parts of the CUDA engine's forward pass
+ * out, to time the rest under the same load (what-if figures; the features are then meaningless). */
 #include <cblas.h>
 #undef I
 #include <stdio.h>
@@ -20,9 +21,14 @@ static const char *usage =
     "usage: bertstream bench [--model DIR | --preset base|tiny] [--device auto|cpu|cuda[:N]]\n"
     "                        [--precision auto|fp32|fp16|bf16|fp8] [--batch 16] [--seq-len 128]\n"
     "                        [--lengths fixed|uniform:MIN:MAX] [--seconds 10] [--seed 1] [--inflight 1|2]\n"
+    "                        [--skip gemm,attention,layernorm,other]\n"
     "Runs the encoder on random ids (random weights with --preset) and prints one JSON line.\n"
     "--inflight 2 keeps two batches in flight (engine_submit/engine_wait, as the worker does):\n"
-    "seq_per_s is then the pipelined throughput and ms_per_batch the interval between batches.\n";
+    "seq_per_s is then the pipelined throughput and ms_per_batch the interval between batches.\n"
+    "--skip (CUDA only) leaves those parts out of every forward pass, to time the rest under the same\n"
+    "load: gemm (the GEMMs and their input casts), attention, layernorm (the residual LayerNorms),\n"
+    "other (embeddings, pooling, pooler). The features are then meaningless; gflops still counts a\n"
+    "whole pass's FLOPs.\n";
 
 /* Milliseconds per batch of the head (hidden 64, random weights) on the batch's pooled features:
  * host work that the worker's engine thread does for every batch beside the encoder. The best of
@@ -84,6 +90,7 @@ int cmd_bench(int argc, char **argv) {
     char err[BS_ERRLEN];
     const char *model_dir = NULL, *preset = "base", *device = "auto", *lengths = "fixed";
     bs_precision prec = BS_PREC_AUTO;
+    unsigned skip = 0;
     long long batch = 16, seq_len = 128, seed = 1, inflight = 1;
     double seconds = 10;
     for (int i = 1; i < argc; i++) {
@@ -109,6 +116,8 @@ int cmd_bench(int argc, char **argv) {
             if (cli_int(a, v, 2, 8192, &seq_len, err) != BS_OK) goto usage_err;
         } else if (!strcmp(a, "--inflight")) {
             if (cli_int(a, v, 1, BS_ENGINE_SLOTS, &inflight, err) != BS_OK) goto usage_err;
+        } else if (!strcmp(a, "--skip")) {
+            if (bs_skip_parse(v, &skip, err) != BS_OK) goto usage_err;
         } else if (!strcmp(a, "--seed")) {
             if (cli_int(a, v, 0, INT64_MAX, &seed, err) != BS_OK) goto usage_err;
         } else if (!strcmp(a, "--seconds")) {
@@ -148,7 +157,8 @@ int cmd_bench(int argc, char **argv) {
                         .precision = prec,
                         .max_seqs = (int)batch,
                         .max_tokens = (int)(batch * seq_len),
-                        .max_seq_len = (int)seq_len};
+                        .max_seq_len = (int)seq_len,
+                        .skip = skip};
     if (!(e = engine_new(m, &o, err))) goto done;
     ids = malloc(sizeof(int32_t) * (size_t)(batch * seq_len));
     cu = malloc(sizeof(int32_t) * (size_t)(batch + 1));
@@ -237,6 +247,8 @@ int cmd_bench(int argc, char **argv) {
            engine_is_cuda(e) ? "cuda" : "cpu", engine_describe(e), bs_precision_name(engine_precision(e)), batch,
            seq_len, lengths, T, iters, batch / per_batch, per_batch * 1e3, T / per_batch, gflops, gflop, inflight,
            cls_only ? "cls-rows" : "all-rows");
+    char skipped[40];
+    printf(", \"skip\": \"%s\"", bs_skip_name(skip, skipped, sizeof skipped));
     printf(", \"head_ms_per_batch\": %.6g", head_ms(pool, (int)batch, m->cfg.hidden, &r));
     if (!engine_is_cuda(e)) {
         /* the figure of merit: the engine's best batch against cblas_sgemm's best round */

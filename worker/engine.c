@@ -37,8 +37,47 @@ const char *bs_feature_name(bs_feature f) {
     return feature_names[f];
 }
 
+static const char *skip_names[] = {"gemm", "attention", "layernorm", "other"};
+
+int bs_skip_parse(const char *s, unsigned *out, char *err) {
+    *out = 0;
+    if (strcmp(s, "none") == 0) return BS_OK;
+    for (const char *p = s;;) {
+        const size_t n = strcspn(p, ",");
+        int k = 0;
+        while (k < 4 && !(strlen(skip_names[k]) == n && strncmp(p, skip_names[k], n) == 0)) k++;
+        if (k == 4)
+            return bs_err(err, "--skip: unknown part '%.*s' in '%s' (gemm, attention, layernorm, other, or none)",
+                          (int)n, p, s);
+        *out |= 1u << k;
+        if (p[n] == 0) return BS_OK;
+        p += n + 1;
+    }
+}
+
+const char *bs_skip_name(unsigned skip, char *buf, size_t n) {
+    size_t o = 0;
+    for (int k = 0; k < 4; k++)
+        if (skip & (1u << k)) {
+            const int w = snprintf(buf + o, n - o, "%s%s", o ? "," : "", skip_names[k]);
+            if (w < 0 || (size_t)w >= n - o) break;
+            o += (size_t)w;
+        }
+    if (!o) snprintf(buf, n, "none");
+    return buf;
+}
+
 bs_engine *engine_new(const bs_model *m, const bs_engine_opts *opts, char *err) {
     const char *dev = opts->device ? opts->device : "auto";
+    if (opts->skip & ~(unsigned)BS_SKIP_ALL) {
+        bs_err(err, "engine: unknown skip bits 0x%x", opts->skip);
+        return NULL;
+    }
+    if (opts->skip && (strcmp(dev, "cpu") == 0 || (strcmp(dev, "auto") == 0 && engine_cuda_device_count() == 0))) {
+        bs_err(err, "--skip times the CUDA engine's parts: it needs a CUDA device (%s)",
+               strcmp(dev, "cpu") == 0 ? "--device cpu" : "none here");
+        return NULL;
+    }
     if (opts->max_seqs < 1 || opts->max_tokens < 1 || opts->max_seq_len < 2) {
         bs_err(err, "engine: max_seqs, max_tokens and max_seq_len must be positive");
         return NULL;

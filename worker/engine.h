@@ -35,12 +35,24 @@ typedef struct {
     float *hidden; /* (T, C) last_hidden_state, packed */
 } bs_outputs;
 
+/* What a benchmark may leave out of every forward pass, to time the rest under the same sustained
+ * load (bench --skip): the GEMMs (with their input casts and any epilogue fallback), attention, the
+ * residual LayerNorms, or the rest (embeddings, the CLS rows' gather, pooling, the pooler). The
+ * outputs are then meaningless, so nothing but bench sets it, and only the CUDA engine takes it
+ * (engine_new refuses it on the CPU). */
+enum { BS_SKIP_GEMM = 1, BS_SKIP_ATTENTION = 2, BS_SKIP_LAYERNORM = 4, BS_SKIP_OTHER = 8, BS_SKIP_ALL = 15 };
+/* "gemm,attention" -> mask (the four names above, comma-separated, or "none" for 0) */
+int bs_skip_parse(const char *s, unsigned *out, char *err);
+/* mask -> "gemm,attention" ("none" for 0) into buf */
+const char *bs_skip_name(unsigned skip, char *buf, size_t n);
+
 typedef struct {
     const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
     bs_precision precision; /* AUTO: fp32 on CPU, bf16 on CUDA */
     int max_seqs;           /* largest B forward will be given */
     int max_tokens;         /* largest T */
     int max_seq_len;        /* longest sequence (<= max_positions) */
+    unsigned skip;          /* BS_SKIP_*: benchmarks only (see above); 0 everywhere else */
 } bs_engine_opts;
 
 typedef struct bs_engine bs_engine;
@@ -118,7 +130,7 @@ struct bs_engine {
     bs_precision precision;
     int is_cuda;
     int cls_off;    /* the last layer on the CLS rows failed the engine's start-up self-check: never used */
-    char desc[384]; /* engine_describe: room for every part of the CUDA engine's line */
+    char desc[512]; /* engine_describe: room for every part of the CUDA engine's line */
 
     /* Asynchronous entry points (engine.c checks the slot, its state and the batch first). An
      * implementation that leaves submit NULL is synchronous: engine.c runs forward inside

@@ -206,6 +206,7 @@ typedef struct {
     int qkv_is_q8; /* the QKV GEMM just wrote qkv in E4M3 at static_qscale: attention reads it so */
     uint64_t clock;
     unsigned warned; /* first_warning: the fallbacks already logged as warnings */
+    unsigned skip;   /* BS_SKIP_*: what encode() leaves out (bench --skip); set after the start-up checks */
 } cuda_engine;
 
 static size_t align_up(size_t x) {
@@ -434,6 +435,42 @@ static void layout_lane(cuda_engine *e, int i, arena *a) {
     }
 }
 
+/* bench --skip: what a skipped part would have written stays as it is, so a lane's activations
+ * start as random data rather than zeros (tensor cores draw less power on zeros, and the H100 then
+ * holds higher clocks: a GEMM over zeros would time faster than over activations). Each byte is a
+ * random E4M3 code under 2 in magnitude, so every buffer reads as finite values in any of the
+ * engine's types (f32, f16, bf16: a high byte under 0x40 keeps the exponent under the bias). */
+static int lane_fill_random(cuda_engine *e, cuda_lane *L, char *err) {
+    enum { CHUNK = 1 << 20 };
+    uint8_t *h = malloc(CHUNK);
+    if (!h) return bs_err(err, "out of memory");
+    const bs_bert_config *c = &e->base.model->cfg;
+    const size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, R = (size_t)e->R, sa = bs_dtype_size(e->act);
+    struct {
+        void *p;
+        size_t bytes;
+    } parts[] = {{L->x, R * C * sa},
+                 {L->x2, R * C * sa},
+                 {L->tmp, R * C * sa},
+                 {L->att, R * C * sa},
+                 {L->qkv, R * (I > 3 * C ? I : 3 * C) * sa},
+                 {L->q8, L->q8 ? R * (I > C ? I : C) : 0}};
+    /* one random MiB, repeated: rows (a few KiB) still differ, and BERT-base's 500 MB take no time */
+    bs_rng r = {0x5eed};
+    for (size_t i = 0; i < CHUNK; i++) h[i] = bs_e4m3_random_code(bs_rng_next(&r), 8);
+    cudaError_t ce = cudaSuccess;
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0] && ce == cudaSuccess; k++)
+        for (size_t o = 0; o < parts[k].bytes && ce == cudaSuccess; o += CHUNK) {
+            const size_t n = parts[k].bytes - o < CHUNK ? parts[k].bytes - o : CHUNK;
+            ce = cudaMemcpyAsync((uint8_t *)parts[k].p + o, h, n, cudaMemcpyHostToDevice,
+                                 L->stream); /* after the memset */
+        }
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(L->stream); /* before h is freed */
+    free(h);
+    CUDA_CHECK(ce);
+    return BS_OK;
+}
+
 /* Creates lane i: its stream and its buffers (zeroed: spare and padding rows start finite). */
 static int lane_open(cuda_engine *e, int i, char *err) {
     cuda_lane *L = &e->lanes[i];
@@ -446,7 +483,7 @@ static int lane_open(cuda_engine *e, int i, char *err) {
     layout_lane(e, i, &a);
     CUDA_CHECK(cudaMemsetAsync(L->mem, 0, L->bytes, L->stream));
     e->n_lanes = i + 1;
-    return BS_OK;
+    return e->skip ? lane_fill_random(e, L, err) : BS_OK;
 }
 
 static void lane_close(cuda_lane *L) {
@@ -772,6 +809,9 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     void *out;
     gemm_io(e, kind, &in, &out, NULL);
     if (added) *added = p->res;
+    if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
+    if (kind == G_QKV) e->qkv_is_q8 = p->out_q8;
+    if (e->skip & BS_SKIP_GEMM) return BS_OK;
     const dev_layer *w = &e->layer[l];
     const void *W = gemm_weight(e, kind, l);
     int m, k;
@@ -794,8 +834,6 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     }
     if (p->res && !res) return bs_err(err, "the %s GEMM adds a residual but none was given", gemm_names[kind]);
     CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out, res));
-    if (kind == G_FF1) e->ff_is_q8 = p->out_q8;
-    if (kind == G_QKV) e->qkv_is_q8 = p->out_q8;
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
         CUDA_CHECK(bias_gelu_forward(out, w->qkv_b, (size_t)n, m, 0, e->act, e->a->stream));
@@ -822,10 +860,14 @@ static int gemm_ln(cuda_engine *e, int kind, int l, int n, const void *res, void
     int m, k;
     gemm_dims(e, kind, &m, &k);
     const float *sa = NULL, *sb = NULL;
+    /* static scales: AO's E4M3 input sits in q8 (K == C: the kernel may write q8 over its own input
+     * rows); FF2's must be FF1's own E4M3 output, since a cast would also land in q8 */
+    if (e->fp8_static && kind == G_FF2 && !e->ff_is_q8) return BS_OK;
+    if (e->skip & BS_SKIP_GEMM) { /* bench --skip: the fused kernel counts as a GEMM */
+        *fused = 1;
+        return BS_OK;
+    }
     if (e->fp8) {
-        /* static scales: AO's E4M3 input sits in q8 (K == C: the kernel may write q8 over its own
-         * input rows); FF2's must be FF1's own E4M3 output, since a cast would also land in q8 */
-        if (e->fp8_static && kind == G_FF2 && !e->ff_is_q8) return BS_OK;
         sa = SCALE_AT(w->scale, kind);
         if (gemm_input_q8(e, kind, l, n, &X, &sb, err) != BS_OK) return BS_ERR;
     }
@@ -1136,26 +1178,28 @@ static sdpa_entry *sdpa_get(cuda_engine *e, int Bb, char *err) {
  * E4M3 qkv at the layer's QKV output scale when the QKV GEMM wrote it so) */
 static int attention(cuda_engine *e, int l, int Tb, int Bb, char *err) {
     const bs_bert_config *c = &e->base.model->cfg;
+    const int skip = e->skip & BS_SKIP_ATTENTION;
     e->att_is_q8 = 0;
     if (e->use_cudnn) {
         char why[BS_ERRLEN];
         sdpa_entry *s = sdpa_get(e, Bb, why);
         if (s->p) {
+            if (skip) return BS_OK;
             CUDNN_CHECK(cudnnSetStream(e->dnn, e->a->stream)); /* the handle is shared by the lanes */
             return sdpa_cudnn_run(s->p, e->dnn, err) == 0 ? BS_OK : BS_ERR;
         }
     }
     const int tiles = attention_tiles_cap(Tb, Bb, e->att_bq), NH = c->heads, HS = c->hidden / c->heads;
+    e->att_is_q8 = e->qkv_is_q8 || e->att_q8; /* the kernel writes the AO GEMM's E4M3 input itself */
+    if (skip) return BS_OK;
     if (e->qkv_is_q8) {
         CUDA_CHECK(attention_mma_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS,
                                                SCALE_AT(e->static_qscale, l), STATIC_SCALE(e, l, G_AO), e->a->stream));
-        e->att_is_q8 = 1;
         return BS_OK;
     }
     if (e->att_q8) {
         CUDA_CHECK(attention_mma_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS, e->act,
                                             STATIC_SCALE(e, l, G_AO), e->a->stream));
-        e->att_is_q8 = 1;
         return BS_OK;
     }
     CUDA_CHECK(attention_forward(e->a->att, e->a->qkv, e->a->d_cu, e->a->d_tiles, tiles, NH, HS,
@@ -1182,14 +1226,18 @@ static int last_layer_cls_rows(cuda_engine *e, int l, int Bb, char *err) {
     const size_t C = (size_t)c->hidden, sa = bs_dtype_size(e->act), nc = (size_t)cls_rows(Bb);
     const int NH = c->heads, HS = c->hidden / c->heads;
     e->att_is_q8 = e->fp8_static;
-    if (e->qkv_is_q8)
-        CUDA_CHECK(attention_cls_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS,
-                                               SCALE_AT(e->static_qscale, l), STATIC_SCALE(e, l, G_AO), e->a->stream));
-    else if (e->att_is_q8)
-        CUDA_CHECK(attention_cls_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act,
-                                            STATIC_SCALE(e, l, G_AO), e->a->stream));
-    else
-        CUDA_CHECK(attention_cls_forward(e->a->att, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act, e->a->stream));
+    if (!(e->skip & BS_SKIP_ATTENTION)) {
+        if (e->qkv_is_q8)
+            CUDA_CHECK(attention_cls_q8qkv_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS,
+                                                   SCALE_AT(e->static_qscale, l), STATIC_SCALE(e, l, G_AO),
+                                                   e->a->stream));
+        else if (e->att_is_q8)
+            CUDA_CHECK(attention_cls_q8_forward(e->a->q8, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act,
+                                                STATIC_SCALE(e, l, G_AO), e->a->stream));
+        else
+            CUDA_CHECK(attention_cls_forward(e->a->att, e->a->qkv, e->a->d_cu, Bb, NH, HS, e->act, e->a->stream));
+    }
+    if (e->skip & BS_SKIP_OTHER) return BS_OK;
     CUDA_CHECK(cls_rows_forward(e->a->x2, e->a->x, e->a->d_cu, Bb, C * sa, e->a->stream));
     if (nc > (size_t)Bb) {
         unsigned char *att = e->att_is_q8 ? e->a->q8 : e->a->att;
@@ -1214,14 +1262,17 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
     cudaStream_t s = e->a->stream;
     /* static fp8 scales: each LayerNorm also writes its output in E4M3 for the GEMM after it (q8) */
     const int st = e->fp8_static;
-    CUDA_CHECK(embedding_layernorm_q8_forward(e->a->x, e->a->d_ids, e->a->d_cu, Bb, e->word, e->pos, e->type0,
-                                              e->emb_ln_w, e->emb_ln_b, Tb, C, eps, A, st ? e->a->q8 : NULL,
-                                              st ? STATIC_SCALE(e, 0, G_QKV) : NULL, s));
+    /* bench --skip: the parts left out (engine.h) */
+    const int other = !(e->skip & BS_SKIP_OTHER), ln = !(e->skip & BS_SKIP_LAYERNORM);
+    if (other)
+        CUDA_CHECK(embedding_layernorm_q8_forward(e->a->x, e->a->d_ids, e->a->d_cu, Bb, e->word, e->pos, e->type0,
+                                                  e->emb_ln_w, e->emb_ln_b, Tb, C, eps, A, st ? e->a->q8 : NULL,
+                                                  st ? STATIC_SCALE(e, 0, G_QKV) : NULL, s));
     /* Attention writes rows < T only; rows T..Tb-1 of att would keep an earlier batch's values. Under
      * fp8 with batch scales every GEMM input's per-tensor scale is the max over all Tb rows, so stale
      * rows would make this batch's features depend on the one before: zero them once per batch
      * (nothing else writes att). Static scales read no amax: nothing to clear. */
-    if (e->fp8 && !st) CUDA_CHECK(cudaMemsetAsync(e->a->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
+    if (e->fp8 && !st && other) CUDA_CHECK(cudaMemsetAsync(e->a->att, 0, (size_t)Tb * C * bs_dtype_size(A), s));
     for (int l = 0; l < c->layers; l++) {
         const dev_layer *w = &e->layer[l];
         const int next = st && l + 1 < c->layers; /* LN2 feeds the next layer's QKV GEMM */
@@ -1239,9 +1290,10 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
             return BS_ERR; /* att -> x2 (n, C) */
         if (!fused) {
             if (gemm(e, G_AO, l, n, res1, &added, err) != BS_OK) return BS_ERR; /* att -> tmp (n, C) */
-            CUDA_CHECK(residual_layernorm_q8_forward(e->a->x2, e->a->tmp, added ? NULL : w->ao_b, added ? NULL : res1,
-                                                     w->ln1_w, w->ln1_b, n, C, eps, A, st ? e->a->q8 : NULL,
-                                                     st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
+            if (ln)
+                CUDA_CHECK(residual_layernorm_q8_forward(
+                    e->a->x2, e->a->tmp, added ? NULL : w->ao_b, added ? NULL : res1, w->ln1_w, w->ln1_b, n, C, eps, A,
+                    st ? e->a->q8 : NULL, st ? STATIC_SCALE(e, l, G_FF1) : NULL, s));
         }
         if (gemm(e, G_FF1, l, n, NULL, NULL, err) != BS_OK) return BS_ERR; /* x2 -> ff (n, I) */
         if (gemm_ln(e, G_FF2, l, n, e->a->x2, e->a->x, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, &fused, err) !=
@@ -1249,11 +1301,13 @@ static int encode(cuda_engine *e, int Tb, int Bb, int cls, char *err) {
             return BS_ERR; /* ff -> x (n, C) */
         if (!fused) {
             if (gemm(e, G_FF2, l, n, e->a->x2, &added, err) != BS_OK) return BS_ERR; /* ff -> tmp (n, C) */
-            CUDA_CHECK(residual_layernorm_q8_forward(
-                e->a->x, e->a->tmp, added ? NULL : w->ff2_b, added ? NULL : e->a->x2, w->ln2_w, w->ln2_b, n, C, eps, A,
-                next ? e->a->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
+            if (ln)
+                CUDA_CHECK(residual_layernorm_q8_forward(
+                    e->a->x, e->a->tmp, added ? NULL : w->ff2_b, added ? NULL : e->a->x2, w->ln2_w, w->ln2_b, n, C, eps,
+                    A, next ? e->a->q8 : NULL, next ? STATIC_SCALE(e, l + 1, G_QKV) : NULL, s));
         }
     }
+    if (!other) return BS_OK;
     if (cls)
         CUDA_CHECK(pool_forward(e->a->cls, NULL, e->a->x, e->d_iota, Bb, C, A, s)); /* row s: sequence s's CLS */
     else
@@ -1299,13 +1353,18 @@ static void describe(cuda_engine *e) {
     }
     size_t bytes = e->wbytes;
     for (int i = 0; i < e->n_lanes; i++) bytes += e->lanes[i].bytes;
+    char skip[48] = "";
+    if (e->skip) {
+        char names[40];
+        snprintf(skip, sizeof skip, " skip=%s", bs_skip_name(e->skip, names, sizeof names));
+    }
     snprintf(
         e->base.desc, sizeof e->base.desc,
-        "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s gemm-ln=%.24s graphs=%.24s lanes=%d%s%s mem=%zuMiB",
+        "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s gemm-ln=%.24s graphs=%.24s lanes=%d%s%s%s mem=%zuMiB",
         e->dev, e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
         e->res_gemm_used ? "gemm" : "layernorm", f8, e->gemm_ln_note ? e->gemm_ln_note : "off", e->graphs_note,
         e->max_lanes, e->split && e->max_lanes > 1 ? " split=on" : "",
-        e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", bytes >> 20);
+        e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", skip, bytes >> 20);
 }
 
 static void graph_evict(cuda_engine *e, int i) {
@@ -2301,6 +2360,9 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         }
     }
     e->graphs_note = e->use_graphs ? "on" : "off";
+    /* bench --skip: only now, so that the start-up checks above ran every part */
+    e->skip = opts->skip;
+    if (e->skip && lane_fill_random(e, &e->lanes[0], err) != BS_OK) return BS_ERR;
     describe(e);
     log_info("CUDA engine ready", "engine=\"%s\" weights_mib=%zu lane_mib=%zu max_tokens=%d max_seqs=%d", e->base.desc,
              e->wbytes >> 20, e->lanes[0].bytes >> 20, e->Tcap, e->Bcap);

@@ -128,5 +128,25 @@ else
     bad "--inflight 3: rc $rc: $err"
 fi
 
+# --skip (timing the CUDA engine's parts, tests/cli/test_cuda_cli_on_emu.sh) is refused on the CPU in
+# one line, a part it does not know is a usage error, and the JSON says what was skipped
+err=$("$bin" bench --model "$tmp/m" --device cpu --seq-len 16 --skip gemm --seconds 0.1 2>&1 >/dev/null)
+rc=$?
+if [ $rc -eq 1 ] && [ "$err" == "bertstream bench: --skip times the CUDA engine's parts: it needs a CUDA device (--device cpu)" ]; then
+    ok "--skip on the CPU is refused in one line"
+else
+    bad "--skip on the CPU: rc $rc: $err"
+fi
+err=$("$bin" bench --model "$tmp/m" --device cpu --skip gemm,softmax 2>&1 >/dev/null)
+rc=$?
+if [ $rc -eq 2 ] && [ "$err" == "bertstream bench: --skip: unknown part 'softmax' in 'gemm,softmax' (gemm, attention, layernorm, other, or none)" ]; then
+    ok "--skip with an unknown part is a one-line usage error"
+else
+    bad "--skip gemm,softmax: rc $rc: $err"
+fi
+skip=$("$bin" bench --model "$tmp/m" --device cpu --batch 2 --seq-len 8 --seconds 0.05 --skip none 2>/dev/null |
+    "$py" -c 'import json, sys; print(json.loads(sys.stdin.readline())["skip"])' 2>&1)
+if [ "$skip" == "none" ]; then ok "--skip none runs everything and says so"; else bad "--skip none: $skip"; fi
+
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -8,7 +8,9 @@
 # (BERTSTREAM_RESIDUAL=layernorm); with a cuBLASLt that refuses epilogues, beta or E4M3 output,
 # the engine's fallbacks must meet the same bars; so must bf16 with each batch split across the two
 # lanes (BERTSTREAM_SPLIT=on; a bad value is a one-line error). `bench --device cuda --inflight 2` must
-# report the engine, the CLS-rows last layer and sane numbers. Skips when the emulated binary was not built (no CUDA headers).
+# report the engine, the CLS-rows last layer and sane numbers; `bench --skip` must leave out each part's
+# kernels and GEMMs and nothing else (counted by the emulator). Skips when the emulated binary was not
+# built (no CUDA headers).
 # Usage: bash tests/cli/test_cuda_cli_on_emu.sh BIN (BIN is unused: the emulated build is used)
 set -u
 EMU=${BERTSTREAM_BUILD_DIR:-$(dirname "$0")/../../build}/bertstream_on_emu
@@ -149,4 +151,55 @@ ok = (j.get("device") == "cuda" and "attention=kernel-mma" in j.get("engine", ""
 sys.exit(0 if ok else 1)
 PYEOF
 check "bench reports the CUDA engine, the mma attention kernel, residual=gemm, the CLS-rows last layer" "[ $? -eq 0 ]"
+
+# bench --skip: what each run executes, counted by the emulator (BS_EMU_STATS=1: kernels and cuBLASLt
+# matmuls run, start-up checks included). --seconds 0 at one in flight is 5 forward passes (2 warm-up,
+# 3 timed); at two in flight more. With every part skipped a pass must run nothing at all: the same
+# counts at one and two in flight (the second lane, opened on the first batch there, filled like the
+# first). Then each part's kernels are all left out when it is skipped, and nothing else: every kernel
+# belongs to exactly one part, GEMMs skipped leave only the start-up's matmuls, the other three parts
+# skipped leave only the start-up's kernels (bf16, and fp8 with static scales, have no kernel of their
+# own around a GEMM), a pass runs 4 GEMMs and one attention kernel per layer (the last layer's for the
+# CLS queries).
+for prec in bf16 fp8; do
+  for sk in none gemm attention layernorm other attention,layernorm,other gemm,attention,layernorm,other \
+    "gemm,attention,layernorm,other --inflight 2"; do
+    # shellcheck disable=SC2086 # $sk is the --skip value and, once, --inflight 2
+    BS_EMU_STATS=1 "$EMU" bench --model "$GOLD" --device cuda --precision $prec --batch 2 --seq-len 16 --seconds 0 \
+      --skip $sk >"$TMP/skip.json" 2>"$TMP/skip.err"
+    echo "$prec ${sk// /_} $? $(grep -o 'kernels=[0-9]* matmuls=[0-9]*' "$TMP/skip.err" | tr -dc '0-9 ') $(head -1 "$TMP/skip.json")"
+  done >"$TMP/skip-$prec.txt"
+  "$PY" - "$TMP/skip-$prec.txt" "$GOLD/config.json" <<'PYEOF'
+import json, sys
+L = json.load(open(sys.argv[2]))["num_hidden_layers"]
+F = 5  # forward passes at one in flight: 2 warm-up + 3 timed
+K, M, ok = {}, {}, True
+for line in open(sys.argv[1]):
+    prec, sk, rc, k, m, js = line.split(" ", 5)
+    j = json.loads(js) if js.startswith("{") else {}
+    parts = sk.split("_")[0]
+    good = rc == "0" and j.get("skip") == parts and (parts == "none" or f" skip={parts} " in j.get("engine", ""))
+    if not good: print(f"  {prec} --skip {sk}: exit {rc}, {js.strip()[:200]}")
+    ok &= good
+    K[sk], M[sk] = int(k), int(m)
+alls, rest = "gemm,attention,layernorm,other", "attention,layernorm,other"
+per = {p: K["none"] - K[p] for p in ("gemm", "attention", "layernorm", "other")}
+print(f"  {prec}: kernels {K}, matmuls {M}; left out by each part {per}")
+checks = {
+    "all skipped: nothing runs per pass (the same counts at two in flight)":
+        (K[alls], M[alls]) == (K[alls + "_--inflight_2"], M[alls + "_--inflight_2"]),
+    "each kernel in exactly one part": sum(per.values()) == K["none"] - K[alls],
+    "GEMMs skipped: only the start-up's matmuls": M["gemm"] == M[alls],
+    "the rest skipped: only the start-up's kernels, every GEMM": K[rest] == K[alls] and M[rest] == M["none"],
+    "4 GEMMs per layer per pass": M["none"] - M[alls] == F * 4 * L,
+    "no kernel around the GEMMs": per["gemm"] == 0,
+    "one attention kernel per layer per pass": per["attention"] == F * L,
+}
+for what, good in checks.items():
+    if not good: print(f"  {prec}: FAILED: {what}")
+    ok &= good
+sys.exit(0 if ok else 1)
+PYEOF
+  check "bench --skip at $prec: each part's kernels and matmuls left out, nothing else" "[ $? -eq 0 ]"
+done
 exit $fail

@@ -38,6 +38,9 @@
  *    CPU twin (fp32 products, double statistics, the output rounded to its type and the E4M3 copy
  *    made from that) on the stream, so the engine's fused path runs; BS_EMU_GEMM_LN=wrong the same
  *    without the residual, a kernel bug the engine's start-up check must catch.
+ *  - BS_EMU_STATS=1: at exit, one line on stderr with the number of kernels and cuBLASLt matmuls
+ *    that ran (graph replays included; work still queued at exit is not counted), so a test can
+ *    check what a forward pass runs (tests/cli/test_cuda_cli_on_emu.sh: bench --skip).
  * Not modelled: timing (events give host time), overlap within an op (a kernel runs whole), and
  * the tensor cores' own rounding. */
 #include "emu/simt.hpp"
@@ -111,6 +114,7 @@ static std::map<uintptr_t, size_t> allocs, pinned;
 static std::vector<CUstream_st *> streams;
 static size_t allocated = 0;
 static long reported = 0;
+static long ran_kernels = 0, ran_matmuls = 0; /* BS_EMU_STATS: kernels and cuBLASLt matmuls run (not queued) */
 static const size_t TOTAL = (size_t)80 << 30;
 
 static double now() {
@@ -243,8 +247,14 @@ static void install() {
     done = true;
     bs_emu::reset(bs_emu::Options{});
     bs_emu::submit_hook() = [](const void *stream, std::function<void()> run) {
-        submit((CUstream_st *)stream, std::move(run));
+        submit((CUstream_st *)stream, [run = std::move(run)] {
+            ran_kernels++;
+            run();
+        });
     };
+    const char *stats = getenv("BS_EMU_STATS");
+    if (stats && !strcmp(stats, "1"))
+        atexit([] { fprintf(stderr, "cuda_emu: ran kernels=%ld matmuls=%ld\n", ran_kernels, ran_matmuls); });
 }
 
 } // namespace cuda_emu
@@ -949,7 +959,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
             return CUBLAS_STATUS_INVALID_VALUE;
         }
     }
-    cuda_emu::submit(s, [=] { cuda_emu::matmul(x, la, lb, lc, lo, al, be, A, B, C, D); });
+    cuda_emu::submit(s, [=] {
+        cuda_emu::ran_matmuls++;
+        cuda_emu::matmul(x, la, lb, lc, lo, al, be, A, B, C, D);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -3,7 +3,7 @@
  * fp32 features at bf16/fp16 (cosine >= 0.999, head probability within 5e-3) and fp8 (cosine
  * >= 0.99, same label on >= 99% of IMDB reviews). Also: CUDA-graph replay equals eager
  * execution on fresh inputs, the attention paths agree, bias and residual in the GEMMs agree with
- * them in the LayerNorms, and BERT-base at 256 x 128 in bf16
+ * them in the LayerNorms, bench --skip runs on random activations, and BERT-base at 256 x 128 in bf16
  * fits in 2 GiB. Needs a CUDA device: fails without one (the gpu label is excluded there). */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -1238,6 +1238,62 @@ static void engine_cuda_last_layer_on_cls_rows_matches_the_full_pass(void) {
 
 /* ---- memory ---- */
 
+/* bench --skip (engine.h): the parts left out leave the lanes' activations as the engine filled them
+ * when skip was set, random finite values, not zeros, so the parts that run see data like a real
+ * pass's (tensor cores on zeros draw less power and run at higher clocks). With the GEMMs skipped,
+ * every LayerNorm reads a random tmp: the pooled features are finite and differ between sequences,
+ * the last two included, whose rows no start-up check wrote (zeros would give both LN(0) = beta, the
+ * same features). The description says skip=. */
+static void engine_cuda_skip_runs_on_random_activations(void) {
+    char err[BS_ERRLEN];
+    bs_bert_config cfg;
+    CHECK_INT(bert_config_preset("tiny", &cfg, err), BS_OK);
+    bs_model *m = model_init_random(&cfg, 5, err);
+    CHECK(m != NULL);
+    if (!m) return;
+    enum { B = 16, L = 32 }; /* more rows than the start-up checks' batches wrote before skip was set */
+    int32_t ids[B * L], cu[B + 1];
+    bs_rng r = {11};
+    cu[0] = 0;
+    for (int s = 0; s < B; s++) {
+        cu[s + 1] = cu[s] + L;
+        for (int t = cu[s]; t < cu[s + 1]; t++) ids[t] = (int32_t)(bs_rng_next(&r) % (uint64_t)cfg.vocab_size);
+    }
+    const bs_precision precs[] = {BS_PREC_FP32, BS_PREC_BF16, BS_PREC_FP8};
+    for (int k = 0; k < 3; k++) {
+        bs_engine_opts o = {.device = "cuda",
+                            .precision = precs[k],
+                            .max_seqs = B,
+                            .max_tokens = B * L,
+                            .max_seq_len = L,
+                            .skip = BS_SKIP_GEMM};
+        bs_engine *e = engine_new(m, &o, err);
+        if (!e && precs[k] == BS_PREC_FP8 && strstr(err, "fp8 needs")) continue; /* a GPU without fp8 */
+        CHECK(e != NULL);
+        if (!e) {
+            fprintf(stderr, "  %s: %s\n", bs_precision_name(precs[k]), err);
+            continue;
+        }
+        CHECK(strstr(engine_describe(e), " skip=gemm ") != NULL);
+        float *pool = falloc((size_t)B * cfg.hidden);
+        bs_batch b = {.n_seq = B, .ids = ids, .cu_seqlens = cu};
+        bs_outputs out = {.pooler = pool};
+        CHECK_INT(engine_forward(e, &b, &out, err), BS_OK);
+        int finite = 1;
+        double diff = 0;
+        for (int i = 0; i < B * cfg.hidden; i++) finite &= isfinite(pool[i]) && fabsf(pool[i]) <= 1.0f;
+        const float *last = pool + (size_t)(B - 1) * cfg.hidden;
+        for (int i = 0; i < cfg.hidden; i++) diff = fmax(diff, fabs(last[i] - last[i - cfg.hidden]));
+        fprintf(stderr, "  %s, GEMMs skipped: features finite %d, the last two sequences differ by up to %.3g\n",
+                bs_precision_name(precs[k]), finite, diff);
+        CHECK(finite);
+        CHECK(diff > 1e-3);
+        free(pool);
+        engine_free(e);
+    }
+    model_free(m);
+}
+
 static void engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128(void) {
     char err[BS_ERRLEN];
     bs_bert_config cfg;
@@ -1312,6 +1368,7 @@ int main(void) {
     RUN(engine_cuda_fp8_static_scales_on_the_fused_layernorm_shape);
     RUN(engine_cuda_last_layer_on_cls_rows_matches_the_full_pass);
     RUN(engine_cuda_residual_in_the_gemm_matches_the_layernorm_path);
+    RUN(engine_cuda_skip_runs_on_random_activations);
     RUN(engine_cuda_bert_base_bf16_fits_in_2gib_at_256x128);
     return bs_test_done();
 }
