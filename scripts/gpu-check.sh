@@ -3,7 +3,8 @@
 # scripts/bundle.sh (default: build/bundle beside this script's repo). Prints the GPU, runs the
 # bundled GPU tests, then benchmarks BERT-base (random weights) with `bertstream bench` over
 # batch 1/16/64/256 x seq-len 32/128/512 in bf16 and fp8, fp32 at 16 x 128, and a mixed-length
-# batch (uniform 8..128), and prints one table; between the two, the worker end to end on the
+# batch (uniform 8..128), the GEMMs alone and the rest alone at 256 x 128 (bench --skip: what each
+# part costs under load), and prints one table; between the two, the worker end to end on the
 # embedded broker (scripts/bench-worker.sh: reviews/s, engine busy share, p50/p99 latency).
 # Everything also goes to ${OUT:-.}/gpu-check.txt.
 # Reference data (tests): $BERTSTREAM_DATA, else shared/data or ../shared/data near the bundle
@@ -122,9 +123,13 @@ fi
 ROWS=()
 declare -A BENCHED # points already run: the grid below skips the targets measured first
 declare -A RESULT  # PREC/BATCH/LEN/LENGTHS/SETTING -> "seq/s ms tokens/s engine-MiB peak-MiB" (the targets summary)
-setting_opts() { # SETTING: its bench options ("--inflight 2"), without the VAR=VALUE words
-    local w out=()
-    for w in $1; do [[ $w == --* || $w != *=* ]] && out+=("$w"); done
+setting_opts() { # SETTING: the bench options it is compared at ("--inflight 2"): without the VAR=VALUE words and --skip
+    local w out=() skip=0
+    for w in $1; do
+        if [ $skip = 1 ]; then skip=0; continue; fi
+        if [ "$w" = --skip ]; then skip=1; continue; fi
+        [[ $w == --* || $w != *=* ]] && out+=("$w")
+    done
     echo "${out[*]}"
 }
 bench() { # PRECISION BATCH SEQ_LEN [LENGTHS [SETTING]]: SETTING's VAR=VALUE words go into bench's environment, the rest ("--inflight 2") into its arguments
@@ -195,6 +200,17 @@ bench bf16 16 128
 bench bf16 256 128 uniform:8:128
 bench fp8 256 128 uniform:8:128
 bench fp32 16 128
+# What each part of the forward pass costs under the bench's sustained load (bench --skip: those parts
+# left out, the rest timed as the bench runs it; the features are then meaningless). The GEMMs alone
+# (--skip attention,layernorm,other) are the floor that no change outside cuBLASLt's GEMMs can pass.
+bench bf16 256 128 fixed "--skip attention,layernorm,other"
+bench bf16 256 128 fixed "--inflight 2 --skip attention,layernorm,other"
+bench fp8 256 128 fixed "--skip attention,layernorm,other"
+bench fp8 256 128 fixed "--inflight 2 --skip attention,layernorm,other"
+bench bf16 256 128 fixed "--skip gemm"
+bench fp8 256 128 fixed "--skip gemm"
+bench bf16 256 128 fixed "--skip attention"
+bench bf16 256 128 fixed "--skip layernorm"
 # the fused GEMM + LayerNorm (off by default: slower on the H100, 2026-11-27; kept here to measure it): the attention-output and FFN-down
 # GEMMs with the LayerNorm in their epilogue, in place of cuBLASLt and the LayerNorm kernel
 bench bf16 256 128 fixed BERTSTREAM_GEMM_LN=fused
@@ -330,6 +346,14 @@ target "bf16 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio bf16/256/128/unifor
 target "fp8 mixed 8..128 vs fixed 128, tokens/s %" "$(ratio fp8/256/128/uniform:8:128/ fp8/256/128/fixed/)" ">=" 85 "%"
 target "bf16 256 x 128, peak GPU MiB (all processes)" "$(field bf16/256/128/fixed/ 5)" "<=" 2048 "MiB"
 target "the same, 2 in flight (two lanes)" "$(field "bf16/256/128/fixed/--inflight 2" 5)" "<=" 2048 "MiB"
+echo
+# The GEMMs alone against the same targets: a floor under the target means no work outside the
+# GEMMs (attention, LayerNorms, the gaps between batches) can reach it with these GEMMs.
+echo "== the GEMMs alone (bench --skip attention,layernorm,other), against the same targets"
+target "bf16 256 x 128, GEMMs alone, seq/s" "$(field "bf16/256/128/fixed/--skip attention,layernorm,other" 1)" ">=" 28000 "seq/s"
+target "the same, 2 in flight" "$(field "bf16/256/128/fixed/--inflight 2 --skip attention,layernorm,other" 1)" ">=" 28000 "seq/s"
+target "fp8 256 x 128, GEMMs alone, seq/s" "$(field "fp8/256/128/fixed/--skip attention,layernorm,other" 1)" ">=" 40000 "seq/s"
+target "the same, 2 in flight" "$(field "fp8/256/128/fixed/--inflight 2 --skip attention,layernorm,other" 1)" ">=" 40000 "seq/s"
 echo
 # Each variant against the default at the same point: what each knob is worth on this GPU (the
 # defaults were chosen without a GPU for the CLS attention, residual=gemm, fp8's static scales and

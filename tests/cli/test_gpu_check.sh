@@ -32,20 +32,21 @@ mkdir -p "$B/tests"
 printf '#!/bin/sh\nexit 0\n' >"$B/unpack.sh"
 cat >"$B/bertstream" <<'EOF'
 #!/usr/bin/env bash
-# stub: init-model --out DIR; bench ... --precision P --batch N --seq-len L --lengths X [--inflight K]
+# stub: init-model --out DIR; bench ... --precision P --batch N --seq-len L --lengths X [--inflight K] [--skip S]
 cmd=$1; shift
 if [ "$cmd" = init-model ]; then
     while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2"; shift; done
     exit 0
 fi
 [ "$cmd" = bench ] || exit 2
-prec="" batch="" len="" inflight=1
+prec="" batch="" len="" inflight=1 skip=none
 while [ $# -gt 0 ]; do
     case $1 in
         --precision) prec=$2; shift ;;
         --batch) batch=$2; shift ;;
         --seq-len) len=$2; shift ;;
         --inflight) inflight=$2; shift ;;
+        --skip) skip=$2; shift ;;
     esac
     shift
 done
@@ -60,6 +61,12 @@ sps=10000
 [ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
 [ "${BERTSTREAM_SPLIT:-}" = on ] && sps=$((sps * 105 / 100))
 [ "${BERTSTREAM_GEMM_LN:-}" = fused ] && sps=$((sps * 112 / 100))
+case $skip in
+    attention,layernorm,other) sps=$((sps * 130 / 100)) ;;
+    gemm) sps=$((sps * 3)) ;;
+    none) ;;
+    *) sps=$((sps * 105 / 100)) ;;
+esac
 if [ "${BERTSTREAM_ATTENTION:-}" = wmma ]; then echo "stub: wmma refused" >&2; exit 1; fi
 ms=$(awk -v b="$batch" -v s="$sps" 'BEGIN { printf "%.3f", 1000 * b / s }')
 echo "engine ready"
@@ -128,6 +135,14 @@ matches "variants: fp8 fused two in flight against two in flight" "$tmp/r1.txt" 
     "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_GEMM_LN=fused\] +24640\.0 vs +22000\.0 +\(\+12\.0%\)$"
 matches "the parity test with the fused GEMM + LayerNorm, engines counted" "$tmp/r1.txt" \
     "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused \([0-9]+s\): fused in 2 engines, refused in 1$"
+matches "the GEMMs alone against the bf16 target" "$tmp/r1.txt" \
+    "^bf16 256 x 128, GEMMs alone, seq/s +13000\.000 +\(target >= 28000 seq/s\) +NOT met$"
+matches "the GEMMs alone at two in flight against the fp8 target" "$tmp/r1.txt" \
+    "^the same, 2 in flight +28600\.000 +\(target >= 40000 seq/s\) +NOT met$"
+matches "variants: the GEMMs alone at two in flight against two in flight" "$tmp/r1.txt" \
+    "^bf16/256/128/fixed/--inflight 2 +\[--inflight 2 --skip attention,layernorm,other\] +14300\.0 vs +11000\.0 +\(\+30\.0%\)$"
+matches "variants: everything but the GEMMs against the default" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed +\[--skip gemm\] +60000\.0 vs +20000\.0 +\(\+200\.0%\)$"
 has "an option and a variable reach the stub together" "$tmp/r1.txt" "[--inflight 2 BERTSTREAM_LANES=1] attention="
 if grep -q "BERTSTREAM_ATTENTION=wmma\] .* vs " "$tmp/r1.txt"; then bad "a failed variant has no percentage"; else
     ok "a failed variant has no percentage"
