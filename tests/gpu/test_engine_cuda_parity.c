@@ -309,6 +309,16 @@ static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
                                        .type_vocab_size = 1,
                                        .ln_eps = 1e-5f},
                       7);
+    /* TinyBERT-4's width: 12 heads of 26 */
+    check_other_shape((bs_bert_config){.vocab_size = 500,
+                                       .hidden = 312,
+                                       .layers = 2,
+                                       .heads = 12,
+                                       .intermediate = 1200,
+                                       .max_positions = 128,
+                                       .type_vocab_size = 2,
+                                       .ln_eps = 1e-12f},
+                      9);
 }
 
 static int device_has_fp8(void);
@@ -318,9 +328,9 @@ static int device_has_fp8(void);
 /* Each reduced precision on model shapes other than tiny-bert's, against the CPU engine at fp32,
  * with the issue's bars: cosine >= 0.999 (bf16, fp16) or >= 0.99 (fp8) for every pooled vector and
  * every token's last hidden state. The shapes take every attention path: head size 32 and 128 the
- * mma kernel (and at fp8 its E4M3 input and output), 48 and 80 no tensor-core kernel (the SIMT
- * kernel, and at fp8 the cast passes). fp8 with an intermediate size not divisible by 16 is a
- * one-line refusal. One batch of random ids, ragged, with a sequence at the longest length, on
+ * mma kernel (and at fp8 its E4M3 input and output), 48, 80 and 26 no tensor-core kernel (the SIMT
+ * kernel, and at fp8 the cast passes). fp8 with a hidden or intermediate size not divisible by 16 is
+ * a one-line refusal. One batch of random ids, ragged, with a sequence at the longest length, on
  * random weights with peaked attention. */
 static void check_shape_at(const bs_model *m, bs_precision prec, const char *expect_att) {
     const bs_bert_config *cfg = &m->cfg;
@@ -423,6 +433,17 @@ static void engine_cuda_reduced_precisions_on_other_shapes(void) {
           .max_positions = 90,
           .type_vocab_size = 1,
           .ln_eps = 1e-5f},
+         "attention=kernel-simt "},
+        /* TinyBERT-4's width: 12 heads of 26, a head size no 16-byte load divides; fp8 is refused
+         * (312 is not a multiple of 16) */
+        {{.vocab_size = 500,
+          .hidden = 312,
+          .layers = 2,
+          .heads = 12,
+          .intermediate = 1200,
+          .max_positions = 128,
+          .type_vocab_size = 2,
+          .ln_eps = 1e-12f},
          "attention=kernel-simt "},
     };
     const bs_precision precs[3] = {BS_PREC_BF16, BS_PREC_FP16, BS_PREC_FP8};
