@@ -288,37 +288,44 @@ static void check_other_shape(bs_bert_config cfg, uint64_t seed) {
     model_free(m);
 }
 
+/* TinyBERT-4's width: 12 heads of 26, a head size no 16-byte load divides (both other-shape tests) */
+static const bs_bert_config tinybert4_width = {.vocab_size = 500,
+                                               .hidden = 312,
+                                               .layers = 2,
+                                               .heads = 12,
+                                               .intermediate = 1200,
+                                               .max_positions = 128,
+                                               .type_vocab_size = 2,
+                                               .ln_eps = 1e-12f};
+
 static void engine_cuda_fp32_matches_cpu_on_other_shapes(void) {
-    /* hidden 96, 3 heads of 32, 3 layers, intermediate 200 (the brief's shape) */
-    check_other_shape((bs_bert_config){.vocab_size = 1000,
-                                       .hidden = 96,
-                                       .layers = 3,
-                                       .heads = 3,
-                                       .intermediate = 200,
-                                       .max_positions = 77,
-                                       .type_vocab_size = 2,
-                                       .ln_eps = 1e-7f},
-                      42);
-    /* head size 80 (3 of 4 lanes' second dim idle), odd vocabulary, eps 1e-5 */
-    check_other_shape((bs_bert_config){.vocab_size = 333,
-                                       .hidden = 160,
-                                       .layers = 2,
-                                       .heads = 2,
-                                       .intermediate = 64,
-                                       .max_positions = 90,
-                                       .type_vocab_size = 1,
-                                       .ln_eps = 1e-5f},
-                      7);
-    /* TinyBERT-4's width: 12 heads of 26 */
-    check_other_shape((bs_bert_config){.vocab_size = 500,
-                                       .hidden = 312,
-                                       .layers = 2,
-                                       .heads = 12,
-                                       .intermediate = 1200,
-                                       .max_positions = 128,
-                                       .type_vocab_size = 2,
-                                       .ln_eps = 1e-12f},
-                      9);
+    const struct {
+        bs_bert_config cfg;
+        uint64_t seed;
+    } shapes[] = {
+        /* hidden 96, 3 heads of 32, 3 layers, intermediate 200 (the brief's shape) */
+        {{.vocab_size = 1000,
+          .hidden = 96,
+          .layers = 3,
+          .heads = 3,
+          .intermediate = 200,
+          .max_positions = 77,
+          .type_vocab_size = 2,
+          .ln_eps = 1e-7f},
+         42},
+        /* head size 80 (3 of 4 lanes' second dim idle), odd vocabulary, eps 1e-5 */
+        {{.vocab_size = 333,
+          .hidden = 160,
+          .layers = 2,
+          .heads = 2,
+          .intermediate = 64,
+          .max_positions = 90,
+          .type_vocab_size = 1,
+          .ln_eps = 1e-5f},
+         7},
+        {tinybert4_width, 9},
+    };
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) check_other_shape(shapes[k].cfg, shapes[k].seed);
 }
 
 static int device_has_fp8(void);
@@ -434,17 +441,8 @@ static void engine_cuda_reduced_precisions_on_other_shapes(void) {
           .type_vocab_size = 1,
           .ln_eps = 1e-5f},
          "attention=kernel-simt "},
-        /* TinyBERT-4's width: 12 heads of 26, a head size no 16-byte load divides; fp8 is refused
-         * (312 is not a multiple of 16) */
-        {{.vocab_size = 500,
-          .hidden = 312,
-          .layers = 2,
-          .heads = 12,
-          .intermediate = 1200,
-          .max_positions = 128,
-          .type_vocab_size = 2,
-          .ln_eps = 1e-12f},
-         "attention=kernel-simt "},
+        /* fp8 is refused (312 is not a multiple of 16) */
+        {tinybert4_width, "attention=kernel-simt "},
     };
     const bs_precision precs[3] = {BS_PREC_BF16, BS_PREC_FP16, BS_PREC_FP8};
     const int has_fp8 = device_has_fp8();
