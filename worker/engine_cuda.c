@@ -47,6 +47,7 @@ int engine_cuda_device_count(void) {
 #include "dtype.h"
 #include "gelu.h"
 #include "gemm_ln.h"
+#include "gemm_sm90.h"
 #include "layernorm.h"
 #include "pooling.h"
 
@@ -200,6 +201,9 @@ typedef struct {
     int gemm_ln;        /* BERTSTREAM_GEMM_LN=fused and its start-up check agreed: the AO and FF2 GEMMs run
                          * with the LayerNorm after them in their epilogue (gemm_ln.h; Hopper only) */
     const char *gemm_ln_note; /* describe(): "off", "fused", or why fused was asked for and not used */
+    unsigned own_gemm;        /* BERTSTREAM_GEMM_KERNEL=sm90: 1 << G_* kind for each GEMM whose start-up check
+                               * passed; those run our Hopper GEMM (gemm_sm90.h) in place of cuBLASLt */
+    char gemm_note[48];       /* describe(): "cublaslt", "sm90", "sm90(qkv,ff1)", "cublaslt(sm90 refused)" */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -788,6 +792,19 @@ static int gemm_input_q8(cuda_engine *e, int kind, int l, int n, const void **X,
     return BS_OK;
 }
 
+/* Our Hopper GEMM's epilogue for what plan p does (its epilogue, the residual), or -1 where it has
+ * none for it (a plan that fell back to no epilogue) or does not run that GEMM kind: then cuBLASLt. */
+static int own_gemm_epi(const cuda_engine *e, const gemm_plan *p) {
+    int epi = -1;
+    if (p->kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_BIAS) epi = BS_GS_BIAS;
+    if (p->kind == G_FF1 && p->epilogue == CUBLASLT_EPILOGUE_GELU_BIAS) epi = BS_GS_BIAS_GELU;
+    if ((p->kind == G_AO || p->kind == G_FF2) && p->res) epi = BS_GS_BIAS_RES;
+    if (epi < 0 || !(e->own_gemm & (1u << p->kind))) return -1;
+    int m, k;
+    gemm_dims(e, p->kind, &m, &k);
+    return gemm_sm90_shape_ok(m, k, e->gemm, e->act, p->out_q8, epi) ? epi : -1;
+}
+
 /* out (n, m) = in (n, k) W^T [+ bias] [GELU] [+ res], W of layer l, in/out per gemm_io. res: the
  * residual of an AO or FF2 GEMM; *added (may be NULL for the others) says whether the plan added
  * bias and residual, or left both to the LayerNorm. Under fp8 the input is quantised first. */
@@ -806,10 +823,19 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     int m, k;
     gemm_dims(e, kind, &m, &k);
     const void *X = in;
+    const float *sa = NULL, *sb = NULL;
     if (e->fp8) {
-        const float *sb;
         if (gemm_input_q8(e, kind, l, n, &X, &sb, err) != BS_OK) return BS_ERR;
-        const void *sa = SCALE_AT(w->scale, kind);
+        sa = SCALE_AT(w->scale, kind);
+    }
+    if (p->res && !res) return bs_err(err, "the %s GEMM adds a residual but none was given", gemm_names[kind]);
+    const int epi = own_gemm_epi(e, p);
+    if (epi >= 0) { /* our Hopper GEMM: the plan's epilogue, its E4M3 output and D scale, no cuBLASLt call */
+        CUDA_CHECK(gemm_sm90_forward(out, X, W, n, m, k, e->gemm, e->act, sa, sb, gemm_bias_act(e, kind, l), epi, res,
+                                     p->out_q8 ? SCALE_AT(gemm_dscales(e, kind), l) : NULL, 0, e->a->stream));
+        return BS_OK;
+    }
+    if (e->fp8) {
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
@@ -821,7 +847,6 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
         const void *sd = SCALE_AT(gemm_dscales(e, kind), l);
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sd, sizeof sd));
     }
-    if (p->res && !res) return bs_err(err, "the %s GEMM adds a residual but none was given", gemm_names[kind]);
     CUBLAS_CHECK(plan_launch(e, p, &p->algo, W, X, out, res));
     /* what the epilogue did not do */
     if (kind == G_QKV && p->epilogue == CUBLASLT_EPILOGUE_DEFAULT)
@@ -1123,6 +1148,135 @@ done:
 }
 #undef GL_SC
 
+/* Our Hopper GEMM (BERTSTREAM_GEMM_KERNEL=sm90, gemm_sm90.h) at start, against the cuBLASLt plan it
+ * replaces: layer 0's weights and bias as uploaded, n rows (a full 128-row tile and a partial one
+ * when the buffers allow) of random input (16-bit: uniform in [-1, 1]; E4M3: random finite codes,
+ * |x| <= 7.5, at scale 1/16) and, for AO and FF2, random residual (uniform in [-2, 2]); the same
+ * epilogue, E4M3 output and D scale (64) as the plan. Our kernel runs on 3 CTAs, so each takes many
+ * tiles: both consumer warpgroups, their hand-overs and the stage ring's wrap-around run whatever
+ * the shape. Every value must be within one step of the output type of cuBLASLt's (2^-7 |y| for
+ * 16-bit, 2^-3 |y| for E4M3) plus 2^-8 (E4M3 inputs: 2^-5) of the outputs' RMS for the different
+ * summation order, where a wrong layout, tile or stage is off by the size of the values; and the
+ * 16 rows after n must still hold what they held. Returns 1 agree, 0 not (why says how), BS_ERR. */
+#define GS_SC(stmt)                                                                                                    \
+    do {                                                                                                               \
+        const cudaError_t ce_ = (stmt);                                                                                \
+        if (ce_ != cudaSuccess) {                                                                                      \
+            bs_err(err, "sm90 GEMM self-check: %s", cudaGetErrorString(ce_));                                          \
+            goto done;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
+    int m, K;
+    gemm_dims(e, kind, &m, &K);
+    const int tail = 16, n = e->Tcap - tail < 200 ? e->Tcap - tail : 200;
+    if (n < 1) {
+        snprintf(why, BS_ERRLEN, "the engine's buffers hold too few rows (%d) to check it", e->Tcap);
+        return 0;
+    }
+    gemm_plan *p = plan_get(e, kind, n, err);
+    if (!p) return BS_ERR;
+    const unsigned had = e->own_gemm;
+    e->own_gemm |= 1u << kind; /* own_gemm_epi asks it */
+    const int epi = own_gemm_epi(e, p);
+    e->own_gemm = had;
+    if (epi < 0) {
+        snprintf(why, BS_ERRLEN, "no variant for the %s GEMM (%d x %d, %s in, epilogue %d%s)", gemm_names[kind], m, K,
+                 bs_dtype_name(e->gemm), p->epilogue, p->out_q8 ? ", E4M3 out" : "");
+        return 0;
+    }
+    const dev_layer *w = &e->layer[0];
+    const bs_dtype G = e->gemm, A = e->act, O = p->out_q8 ? BS_DT_E4M3 : A;
+    const size_t os = bs_dtype_size(O), nm = (size_t)n * m;
+    const void *in, *R;
+    void *Y;
+    gemm_io(e, kind, &in, &Y, &R);
+    void *X = e->fp8 ? e->a->q8 : (void *)in;
+    if (epi != BS_GS_BIAS_RES) R = NULL;
+    const float *sa = e->fp8 ? SCALE_AT(w->scale, kind) : NULL, *bias = gemm_bias_act(e, kind, 0);
+    /* two of act_scale's G_KINDS slots, free at start (static scales leave them unused, batch scales rewrite them) */
+    float *sxd = SCALE_AT(e->a->act_scale, kind), *sdd = SCALE_AT(e->a->act_scale, (kind + 1) % G_KINDS);
+    const float sx = 1.0f / 16, sd = 64.0f;
+    const void *W = gemm_weight(e, kind, 0);
+    float *hx = malloc(sizeof(float) * (size_t)n * (K > m ? K : m)), *ref = malloc(sizeof(float) * nm),
+          *got = malloc(sizeof(float) * nm), *tmpf = NULL;
+    uint8_t *bx = malloc((size_t)n * K), *bt = malloc((size_t)tail * m * os);
+    int rc = BS_ERR;
+    if (!hx || !ref || !got || !bx || !bt) {
+        bs_err(err, "out of memory");
+        goto done;
+    }
+    GS_SC(cudaMalloc((void **)&tmpf, sizeof(float) * (nm > (size_t)n * K ? nm : (size_t)n * K)));
+    bs_rng r = {9090 + (uint64_t)kind};
+    if (e->fp8) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
+        for (size_t i = 0; i < (size_t)n * K; i++) bx[i] = bs_e4m3_random_code(bs_rng_next(&r), 10);
+        GS_SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
+    } else {
+        for (size_t i = 0; i < (size_t)n * K; i++) hx[i] = (float)(2 * bs_rng_uniform(&r) - 1);
+        if (upload(e, X, A, hx, (size_t)n * K, tmpf, NULL, err) != BS_OK) goto done;
+    }
+    if (R) {
+        for (size_t i = 0; i < nm; i++) hx[i] = (float)(4 * bs_rng_uniform(&r) - 2);
+        if (upload(e, (void *)R, A, hx, nm, tmpf, NULL, err) != BS_OK) goto done;
+    }
+    GS_SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
+    GS_SC(cudaMemcpyAsync(sdd, &sd, 4, cudaMemcpyHostToDevice, e->a->stream));
+    GS_SC(cudaStreamSynchronize(e->a->stream)); /* sx, sd are on the stack */
+    /* cuBLASLt, as gemm() calls it */
+    if (e->fp8) {
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sxd, sizeof sxd));
+    }
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (p->out_q8)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &sdd, sizeof sdd));
+    const cublasStatus_t st = plan_launch(e, p, &p->algo, W, X, Y, R);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, BS_ERRLEN, "the %s GEMM's cuBLASLt plan (the reference) failed to launch: %s", gemm_names[kind],
+                 cublasGetStatusString(st));
+        rc = 0;
+        goto done;
+    }
+    GS_SC(download_f32(e, ref, Y, O, nm, tmpf));
+    /* ours, over a pattern that rows n.. must keep */
+    GS_SC(cudaMemsetAsync(Y, 0x5a, (size_t)(n + tail) * m * os, e->a->stream));
+    cudaError_t ce = gemm_sm90_forward(Y, X, W, n, m, K, G, A, sa, e->fp8 ? sxd : NULL, bias, epi, R,
+                                       p->out_q8 ? sdd : NULL, 3, e->a->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
+    if (ce != cudaSuccess) {
+        snprintf(why, BS_ERRLEN, "the sm90 GEMM did not run: %s", cudaGetErrorString(ce));
+        cudaGetLastError(); /* a launch error is not sticky; clear it */
+        rc = 0;
+        goto done;
+    }
+    GS_SC(cudaMemcpyAsync(bt, (uint8_t *)Y + nm * os, (size_t)tail * m * os, cudaMemcpyDeviceToHost, e->a->stream));
+    GS_SC(download_f32(e, got, Y, O, nm, tmpf));
+    double ss = 0;
+    for (size_t i = 0; i < nm; i++) ss += (double)ref[i] * ref[i];
+    const double rms = sqrt(ss / (double)nm), step = O == BS_DT_E4M3 ? 1.0 / 8 : 1.0 / 128;
+    const double slack = rms * (e->fp8 ? 1.0 / 32 : 1.0 / 256) + (O == BS_DT_E4M3 ? 1.0 / 512 : 0);
+    size_t bad = 0, past = 0, first = 0;
+    for (size_t i = 0; i < nm; i++) {
+        const double d = fabs((double)got[i] - ref[i]), tol = step * fmax(fabs(ref[i]), fabs(got[i])) + slack;
+        if (!(d <= tol) && !bad++) first = i;
+    }
+    for (size_t i = 0; i < (size_t)tail * m * os; i++) past += bt[i] != 0x5a;
+    rc = bad == 0 && past == 0;
+    if (!rc)
+        snprintf(why, BS_ERRLEN,
+                 "the sm90 %s GEMM differs from cuBLASLt's in %zu of %zu values (first: row %zu col %zu, %.4g for "
+                 "%.4g), %zu bytes past its rows",
+                 gemm_names[kind], bad, nm, first / (size_t)m, first % (size_t)m, bad ? got[first] : 0.0f,
+                 bad ? ref[first] : 0.0f, past);
+    log_debug("sm90 GEMM self-check", "gemm=%s rows=%d epilogue=%d q8=%d mismatches=%zu of=%zu rms=%.3g past=%zu",
+              gemm_names[kind], n, epi, p->out_q8, bad, nm, rms, past);
+done:
+    cudaFree(tmpf);
+    free(hx), free(ref), free(got), free(bx), free(bt);
+    return rc;
+}
+#undef GS_SC
+
 /* ---- attention ---- */
 
 /* cuDNN SDPA over the engine's qkv -> att buffers for Bb sequence slots of max_seq_len tokens. */
@@ -1349,10 +1503,12 @@ static void describe(cuda_engine *e) {
     }
     snprintf(
         e->base.desc, sizeof e->base.desc,
-        "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s gemm-ln=%.24s graphs=%.24s lanes=%d%s%s%s mem=%zuMiB",
+        "cuda:%d %.60s %s attention=%.32s gelu=%s residual=%s%s gemm=%.40s gemm-ln=%.24s graphs=%.24s lanes=%d%s%s%s "
+        "mem=%zuMiB",
         e->dev, e->dev_name, bs_precision_name(e->base.precision), attn, e->gelu_in_gemm ? "tanh(cublaslt)" : "erf",
-        e->res_gemm_used ? "gemm" : "layernorm", f8, e->gemm_ln_note ? e->gemm_ln_note : "off", e->graphs_note,
-        e->max_lanes, e->split && e->max_lanes > 1 ? " split=on" : "",
+        e->res_gemm_used ? "gemm" : "layernorm", f8, e->gemm_note[0] ? e->gemm_note : "cublaslt",
+        e->gemm_ln_note ? e->gemm_ln_note : "off", e->graphs_note, e->max_lanes,
+        e->split && e->max_lanes > 1 ? " split=on" : "",
         e->base.cls_off ? " last-layer=all-rows(cls check failed)" : "", skip, bytes >> 20);
 }
 
@@ -2203,14 +2359,15 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
     /* the two-way switches: the first bad one is the error */
-    int scales, accum, qkv, resid, lanes, split, gln;
+    int scales, accum, qkv, resid, lanes, split, gln, gk;
     if ((scales = env_pick("BERTSTREAM_FP8_SCALES", "batch", "static", 1, err)) < 0 ||
         (accum = env_pick("BERTSTREAM_FP8_FAST_ACCUM", "0", "1", 1, err)) < 0 ||
         (qkv = env_pick("BERTSTREAM_FP8_QKV", "e4m3", "bf16", 0, err)) < 0 ||
         (resid = env_pick("BERTSTREAM_RESIDUAL", "gemm", "layernorm", 0, err)) < 0 ||
         (lanes = env_pick("BERTSTREAM_LANES", "1", "2", 1, err)) < 0 ||
         (split = env_pick("BERTSTREAM_SPLIT", "on", "off", 1, err)) < 0 ||
-        (gln = env_pick("BERTSTREAM_GEMM_LN", "off", "fused", 0, err)) < 0)
+        (gln = env_pick("BERTSTREAM_GEMM_LN", "off", "fused", 0, err)) < 0 ||
+        (gk = env_pick("BERTSTREAM_GEMM_KERNEL", "cublaslt", "sm90", 0, err)) < 0)
         return BS_ERR;
     /* static by default: no amax passes, and a review's features do not depend on its batch-mates */
     e->fp8_static = e->fp8 && scales == 1;
@@ -2311,6 +2468,47 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
         if ((p->kind == G_AO || p->kind == G_FF2) && p->res) res_plans++;
     }
     e->res_gemm_used = res_plans == 2;
+
+    /* cuBLASLt by default. BERTSTREAM_GEMM_KERNEL=sm90: our persistent ping-pong Hopper GEMM (gemm_sm90.h)
+     * for each GEMM whose start-up check agrees with cuBLASLt; written without a GPU (2026-11-28), so
+     * off until the H100 measures it (docs/gpu-engine.md, "Our own GEMM") */
+    snprintf(e->gemm_note, sizeof e->gemm_note, "cublaslt");
+    if (gk == 1) {
+        char why[BS_ERRLEN] = "", list[32] = "";
+        unsigned ok_kinds = 0;
+        if (e->act == BS_DT_F32)
+            snprintf(why, sizeof why, "fp32 keeps cuBLASLt's GEMMs (no TF32)");
+        else if (e->cc_major != 9)
+            snprintf(why, sizeof why, "it needs Hopper (compute capability 9.0); this is %d.%d", e->cc_major,
+                     e->cc_minor);
+        for (int kind = 0; kind < G_KINDS && !why[0]; kind++) {
+            char kwhy[BS_ERRLEN] = "";
+            const int ok = own_gemm_selfcheck(e, kind, kwhy, err);
+            if (ok == BS_ERR) return BS_ERR;
+            if (ok == 1) {
+                ok_kinds |= 1u << kind;
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? "," : "",
+                         kind == G_QKV   ? "qkv"
+                         : kind == G_AO  ? "ao"
+                         : kind == G_FF1 ? "ff1"
+                                         : "ff2");
+            } else {
+                log_warn("BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM", "gemm=%s reason=\"%s\"",
+                         gemm_names[kind], kwhy);
+            }
+        }
+        e->own_gemm = ok_kinds;
+        if (ok_kinds == (1u << G_KINDS) - 1)
+            snprintf(e->gemm_note, sizeof e->gemm_note, "sm90");
+        else if (ok_kinds)
+            snprintf(e->gemm_note, sizeof e->gemm_note, "sm90(%s)", list);
+        else
+            snprintf(e->gemm_note, sizeof e->gemm_note, "cublaslt(sm90 refused)");
+        if (ok_kinds)
+            log_info("our Hopper GEMM runs in place of cuBLASLt", "kernel=gemm_sm90 gemms=%s", list);
+        else if (why[0])
+            log_warn("BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs", "reason=\"%s\"", why);
+    }
 
     /* off by default: correct on the H100 but slower there than cuBLASLt + the LayerNorm kernel (bf16 -5 %,
      * fp8 -7 % at 256 x 128, 2026-11-27; docs/gpu-engine.md, "The LayerNorm in the GEMM") */

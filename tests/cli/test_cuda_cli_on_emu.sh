@@ -104,6 +104,44 @@ BERTSTREAM_GEMM_LN=yes score bf16
 check "BERTSTREAM_GEMM_LN=yes: exit 1 with one line" \
   "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_GEMM_LN='yes': expected off or fused\" ]"
 
+# Our Hopper GEMM (BERTSTREAM_GEMM_KERNEL=sm90, kernels/gemm_sm90.h), likewise through its CPU twin
+# (BS_EMU_GEMM_SM90=cpu): the start-up check against cuBLASLt for each of the four GEMMs, the plan's
+# epilogue, E4M3 output and D scale handed to it (fp8 static: QKV and FF1 write E4M3), and the
+# forward passes running it instead of cuBLASLt (the emulator counts the cuBLASLt calls: a score of
+# 4 batches through 2 layers makes at least 32 fewer with it)
+BERTSTREAM_GEMM_KERNEL=cublaslt BS_EMU_STATS=1 score bf16
+lt_calls=$(sed -n 's/^cuda_emu: ran kernels=[0-9]* matmuls=\([0-9]*\)$/\1/p' "$TMP/err.txt")
+for spec in bf16:static fp16:static fp8:static fp8:batch; do
+  IFS=: read -r prec scales <<<"$spec"
+  BS_EMU_STATS=1 BS_EMU_GEMM_SM90=cpu BERTSTREAM_GEMM_KERNEL=sm90 BERTSTREAM_FP8_SCALES=$scales score "$prec"
+  check "gemm sm90, $prec ($scales scales): score exits 0, the description says gemm=sm90, no warning" \
+    "[ $? -eq 0 ] && grep -q ' $prec .* gemm=sm90 gemm-ln=off graphs=' '$TMP/err.txt' && ! grep -q 'level=warn' '$TMP/err.txt'"
+  golden_check "$TMP/out.jsonl" 5e-3
+  check "gemm sm90, $prec ($scales scales): probabilities within 5e-3 of the golden head, same labels" "[ $? -eq 0 ]"
+  calls=$(sed -n 's/^cuda_emu: ran kernels=[0-9]* matmuls=\([0-9]*\)$/\1/p' "$TMP/err.txt")
+  check "gemm sm90, $prec ($scales scales): the forward passes left cuBLASLt ($calls calls against ${lt_calls:-?} without it)" \
+    "[ -n '$calls' ] && [ -n '$lt_calls' ] && [ $((${lt_calls:-0} - ${calls:-0})) -ge 32 ]"
+done
+# a kernel that leaves a column unwritten (BS_EMU_GEMM_SM90=wrong) fails the check of each GEMM:
+# one warning per GEMM with the reason, cuBLASLt, the same numbers
+BS_EMU_GEMM_SM90=wrong BERTSTREAM_GEMM_KERNEL=sm90 score bf16
+check "gemm sm90 wrong kernel: score exits 0 on cuBLASLt" \
+  "[ $? -eq 0 ] && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt'"
+check "gemm sm90 wrong kernel: a warning per GEMM says what differed" \
+  "[ \$(grep -c 'level=warn msg=\"BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM\" gemm=[a-z.]* reason=\"the sm90 [a-z.]* GEMM differs from cuBLASLt.s in ' '$TMP/err.txt') -eq 4 ]"
+golden_check "$TMP/out.jsonl" 5e-3
+check "gemm sm90 wrong kernel: probabilities within 5e-3 of the golden head" "[ $? -eq 0 ]"
+# no sm_90a image (any GPU but Hopper; the emulator by default): every launch fails, the checks say so
+BERTSTREAM_GEMM_KERNEL=sm90 score bf16
+check "gemm sm90 without the kernel: score exits 0, warnings that it did not run" \
+  "[ $? -eq 0 ] && grep -q 'gemm=qkv reason=\"the sm90 GEMM did not run: ' '$TMP/err.txt' && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt'"
+BS_EMU_GEMM_SM90=cpu BERTSTREAM_GEMM_KERNEL=sm90 score fp32
+check "gemm sm90 at fp32: refused (no TF32), golden within 1e-4" \
+  "[ $? -eq 0 ] && grep -q 'BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs\" reason=\"fp32 keeps cuBLASLt' '$TMP/err.txt' && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt' && golden_check '$TMP/out.jsonl' 1e-4"
+BERTSTREAM_GEMM_KERNEL=cutlass score bf16
+check "BERTSTREAM_GEMM_KERNEL=cutlass: exit 1 with one line" \
+  "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_GEMM_KERNEL='cutlass': expected cublaslt or sm90\" ]"
+
 # one batch split across the two lanes (BERTSTREAM_SPLIT=on: batches of 5 as halves of 2 and 3)
 BERTSTREAM_SPLIT=on score bf16
 check "bf16 split: score exits 0, the description says lanes=2 split=on" \

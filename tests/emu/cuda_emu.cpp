@@ -38,6 +38,12 @@
  *    CPU twin (fp32 products, double statistics, the output rounded to its type and the E4M3 copy
  *    made from that) on the stream, so the engine's fused path runs; BS_EMU_GEMM_LN=wrong the same
  *    without the residual, a kernel bug the engine's start-up check must catch.
+ *  - gemm_sm90_forward (kernels/gemm_sm90.h: our persistent Hopper GEMM, TMA and wgmma as well)
+ *    likewise: cudaErrorNoKernelImageForDevice by default; BS_EMU_GEMM_SM90=cpu runs its CPU twin
+ *    (fp32 products summed in order, the epilogue in fp32, rounded once to the output type, E4M3
+ *    through the D scale), so the engine's BERTSTREAM_GEMM_KERNEL=sm90 path runs;
+ *    BS_EMU_GEMM_SM90=wrong the same with the tile's last column never written (a kernel bug the
+ *    engine's start-up check must catch).
  *  - BS_EMU_STATS=1: at exit, one line on stderr with the number of kernels and cuBLASLt matmuls
  *    that ran (graph replays included; work still queued at exit is not counted), so a test can
  *    check what a forward pass runs (tests/cli/test_cuda_cli_on_emu.sh: bench --skip).
@@ -64,6 +70,7 @@ template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum c
 #include "cuda_check.cu"
 #include "gelu.cu"
 #include "gemm_ln_sm90.cu" /* gemm_ln_sm90_shape_ok; gemm_ln_sm90_forward is emulated below */
+#include "gemm_sm90.cu"    /* gemm_sm90_shape_ok; gemm_sm90_forward is emulated below */
 #include "layernorm.cu"
 #include "pooling.cu"
 
@@ -927,6 +934,50 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
                         cuda_emu::load(out, emu_type(act), (size_t)t * C + o) / qs, __NV_SATFINITE, __NV_E4M3);
             }
         }
+    });
+    return cudaSuccess;
+}
+
+/* gemm_sm90_forward: see the head of this file */
+extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, int M, int N, int K, bs_dtype in,
+                                         bs_dtype act, const float *sa, const float *sb, const void *bias, int epi,
+                                         const void *res, const float *dscale, int ctas, cudaStream_t s) {
+    LOCK;
+    (void)ctas;
+    const char *mode = getenv("BS_EMU_GEMM_SM90");
+    if (!mode || (strcmp(mode, "cpu") && strcmp(mode, "wrong"))) return cudaErrorNoKernelImageForDevice;
+    const bool wrong = !strcmp(mode, "wrong");
+    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi) || M < 0) return cudaErrorInvalidValue;
+    if (!Y || !X || !W || !bias || (epi == BS_GS_BIAS_RES && !res) || (in == BS_DT_E4M3 && (!sa || !sb)))
+        return cudaErrorInvalidValue;
+    auto al = [](const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
+    if (!al(X, 16) || !al(W, 16) || !al(Y, 16) || !al(res, 16) || !al(bias, 4)) return cudaErrorMisalignedAddress;
+    if (M == 0) return cudaSuccess;
+    const size_t as = bs_dtype_size(act), is = bs_dtype_size(in), os = dscale ? 1 : as;
+    if (!cuda_emu::device_range(X, (size_t)M * K * is) || !cuda_emu::device_range(W, (size_t)N * K * is) ||
+        !cuda_emu::device_range(Y, (size_t)M * N * os) || !cuda_emu::device_range(bias, (size_t)N * as) ||
+        (epi == BS_GS_BIAS_RES && !cuda_emu::device_range(res, (size_t)M * N * as))) {
+        fprintf(stderr, "gemm_sm90_emu: an operand is not inside device memory\n");
+        return cudaErrorInvalidValue;
+    }
+    cuda_emu::submit(s, [=] {
+        const float scale = in == BS_DT_E4M3 ? *sa * *sb : 1.0f, ds = dscale ? *dscale : 1.0f;
+        for (int t = 0; t < M; t++)
+            for (int o = 0; o < N; o++) {
+                if (wrong && o % 128 == 127) continue;
+                float acc = 0;
+                for (int k = 0; k < K; k++)
+                    acc += cuda_emu::load(X, emu_type(in), (size_t)t * K + k) *
+                           cuda_emu::load(W, emu_type(in), (size_t)o * K + k);
+                float v = acc * scale + cuda_emu::load(bias, emu_type(act), (size_t)o);
+                if (epi == BS_GS_BIAS_GELU)
+                    v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+                if (epi == BS_GS_BIAS_RES) v += cuda_emu::load(res, emu_type(act), (size_t)t * N + o);
+                if (dscale)
+                    ((uint8_t *)Y)[(size_t)t * N + o] = __nv_cvt_float_to_fp8(v * ds, __NV_SATFINITE, __NV_E4M3);
+                else
+                    cuda_emu::store(Y, emu_type(act), (size_t)t * N + o, v);
+            }
     });
     return cudaSuccess;
 }

@@ -1,0 +1,257 @@
+// The persistent ping-pong GEMM for Hopper (gemm_sm90.h). Built for sm_90a only, with
+// gemm_ln_sm90.cu (CMake's bertstream_kernels_sm90); the building blocks (mbarriers, TMA, wgmma)
+// are sm90_ops.cuh's, the layouts wgmma_layout.h's. The shape of it:
+//   - grid = one CTA per SM (at most one per tile); CTA b takes tiles b, b + grid, b + 2 grid, ...
+//     of the (ceil(M / 128), N / 128) output tiles, N fastest, so the CTAs running at one time
+//     share few 128-row slices of X (each read from memory about once) and W stays in L2;
+//   - warpgroup 0 is the producer (setmaxnreg 40): one thread issues TMA loads of 128-byte-wide K
+//     slices of X and W (128 rows each, the 128-byte swizzle) for every k-step of every tile of
+//     the CTA, in order, into a ring of GS_STAGES stages, each with a full and an empty mbarrier;
+//   - warpgroups 1 and 2 are the consumers (setmaxnreg 232): consumer c takes the CTA's tiles c,
+//     c + 2, c + 4, ... (local numbering). For one tile it runs two wgmma.mma_async m64n128 per
+//     16-bit k16 (E4M3 k32) step, rows 0-63 and 64-127, into 2 x 64 fp32 accumulators per thread,
+//     handing a stage back as soon as the next stage's MMAs are issued;
+//   - the turn: a consumer starts a main loop only once the other has finished its own (named
+//     barriers 1 and 2, one arrive and one sync per hand-over), so the main loops run one after
+//     the other in tile order, and each consumer's epilogue runs under the other's main loop. It
+//     also keeps the ring's mbarrier parities right: a consumer waits on a stage's phase only
+//     after every earlier phase of that stage has completed;
+//   - the epilogue, straight from the accumulators to global memory: v = acc x scales + bias
+//     (+ GELU, + residual), two neighbouring columns per 4-byte store (2-byte for E4M3).
+#include "gemm_sm90.h"
+
+#include "wgmma_layout.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GS_BM 128                                                    /* rows per tile: a consumer's two m64 halves */
+#define GS_BN 128                                                    /* columns per tile */
+#define GS_THREADS 384                                               /* the producer warpgroup and the two consumers */
+#define GS_BOX_BYTES (128 * 128)                                     /* one TMA box: 128 rows x 128 bytes of K */
+#define GS_STAGE_BYTES (2 * GS_BOX_BYTES)                            /* X and W: 32 KiB */
+#define GS_STAGES 6                                                  /* 192 KiB of ring */
+#define GS_SMEM (1024 + GS_STAGES * GS_STAGE_BYTES + 16 * GS_STAGES) /* + alignment slack, mbarriers */
+
+static_assert(GS_SMEM <= 227 * 1024, "gemm_sm90: shared memory");
+
+extern "C" int gemm_sm90_shape_ok(int N, int K, bs_dtype in, bs_dtype act, int q8, int epi) {
+    const int elems = in == BS_DT_E4M3 ? 128 : 64; /* K elements per 128-byte stage row */
+    if (in != BS_DT_BF16 && in != BS_DT_F16 && in != BS_DT_E4M3) return 0;
+    if (in == BS_DT_E4M3 ? act != BS_DT_BF16 : act != in) return 0;
+    if (epi != BS_GS_BIAS && epi != BS_GS_BIAS_GELU && epi != BS_GS_BIAS_RES) return 0;
+    if (q8 && (epi == BS_GS_BIAS_RES || in != BS_DT_E4M3)) return 0; /* E4M3 out: fp8's QKV and FFN up */
+    return N >= GS_BN && N % GS_BN == 0 && K >= elems && K % elems == 0;
+}
+
+#ifdef BS_SIMT_EMU
+/* The warp emulator (tests/emu) has no TMA, mbarriers or wgmma: tests/emu/cuda_emu.cpp defines
+ * gemm_sm90_forward as a library call (absent, as on a GPU other than Hopper, or a CPU twin under
+ * BS_EMU_GEMM_SM90), so that the engine's use of it runs in CI. */
+#else
+
+#include "sm90_ops.cuh"
+
+#ifdef GL_DEVICE
+/* cuBLASLt's GELU: 0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3))), tanh by the SFU
+ * (tanh.approx.f32, relative error below 2^-10.9: under a bf16 output's rounding) */
+__device__ __forceinline__ float gs_gelu(float v) {
+    float t;
+    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
+    return 0.5f * v * (1.0f + t);
+}
+
+/* one 64-row half of a consumer's tile from its accumulators: rows r0.. (of Y), columns n0.. */
+template <typename TAct, int EPI, bool Q8>
+__device__ __forceinline__ void gs_store_half(float (&acc)[64], void *Y, const TAct *bias, const TAct *res, int M,
+                                              int N, int r0, int n0, int wq, int lane, float scale, float ds) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) { /* 8-column slices: columns c, c + 1 of rows ra and ra + 8 */
+        const int c = n0 + wg_acc_col(lane, 4 * j);
+        const float2 bb = bs_unpack2(*(const uint32_t *)(bias + c), TAct());
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int i = 4 * j + 2 * rr, row = r0 + wg_acc_row(wq, lane, i);
+            if (row >= M) continue;
+            float v0 = acc[i] * scale + bb.x, v1 = acc[i + 1] * scale + bb.y;
+            if (EPI == BS_GS_BIAS_GELU) v0 = gs_gelu(v0), v1 = gs_gelu(v1);
+            const size_t at = (size_t)row * N + c;
+            if (EPI == BS_GS_BIAS_RES) {
+                const float2 r = bs_unpack2(*(const uint32_t *)(res + at), TAct());
+                v0 += r.x, v1 += r.y;
+            }
+            if (Q8) {
+                const __nv_fp8x2_storage_t q =
+                    __nv_cvt_float2_to_fp8x2(make_float2(v0 * ds, v1 * ds), __NV_SATFINITE, __NV_E4M3);
+                *(uint16_t *)((uint8_t *)Y + at) = (uint16_t)q;
+            } else {
+                *(uint32_t *)((TAct *)Y + at) = bs_pack2(v0, v1, TAct());
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void gs_turn_wait(int id) {
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void gs_turn_give(int id) {
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+#endif /* GL_DEVICE */
+
+/* See the file's head. tm_x: X (M, K), tm_w: W (N, K), both in boxes of 128 rows x 128 bytes of K
+ * with the 128-byte swizzle. */
+template <typename TIn, typename TAct, int EPI, bool Q8>
+__global__ void __launch_bounds__(GS_THREADS, 1)
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w, void *Y,
+                     const TAct *bias, const TAct *res, const float *sa, const float *sb, const float *dscale, int M,
+                     int N, int K) {
+#ifdef GL_DEVICE
+    extern __shared__ unsigned char gs_raw[];
+    unsigned char *const base = gs_raw + ((1024u - (gl_smem(gs_raw) & 1023u)) & 1023u); /* the swizzle's alignment */
+    const uint32_t sbase = gl_smem(base), a0 = sbase, b0 = sbase + GS_STAGES * GS_BOX_BYTES;
+    const uint32_t full0 = sbase + GS_STAGES * GS_STAGE_BYTES, empty0 = full0 + 8 * GS_STAGES;
+    const int wg = threadIdx.x >> 7, tiles_n = N / GS_BN, tiles = (M + GS_BM - 1) / GS_BM * tiles_n;
+    const int kelems = 128 / (int)sizeof(TIn), nk = K / kelems;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < GS_STAGES; s++) {
+            gl_bar_init(full0 + 8 * s, 1);  /* the producer's expect_tx, then TMA's bytes */
+            gl_bar_init(empty0 + 8 * s, 1); /* the one consumer that read the stage */
+        }
+        gl_tma_prefetch(&tm_x), gl_tma_prefetch(&tm_w);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) { /* producer: every k-step of every tile of this CTA, in order */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (threadIdx.x == 0) {
+            int g = 0; /* k-steps issued so far: stage g % GS_STAGES, its (g / GS_STAGES)-th use */
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * GS_BN;
+                for (int kt = 0; kt < nk; kt++, g++) {
+                    const int s = g % GS_STAGES;
+                    if (g >= GS_STAGES) gl_bar_wait(empty0 + 8 * s, (uint32_t)(g / GS_STAGES - 1) & 1u);
+                    const uint32_t full = full0 + 8 * s;
+                    gl_bar_expect_tx(full, GS_STAGE_BYTES);
+                    gl_tma_load(a0 + s * GS_BOX_BYTES, &tm_x, full, kt * kelems, m0);
+                    gl_tma_load(b0 + s * GS_BOX_BYTES, &tm_w, full, kt * kelems, n0);
+                }
+            }
+        }
+        return;
+    }
+
+    /* consumer c = wg - 1: the CTA's tiles c, c + 2, ... */
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int c = wg - 1, tid = threadIdx.x & 127, wq = tid >> 5, lane = tid & 31;
+    const float scale = sa ? *sa * *sb : 1.0f, ds = Q8 ? *dscale : 1.0f;
+    float acc0[64], acc1[64];
+    for (int j = c;; j += 2) {
+        const int t = blockIdx.x + j * gridDim.x;
+        if (t >= tiles) break;
+        const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * GS_BN;
+        if (j >= 1) gs_turn_wait(1 + c); /* the other consumer's main loop of tile j - 1 is done */
+#pragma unroll
+        for (int i = 0; i < 64; i++) acc0[i] = acc1[i] = 0.0f;
+        for (int kt = 0; kt < nk; kt++) {
+            const int g = j * nk + kt, s = g % GS_STAGES;
+            gl_bar_wait(full0 + 8 * s, (uint32_t)(g / GS_STAGES) & 1u);
+            const uint32_t a = a0 + s * GS_BOX_BYTES, b = b0 + s * GS_BOX_BYTES;
+            gl_fence_acc(acc0);
+            gl_fence_acc(acc1);
+            gl_wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) { /* 32-byte k-steps of the 128-byte rows */
+                const uint64_t db = wg_desc_sw128(b + wg_operand_offset(0, ks));
+                gl_mma<TIn, GS_BN>::run(acc0, wg_desc_sw128(a + wg_operand_offset(0, ks)), db, 1);
+                gl_mma<TIn, GS_BN>::run(acc1, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
+            }
+            gl_wgmma_commit();
+            gl_fence_acc(acc0);
+            gl_fence_acc(acc1);
+            gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
+            gl_fence_acc(acc0);
+            gl_fence_acc(acc1);
+            if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % GS_STAGES));
+        }
+        gl_wgmma_wait<0>();
+        gl_fence_acc(acc0);
+        gl_fence_acc(acc1);
+        if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % GS_STAGES));
+        /* hand the tensor cores over (only when the other consumer has a next tile: every give is
+         * matched by one wait) */
+        if (blockIdx.x + (j + 1) * gridDim.x < tiles) gs_turn_give(1 + (c ^ 1));
+        gs_store_half<TAct, EPI, Q8>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
+        gs_store_half<TAct, EPI, Q8>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
+    }
+#endif
+}
+
+template <typename TIn, typename TAct, int EPI, bool Q8>
+static cudaError_t gs_launch(const CUtensorMap *maps, void *Y, const void *bias, const void *res, const float *sa,
+                             const float *sb, const float *dscale, int M, int N, int K, int ctas, cudaStream_t s) {
+    void (*kern)(CUtensorMap, CUtensorMap, void *, const TAct *, const TAct *, const float *, const float *,
+                 const float *, int, int, int) = gemm_sm90_kernel<TIn, TAct, EPI, Q8>;
+    static int smem_set; /* once per variant, outside graph capture (the engine's start-up check launches first) */
+    if (!smem_set) {
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM);
+        if (e != cudaSuccess) return e;
+        smem_set = 1;
+    }
+    if (ctas <= 0) {
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e == cudaSuccess) e = cudaDeviceGetAttribute(&ctas, cudaDevAttrMultiProcessorCount, dev);
+        if (e != cudaSuccess) return e;
+    }
+    const int tiles = (M + GS_BM - 1) / GS_BM * (N / GS_BN);
+    BS_LAUNCH(ctas < tiles ? ctas : tiles, GS_THREADS, GS_SMEM, s, kern)
+    (maps[0], maps[1], Y, (const TAct *)bias, (const TAct *)res, sa, sb, dscale, M, N, K);
+    return cudaGetLastError();
+}
+
+template <typename TIn, typename TAct, bool Q8OK>
+static cudaError_t gs_dispatch(const CUtensorMap *maps, void *Y, const void *bias, int epi, const void *res,
+                               const float *sa, const float *sb, const float *dscale, int M, int N, int K, int ctas,
+                               cudaStream_t s) {
+    if constexpr (Q8OK) {
+        if (dscale)
+            return epi == BS_GS_BIAS
+                       ? gs_launch<TIn, TAct, BS_GS_BIAS, true>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas, s)
+                       : gs_launch<TIn, TAct, BS_GS_BIAS_GELU, true>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas,
+                                                                     s);
+    }
+    return epi == BS_GS_BIAS
+               ? gs_launch<TIn, TAct, BS_GS_BIAS, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s)
+           : epi == BS_GS_BIAS_GELU
+               ? gs_launch<TIn, TAct, BS_GS_BIAS_GELU, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s)
+               : gs_launch<TIn, TAct, BS_GS_BIAS_RES, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s);
+}
+
+extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, int M, int N, int K, bs_dtype in,
+                                         bs_dtype act, const float *sa, const float *sb, const void *bias, int epi,
+                                         const void *res, const float *dscale, int ctas, cudaStream_t s) {
+    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi) || M < 0) return cudaErrorInvalidValue;
+    if (!Y || !X || !W || !bias || (epi == BS_GS_BIAS_RES && !res) || (in == BS_DT_E4M3 && (!sa || !sb)))
+        return cudaErrorInvalidValue;
+    if (!gl_aligned(X, 16) || !gl_aligned(W, 16) || !gl_aligned(Y, 16) || !gl_aligned(res, 16) || !gl_aligned(bias, 4))
+        return cudaErrorMisalignedAddress;
+    if (M == 0) return cudaSuccess;
+    CUtensorMap maps[2]; /* X, W */
+    memset(maps, 0, sizeof maps);
+    cudaError_t e = gl_map(&maps[0], X, in, K, M, GS_BM);
+    if (e == cudaSuccess) e = gl_map(&maps[1], W, in, K, N, GS_BN);
+    if (e != cudaSuccess) return e;
+    if (in != BS_DT_E4M3) sa = sb = NULL; /* 16-bit inputs: no scales */
+    if (epi != BS_GS_BIAS_RES) res = NULL;
+    if (in == BS_DT_BF16)
+        return gs_dispatch<__nv_bfloat16, __nv_bfloat16, false>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas,
+                                                                s);
+    if (in == BS_DT_F16)
+        return gs_dispatch<__half, __half, false>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, s);
+    return gs_dispatch<__nv_fp8_e4m3, __nv_bfloat16, true>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, s);
+}
+#endif /* BS_SIMT_EMU */
