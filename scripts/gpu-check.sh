@@ -95,39 +95,48 @@ for t in "$BUNDLE"/tests/test_*; do
     esac
 done
 
-# The engine's parity tests again with the fused GEMM + LayerNorm (BERTSTREAM_GEMM_LN=fused, off by
-# default: kernels/gemm_ln.h, Hopper only). The engine falls back to cuBLASLt + the LayerNorm kernel
-# when the kernel fails its start-up check, so the warnings are counted: 0 means it ran in every engine.
-if [ -x "$BUNDLE/tests/test_engine_cuda_parity" ]; then
+# The engine's parity tests again with a kernel that is off by default and Hopper only: the fused
+# GEMM + LayerNorm (BERTSTREAM_GEMM_LN=fused, kernels/gemm_ln.h) and our own GEMM
+# (BERTSTREAM_GEMM_KERNEL=sm90, kernels/gemm_sm90.h). The engine falls back to cuBLASLt where the
+# kernel fails its start-up check, so the log lines are counted: engines that used it, and warnings
+# (none means it ran everywhere it was asked to).
+PARITY_TESTS=engine_cuda_reduced_precisions_on_other_shapes,engine_cuda_bf16_fp16_track_fp32_cpu,engine_cuda_fp8_tracks_fp32_cpu_or_is_refused,engine_cuda_fp8_batch_scales_track_fp32_cpu,engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu,engine_cuda_last_layer_on_cls_rows_matches_the_full_pass
+parity_with() { # VAR=VALUE WORD USED-MESSAGE REFUSED-PATTERN
+    local flog t0 rc used refused
+    [ -x "$BUNDLE/tests/test_engine_cuda_parity" ] || return 0
     flog=$(mktemp)
     t0=$(date +%s)
-    BERTSTREAM_GEMM_LN=fused BS_TEST_ONLY=engine_cuda_reduced_precisions_on_other_shapes,engine_cuda_bf16_fp16_track_fp32_cpu,engine_cuda_fp8_tracks_fp32_cpu_or_is_refused,engine_cuda_fp8_batch_scales_track_fp32_cpu,engine_cuda_fp8_static_scales_through_the_cast_passes_track_fp32_cpu,engine_cuda_last_layer_on_cls_rows_matches_the_full_pass \
-        $TO ${TO:+150} "$BUNDLE/tests/test_engine_cuda_parity" >"$flog" 2>&1
+    env "$1" BS_TEST_ONLY=$PARITY_TESTS $TO ${TO:+150} "$BUNDLE/tests/test_engine_cuda_parity" >"$flog" 2>&1
     rc=$?
-    refused=$(grep -c 'BERTSTREAM_GEMM_LN=fused: not used' "$flog")
-    fused=$(grep -c 'LayerNorm in their epilogue' "$flog")
+    refused=$(grep -c "$4" "$flog")
+    used=$(grep -c "$3" "$flog")
     if [ $rc -eq 0 ]; then
-        echo "PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused ($(($(date +%s) - t0))s): fused in $fused engines, refused in $refused"
+        echo "PASS test_engine_cuda_parity with $1 ($(($(date +%s) - t0))s): $2 in $used engines, refused in $refused"
     else
-        echo "FAIL test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused (exit $rc): fused in $fused engines, refused in $refused"
+        echo "FAIL test_engine_cuda_parity with $1 (exit $rc): $2 in $used engines, refused in $refused"
         grep -E 'FAIL|failed|expected' "$flog" | head -20
         failures=$((failures + 1))
     fi
-    grep -m3 'BERTSTREAM_GEMM_LN=fused: not used' "$flog"
+    grep -m3 "$4" "$flog"
     tail -1 "$flog"
     rm -f "$flog"
-fi
+}
+parity_with BERTSTREAM_GEMM_LN=fused fused 'LayerNorm in their epilogue' 'BERTSTREAM_GEMM_LN=fused: not used'
+parity_with BERTSTREAM_GEMM_KERNEL=sm90 sm90 'our Hopper GEMM runs in place of cuBLASLt' 'BERTSTREAM_GEMM_KERNEL=sm90: '
 
 # One bench run: prints a table row. The peak GPU memory is sampled from nvidia-smi while it runs
 # (all compute processes together: the machine is ours; CUDA context included).
 ROWS=()
 declare -A BENCHED # points already run: the grid below skips the targets measured first
 declare -A RESULT  # PREC/BATCH/LEN/LENGTHS/SETTING -> "seq/s ms tokens/s engine-MiB peak-MiB" (the targets summary)
-setting_opts() { # SETTING: the bench options it is compared at ("--inflight 2"): without the VAR=VALUE words and --skip
-    local w out=() skip=0
+setting_opts() { # SETTING: the bench options it is compared at ("--inflight 2"): without the VAR=VALUE words, and
+    # without --skip unless it has some (a --skip point alone is set against the whole pass; with a
+    # variable, against the same --skip without it)
+    local w out=() skip=0 vars=0
+    for w in $1; do [[ $w == --* || $w != *=* ]] || vars=1; done
     for w in $1; do
-        if [ $skip = 1 ]; then skip=0; continue; fi
-        if [ "$w" = --skip ]; then skip=1; continue; fi
+        if [ $skip = 1 ]; then skip=0; [ $vars = 1 ] && out+=("$w"); continue; fi
+        if [ "$w" = --skip ]; then skip=1; [ $vars = 1 ] && out+=("$w"); continue; fi
         [[ $w == --* || $w != *=* ]] && out+=("$w")
     done
     echo "${out[*]}"
@@ -211,6 +220,15 @@ bench bf16 256 128 fixed "--skip attention,layernorm,other"
 bench bf16 256 128 fixed "--inflight 2 --skip attention,layernorm,other"
 bench fp8 256 128 fixed "--skip attention,layernorm,other"
 bench fp8 256 128 fixed "--inflight 2 --skip attention,layernorm,other"
+# our persistent Hopper GEMM (BERTSTREAM_GEMM_KERNEL=sm90, off by default: written without a GPU on
+# 2026-11-28) in place of cuBLASLt's: the whole pass, and the GEMMs alone against cuBLASLt's alone
+bench bf16 256 128 fixed BERTSTREAM_GEMM_KERNEL=sm90
+bench fp8 256 128 fixed BERTSTREAM_GEMM_KERNEL=sm90
+bench bf16 256 128 fixed "--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90"
+bench fp8 256 128 fixed "--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90"
+bench bf16 256 128 fixed "--inflight 2 BERTSTREAM_GEMM_KERNEL=sm90"
+bench fp8 256 128 fixed "--inflight 2 BERTSTREAM_GEMM_KERNEL=sm90"
+bench bf16 16 128 fixed BERTSTREAM_GEMM_KERNEL=sm90
 bench bf16 256 128 fixed "--skip gemm"
 bench fp8 256 128 fixed "--skip gemm"
 bench bf16 256 128 fixed "--skip attention"
@@ -355,6 +373,15 @@ target "bf16 256 x 128, GEMMs alone, seq/s" "$(field "bf16/256/128/fixed/--skip 
 target "the same, 2 in flight" "$(field "bf16/256/128/fixed/--inflight 2 --skip attention,layernorm,other" 1)" ">=" 28000 "seq/s"
 target "fp8 256 x 128, GEMMs alone, seq/s" "$(field "fp8/256/128/fixed/--skip attention,layernorm,other" 1)" ">=" 40000 "seq/s"
 target "the same, 2 in flight" "$(field "fp8/256/128/fixed/--inflight 2 --skip attention,layernorm,other" 1)" ">=" 40000 "seq/s"
+echo
+# The same targets with our Hopper GEMM in place of cuBLASLt's (BERTSTREAM_GEMM_KERNEL=sm90)
+echo "== with our GEMM (BERTSTREAM_GEMM_KERNEL=sm90), against the same targets"
+target "bf16 256 x 128, seq/s" "$(field bf16/256/128/fixed/BERTSTREAM_GEMM_KERNEL=sm90 1)" ">=" 28000 "seq/s"
+target "the same, 2 in flight" "$(field "bf16/256/128/fixed/--inflight 2 BERTSTREAM_GEMM_KERNEL=sm90" 1)" ">=" 28000 "seq/s"
+target "fp8 256 x 128, seq/s" "$(field fp8/256/128/fixed/BERTSTREAM_GEMM_KERNEL=sm90 1)" ">=" 40000 "seq/s"
+target "the same, 2 in flight" "$(field "fp8/256/128/fixed/--inflight 2 BERTSTREAM_GEMM_KERNEL=sm90" 1)" ">=" 40000 "seq/s"
+target "bf16 256 x 128, its GEMMs alone, seq/s" "$(field "bf16/256/128/fixed/--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90" 1)" ">=" 28000 "seq/s"
+target "fp8 256 x 128, its GEMMs alone, seq/s" "$(field "fp8/256/128/fixed/--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90" 1)" ">=" 40000 "seq/s"
 echo
 # Each variant against the default at the same point: what each knob is worth on this GPU (the
 # defaults were chosen without a GPU for the CLS attention, residual=gemm, fp8's static scales and

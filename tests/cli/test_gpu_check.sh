@@ -61,6 +61,7 @@ sps=10000
 [ "$inflight" = 2 ] && [ "${BERTSTREAM_LANES:-2}" = 1 ] && sps=$((sps * 80 / 100))
 [ "${BERTSTREAM_SPLIT:-}" = on ] && sps=$((sps * 105 / 100))
 [ "${BERTSTREAM_GEMM_LN:-}" = fused ] && sps=$((sps * 112 / 100))
+[ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90 ] && sps=$((sps * 120 / 100))
 case $skip in
     attention,layernorm,other) sps=$((sps * 130 / 100)) ;;
     gemm) sps=$((sps * 3)) ;;
@@ -76,13 +77,19 @@ EOF
 chmod +x "$B/bertstream"
 printf '#!/bin/sh\necho "stub test"\nexit 0\n' >"$B/tests/test_good"
 printf '#!/bin/sh\necho "stub test failing"\nexit 1\n' >"$B/tests/test_bad"
-# the parity test: gpu-check also runs it with BERTSTREAM_GEMM_LN=fused and counts the engines that used it
+# the parity test: gpu-check also runs it with BERTSTREAM_GEMM_LN=fused and BERTSTREAM_GEMM_KERNEL=sm90
+# and counts the engines that used each
 cat >"$B/tests/test_engine_cuda_parity" <<'EOF'
 #!/bin/sh
 if [ "${BERTSTREAM_GEMM_LN:-}" = fused ]; then
     echo 'level=info msg="the attention-output and FFN-down GEMMs run with the LayerNorm in their epilogue"'
     echo 'level=info msg="the attention-output and FFN-down GEMMs run with the LayerNorm in their epilogue"'
     echo 'level=warn msg="BERTSTREAM_GEMM_LN=fused: not used, cuBLASLt and the LayerNorm kernel run" reason="stub"'
+fi
+if [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90 ]; then
+    for i in 1 2 3; do echo 'level=info msg="our Hopper GEMM runs in place of cuBLASLt" kernel=gemm_sm90 gemms=qkv'; done
+    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM" gemm=qkv reason="stub"'
+    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs" reason="stub"'
 fi
 echo "12 checks, 0 failed"
 EOF
@@ -135,6 +142,17 @@ matches "variants: fp8 fused two in flight against two in flight" "$tmp/r1.txt" 
     "^fp8/256/128/fixed/--inflight 2 +\[--inflight 2 BERTSTREAM_GEMM_LN=fused\] +24640\.0 vs +22000\.0 +\(\+12\.0%\)$"
 matches "the parity test with the fused GEMM + LayerNorm, engines counted" "$tmp/r1.txt" \
     "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused \([0-9]+s\): fused in 2 engines, refused in 1$"
+matches "the parity test with our GEMM, engines and refusals counted" "$tmp/r1.txt" \
+    "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90 \([0-9]+s\): sm90 in 3 engines, refused in 2$"
+matches "variants: bf16 with our GEMM at +20 %" "$tmp/r1.txt" \
+    "^bf16/256/128/fixed +\[BERTSTREAM_GEMM_KERNEL=sm90\] +12000\.0 vs +10000\.0 +\(\+20\.0%\)$"
+matches "variants: our GEMMs alone against cuBLASLt's alone (a --skip with a variable: against the same --skip)" \
+    "$tmp/r1.txt" \
+    "^fp8/256/128/fixed/--skip attention,layernorm,other +\[--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90\] +31200\.0 vs +26000\.0 +\(\+20\.0%\)$"
+matches "our GEMMs alone against the bf16 target" "$tmp/r1.txt" \
+    "^bf16 256 x 128, its GEMMs alone, seq/s +15600\.000 +\(target >= 28000 seq/s\) +NOT met$"
+matches "our GEMM two in flight against the fp8 target (after its whole-pass line)" "$tmp/r1.txt" \
+    "^the same, 2 in flight +26400\.000 +\(target >= 40000 seq/s\) +NOT met$"
 matches "the GEMMs alone against the bf16 target" "$tmp/r1.txt" \
     "^bf16 256 x 128, GEMMs alone, seq/s +13000\.000 +\(target >= 28000 seq/s\) +NOT met$"
 matches "the GEMMs alone at two in flight against the fp8 target" "$tmp/r1.txt" \
