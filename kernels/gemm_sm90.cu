@@ -1,21 +1,23 @@
-// The persistent ping-pong GEMM for Hopper (gemm_sm90.h). Built for sm_90a only, with
-// gemm_ln_sm90.cu (CMake's bertstream_kernels_sm90); the building blocks (mbarriers, TMA, wgmma)
-// are sm90_ops.cuh's, the layouts wgmma_layout.h's. The shape of it:
+// The persistent Hopper GEMM (gemm_sm90.h). Built for sm_90a only, with gemm_ln_sm90.cu (CMake's
+// bertstream_kernels_sm90); the building blocks (mbarriers, TMA, wgmma) are sm90_ops.cuh's, the
+// layouts wgmma_layout.h's. The shape of it:
 //   - grid = one CTA per SM (at most one per tile); CTA b takes tiles b, b + grid, b + 2 grid, ...
-//     of the (ceil(M / 128), N / 128) output tiles, N fastest, so the CTAs running at one time
+//     of the (ceil(M / 128), N / BN) output tiles, N fastest, so the CTAs running at one time
 //     share few 128-row slices of X (each read from memory about once) and W stays in L2;
 //   - warpgroup 0 is the producer (setmaxnreg 40): one thread issues TMA loads of 128-byte-wide K
-//     slices of X and W (128 rows each, the 128-byte swizzle) for every k-step of every tile of
-//     the CTA, in order, into a ring of GS_STAGES stages, each with a full and an empty mbarrier;
-//   - warpgroups 1 and 2 are the consumers (setmaxnreg 232): consumer c takes the CTA's tiles c,
-//     c + 2, c + 4, ... (local numbering). For one tile it runs two wgmma.mma_async m64n128 per
-//     16-bit k16 (E4M3 k32) step, rows 0-63 and 64-127, into 2 x 64 fp32 accumulators per thread,
-//     handing a stage back as soon as the next stage's MMAs are issued;
-//   - the turn: a consumer starts a main loop only once the other has finished its own (named
+//     slices of X (128 rows) and W (BN rows), the 128-byte swizzle, for every k-step of every tile
+//     of the CTA, in order, into a ring of stages, each with a full and an empty mbarrier;
+//   - warpgroups 1 and 2 are the consumers (setmaxnreg 232), 128 fp32 accumulators per thread,
+//     handing a stage back as soon as the next stage's MMAs are issued. Two forms (bs_gs_form):
+//   - ping-pong (BN 128): consumer c takes the CTA's tiles c, c + 2, c + 4, ... (local numbering),
+//     whole: two wgmma.mma_async m64n128 per 16-bit k16 (E4M3 k32) step, rows 0-63 and 64-127.
+//     The turn: a consumer starts a main loop only once the other has finished its own (named
 //     barriers 1 and 2, one arrive and one sync per hand-over), so the main loops run one after
 //     the other in tile order, and each consumer's epilogue runs under the other's main loop. It
 //     also keeps the ring's mbarrier parities right: a consumer waits on a stage's phase only
 //     after every earlier phase of that stage has completed;
+//   - cooperative (BN 256): both consumers on every tile of the CTA, rows 64c.. with m64n256; a
+//     stage is released by both (its empty barrier counts 2);
 //   - the epilogue, straight from the accumulators to global memory: v = acc x scales + bias
 //     (+ GELU, + residual), two neighbouring columns per 4-byte store (2-byte for E4M3).
 #include "gemm_sm90.h"
@@ -26,23 +28,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GS_BM 128                                                    /* rows per tile: a consumer's two m64 halves */
-#define GS_BN 128                                                    /* columns per tile */
-#define GS_THREADS 384                                               /* the producer warpgroup and the two consumers */
-#define GS_BOX_BYTES (128 * 128)                                     /* one TMA box: 128 rows x 128 bytes of K */
-#define GS_STAGE_BYTES (2 * GS_BOX_BYTES)                            /* X and W: 32 KiB */
-#define GS_STAGES 6                                                  /* 192 KiB of ring */
-#define GS_SMEM (1024 + GS_STAGES * GS_STAGE_BYTES + 16 * GS_STAGES) /* + alignment slack, mbarriers */
+#define GS_BM 128      /* rows per tile */
+#define GS_THREADS 384 /* the producer warpgroup and the two consumers */
 
-static_assert(GS_SMEM <= 227 * 1024, "gemm_sm90: shared memory");
+/* The two forms: ping-pong (each consumer a whole 128 x 128 tile, two m64n128 halves; the main loops
+ * take turns) and cooperative (both consumers on one 128 x 256 tile, 64 rows each with m64n256; the
+ * epilogue is not under anyone's MMAs, but the producer fills the ring with the next tile's first
+ * k-steps meanwhile). Either way 128 fp32 accumulators per consumer thread. */
+template <bool COOP> struct gs_cfg {
+    static constexpr int BN = COOP ? 256 : 128;                         /* columns per tile */
+    static constexpr int A_BYTES = GS_BM * 128;                         /* one stage of X: 128 rows x 128 bytes of K */
+    static constexpr int B_BYTES = BN * 128;                            /* one stage of W */
+    static constexpr int STAGE = A_BYTES + B_BYTES;                     /* 32 KiB, 48 KiB */
+    static constexpr int STAGES = COOP ? 4 : 6;                         /* 192 KiB of ring either way */
+    static constexpr int READERS = COOP ? 2 : 1;                        /* consumers that release a stage */
+    static constexpr size_t SMEM = 1024 + STAGES * STAGE + 16 * STAGES; /* + alignment slack, mbarriers */
+    static_assert(SMEM <= 227 * 1024, "gemm_sm90: shared memory");
+};
 
-extern "C" int gemm_sm90_shape_ok(int N, int K, bs_dtype in, bs_dtype act, int q8, int epi) {
-    const int elems = in == BS_DT_E4M3 ? 128 : 64; /* K elements per 128-byte stage row */
+extern "C" int gemm_sm90_shape_ok(int N, int K, bs_dtype in, bs_dtype act, int q8, int epi, int form) {
+    const int elems = in == BS_DT_E4M3 ? 128 : 64, bn = form == BS_GS_COOPERATIVE ? 256 : 128;
+    if (form != BS_GS_PINGPONG && form != BS_GS_COOPERATIVE) return 0;
     if (in != BS_DT_BF16 && in != BS_DT_F16 && in != BS_DT_E4M3) return 0;
     if (in == BS_DT_E4M3 ? act != BS_DT_BF16 : act != in) return 0;
     if (epi != BS_GS_BIAS && epi != BS_GS_BIAS_GELU && epi != BS_GS_BIAS_RES) return 0;
     if (q8 && (epi == BS_GS_BIAS_RES || in != BS_DT_E4M3)) return 0; /* E4M3 out: fp8's QKV and FFN up */
-    return N >= GS_BN && N % GS_BN == 0 && K >= elems && K % elems == 0;
+    return N >= bn && N % bn == 0 && K >= elems && K % elems == 0;
 }
 
 #ifdef BS_SIMT_EMU
@@ -63,12 +74,13 @@ __device__ __forceinline__ float gs_gelu(float v) {
     return 0.5f * v * (1.0f + t);
 }
 
-/* one 64-row half of a consumer's tile from its accumulators: rows r0.. (of Y), columns n0.. */
-template <typename TAct, int EPI, bool Q8>
-__device__ __forceinline__ void gs_store_half(float (&acc)[64], void *Y, const TAct *bias, const TAct *res, int M,
-                                              int N, int r0, int n0, int wq, int lane, float scale, float ds) {
+/* 64 rows of a tile from one wgmma's accumulators (NACC of them: 2 NACC columns): rows r0.. (of Y),
+ * columns n0.. */
+template <typename TAct, int EPI, bool Q8, int NACC>
+__device__ __forceinline__ void gs_store64(float (&acc)[NACC], void *Y, const TAct *bias, const TAct *res, int M, int N,
+                                           int r0, int n0, int wq, int lane, float scale, float ds) {
 #pragma unroll
-    for (int j = 0; j < 16; j++) { /* 8-column slices: columns c, c + 1 of rows ra and ra + 8 */
+    for (int j = 0; j < NACC / 4; j++) { /* 8-column slices: columns c, c + 1 of rows ra and ra + 8 */
         const int c = n0 + wg_acc_col(lane, 4 * j);
         const float2 bb = bs_unpack2(*(const uint32_t *)(bias + c), TAct());
 #pragma unroll
@@ -101,24 +113,25 @@ __device__ __forceinline__ void gs_turn_give(int id) {
 }
 #endif /* GL_DEVICE */
 
-/* See the file's head. tm_x: X (M, K), tm_w: W (N, K), both in boxes of 128 rows x 128 bytes of K
- * with the 128-byte swizzle. */
-template <typename TIn, typename TAct, int EPI, bool Q8>
+/* See the file's head. tm_x: X (M, K) in boxes of 128 rows, tm_w: W (N, K) in boxes of BN rows, both
+ * 128 bytes of K wide with the 128-byte swizzle. */
+template <typename TIn, typename TAct, int EPI, bool Q8, bool COOP>
 __global__ void __launch_bounds__(GS_THREADS, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w, void *Y,
                      const TAct *bias, const TAct *res, const float *sa, const float *sb, const float *dscale, int M,
                      int N, int K) {
 #ifdef GL_DEVICE
+    typedef gs_cfg<COOP> cfg;
     extern __shared__ unsigned char gs_raw[];
     unsigned char *const base = gs_raw + ((1024u - (gl_smem(gs_raw) & 1023u)) & 1023u); /* the swizzle's alignment */
-    const uint32_t sbase = gl_smem(base), a0 = sbase, b0 = sbase + GS_STAGES * GS_BOX_BYTES;
-    const uint32_t full0 = sbase + GS_STAGES * GS_STAGE_BYTES, empty0 = full0 + 8 * GS_STAGES;
-    const int wg = threadIdx.x >> 7, tiles_n = N / GS_BN, tiles = (M + GS_BM - 1) / GS_BM * tiles_n;
+    const uint32_t sbase = gl_smem(base), a0 = sbase, b0 = sbase + cfg::STAGES * cfg::A_BYTES;
+    const uint32_t full0 = sbase + cfg::STAGES * cfg::STAGE, empty0 = full0 + 8 * cfg::STAGES;
+    const int wg = threadIdx.x >> 7, tiles_n = N / cfg::BN, tiles = (M + GS_BM - 1) / GS_BM * tiles_n;
     const int kelems = 128 / (int)sizeof(TIn), nk = K / kelems;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < GS_STAGES; s++) {
-            gl_bar_init(full0 + 8 * s, 1);  /* the producer's expect_tx, then TMA's bytes */
-            gl_bar_init(empty0 + 8 * s, 1); /* the one consumer that read the stage */
+        for (int s = 0; s < cfg::STAGES; s++) {
+            gl_bar_init(full0 + 8 * s, 1);             /* the producer's expect_tx, then TMA's bytes */
+            gl_bar_init(empty0 + 8 * s, cfg::READERS); /* the consumers that read the stage */
         }
         gl_tma_prefetch(&tm_x), gl_tma_prefetch(&tm_w);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -128,76 +141,107 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
     if (wg == 0) { /* producer: every k-step of every tile of this CTA, in order */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (threadIdx.x == 0) {
-            int g = 0; /* k-steps issued so far: stage g % GS_STAGES, its (g / GS_STAGES)-th use */
+            int g = 0; /* k-steps issued so far: stage g % STAGES, its (g / STAGES)-th use */
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-                const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * GS_BN;
+                const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
                 for (int kt = 0; kt < nk; kt++, g++) {
-                    const int s = g % GS_STAGES;
-                    if (g >= GS_STAGES) gl_bar_wait(empty0 + 8 * s, (uint32_t)(g / GS_STAGES - 1) & 1u);
+                    const int s = g % cfg::STAGES;
+                    if (g >= cfg::STAGES) gl_bar_wait(empty0 + 8 * s, (uint32_t)(g / cfg::STAGES - 1) & 1u);
                     const uint32_t full = full0 + 8 * s;
-                    gl_bar_expect_tx(full, GS_STAGE_BYTES);
-                    gl_tma_load(a0 + s * GS_BOX_BYTES, &tm_x, full, kt * kelems, m0);
-                    gl_tma_load(b0 + s * GS_BOX_BYTES, &tm_w, full, kt * kelems, n0);
+                    gl_bar_expect_tx(full, cfg::STAGE);
+                    gl_tma_load(a0 + s * cfg::A_BYTES, &tm_x, full, kt * kelems, m0);
+                    gl_tma_load(b0 + s * cfg::B_BYTES, &tm_w, full, kt * kelems, n0);
                 }
             }
         }
         return;
     }
 
-    /* consumer c = wg - 1: the CTA's tiles c, c + 2, ... */
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int c = wg - 1, tid = threadIdx.x & 127, wq = tid >> 5, lane = tid & 31;
     const float scale = sa ? *sa * *sb : 1.0f, ds = Q8 ? *dscale : 1.0f;
-    float acc0[64], acc1[64];
-    for (int j = c;; j += 2) {
-        const int t = blockIdx.x + j * gridDim.x;
-        if (t >= tiles) break;
-        const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * GS_BN;
-        if (j >= 1) gs_turn_wait(1 + c); /* the other consumer's main loop of tile j - 1 is done */
+    if constexpr (COOP) { /* consumer c: rows 64c.. of every tile of the CTA */
+        float acc[128];
+        for (int j = 0;; j++) {
+            const int t = blockIdx.x + j * gridDim.x;
+            if (t >= tiles) break;
+            const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
 #pragma unroll
-        for (int i = 0; i < 64; i++) acc0[i] = acc1[i] = 0.0f;
-        for (int kt = 0; kt < nk; kt++) {
-            const int g = j * nk + kt, s = g % GS_STAGES;
-            gl_bar_wait(full0 + 8 * s, (uint32_t)(g / GS_STAGES) & 1u);
-            const uint32_t a = a0 + s * GS_BOX_BYTES, b = b0 + s * GS_BOX_BYTES;
-            gl_fence_acc(acc0);
-            gl_fence_acc(acc1);
-            gl_wgmma_fence();
+            for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+            for (int kt = 0; kt < nk; kt++) {
+                const int g = j * nk + kt, s = g % cfg::STAGES;
+                gl_bar_wait(full0 + 8 * s, (uint32_t)(g / cfg::STAGES) & 1u);
+                const uint32_t a = a0 + s * cfg::A_BYTES, b = b0 + s * cfg::B_BYTES;
+                gl_fence_acc(acc);
+                gl_wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++) { /* 32-byte k-steps of the 128-byte rows */
-                const uint64_t db = wg_desc_sw128(b + wg_operand_offset(0, ks));
-                gl_mma<TIn, GS_BN>::run(acc0, wg_desc_sw128(a + wg_operand_offset(0, ks)), db, 1);
-                gl_mma<TIn, GS_BN>::run(acc1, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
+                for (int ks = 0; ks < 4; ks++) /* 32-byte k-steps of the 128-byte rows */
+                    gl_mma<TIn, 256>::run(acc, wg_desc_sw128(a + wg_operand_offset(64u * c, ks)),
+                                          wg_desc_sw128(b + wg_operand_offset(0, ks)), 1);
+                gl_wgmma_commit();
+                gl_fence_acc(acc);
+                gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
+                gl_fence_acc(acc);
+                if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
             }
-            gl_wgmma_commit();
-            gl_fence_acc(acc0);
-            gl_fence_acc(acc1);
-            gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
-            gl_fence_acc(acc0);
-            gl_fence_acc(acc1);
-            if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % GS_STAGES));
+            gl_wgmma_wait<0>();
+            gl_fence_acc(acc);
+            if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
+            gs_store64<TAct, EPI, Q8, 128>(acc, Y, bias, res, M, N, m0 + 64 * c, n0, wq, lane, scale, ds);
         }
-        gl_wgmma_wait<0>();
-        gl_fence_acc(acc0);
-        gl_fence_acc(acc1);
-        if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % GS_STAGES));
-        /* hand the tensor cores over (only when the other consumer has a next tile: every give is
-         * matched by one wait) */
-        if (blockIdx.x + (j + 1) * gridDim.x < tiles) gs_turn_give(1 + (c ^ 1));
-        gs_store_half<TAct, EPI, Q8>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
-        gs_store_half<TAct, EPI, Q8>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
+    } else { /* consumer c: the CTA's tiles c, c + 2, ..., whole */
+        float acc0[64], acc1[64];
+        for (int j = c;; j += 2) {
+            const int t = blockIdx.x + j * gridDim.x;
+            if (t >= tiles) break;
+            const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
+            if (j >= 1) gs_turn_wait(1 + c); /* the other consumer's main loop of tile j - 1 is done */
+#pragma unroll
+            for (int i = 0; i < 64; i++) acc0[i] = acc1[i] = 0.0f;
+            for (int kt = 0; kt < nk; kt++) {
+                const int g = j * nk + kt, s = g % cfg::STAGES;
+                gl_bar_wait(full0 + 8 * s, (uint32_t)(g / cfg::STAGES) & 1u);
+                const uint32_t a = a0 + s * cfg::A_BYTES, b = b0 + s * cfg::B_BYTES;
+                gl_fence_acc(acc0);
+                gl_fence_acc(acc1);
+                gl_wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) { /* 32-byte k-steps of the 128-byte rows */
+                    const uint64_t db = wg_desc_sw128(b + wg_operand_offset(0, ks));
+                    gl_mma<TIn, 128>::run(acc0, wg_desc_sw128(a + wg_operand_offset(0, ks)), db, 1);
+                    gl_mma<TIn, 128>::run(acc1, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
+                }
+                gl_wgmma_commit();
+                gl_fence_acc(acc0);
+                gl_fence_acc(acc1);
+                gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
+                gl_fence_acc(acc0);
+                gl_fence_acc(acc1);
+                if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
+            }
+            gl_wgmma_wait<0>();
+            gl_fence_acc(acc0);
+            gl_fence_acc(acc1);
+            if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
+            /* hand the tensor cores over (only when the other consumer has a next tile: every give is
+             * matched by one wait) */
+            if (blockIdx.x + (j + 1) * gridDim.x < tiles) gs_turn_give(1 + (c ^ 1));
+            gs_store64<TAct, EPI, Q8, 64>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
+            gs_store64<TAct, EPI, Q8, 64>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
+        }
     }
 #endif
 }
 
-template <typename TIn, typename TAct, int EPI, bool Q8>
-static cudaError_t gs_launch(const CUtensorMap *maps, void *Y, const void *bias, const void *res, const float *sa,
-                             const float *sb, const float *dscale, int M, int N, int K, int ctas, cudaStream_t s) {
+template <typename TIn, typename TAct, int EPI, bool Q8, bool COOP>
+static cudaError_t gs_launch_form(const CUtensorMap *maps, void *Y, const void *bias, const void *res, const float *sa,
+                                  const float *sb, const float *dscale, int M, int N, int K, int ctas, cudaStream_t s) {
+    typedef gs_cfg<COOP> cfg;
     void (*kern)(CUtensorMap, CUtensorMap, void *, const TAct *, const TAct *, const float *, const float *,
-                 const float *, int, int, int) = gemm_sm90_kernel<TIn, TAct, EPI, Q8>;
+                 const float *, int, int, int) = gemm_sm90_kernel<TIn, TAct, EPI, Q8, COOP>;
     static int smem_set; /* once per variant, outside graph capture (the engine's start-up check launches first) */
     if (!smem_set) {
-        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM);
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg::SMEM);
         if (e != cudaSuccess) return e;
         smem_set = 1;
     }
@@ -207,34 +251,43 @@ static cudaError_t gs_launch(const CUtensorMap *maps, void *Y, const void *bias,
         if (e == cudaSuccess) e = cudaDeviceGetAttribute(&ctas, cudaDevAttrMultiProcessorCount, dev);
         if (e != cudaSuccess) return e;
     }
-    const int tiles = (M + GS_BM - 1) / GS_BM * (N / GS_BN);
-    BS_LAUNCH(ctas < tiles ? ctas : tiles, GS_THREADS, GS_SMEM, s, kern)
+    const int tiles = (M + GS_BM - 1) / GS_BM * (N / cfg::BN);
+    BS_LAUNCH(ctas < tiles ? ctas : tiles, GS_THREADS, cfg::SMEM, s, kern)
     (maps[0], maps[1], Y, (const TAct *)bias, (const TAct *)res, sa, sb, dscale, M, N, K);
     return cudaGetLastError();
+}
+
+template <typename TIn, typename TAct, int EPI, bool Q8>
+static cudaError_t gs_launch(const CUtensorMap *maps, void *Y, const void *bias, const void *res, const float *sa,
+                             const float *sb, const float *dscale, int M, int N, int K, int ctas, int form,
+                             cudaStream_t s) {
+    return form == BS_GS_COOPERATIVE
+               ? gs_launch_form<TIn, TAct, EPI, Q8, true>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas, s)
+               : gs_launch_form<TIn, TAct, EPI, Q8, false>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas, s);
 }
 
 template <typename TIn, typename TAct, bool Q8OK>
 static cudaError_t gs_dispatch(const CUtensorMap *maps, void *Y, const void *bias, int epi, const void *res,
                                const float *sa, const float *sb, const float *dscale, int M, int N, int K, int ctas,
-                               cudaStream_t s) {
+                               int form, cudaStream_t s) {
     if constexpr (Q8OK) {
         if (dscale)
-            return epi == BS_GS_BIAS
-                       ? gs_launch<TIn, TAct, BS_GS_BIAS, true>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas, s)
-                       : gs_launch<TIn, TAct, BS_GS_BIAS_GELU, true>(maps, Y, bias, res, sa, sb, dscale, M, N, K, ctas,
-                                                                     s);
+            return epi == BS_GS_BIAS ? gs_launch<TIn, TAct, BS_GS_BIAS, true>(maps, Y, bias, res, sa, sb, dscale, M, N,
+                                                                              K, ctas, form, s)
+                                     : gs_launch<TIn, TAct, BS_GS_BIAS_GELU, true>(maps, Y, bias, res, sa, sb, dscale,
+                                                                                   M, N, K, ctas, form, s);
     }
     return epi == BS_GS_BIAS
-               ? gs_launch<TIn, TAct, BS_GS_BIAS, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s)
+               ? gs_launch<TIn, TAct, BS_GS_BIAS, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, form, s)
            : epi == BS_GS_BIAS_GELU
-               ? gs_launch<TIn, TAct, BS_GS_BIAS_GELU, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s)
-               : gs_launch<TIn, TAct, BS_GS_BIAS_RES, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, s);
+               ? gs_launch<TIn, TAct, BS_GS_BIAS_GELU, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, form, s)
+               : gs_launch<TIn, TAct, BS_GS_BIAS_RES, false>(maps, Y, bias, res, sa, sb, NULL, M, N, K, ctas, form, s);
 }
 
 extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, int M, int N, int K, bs_dtype in,
                                          bs_dtype act, const float *sa, const float *sb, const void *bias, int epi,
-                                         const void *res, const float *dscale, int ctas, cudaStream_t s) {
-    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi) || M < 0) return cudaErrorInvalidValue;
+                                         const void *res, const float *dscale, int ctas, int form, cudaStream_t s) {
+    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi, form) || M < 0) return cudaErrorInvalidValue;
     if (!Y || !X || !W || !bias || (epi == BS_GS_BIAS_RES && !res) || (in == BS_DT_E4M3 && (!sa || !sb)))
         return cudaErrorInvalidValue;
     if (!gl_aligned(X, 16) || !gl_aligned(W, 16) || !gl_aligned(Y, 16) || !gl_aligned(res, 16) || !gl_aligned(bias, 4))
@@ -243,15 +296,16 @@ extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, 
     CUtensorMap maps[2]; /* X, W */
     memset(maps, 0, sizeof maps);
     cudaError_t e = gl_map(&maps[0], X, in, K, M, GS_BM);
-    if (e == cudaSuccess) e = gl_map(&maps[1], W, in, K, N, GS_BN);
+    if (e == cudaSuccess) e = gl_map(&maps[1], W, in, K, N, form == BS_GS_COOPERATIVE ? 256 : 128);
     if (e != cudaSuccess) return e;
     if (in != BS_DT_E4M3) sa = sb = NULL; /* 16-bit inputs: no scales */
     if (epi != BS_GS_BIAS_RES) res = NULL;
     if (in == BS_DT_BF16)
         return gs_dispatch<__nv_bfloat16, __nv_bfloat16, false>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas,
-                                                                s);
+                                                                form, s);
     if (in == BS_DT_F16)
-        return gs_dispatch<__half, __half, false>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, s);
-    return gs_dispatch<__nv_fp8_e4m3, __nv_bfloat16, true>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, s);
+        return gs_dispatch<__half, __half, false>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, form, s);
+    return gs_dispatch<__nv_fp8_e4m3, __nv_bfloat16, true>(maps, Y, bias, epi, res, sa, sb, dscale, M, N, K, ctas, form,
+                                                           s);
 }
 #endif /* BS_SIMT_EMU */

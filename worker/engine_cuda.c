@@ -201,9 +201,11 @@ typedef struct {
     int gemm_ln;        /* BERTSTREAM_GEMM_LN=fused and its start-up check agreed: the AO and FF2 GEMMs run
                          * with the LayerNorm after them in their epilogue (gemm_ln.h; Hopper only) */
     const char *gemm_ln_note; /* describe(): "off", "fused", or why fused was asked for and not used */
-    unsigned own_gemm;        /* BERTSTREAM_GEMM_KERNEL=sm90: 1 << G_* kind for each GEMM whose start-up check
-                               * passed; those run our Hopper GEMM (gemm_sm90.h) in place of cuBLASLt */
-    char gemm_note[48];       /* describe(): "cublaslt", "sm90", "sm90(qkv,ff1)", "cublaslt(sm90 refused)" */
+    unsigned own_gemm;        /* BERTSTREAM_GEMM_KERNEL=sm90 or sm90-coop: 1 << G_* kind for each GEMM whose
+                               * start-up check passed; those run our Hopper GEMM (gemm_sm90.h) in place of
+                               * cuBLASLt */
+    int gemm_form;            /* its form: BS_GS_PINGPONG (sm90) or BS_GS_COOPERATIVE (sm90-coop) */
+    char gemm_note[48];       /* describe(): "cublaslt", "sm90", "sm90-coop(qkv,ff1)", "cublaslt(sm90 refused)" */
     /* encode()'s record of what holds the next GEMM's input (host state, same order when captured) */
     int att_is_q8; /* attention just wrote q8 (fp8 static, mma kernel): the AO GEMM reads it, no cast */
     int ff_is_q8;  /* the FF1 GEMM just wrote ff in E4M3: FF2 reads it, no cast */
@@ -802,7 +804,7 @@ static int own_gemm_epi(const cuda_engine *e, const gemm_plan *p) {
     if (epi < 0 || !(e->own_gemm & (1u << p->kind))) return -1;
     int m, k;
     gemm_dims(e, p->kind, &m, &k);
-    return gemm_sm90_shape_ok(m, k, e->gemm, e->act, p->out_q8, epi) ? epi : -1;
+    return gemm_sm90_shape_ok(m, k, e->gemm, e->act, p->out_q8, epi, e->gemm_form) ? epi : -1;
 }
 
 /* out (n, m) = in (n, k) W^T [+ bias] [GELU] [+ res], W of layer l, in/out per gemm_io. res: the
@@ -832,7 +834,8 @@ static int gemm(cuda_engine *e, int kind, int l, int n, const void *res, int *ad
     const int epi = own_gemm_epi(e, p);
     if (epi >= 0) { /* our Hopper GEMM: the plan's epilogue, its E4M3 output and D scale, no cuBLASLt call */
         CUDA_CHECK(gemm_sm90_forward(out, X, W, n, m, k, e->gemm, e->act, sa, sb, gemm_bias_act(e, kind, l), epi, res,
-                                     p->out_q8 ? SCALE_AT(gemm_dscales(e, kind), l) : NULL, 0, e->a->stream));
+                                     p->out_q8 ? SCALE_AT(gemm_dscales(e, kind), l) : NULL, 0, e->gemm_form,
+                                     e->a->stream));
         return BS_OK;
     }
     if (e->fp8) {
@@ -1181,8 +1184,9 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     const int epi = own_gemm_epi(e, p);
     e->own_gemm = had;
     if (epi < 0) {
-        snprintf(why, BS_ERRLEN, "no variant for the %s GEMM (%d x %d, %s in, epilogue %d%s)", gemm_names[kind], m, K,
-                 bs_dtype_name(e->gemm), p->epilogue, p->out_q8 ? ", E4M3 out" : "");
+        snprintf(why, BS_ERRLEN, "no variant for the %s GEMM (%d x %d, %s in, epilogue %d%s, %s)", gemm_names[kind], m,
+                 K, bs_dtype_name(e->gemm), p->epilogue, p->out_q8 ? ", E4M3 out" : "",
+                 e->gemm_form == BS_GS_COOPERATIVE ? "cooperative: 256-column tiles" : "ping-pong: 128-column tiles");
         return 0;
     }
     const dev_layer *w = &e->layer[0];
@@ -1241,7 +1245,7 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     /* ours, over a pattern that rows n.. must keep */
     GS_SC(cudaMemsetAsync(Y, 0x5a, (size_t)(n + tail) * m * os, e->a->stream));
     cudaError_t ce = gemm_sm90_forward(Y, X, W, n, m, K, G, A, sa, e->fp8 ? sxd : NULL, bias, epi, R,
-                                       p->out_q8 ? sdd : NULL, 3, e->a->stream);
+                                       p->out_q8 ? sdd : NULL, 3, e->gemm_form, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
     if (ce != cudaSuccess) {
         snprintf(why, BS_ERRLEN, "the sm90 GEMM did not run: %s", cudaGetErrorString(ce));
@@ -2359,16 +2363,23 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     const char *gelu = getenv("BERTSTREAM_GELU");
     e->gelu_epilogue = e->act != BS_DT_F32 && !(gelu && !strcmp(gelu, "erf"));
     /* the two-way switches: the first bad one is the error */
-    int scales, accum, qkv, resid, lanes, split, gln, gk;
+    int scales, accum, qkv, resid, lanes, split, gln;
     if ((scales = env_pick("BERTSTREAM_FP8_SCALES", "batch", "static", 1, err)) < 0 ||
         (accum = env_pick("BERTSTREAM_FP8_FAST_ACCUM", "0", "1", 1, err)) < 0 ||
         (qkv = env_pick("BERTSTREAM_FP8_QKV", "e4m3", "bf16", 0, err)) < 0 ||
         (resid = env_pick("BERTSTREAM_RESIDUAL", "gemm", "layernorm", 0, err)) < 0 ||
         (lanes = env_pick("BERTSTREAM_LANES", "1", "2", 1, err)) < 0 ||
         (split = env_pick("BERTSTREAM_SPLIT", "on", "off", 1, err)) < 0 ||
-        (gln = env_pick("BERTSTREAM_GEMM_LN", "off", "fused", 0, err)) < 0 ||
-        (gk = env_pick("BERTSTREAM_GEMM_KERNEL", "cublaslt", "sm90", 0, err)) < 0)
+        (gln = env_pick("BERTSTREAM_GEMM_LN", "off", "fused", 0, err)) < 0)
         return BS_ERR;
+    const char *gkv = getenv("BERTSTREAM_GEMM_KERNEL");
+    int gk = 0; /* 0 cuBLASLt, 1 our Hopper GEMM (e->gemm_form says which form) */
+    if (gkv && *gkv && strcmp(gkv, "cublaslt")) {
+        if (strcmp(gkv, "sm90") && strcmp(gkv, "sm90-coop"))
+            return bs_err(err, "BERTSTREAM_GEMM_KERNEL='%s': expected cublaslt, sm90 or sm90-coop", gkv);
+        gk = 1;
+        e->gemm_form = strcmp(gkv, "sm90") ? BS_GS_COOPERATIVE : BS_GS_PINGPONG;
+    }
     /* static by default: no amax passes, and a review's features do not depend on its batch-mates */
     e->fp8_static = e->fp8 && scales == 1;
     /* on by default, as inference (and Transformer Engine's forward pass) runs fp8 GEMMs */
@@ -2469,9 +2480,10 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
     }
     e->res_gemm_used = res_plans == 2;
 
-    /* cuBLASLt by default. BERTSTREAM_GEMM_KERNEL=sm90: our persistent ping-pong Hopper GEMM (gemm_sm90.h)
-     * for each GEMM whose start-up check agrees with cuBLASLt; written without a GPU (2026-11-28), so
-     * off until the H100 measures it (docs/gpu-engine.md, "Our own GEMM") */
+    /* cuBLASLt by default. BERTSTREAM_GEMM_KERNEL=sm90 (ping-pong) or sm90-coop (cooperative): our
+     * persistent Hopper GEMM (gemm_sm90.h) for each GEMM whose start-up check agrees with cuBLASLt;
+     * written without a GPU (2026-11-28), so off until a GPU measures it (docs/gpu-engine.md, "Our
+     * own GEMM") */
     snprintf(e->gemm_note, sizeof e->gemm_note, "cublaslt");
     if (gk == 1) {
         char why[BS_ERRLEN] = "", list[32] = "";
@@ -2493,21 +2505,22 @@ static int cuda_init(cuda_engine *e, const bs_model *m, const bs_engine_opts *op
                          : kind == G_FF1 ? "ff1"
                                          : "ff2");
             } else {
-                log_warn("BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM", "gemm=%s reason=\"%s\"",
+                log_warn("BERTSTREAM_GEMM_KERNEL: cuBLASLt runs this GEMM", "kernel=%s gemm=%s reason=\"%s\"", gkv,
                          gemm_names[kind], kwhy);
             }
         }
         e->own_gemm = ok_kinds;
+        const char *form = e->gemm_form == BS_GS_COOPERATIVE ? "sm90-coop" : "sm90";
         if (ok_kinds == (1u << G_KINDS) - 1)
-            snprintf(e->gemm_note, sizeof e->gemm_note, "sm90");
+            snprintf(e->gemm_note, sizeof e->gemm_note, "%s", form);
         else if (ok_kinds)
-            snprintf(e->gemm_note, sizeof e->gemm_note, "sm90(%s)", list);
+            snprintf(e->gemm_note, sizeof e->gemm_note, "%s(%s)", form, list);
         else
             snprintf(e->gemm_note, sizeof e->gemm_note, "cublaslt(sm90 refused)");
         if (ok_kinds)
-            log_info("our Hopper GEMM runs in place of cuBLASLt", "kernel=gemm_sm90 gemms=%s", list);
+            log_info("our Hopper GEMM runs in place of cuBLASLt", "kernel=gemm_sm90 form=%s gemms=%s", form, list);
         else if (why[0])
-            log_warn("BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs", "reason=\"%s\"", why);
+            log_warn("BERTSTREAM_GEMM_KERNEL: not used, cuBLASLt runs the GEMMs", "kernel=%s reason=\"%s\"", gkv, why);
     }
 
     /* off by default: correct on the H100 but slower there than cuBLASLt + the LayerNorm kernel (bf16 -5 %,

@@ -122,13 +122,24 @@ for spec in bf16:static fp16:static fp8:static fp8:batch; do
   check "gemm sm90, $prec ($scales scales): the forward passes left cuBLASLt ($calls calls against ${lt_calls:-?} without it)" \
     "[ -n '$calls' ] && [ -n '$lt_calls' ] && [ $((${lt_calls:-0} - ${calls:-0})) -ge 32 ]"
 done
+# the cooperative form takes 256-column tiles: of the golden model's GEMMs (N = 384, 128, 512, 128)
+# only the FFN-up one; the other three stay on cuBLASLt, each with a warning that says why
+for prec in bf16 fp8; do
+  BS_EMU_GEMM_SM90=cpu BERTSTREAM_GEMM_KERNEL=sm90-coop score "$prec"
+  check "gemm sm90-coop, $prec: score exits 0, the description says gemm=sm90-coop(ff1)" \
+    "[ $? -eq 0 ] && grep -q ' $prec .* gemm=sm90-coop(ff1) gemm-ln=off graphs=' '$TMP/err.txt'"
+  check "gemm sm90-coop, $prec: the three others refused for their width" \
+    "[ \$(grep -c 'kernel=sm90-coop gemm=[a-z.]* reason=\"no variant for the [a-z.]* GEMM (.*cooperative: 256-column tiles)' '$TMP/err.txt') -eq 3 ]"
+  golden_check "$TMP/out.jsonl" 5e-3
+  check "gemm sm90-coop, $prec: probabilities within 5e-3 of the golden head, same labels" "[ $? -eq 0 ]"
+done
 # a kernel that leaves a column unwritten (BS_EMU_GEMM_SM90=wrong) fails the check of each GEMM:
 # one warning per GEMM with the reason, cuBLASLt, the same numbers
 BS_EMU_GEMM_SM90=wrong BERTSTREAM_GEMM_KERNEL=sm90 score bf16
 check "gemm sm90 wrong kernel: score exits 0 on cuBLASLt" \
   "[ $? -eq 0 ] && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt'"
 check "gemm sm90 wrong kernel: a warning per GEMM says what differed" \
-  "[ \$(grep -c 'level=warn msg=\"BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM\" gemm=[a-z.]* reason=\"the sm90 [a-z.]* GEMM differs from cuBLASLt.s in ' '$TMP/err.txt') -eq 4 ]"
+  "[ \$(grep -c 'level=warn msg=\"BERTSTREAM_GEMM_KERNEL: cuBLASLt runs this GEMM\" kernel=sm90 gemm=[a-z.]* reason=\"the sm90 [a-z.]* GEMM differs from cuBLASLt.s in ' '$TMP/err.txt') -eq 4 ]"
 golden_check "$TMP/out.jsonl" 5e-3
 check "gemm sm90 wrong kernel: probabilities within 5e-3 of the golden head" "[ $? -eq 0 ]"
 # no sm_90a image (any GPU but Hopper; the emulator by default): every launch fails, the checks say so
@@ -137,10 +148,10 @@ check "gemm sm90 without the kernel: score exits 0, warnings that it did not run
   "[ $? -eq 0 ] && grep -q 'gemm=qkv reason=\"the sm90 GEMM did not run: ' '$TMP/err.txt' && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt'"
 BS_EMU_GEMM_SM90=cpu BERTSTREAM_GEMM_KERNEL=sm90 score fp32
 check "gemm sm90 at fp32: refused (no TF32), golden within 1e-4" \
-  "[ $? -eq 0 ] && grep -q 'BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs\" reason=\"fp32 keeps cuBLASLt' '$TMP/err.txt' && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt' && golden_check '$TMP/out.jsonl' 1e-4"
+  "[ $? -eq 0 ] && grep -q 'BERTSTREAM_GEMM_KERNEL: not used, cuBLASLt runs the GEMMs\" kernel=sm90 reason=\"fp32 keeps cuBLASLt' '$TMP/err.txt' && grep -q ' gemm=cublaslt(sm90 refused) ' '$TMP/err.txt' && golden_check '$TMP/out.jsonl' 1e-4"
 BERTSTREAM_GEMM_KERNEL=cutlass score bf16
 check "BERTSTREAM_GEMM_KERNEL=cutlass: exit 1 with one line" \
-  "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_GEMM_KERNEL='cutlass': expected cublaslt or sm90\" ]"
+  "[ $? -eq 1 ] && [ \"\$(cat '$TMP/err.txt')\" = \"bertstream score: BERTSTREAM_GEMM_KERNEL='cutlass': expected cublaslt, sm90 or sm90-coop\" ]"
 
 # one batch split across the two lanes (BERTSTREAM_SPLIT=on: batches of 5 as halves of 2 and 3)
 BERTSTREAM_SPLIT=on score bf16

@@ -62,6 +62,7 @@ sps=10000
 [ "${BERTSTREAM_SPLIT:-}" = on ] && sps=$((sps * 105 / 100))
 [ "${BERTSTREAM_GEMM_LN:-}" = fused ] && sps=$((sps * 112 / 100))
 [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90 ] && sps=$((sps * 120 / 100))
+[ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90-coop ] && sps=$((sps * 125 / 100))
 case $skip in
     attention,layernorm,other) sps=$((sps * 130 / 100)) ;;
     gemm) sps=$((sps * 3)) ;;
@@ -87,9 +88,12 @@ if [ "${BERTSTREAM_GEMM_LN:-}" = fused ]; then
     echo 'level=warn msg="BERTSTREAM_GEMM_LN=fused: not used, cuBLASLt and the LayerNorm kernel run" reason="stub"'
 fi
 if [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90 ]; then
-    for i in 1 2 3; do echo 'level=info msg="our Hopper GEMM runs in place of cuBLASLt" kernel=gemm_sm90 gemms=qkv'; done
-    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL=sm90: cuBLASLt runs this GEMM" gemm=qkv reason="stub"'
-    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL=sm90: not used, cuBLASLt runs the GEMMs" reason="stub"'
+    for i in 1 2 3; do echo 'level=info msg="our Hopper GEMM runs in place of cuBLASLt" kernel=gemm_sm90 form=sm90 gemms=qkv'; done
+    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL: cuBLASLt runs this GEMM" kernel=sm90 gemm=qkv reason="stub"'
+    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL: not used, cuBLASLt runs the GEMMs" kernel=sm90 reason="stub"'
+fi
+if [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90-coop ]; then
+    echo 'level=info msg="our Hopper GEMM runs in place of cuBLASLt" kernel=gemm_sm90 form=sm90-coop gemms=ff1'
 fi
 echo "12 checks, 0 failed"
 EOF
@@ -149,6 +153,13 @@ matches "variants: bf16 with our GEMM at +20 %" "$tmp/r1.txt" \
 matches "variants: our GEMMs alone against cuBLASLt's alone (a --skip with a variable: against the same --skip)" \
     "$tmp/r1.txt" \
     "^fp8/256/128/fixed/--skip attention,layernorm,other +\[--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90\] +31200\.0 vs +26000\.0 +\(\+20\.0%\)$"
+matches "the parity test with the cooperative form, nothing refused" "$tmp/r1.txt" \
+    "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90-coop \([0-9]+s\): sm90-coop in 1 engines, refused in 0$"
+matches "variants: fp8 with the cooperative form at +25 %" "$tmp/r1.txt" \
+    "^fp8/256/128/fixed +\[BERTSTREAM_GEMM_KERNEL=sm90-coop\] +25000\.0 vs +20000\.0 +\(\+25\.0%\)$"
+has "the cooperative form's own targets block" "$tmp/r1.txt" "== with our GEMM (BERTSTREAM_GEMM_KERNEL=sm90-coop), against the same targets"
+matches "the cooperative form's GEMMs alone against the fp8 target" "$tmp/r1.txt" \
+    "^fp8 256 x 128, its GEMMs alone, seq/s +32500\.000 +\(target >= 40000 seq/s\) +NOT met$"
 matches "our GEMMs alone against the bf16 target" "$tmp/r1.txt" \
     "^bf16 256 x 128, its GEMMs alone, seq/s +15600\.000 +\(target >= 28000 seq/s\) +NOT met$"
 matches "our GEMM two in flight against the fp8 target (after its whole-pass line)" "$tmp/r1.txt" \

@@ -42,6 +42,7 @@
  *    likewise: cudaErrorNoKernelImageForDevice by default; BS_EMU_GEMM_SM90=cpu runs its CPU twin
  *    (fp32 products summed in order, the epilogue in fp32, rounded once to the output type, E4M3
  *    through the D scale), so the engine's BERTSTREAM_GEMM_KERNEL=sm90 path runs;
+ *    (both forms alike: the twin ignores the form and the CTA count but for the shapes they take);
  *    BS_EMU_GEMM_SM90=wrong the same with the tile's last column never written (a kernel bug the
  *    engine's start-up check must catch).
  *  - BS_EMU_STATS=1: at exit, one line on stderr with the number of kernels and cuBLASLt matmuls
@@ -941,13 +942,13 @@ extern "C" cudaError_t gemm_ln_sm90_forward(void *out, void *q8, const float *q8
 /* gemm_sm90_forward: see the head of this file */
 extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, int M, int N, int K, bs_dtype in,
                                          bs_dtype act, const float *sa, const float *sb, const void *bias, int epi,
-                                         const void *res, const float *dscale, int ctas, cudaStream_t s) {
+                                         const void *res, const float *dscale, int ctas, int form, cudaStream_t s) {
     LOCK;
     (void)ctas;
     const char *mode = getenv("BS_EMU_GEMM_SM90");
     if (!mode || (strcmp(mode, "cpu") && strcmp(mode, "wrong"))) return cudaErrorNoKernelImageForDevice;
     const bool wrong = !strcmp(mode, "wrong");
-    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi) || M < 0) return cudaErrorInvalidValue;
+    if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi, form) || M < 0) return cudaErrorInvalidValue;
     if (!Y || !X || !W || !bias || (epi == BS_GS_BIAS_RES && !res) || (in == BS_DT_E4M3 && (!sa || !sb)))
         return cudaErrorInvalidValue;
     auto al = [](const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };

@@ -1,13 +1,13 @@
 /* Our persistent Hopper GEMM (kernels/gemm_sm90.h) against the CPU: Y = epi(X W^T (x sa sb) + bias)
- * with the product in double. On an H100/H200 every variant runs: bf16, f16, E4M3 in (bf16 or E4M3
- * out through the D scale); the three epilogues (bias; bias + GELU, tanh form; bias + residual); BERT-
- * base's four GEMM shapes (QKV 2304 x 768, FFN up 3072 x 768, attention output 768 x 768, FFN down
- * 768 x 3072), the golden tiny model's, one row, row counts that leave the last 128-row tile partial,
- * and a grid that takes more tiles than the H100 has SMs. The CTA count varies (0: one per SM; 1,
- * 2, 3, 5: each CTA loops over many tiles, so both consumer warpgroups, their hand-overs and the
- * stage ring's wrap-around run). Every row and column is compared: within |y| / 256 + 1/512 for
- * 16-bit inputs (the output's rounding, fp32 accumulation, the SFU's tanh), |y| / 128 + 1/32 for
- * E4M3 inputs (Hopper's fp8 accumulation keeps fewer bits); an E4M3 output within one E4M3 step
+ * with the product in double. On an H100/H200 every variant runs, in both forms (ping-pong 128 x 128
+ * tiles, cooperative 128 x 256): bf16, f16, E4M3 in (bf16 or E4M3 out through the D scale); the three epilogues (bias;
+ * bias + GELU, tanh form; bias + residual); BERT- base's four GEMM shapes (QKV 2304 x 768, FFN up 3072 x 768, attention
+ * output 768 x 768, FFN down 768 x 3072), the golden tiny model's, one row, row counts that leave the last 128-row tile
+ * partial, and a grid that takes more tiles than the H100 has SMs. The CTA count varies (0: one per SM; 1, 2, 3, 5:
+ * each CTA loops over many tiles, so both consumer warpgroups, their hand-overs and the stage ring's wrap-around run).
+ * Every row and column is compared: within |y| / 256 + 1/512 for 16-bit inputs (the output's rounding, fp32
+ * accumulation, the SFU's tanh), |y| / 128 + 1/32 for E4M3 inputs (Hopper's fp8 accumulation keeps fewer bits); an E4M3
+ * output within one E4M3 step
  * (|y| / 8 + 2^-9 / scale) of y on top. A wrong layout, tile, stage or k-step is off by the size
  * of y. The 16 rows after M must keep what they held. On any other GPU the kernel has no code:
  * the launch must fail with an error (the engine then keeps cuBLASLt). Shape and pointer refusals
@@ -50,6 +50,7 @@ typedef struct {
     int epi;  /* bs_gs_epilogue */
     int q8;   /* E4M3 output through the D scale */
     int ctas; /* 0: one per SM */
+    int form; /* bs_gs_form */
 } shape;
 
 static double gelu_tanh(double v) {
@@ -108,7 +109,7 @@ static void run_case(const shape *sh) {
     CKC(cudaMemcpy(dv, scales, sizeof scales, cudaMemcpyHostToDevice));
     cudaError_t ce =
         gemm_sm90_forward(dy, dx, dw, M, N, K, sh->in, sh->act, e8 ? dv : NULL, e8 ? dv + 1 : NULL, dbias, sh->epi,
-                          sh->epi == BS_GS_BIAS_RES ? dres : NULL, sh->q8 ? dv + 2 : NULL, sh->ctas, 0);
+                          sh->epi == BS_GS_BIAS_RES ? dres : NULL, sh->q8 ? dv + 2 : NULL, sh->ctas, sh->form, 0);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
     if (!hopper()) {
         /* no sm_90a code here: an error, and nothing written */
@@ -159,9 +160,11 @@ static void run_case(const shape *sh) {
                 if (!(d <= worst)) worst = d, wy = y, wg = o;
             }
         for (size_t i = 0; i < (size_t)TAIL * N * os; i++) past += tailb[i] != 0x5a;
-        fprintf(stderr,
-                "  M=%d N=%d K=%d %s->%s epi=%d ctas=%d: worst |dy| %.3g (y %.4g, got %.4g), %zu over tol, %zu past\n",
-                M, N, K, bs_dtype_name(sh->in), bs_dtype_name(out), sh->epi, sh->ctas, worst, wy, wg, bad, past);
+        fprintf(
+            stderr,
+            "  M=%d N=%d K=%d %s->%s epi=%d ctas=%d %s: worst |dy| %.3g (y %.4g, got %.4g), %zu over tol, %zu past\n",
+            M, N, K, bs_dtype_name(sh->in), bs_dtype_name(out), sh->epi, sh->ctas,
+            sh->form == BS_GS_COOPERATIVE ? "cooperative" : "ping-pong", worst, wy, wg, bad, past);
         if (bad) {
             fprintf(stderr, "    the first tile, 8 x 8 blocks (X: off), rows down, columns across:\n");
             for (int i = 0; i < (M < 128 ? (M + 7) / 8 : 16); i++) fprintf(stderr, "      %s\n", map[i]);
@@ -173,68 +176,90 @@ static void run_case(const shape *sh) {
     free(x), free(w), free(res), free(bias), free(got), free(qx), free(qw), free(qy), free(tailb);
 }
 
-static void gemm_sm90_matches_cpu_on_bert_shapes(void) {
+/* BERT-base's shapes in the given form */
+static void bert_shapes(int form) {
     const shape cases[] = {
-        {300, 2304, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS, 0, 0},      /* QKV */
-        {300, 3072, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 0}, /* FFN up */
-        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0},   /* attention output */
-        {300, 768, 3072, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 3},  /* FFN down, 3 CTAs */
-        {200, 768, 768, BS_DT_F16, BS_DT_F16, BS_GS_BIAS, 0, 0},         /* f16 */
-        {300, 2304, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS, 1, 0},      /* fp8 QKV, E4M3 out */
-        {300, 3072, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS_GELU, 1, 5}, /* fp8 FFN up, E4M3 out, 5 CTAs */
-        {300, 768, 3072, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0},  /* fp8 FFN down */
-        {300, 768, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS, 0, 2},       /* fp8, bf16 out, 2 CTAs */
+        {300, 2304, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS, 0, 0, form},      /* QKV */
+        {300, 3072, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 0, form}, /* FFN up */
+        {300, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0, form},   /* attention output */
+        {300, 768, 3072, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 3, form},  /* FFN down, 3 CTAs */
+        {200, 768, 768, BS_DT_F16, BS_DT_F16, BS_GS_BIAS, 0, 0, form},         /* f16 */
+        {300, 2304, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS, 1, 0, form},      /* fp8 QKV, E4M3 out */
+        {300, 3072, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS_GELU, 1, 5, form}, /* fp8 FFN up, E4M3 out, 5 CTAs */
+        {300, 768, 3072, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0, form},  /* fp8 FFN down */
+        {300, 768, 768, BS_DT_E4M3, BS_DT_BF16, BS_GS_BIAS, 0, 2, form},       /* fp8, bf16 out, 2 CTAs */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+}
+static void gemm_sm90_pingpong_matches_cpu_on_bert_shapes(void) {
+    bert_shapes(BS_GS_PINGPONG);
+}
+static void gemm_sm90_cooperative_matches_cpu_on_bert_shapes(void) {
+    bert_shapes(BS_GS_COOPERATIVE);
 }
 
 static void gemm_sm90_matches_cpu_on_edges(void) {
     const shape cases[] = {
-        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 1},  /* the golden tiny model, one CTA */
-        {1, 384, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS, 0, 0},         /* one row */
-        {1000, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 2}, /* 48 tiles on 2 CTAs */
+        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 1, BS_GS_PINGPONG},     /* golden tiny, one CTA */
+        {130, 512, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 1, BS_GS_COOPERATIVE},  /* the same */
+        {1, 384, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS, 0, 0, BS_GS_PINGPONG},            /* one row */
+        {1, 512, 128, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS, 0, 0, BS_GS_COOPERATIVE},         /* one row */
+        {1000, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 2, BS_GS_PINGPONG},    /* 48 tiles, 2 CTAs */
+        {1000, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_GELU, 0, 2, BS_GS_COOPERATIVE}, /* 24 tiles, 2 CTAs */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 }
 
-/* 198 tiles on one CTA per SM: more tiles than an H100 (132 SMs) or H200 has SMs, as a batch of
- * 256 x 128 runs it (tests/emu leaves it out: its CPU twin ignores the CTA count) */
+/* more tiles than an H100 (132 SMs) or H200 has SMs, one CTA per SM, as a batch of 256 x 128 runs
+ * it (tests/emu leaves it out: its CPU twin ignores the CTA count) */
 static void gemm_sm90_takes_more_tiles_than_sms(void) {
-    const shape sh = {4100, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0};
-    run_case(&sh);
+    const shape cases[] = {
+        {4100, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0, BS_GS_PINGPONG},    /* 198 tiles */
+        {8200, 768, 768, BS_DT_BF16, BS_DT_BF16, BS_GS_BIAS_RES, 0, 0, BS_GS_COOPERATIVE}, /* 195 tiles */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 }
 
 static void gemm_sm90_refuses_what_it_has_no_variant_for(void) {
-    CHECK(gemm_sm90_shape_ok(2304, 768, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS));
-    CHECK(gemm_sm90_shape_ok(3072, 768, BS_DT_E4M3, BS_DT_BF16, 1, BS_GS_BIAS_GELU));
-    CHECK(gemm_sm90_shape_ok(768, 3072, BS_DT_F16, BS_DT_F16, 0, BS_GS_BIAS_RES));
-    CHECK(!gemm_sm90_shape_ok(312, 312, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS));     /* N: no 128-multiple */
-    CHECK(!gemm_sm90_shape_ok(768, 100, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS));     /* K: not a 64-multiple */
-    CHECK(!gemm_sm90_shape_ok(768, 64, BS_DT_E4M3, BS_DT_BF16, 0, BS_GS_BIAS));      /* K: under 128 E4M3 */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_F32, BS_DT_F32, 0, BS_GS_BIAS));       /* fp32 */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_F16, 0, BS_GS_BIAS));      /* mixed 16-bit */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_E4M3, BS_DT_F16, 0, BS_GS_BIAS));      /* E4M3 in, f16 act */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_E4M3, BS_DT_BF16, 1, BS_GS_BIAS_RES)); /* E4M3 out + residual */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_BF16, 1, BS_GS_BIAS));     /* E4M3 out, bf16 in */
-    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_BF16, 0, 7));              /* no such epilogue */
+    CHECK(gemm_sm90_shape_ok(2304, 768, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS, BS_GS_PINGPONG));
+    CHECK(gemm_sm90_shape_ok(3072, 768, BS_DT_E4M3, BS_DT_BF16, 1, BS_GS_BIAS_GELU, BS_GS_PINGPONG));
+    CHECK(gemm_sm90_shape_ok(768, 3072, BS_DT_F16, BS_DT_F16, 0, BS_GS_BIAS_RES, BS_GS_PINGPONG));
+    CHECK(
+        !gemm_sm90_shape_ok(312, 312, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS, BS_GS_PINGPONG)); /* N: no 128-multiple */
+    CHECK(!gemm_sm90_shape_ok(768, 100, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS,
+                              BS_GS_PINGPONG)); /* K: not a 64-multiple */
+    CHECK(!gemm_sm90_shape_ok(768, 64, BS_DT_E4M3, BS_DT_BF16, 0, BS_GS_BIAS, BS_GS_PINGPONG)); /* K: under 128 E4M3 */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_F32, BS_DT_F32, 0, BS_GS_BIAS, BS_GS_PINGPONG));  /* fp32 */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_F16, 0, BS_GS_BIAS, BS_GS_PINGPONG)); /* mixed 16-bit */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_E4M3, BS_DT_F16, 0, BS_GS_BIAS, BS_GS_PINGPONG)); /* E4M3 in, f16 act */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_E4M3, BS_DT_BF16, 1, BS_GS_BIAS_RES,
+                              BS_GS_PINGPONG)); /* E4M3 out + residual */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_BF16, 1, BS_GS_BIAS, BS_GS_PINGPONG)); /* E4M3 out, bf16 in */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_BF16, 0, 7, BS_GS_PINGPONG));          /* no such epilogue */
+    CHECK(gemm_sm90_shape_ok(2304, 768, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS, BS_GS_COOPERATIVE)); /* 9 x 256 */
+    CHECK(!gemm_sm90_shape_ok(384, 128, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS, BS_GS_COOPERATIVE)); /* N: 1.5 x 256 */
+    CHECK(!gemm_sm90_shape_ok(768, 768, BS_DT_BF16, BS_DT_BF16, 0, BS_GS_BIAS, 2));                 /* no such form */
     void *p = NULL;
     CKC(cudaMalloc(&p, 1 << 22));
     float *f = (float *)p;
-    CHECK_INT(
-        gemm_sm90_forward(p, p, p, 4, 100, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS, NULL, NULL, 0, 0),
-        cudaErrorInvalidValue); /* N = 100: refused before any launch */
-    CHECK_INT(
-        gemm_sm90_forward(p, p, p, 4, 768, 768, BS_DT_E4M3, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS, NULL, NULL, 0, 0),
-        cudaErrorInvalidValue); /* E4M3 without its scales */
+    CHECK_INT(gemm_sm90_forward(p, p, p, 4, 100, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS, NULL, NULL, 0,
+                                BS_GS_PINGPONG, 0),
+              cudaErrorInvalidValue); /* N = 100: refused before any launch */
+    CHECK_INT(gemm_sm90_forward(p, p, p, 4, 768, 768, BS_DT_E4M3, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS, NULL, NULL, 0,
+                                BS_GS_PINGPONG, 0),
+              cudaErrorInvalidValue); /* E4M3 without its scales */
     CHECK_INT(gemm_sm90_forward(p, p, p, 4, 768, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS_RES, NULL, NULL,
-                                0, 0),
+                                0, BS_GS_PINGPONG, 0),
               cudaErrorInvalidValue); /* a residual epilogue without the residual */
     CHECK_INT(gemm_sm90_forward(p, (char *)p + 2, p, 4, 768, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS,
-                                NULL, NULL, 0, 0),
+                                NULL, NULL, 0, BS_GS_PINGPONG, 0),
               cudaErrorMisalignedAddress); /* X not 16-byte aligned (TMA) */
-    CHECK_INT(
-        gemm_sm90_forward(p, p, p, 0, 768, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, f, BS_GS_BIAS, NULL, NULL, 0, 0),
-        cudaSuccess); /* no rows: nothing to do */
+    CHECK_INT(gemm_sm90_forward(p, p, p, 0, 768, 768, BS_DT_BF16, BS_DT_BF16, NULL, NULL, f, BS_GS_BIAS, NULL, NULL, 0,
+                                BS_GS_PINGPONG, 0),
+              cudaSuccess); /* no rows: nothing to do */
+    CHECK_INT(gemm_sm90_forward(p, p, p, 4, 384, 128, BS_DT_BF16, BS_DT_BF16, NULL, NULL, p, BS_GS_BIAS, NULL, NULL, 0,
+                                BS_GS_COOPERATIVE, 0),
+              cudaErrorInvalidValue); /* cooperative: N = 384 is no multiple of 256 */
     cudaFree(p);
 }
 
@@ -243,6 +268,7 @@ int main(void) {
     RUN(gemm_sm90_refuses_what_it_has_no_variant_for);
     RUN(gemm_sm90_matches_cpu_on_edges);
     RUN(gemm_sm90_takes_more_tiles_than_sms);
-    RUN(gemm_sm90_matches_cpu_on_bert_shapes);
+    RUN(gemm_sm90_pingpong_matches_cpu_on_bert_shapes);
+    RUN(gemm_sm90_cooperative_matches_cpu_on_bert_shapes);
     return bs_test_done();
 }
