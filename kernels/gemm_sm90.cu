@@ -11,8 +11,8 @@
 //     handing a stage back as soon as the next stage's MMAs are issued. Two forms (bs_gs_form):
 //   - ping-pong (BN 128): consumer c takes the CTA's tiles c, c + 2, c + 4, ... (local numbering),
 //     whole: two wgmma.mma_async m64n128 per 16-bit k16 (E4M3 k32) step, rows 0-63 and 64-127.
-//     The turn: a consumer starts a main loop only once the other has finished its own (named
-//     barriers 1 and 2, one arrive and one sync per hand-over), so the main loops run one after
+//     The turn: a consumer starts a main loop only once the other has finished its own (an
+//     mbarrier per consumer, one arrival and one wait per hand-over), so the main loops run one after
 //     the other in tile order, and each consumer's epilogue runs under the other's main loop. It
 //     also keeps the ring's mbarrier parities right: a consumer waits on a stage's phase only
 //     after every earlier phase of that stage has completed;
@@ -36,13 +36,13 @@
  * epilogue is not under anyone's MMAs, but the producer fills the ring with the next tile's first
  * k-steps meanwhile). Either way 128 fp32 accumulators per consumer thread. */
 template <bool COOP> struct gs_cfg {
-    static constexpr int BN = COOP ? 256 : 128;                         /* columns per tile */
-    static constexpr int A_BYTES = GS_BM * 128;                         /* one stage of X: 128 rows x 128 bytes of K */
-    static constexpr int B_BYTES = BN * 128;                            /* one stage of W */
-    static constexpr int STAGE = A_BYTES + B_BYTES;                     /* 32 KiB, 48 KiB */
-    static constexpr int STAGES = COOP ? 4 : 6;                         /* 192 KiB of ring either way */
-    static constexpr int READERS = COOP ? 2 : 1;                        /* consumers that release a stage */
-    static constexpr size_t SMEM = 1024 + STAGES * STAGE + 16 * STAGES; /* + alignment slack, mbarriers */
+    static constexpr int BN = COOP ? 256 : 128;     /* columns per tile */
+    static constexpr int A_BYTES = GS_BM * 128;     /* one stage of X: 128 rows x 128 bytes of K */
+    static constexpr int B_BYTES = BN * 128;        /* one stage of W */
+    static constexpr int STAGE = A_BYTES + B_BYTES; /* 32 KiB, 48 KiB */
+    static constexpr int STAGES = COOP ? 4 : 6;     /* 192 KiB of ring either way */
+    static constexpr int READERS = COOP ? 2 : 1;    /* consumers that release a stage */
+    static constexpr size_t SMEM = 1024 + STAGES * STAGE + 16 * STAGES + 16; /* + alignment slack, mbarriers */
     static_assert(SMEM <= 227 * 1024, "gemm_sm90: shared memory");
 };
 
@@ -105,12 +105,6 @@ __device__ __forceinline__ void gs_store64(float (&acc)[NACC], void *Y, const TA
     }
 }
 
-__device__ __forceinline__ void gs_turn_wait(int id) {
-    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
-}
-__device__ __forceinline__ void gs_turn_give(int id) {
-    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
-}
 #endif /* GL_DEVICE */
 
 /* See the file's head. tm_x: X (M, K) in boxes of 128 rows, tm_w: W (N, K) in boxes of BN rows, both
@@ -126,6 +120,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
     unsigned char *const base = gs_raw + ((1024u - (gl_smem(gs_raw) & 1023u)) & 1023u); /* the swizzle's alignment */
     const uint32_t sbase = gl_smem(base), a0 = sbase, b0 = sbase + cfg::STAGES * cfg::A_BYTES;
     const uint32_t full0 = sbase + cfg::STAGES * cfg::STAGE, empty0 = full0 + 8 * cfg::STAGES;
+    const uint32_t turn0 = empty0 + 8 * cfg::STAGES; /* ping-pong: consumer c's turn to run a main loop */
     const int wg = threadIdx.x >> 7, tiles_n = N / cfg::BN, tiles = (M + GS_BM - 1) / GS_BM * tiles_n;
     const int kelems = 128 / (int)sizeof(TIn), nk = K / kelems;
     if (threadIdx.x == 0) {
@@ -133,6 +128,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
             gl_bar_init(full0 + 8 * s, 1);             /* the producer's expect_tx, then TMA's bytes */
             gl_bar_init(empty0 + 8 * s, cfg::READERS); /* the consumers that read the stage */
         }
+        gl_bar_init(turn0, 1), gl_bar_init(turn0 + 8, 1); /* the other consumer's hand-over */
         gl_tma_prefetch(&tm_x), gl_tma_prefetch(&tm_w);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -195,7 +191,9 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
             const int t = blockIdx.x + j * gridDim.x;
             if (t >= tiles) break;
             const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
-            if (j >= 1) gs_turn_wait(1 + c); /* the other consumer's main loop of tile j - 1 is done */
+            /* the other consumer's main loop of tile j - 1 is done: this consumer's ((j - 1) / 2)-th turn (an
+             * mbarrier, not a named barrier, so that a slip traps after 5 s instead of hanging) */
+            if (j >= 1) gl_bar_wait(turn0 + 8 * c, (uint32_t)((j - 1) / 2) & 1u);
 #pragma unroll
             for (int i = 0; i < 64; i++) acc0[i] = acc1[i] = 0.0f;
             for (int kt = 0; kt < nk; kt++) {
@@ -223,9 +221,9 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
             gl_fence_acc(acc0);
             gl_fence_acc(acc1);
             if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
-            /* hand the tensor cores over (only when the other consumer has a next tile: every give is
-             * matched by one wait) */
-            if (blockIdx.x + (j + 1) * gridDim.x < tiles) gs_turn_give(1 + (c ^ 1));
+            /* hand the tensor cores over (only when the other consumer has a next tile: every hand-over
+             * is matched by one wait, and the next one on this barrier comes only after that wait) */
+            if (tid == 0 && blockIdx.x + (j + 1) * gridDim.x < tiles) gl_bar_arrive(turn0 + 8 * (c ^ 1));
             gs_store64<TAct, EPI, Q8, 64>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
             gs_store64<TAct, EPI, Q8, 64>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
         }
