@@ -25,33 +25,6 @@
 
 #define TAIL 16 /* rows after M that must stay as they were */
 
-static int hopper(void) {
-    int dev = 0, major = 0;
-    CKC(cudaGetDevice(&dev));
-    CKC(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major == 9;
-}
-
-/* n floats to device memory of type dt (rounded there, as the engine uploads) */
-static void *to_device(const float *h, size_t n, bs_dtype dt) {
-    void *d = NULL, *f = NULL;
-    CKC(cudaMalloc(&d, n * bs_dtype_size(dt) + 256));
-    CKC(cudaMalloc(&f, n * 4));
-    CKC(cudaMemcpy(f, h, n * 4, cudaMemcpyHostToDevice));
-    CKC(convert_forward(d, dt, f, BS_DT_F32, n, 0));
-    CKC(cudaDeviceSynchronize());
-    cudaFree(f);
-    return d;
-}
-/* n elements of type dt at d as floats */
-static void from_device(float *h, const void *d, size_t n, bs_dtype dt) {
-    float *f = NULL;
-    CKC(cudaMalloc((void **)&f, n * 4));
-    CKC(convert_forward(f, BS_DT_F32, d, dt, n, 0));
-    CKC(cudaMemcpy(h, f, n * 4, cudaMemcpyDeviceToHost));
-    cudaFree(f);
-}
-
 typedef struct {
     int M, K, C;
     bs_dtype in, act;
@@ -109,10 +82,10 @@ static void run_case(const shape *sh) {
         CKC(cudaMemcpy(dx, qx, (size_t)M * K, cudaMemcpyHostToDevice));
         CKC(cudaMemcpy(dw, qw, (size_t)C * K, cudaMemcpyHostToDevice));
     } else {
-        dx = to_device(x, (size_t)M * K, sh->in);
-        dw = to_device(w, (size_t)C * K, sh->in);
+        dx = bs_gpu_test_to_device(x, (size_t)M * K, sh->in);
+        dw = bs_gpu_test_to_device(w, (size_t)C * K, sh->in);
     }
-    void *dres = to_device(res, (size_t)M * C, sh->act), *dout = dres;
+    void *dres = bs_gpu_test_to_device(res, (size_t)M * C, sh->act), *dout = dres;
     if (!sh->out_on_r)
         CKC(cudaMalloc(&dout, (size_t)(M + TAIL) * C * as));
     else { /* res itself needs the TAIL rows */
@@ -145,7 +118,7 @@ static void run_case(const shape *sh) {
                              e8 ? dv + 3 * C : NULL, e8 ? dv + 3 * C + 1 : NULL, dv, dres, dv + C, dv + 2 * C, eps, 0);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
     unsetenv("BS_GEMM_LN_DEBUG");
-    if (!hopper()) {
+    if (!bs_gpu_test_hopper()) {
         /* no sm_90a code here: an error, and nothing written */
         CHECK(ce != cudaSuccess);
         cudaGetLastError();
@@ -154,7 +127,7 @@ static void run_case(const shape *sh) {
     } else {
         CHECK(ce == cudaSuccess);
         if (ce != cudaSuccess) fprintf(stderr, "  launch: %s\n", cudaGetErrorString(ce));
-        from_device(got, dout, (size_t)M * C, sh->act);
+        bs_gpu_test_from_device(got, dout, (size_t)M * C, sh->act);
         CKC(cudaMemcpy(tailb, (char *)dout + (size_t)M * C * as, (size_t)TAIL * C * as, cudaMemcpyDeviceToHost));
         if (sh->q8) CKC(cudaMemcpy(qb, dq, (size_t)M * C, cudaMemcpyDeviceToHost));
         size_t bad = 0, badq = 0, past = 0;

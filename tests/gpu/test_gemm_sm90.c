@@ -25,25 +25,6 @@
 
 #define TAIL 16 /* rows after M that must stay as they were */
 
-static int hopper(void) {
-    int dev = 0, major = 0;
-    CKC(cudaGetDevice(&dev));
-    CKC(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major == 9;
-}
-
-/* n floats to device memory of type dt (rounded there, as the engine uploads) */
-static void *to_device(const float *h, size_t n, bs_dtype dt) {
-    void *d = NULL, *f = NULL;
-    CKC(cudaMalloc(&d, n * bs_dtype_size(dt) + 256));
-    CKC(cudaMalloc(&f, n * 4));
-    CKC(cudaMemcpy(f, h, n * 4, cudaMemcpyHostToDevice));
-    CKC(convert_forward(d, dt, f, BS_DT_F32, n, 0));
-    CKC(cudaDeviceSynchronize());
-    cudaFree(f);
-    return d;
-}
-
 typedef struct {
     int M, N, K;
     bs_dtype in, act;
@@ -96,10 +77,11 @@ static void run_case(const shape *sh) {
         CKC(cudaMemcpy(dx, qx, (size_t)M * K, cudaMemcpyHostToDevice));
         CKC(cudaMemcpy(dw, qw, (size_t)N * K, cudaMemcpyHostToDevice));
     } else {
-        dx = to_device(x, (size_t)M * K, sh->in);
-        dw = to_device(w, (size_t)N * K, sh->in);
+        dx = bs_gpu_test_to_device(x, (size_t)M * K, sh->in);
+        dw = bs_gpu_test_to_device(w, (size_t)N * K, sh->in);
     }
-    void *dres = to_device(res, (size_t)M * N, sh->act), *dbias = to_device(bias, (size_t)N, sh->act), *dy = NULL;
+    void *dres = bs_gpu_test_to_device(res, (size_t)M * N, sh->act),
+         *dbias = bs_gpu_test_to_device(bias, (size_t)N, sh->act), *dy = NULL;
     CKC(cudaMalloc(&dy, (size_t)(M + TAIL) * N * os));
     CKC(cudaMemset(dy, 0, (size_t)M * N * os));
     CKC(cudaMemset((char *)dy + (size_t)M * N * os, 0x5a, (size_t)TAIL * N * os));
@@ -111,7 +93,7 @@ static void run_case(const shape *sh) {
         gemm_sm90_forward(dy, dx, dw, M, N, K, sh->in, sh->act, e8 ? dv : NULL, e8 ? dv + 1 : NULL, dbias, sh->epi,
                           sh->epi == BS_GS_BIAS_RES ? dres : NULL, sh->q8 ? dv + 2 : NULL, sh->ctas, sh->form, 0);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
-    if (!hopper()) {
+    if (!bs_gpu_test_hopper()) {
         /* no sm_90a code here: an error, and nothing written */
         CHECK(ce != cudaSuccess);
         cudaGetLastError();
@@ -124,11 +106,7 @@ static void run_case(const shape *sh) {
             CKC(cudaMemcpy(qy, dy, (size_t)M * N, cudaMemcpyDeviceToHost));
             for (size_t i = 0; i < (size_t)M * N; i++) got[i] = bs_e4m3_decode(qy[i]) / sd;
         } else {
-            float *f = NULL;
-            CKC(cudaMalloc((void **)&f, (size_t)M * N * 4));
-            CKC(convert_forward(f, BS_DT_F32, dy, sh->act, (size_t)M * N, 0));
-            CKC(cudaMemcpy(got, f, (size_t)M * N * 4, cudaMemcpyDeviceToHost));
-            cudaFree(f);
+            bs_gpu_test_from_device(got, dy, (size_t)M * N, sh->act);
         }
         CKC(cudaMemcpy(tailb, (char *)dy + (size_t)M * N * os, (size_t)TAIL * N * os, cudaMemcpyDeviceToHost));
         size_t bad = 0, past = 0;
