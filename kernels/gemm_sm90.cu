@@ -56,10 +56,11 @@ extern "C" int gemm_sm90_shape_ok(int N, int K, bs_dtype in, bs_dtype act, int q
     return N >= bn && N % bn == 0 && K >= elems && K % elems == 0;
 }
 
-#ifdef BS_SIMT_EMU
-/* The warp emulator (tests/emu) has no TMA, mbarriers or wgmma: tests/emu/cuda_emu.cpp defines
- * gemm_sm90_forward as a library call (absent, as on a GPU other than Hopper, or a CPU twin under
- * BS_EMU_GEMM_SM90), so that the engine's use of it runs in CI. */
+#if defined(BS_SIMT_EMU) && !defined(BS_EMU_SM90)
+/* The emulated CUDA engine (tests/emu/cuda_emu.cpp) defines gemm_sm90_forward as a library call
+ * (absent, as on a GPU other than Hopper, or a CPU twin under BS_EMU_GEMM_SM90), so that the
+ * engine's use of it runs in CI. The kernel itself runs from this source on the warp emulator's
+ * mbarriers, TMA and wgmma where BS_EMU_SM90 is defined (tests/unit/test_gemm_sm90_emu.cpp). */
 #else
 
 #include "sm90_ops.cuh"
@@ -68,10 +69,7 @@ extern "C" int gemm_sm90_shape_ok(int N, int K, bs_dtype in, bs_dtype act, int q
 /* cuBLASLt's GELU: 0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3))), tanh by the SFU
  * (tanh.approx.f32, relative error below 2^-10.9: under a bf16 output's rounding) */
 __device__ __forceinline__ float gs_gelu(float v) {
-    float t;
-    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
-    return 0.5f * v * (1.0f + t);
+    return 0.5f * v * (1.0f + gl_tanh_approx(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
 /* 64 rows of a tile from one wgmma's accumulators (NACC of them: 2 NACC columns): rows r0.. (of Y),
@@ -116,7 +114,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
                      int N, int K) {
 #ifdef GL_DEVICE
     typedef gs_cfg<COOP> cfg;
-    extern __shared__ unsigned char gs_raw[];
+    BS_DYN_SMEM(gs_raw);
     unsigned char *const base = gs_raw + ((1024u - (gl_smem(gs_raw) & 1023u)) & 1023u); /* the swizzle's alignment */
     const uint32_t sbase = gl_smem(base), a0 = sbase, b0 = sbase + cfg::STAGES * cfg::A_BYTES;
     const uint32_t full0 = sbase + cfg::STAGES * cfg::STAGE, empty0 = full0 + 8 * cfg::STAGES;
@@ -130,12 +128,12 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
         }
         gl_bar_init(turn0, 1), gl_bar_init(turn0 + 8, 1); /* the other consumer's hand-over */
         gl_tma_prefetch(&tm_x), gl_tma_prefetch(&tm_w);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        gl_fence_mbarrier_init();
     }
     __syncthreads();
 
     if (wg == 0) { /* producer: every k-step of every tile of this CTA, in order */
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        gl_setmaxnreg_dec<40>();
         if (threadIdx.x == 0) {
             int g = 0; /* k-steps issued so far: stage g % STAGES, its (g / STAGES)-th use */
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -153,7 +151,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
         return;
     }
 
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    gl_setmaxnreg_inc<232>();
     const int c = wg - 1, tid = threadIdx.x & 127, wq = tid >> 5, lane = tid & 31;
     const float scale = sa ? *sa * *sb : 1.0f, ds = Q8 ? *dscale : 1.0f;
     if constexpr (COOP) { /* consumer c: rows 64c.. of every tile of the CTA */
@@ -223,7 +221,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
             if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
             /* hand the tensor cores over (only when the other consumer has a next tile: every hand-over
              * is matched by one wait, and the next one on this barrier comes only after that wait) */
-            if (tid == 0 && blockIdx.x + (j + 1) * gridDim.x < tiles) gl_bar_arrive(turn0 + 8 * (c ^ 1));
+            if (tid == 0 && (int)(blockIdx.x + (j + 1) * gridDim.x) < tiles) gl_bar_arrive(turn0 + 8 * (c ^ 1));
             gs_store64<TAct, EPI, Q8, 64>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
             gs_store64<TAct, EPI, Q8, 64>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
         }
@@ -250,7 +248,7 @@ static cudaError_t gs_launch_form(const CUtensorMap *maps, void *Y, const void *
         if (e != cudaSuccess) return e;
     }
     const int tiles = (M + GS_BM - 1) / GS_BM * (N / cfg::BN);
-    BS_LAUNCH(ctas < tiles ? ctas : tiles, GS_THREADS, cfg::SMEM, s, kern)
+    BS_LAUNCH(ctas < tiles ? ctas : tiles, GS_THREADS, cfg::SMEM, s, gemm_sm90_kernel<TIn, TAct, EPI, Q8, COOP>)
     (maps[0], maps[1], Y, (const TAct *)bias, (const TAct *)res, sa, sb, dscale, M, N, K);
     return cudaGetLastError();
 }

@@ -4,7 +4,10 @@
 // wgmma.mma_async specialisations, and on the host the tensor maps (128-byte swizzle) that TMA
 // reads. Every layout they rely on is in wgmma_layout.h (checked on the CPU by
 // tests/unit/test_wgmma_layout.c). Include after the CUDA headers; device code only where
-// GL_DEVICE (an sm_90a compile) is defined.
+// GL_DEVICE (an sm_90a compile, or the warp emulator) is defined. Under the warp emulator
+// (BS_SIMT_EMU: tests/emu/simt.hpp, included first) the same names run its emulation of mbarriers,
+// TMA and wgmma, so a kernel written with them runs from its own source on the CPU
+// (tests/unit/test_gemm_sm90_emu.cpp).
 #ifndef BS_KERNELS_SM90_OPS_CUH
 #define BS_KERNELS_SM90_OPS_CUH
 
@@ -21,7 +24,73 @@
 #define GL_DEVICE 1
 #endif
 
-#ifdef GL_DEVICE
+#ifdef BS_SIMT_EMU
+#define GL_DEVICE 1
+#define GL_EMU_SPINS 20000 /* yields before a wait counts as one that never completes (the device's 5 s) */
+static inline uint32_t gl_smem(const void *p) {
+    return bs_emu::smem_offset(p);
+}
+static inline void gl_bar_init(uint32_t bar, uint32_t count) {
+    bs_emu::bar_init(bar, (int)count);
+}
+static inline void gl_bar_expect_tx(uint32_t bar, uint32_t bytes) {
+    bs_emu::bar_expect_tx(bar, (long)bytes);
+}
+static inline void gl_bar_arrive(uint32_t bar) {
+    bs_emu::bar_arrive(bar);
+}
+static inline int gl_bar_try_wait(uint32_t bar, uint32_t parity) {
+    return bs_emu::bar_try_wait(bar, parity);
+}
+static inline void gl_bar_wait(uint32_t bar, uint32_t parity) {
+    for (long spins = 0; !bs_emu::bar_try_wait(bar, parity); spins++) {
+        if (spins > GL_EMU_SPINS) {
+            bs_emu::error("%s: a wait that never completes (mbarrier at shared offset %ld, parity %ld)",
+                          "mbarrier.try_wait", (long)bar, (long)parity);
+            return;
+        }
+        bs_emu::yield();
+    }
+}
+static inline void gl_tma_load(uint32_t dst, const CUtensorMap *map, uint32_t bar, int x, int y) {
+    bs_emu::tma_load(dst, map, bar, x, y);
+}
+static inline void gl_tma_prefetch(const CUtensorMap *) {}
+static inline void gl_wgmma_fence() {}
+static inline void gl_wgmma_commit() {}
+template <int N> static inline void gl_wgmma_wait() {}
+template <int N> static inline void gl_fence_acc(float (&)[N]) {}
+template <int N> static inline void gl_setmaxnreg_dec() {}
+template <int N> static inline void gl_setmaxnreg_inc() {}
+static inline void gl_fence_mbarrier_init() {}
+static inline float gl_tanh_approx(float u) {
+    return tanhf(u);
+}
+/* d += A B^T for one k-step of one warpgroup, as on the device (below) */
+template <typename TIn, int BN> struct gl_mma {
+    static void run(float (&d)[BN / 2], uint64_t da, uint64_t db, int acc) {
+        bs_emu::Lane *l = bs_emu::st().cur;
+        l->wg_d = d, l->wg_n = BN, l->wg_da = da, l->wg_db = db, l->wg_scale_d = acc != 0;
+        l->wg_type = std::is_same<TIn, __nv_bfloat16>::value ? 0 : std::is_same<TIn, __half>::value ? 1 : 2;
+        bs_emu::arrive(bs_emu::OP_WGMMA);
+    }
+};
+#elif defined(GL_DEVICE)
+template <int N> __device__ __forceinline__ void gl_setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void gl_setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void gl_fence_mbarrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/* tanh by the SFU: relative error below 2^-10.9 */
+__device__ __forceinline__ float gl_tanh_approx(float u) {
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
+    return t;
+}
 __device__ __forceinline__ uint32_t gl_smem(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }

@@ -11,6 +11,9 @@
  *   __syncwarp(), __shfl_xor_sync, ldmatrix.x4 (.trans), mma.sync m16n8k16 (f16/bf16 in, f32 acc),
  *                                mma.sync m16n8k32 (E4M3 in, f32 acc)
  *                                all 32 threads of the warp, at the same kind of instruction
+ *   wgmma.mma_async m64nNk16/k32 all 128 threads of the warpgroup, with the same operands
+ * and Hopper's mbarriers and TMA loads (kernels/sm90_ops.cuh's wrappers; below), a thread waiting
+ * on an mbarrier yielding to the others each round.
  * The warp instructions follow the PTX ISA's fragment tables (as tests/unit/test_mma_layout.c,
  * written separately); cp.async copies 16 bytes, zero-filling past src-size, and completes when
  * the copying thread's cp.async.wait_group retires its group (late copies, Options::late_copies)
@@ -32,6 +35,7 @@
 #ifndef BS_TESTS_EMU_SIMT_HPP
 #define BS_TESTS_EMU_SIMT_HPP
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -88,13 +92,15 @@ enum Op {
     OP_MMA_F16,
     OP_WMMA,
     OP_SHFL_IDX,
-    OP_MMA_E4M3
+    OP_MMA_E4M3,
+    OP_YIELD, /* a thread spinning on an mbarrier lets the others run (released every round) */
+    OP_WGMMA  /* wgmma.mma_async: all 128 threads of a warpgroup */
 };
 
 static inline const char *op_name(int op) {
-    static const char *n[] = {"none",           "__syncthreads",     "__syncwarp", "__shfl_xor_sync",
-                              "ldmatrix.x4",    "ldmatrix.x4.trans", "mma.bf16",   "mma.f16",
-                              "wmma::mma_sync", "__shfl_sync",       "mma.e4m3"};
+    static const char *n[] = {
+        "none",    "__syncthreads",  "__syncwarp",  "__shfl_xor_sync", "ldmatrix.x4", "ldmatrix.x4.trans", "mma.bf16",
+        "mma.f16", "wmma::mma_sync", "__shfl_sync", "mma.e4m3",        "yield",       "wgmma.mma_async"};
     return n[op];
 }
 
@@ -124,6 +130,10 @@ struct Lane {
     uint32_t a[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
     float d[4] = {0, 0, 0, 0};
     float wa[8], wb[8], wc[8]; /* wmma::mma_sync 16x16x16: this lane's 8 elements of A, B and C/D */
+    /* wgmma.mma_async m64nNk16 (16-bit) / k32 (E4M3): this lane's accumulators and the operands */
+    float *wg_d = nullptr;
+    int wg_n = 0, wg_type = 0, wg_scale_d = 1;
+    uint64_t wg_da = 0, wg_db = 0;
     std::vector<Copy> pending;
     long groups = 0;
 };
@@ -134,6 +144,9 @@ struct Options {
     bool greedy = false;     /* false: every thread moves to its next collective in turn, so the warps
                               * keep step; true: one warp runs as far as it can (to a __syncthreads or
                               * its end) before the next starts, so a warp runs ahead of the others */
+    int tma_delay = 0;       /* TMA loads land at once (0) or up to this many scheduling rounds later
+                              * (random with a seed, else exactly): a wait on the wrong phase then
+                              * reads a stage before its data is there */
 };
 
 struct State {
@@ -149,6 +162,16 @@ struct State {
     unsigned char *smem = nullptr;
     size_t smem_bytes = 0;
     std::vector<std::pair<const unsigned char *, size_t>> regions;
+    /* mbarriers of the running block, by shared-memory offset */
+    struct Bar {
+        int count = 0, pending = 0;
+        long tx = 0;
+        unsigned phase = 0;
+    };
+    std::vector<std::pair<uint32_t, Bar>> bars;
+    long round = 0;                          /* scheduling rounds of the running block */
+    std::vector<std::function<void()>> bulk; /* TMA loads in flight, each landing at its round */
+    std::vector<long> bulk_due;
     const std::function<void()> *body = nullptr;
     long errors = 0;
     std::string first;
@@ -402,7 +425,7 @@ static inline bool collective(int w) {
             exited = 1;
             continue;
         }
-        if (!W[l].waiting || W[l].op == OP_SYNCTHREADS) return false;
+        if (!W[l].waiting || W[l].op == OP_SYNCTHREADS || W[l].op == OP_YIELD || W[l].op == OP_WGMMA) return false;
         if (op != OP_NONE && W[l].op != op) {
             s.cur = &W[l];
             error("%s: threads of one warp at different collectives (%s and %s)", "warp");
@@ -432,6 +455,235 @@ static inline bool step_warp(int w, const std::vector<int> &order) {
         if (i / 32 == w && !l.done && !l.waiting) run_lane(l), moved = true;
     }
     return collective(w) || moved;
+}
+
+/* ---- Hopper: mbarriers, TMA, wgmma (kernels/sm90_ops.cuh's wrappers, under BS_SIMT_EMU) ----
+ * mbarriers follow the PTX ISA: an expected arrival count, pending arrivals and a transaction count;
+ * a phase completes when both reach zero, and try_wait.parity(P) is true once the phase of parity P
+ * has completed, i.e. while the current phase's parity differs from P (so a waiter two phases
+ * behind reads the wrong one, as on the device). A thread spinning on one yields (OP_YIELD) so the
+ * others run. TMA 2-D loads copy their box at once, the 128-byte swizzle applied (16-byte chunk c
+ * of row r lands at chunk c ^ (r % 8)), zeros past the tensor's end, then complete their bytes on
+ * the mbarrier, or (Options::tma_delay) some rounds later. wgmma.mma_async runs when all 128 threads of the warpgroup
+ * have issued it with the same operands: A (64 rows) and B (N rows) read through their shared-memory descriptors
+ * (K-major, 128-byte swizzle applied to the final address), the product in double added once to each thread's fp32
+ * accumulators, laid out by the PTX ISA's table for m64nN f32 accumulators. It completes when issued: wgmma.commit/wait
+ * and the fences are no-ops. */
+static inline uint32_t smem_offset(const void *p) {
+    State &s = st();
+    const unsigned char *c = (const unsigned char *)p;
+    if (c < s.smem || c > s.smem + s.smem_bytes) error("%s: a generic address outside shared memory", "cvta.shared");
+    return (uint32_t)(c - s.smem);
+}
+static inline State::Bar *bar_at(uint32_t off, const char *what) {
+    for (auto &b : st().bars)
+        if (b.first == off) return &b.second;
+    error("%s: no mbarrier was initialised at shared offset %ld", what, (long)off);
+    return nullptr;
+}
+static inline void bar_init(uint32_t off, int count) {
+    State &s = st();
+    if ((off & 7) || off + 8 > s.smem_bytes)
+        error("%s: mbarrier at shared offset %ld misaligned or outside", "mbarrier.init", (long)off);
+    for (auto &b : s.bars)
+        if (b.first == off) {
+            b.second = State::Bar{count, count, 0, 0};
+            return;
+        }
+    s.bars.push_back({off, State::Bar{count, count, 0, 0}});
+}
+static inline void bar_settle(State::Bar &b) {
+    if (b.pending == 0 && b.tx == 0) b.phase++, b.pending = b.count;
+}
+static inline void bar_arrive(uint32_t off) {
+    State::Bar *b = bar_at(off, "mbarrier.arrive");
+    if (!b) return;
+    if (--b->pending < 0) error("%s: more arrivals than the count (offset %ld)", "mbarrier.arrive", (long)off);
+    bar_settle(*b);
+}
+static inline void bar_expect_tx(uint32_t off, long bytes) {
+    State::Bar *b = bar_at(off, "mbarrier.arrive.expect_tx");
+    if (!b) return;
+    b->tx += bytes;
+    bar_arrive(off);
+}
+static inline void bar_complete_tx(uint32_t off, long bytes) {
+    State::Bar *b = bar_at(off, "complete_tx");
+    if (!b) return;
+    b->tx -= bytes;
+    bar_settle(*b);
+}
+static inline bool bar_try_wait(uint32_t off, uint32_t parity) {
+    State::Bar *b = bar_at(off, "mbarrier.try_wait.parity");
+    return !b || (b->phase & 1u) != (parity & 1u);
+}
+static inline void yield() {
+    arrive(OP_YIELD);
+}
+
+/* the emulated CUtensorMap (its 128 opaque bytes), as encode_tiled writes it */
+struct TensorMap {
+    uint64_t magic;
+    const unsigned char *base;
+    uint64_t dims[2], stride; /* elements (inner, rows); bytes between rows */
+    uint32_t box[2], es;      /* elements, rows; element bytes */
+};
+static const uint64_t TMAP_MAGIC = 0x7370616d74756d65ull;
+static_assert(sizeof(TensorMap) <= sizeof(CUtensorMap), "TensorMap fits in a CUtensorMap");
+
+/* cuTensorMapEncodeTiled for what the emulator moves: rank 2, the 128-byte swizzle with a box 128
+ * bytes wide, element strides 1; the driver's own limits checked (16-byte aligned address and
+ * row stride, box dimensions 1..256). Anything else is CUDA_ERROR_INVALID_VALUE. */
+static inline CUresult encode_tiled(CUtensorMap *m, CUtensorMapDataType t, cuuint32_t rank, void *addr,
+                                    const cuuint64_t *dims, const cuuint64_t *strides, const cuuint32_t *box,
+                                    const cuuint32_t *estr, CUtensorMapInterleave il, CUtensorMapSwizzle sw,
+                                    CUtensorMapL2promotion l2, CUtensorMapFloatOOBfill oob) {
+    (void)l2;
+    const uint32_t es = t == CU_TENSOR_MAP_DATA_TYPE_UINT8                                              ? 1
+                        : t == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || t == CU_TENSOR_MAP_DATA_TYPE_FLOAT16 ? 2
+                                                                                                        : 0;
+    if (!m || rank != 2 || !es || !addr || ((uintptr_t)addr & 15) || (strides[0] & 15) ||
+        il != CU_TENSOR_MAP_INTERLEAVE_NONE || sw != CU_TENSOR_MAP_SWIZZLE_128B ||
+        oob != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE || estr[0] != 1 || estr[1] != 1 || box[0] * es != 128 || box[1] < 1 ||
+        box[1] > 256 || dims[0] < 1 || dims[1] < 1)
+        return CUDA_ERROR_INVALID_VALUE;
+    TensorMap tm = {TMAP_MAGIC, (const unsigned char *)addr, {dims[0], dims[1]}, strides[0], {box[0], box[1]}, es};
+    memset((void *)m, 0, sizeof *m);
+    memcpy((void *)m, &tm, sizeof tm);
+    return CUDA_SUCCESS;
+}
+
+/* cp.async.bulk.tensor.2d: the box at (x elements, y rows) into shared offset dst (1024-byte
+ * aligned, as the 128-byte swizzle needs), its bytes completed on the mbarrier at bar */
+static inline void tma_load(uint32_t dst, const void *map, uint32_t bar, int x, int y) {
+    State &s = st();
+    TensorMap tm;
+    memcpy(&tm, map, sizeof tm);
+    if (tm.magic != TMAP_MAGIC) {
+        error("%s: not a tensor map encode_tiled made", "cp.async.bulk.tensor");
+        return;
+    }
+    const size_t bytes = (size_t)tm.box[0] * tm.es * tm.box[1];
+    if ((dst & 1023) || dst + bytes > s.smem_bytes) {
+        error("%s: destination at shared offset %ld not 1024-byte aligned or past the end", "cp.async.bulk.tensor",
+              (long)dst);
+        return;
+    }
+    if (x < 0 || y < 0 || x % (int)tm.box[0]) error("%s: box at x %ld, y %ld", "cp.async.bulk.tensor", x, y);
+    auto land = [tm, dst, bar, x, y, bytes] {
+        State &s = st();
+        for (uint32_t r = 0; r < tm.box[1]; r++)
+            for (uint32_t b = 0; b < 128; b++) {
+                const uint64_t gy = (uint64_t)y + r, gx = (uint64_t)x * tm.es + b; /* bytes into the row */
+                unsigned char v = 0;
+                if (gy < tm.dims[1] && gx < tm.dims[0] * tm.es) {
+                    const unsigned char *src = tm.base + gy * tm.stride + gx;
+                    if (!in_region(src, 1)) {
+                        error("%s: a source byte outside the registered global memory (row %ld)",
+                              "cp.async.bulk.tensor", (long)gy);
+                        return;
+                    }
+                    v = *src;
+                }
+                s.smem[dst + r * 128 + ((((b >> 4) ^ (r & 7)) << 4) | (b & 15))] = v;
+            }
+        bar_complete_tx(bar, (long)bytes);
+    };
+    if (s.opt.tma_delay <= 0) {
+        land();
+        return;
+    }
+    s.bulk.push_back(land);
+    s.bulk_due.push_back(s.round + 1 +
+                         (s.opt.seed ? (long)(next_rand() % (unsigned)s.opt.tma_delay) : s.opt.tma_delay));
+}
+
+/* element (row r, byte k of the K slice) of a wgmma operand whose descriptor starts at shared
+ * offset start: rows 128 bytes apart, the swizzle applied to the final address */
+static inline float wg_elem(uint32_t start, int r, int kb, int type) {
+    const uint32_t u = start + (uint32_t)r * 128 + (uint32_t)kb, a = u ^ (((u >> 7) & 7) << 4);
+    const unsigned char *p = st().smem + a;
+    if (type == 2) { /* E4M3 */
+        const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)*p, __NV_E4M3);
+        return __half2float(__half(h));
+    }
+    uint16_t bits;
+    memcpy(&bits, p, 2);
+    return half_bits(bits, 0, type == 0 ? OP_MMA_BF16 : OP_MMA_F16);
+}
+
+/* one wgmma.mma_async of warpgroup G (its 128 lanes, all waiting at OP_WGMMA) */
+static inline void exec_wgmma(Lane *G) {
+    State &s = st();
+    const Lane &l0 = G[0];
+    for (int t = 1; t < 128; t++)
+        if (G[t].wg_da != l0.wg_da || G[t].wg_db != l0.wg_db || G[t].wg_n != l0.wg_n || G[t].wg_type != l0.wg_type ||
+            G[t].wg_scale_d != l0.wg_scale_d) {
+            error("%s: the threads of a warpgroup issued different operands (thread %ld)", "wgmma.mma_async", t);
+            return;
+        }
+    const uint64_t desc[2] = {l0.wg_da, l0.wg_db};
+    for (uint64_t d : desc) /* the layout the kernels use: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart */
+        if ((d >> 62) != 1 || ((d >> 32) & 0x3fff) != 1024 / 16 || ((d >> 49) & 7) != 0) {
+            error("%s: a descriptor other than K-major with the 128-byte swizzle (%lx)", "wgmma.mma_async",
+                  (long)(d >> 32));
+            return;
+        }
+    const uint32_t a = (uint32_t)(l0.wg_da & 0x3fff) << 4, b = (uint32_t)(l0.wg_db & 0x3fff) << 4;
+    const int N = l0.wg_n, kbytes = 32, es = l0.wg_type == 2 ? 1 : 2;
+    if (a + 64 * 128 > s.smem_bytes || b + (uint32_t)N * 128 > s.smem_bytes) {
+        error("%s: an operand past the end of shared memory", "wgmma.mma_async");
+        return;
+    }
+    std::vector<double> D((size_t)64 * N, 0.0);
+    for (int m = 0; m < 64; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int kb = 0; kb < kbytes; kb += es)
+                acc += (double)wg_elem(a, m, kb, l0.wg_type) * wg_elem(b, n, kb, l0.wg_type);
+            D[(size_t)m * N + n] = acc;
+        }
+    for (int t = 0; t < 128; t++) { /* PTX ISA, wgmma .m64nNk16 f32 accumulators: D fragments */
+        const int w = t / 32, lane = t % 32;
+        for (int i = 0; i < N / 2; i++) {
+            const int row = 16 * w + lane / 4 + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+            G[t].wg_d[i] = (float)((l0.wg_scale_d ? (double)G[t].wg_d[i] : 0.0) + D[(size_t)row * N + col]);
+        }
+    }
+}
+
+/* the warpgroup collectives and the yields of one round; true when anything ran */
+static inline bool hopper_round(size_t nthreads) {
+    State &s = st();
+    bool moved = false;
+    for (size_t g = 0; g + 128 <= nthreads; g += 128) {
+        Lane *G = &s.lanes[g];
+        size_t at = 0, live = 0;
+        for (int t = 0; t < 128; t++) live += !G[t].done, at += !G[t].done && G[t].waiting && G[t].op == OP_WGMMA;
+        if (at == 0 || at < live) continue;
+        if (live < 128) {
+            error("%s: a warpgroup with exited threads (warpgroup %ld)", "wgmma.mma_async", (long)(g / 128));
+            return false;
+        }
+        exec_wgmma(G);
+        for (int t = 0; t < 128; t++) G[t].waiting = false;
+        moved = true;
+    }
+    for (size_t i = 0; i < nthreads; i++)
+        if (!s.lanes[i].done && s.lanes[i].waiting && s.lanes[i].op == OP_YIELD)
+            s.lanes[i].waiting = false, moved = true;
+    for (size_t i = 0; i < s.bulk.size();) { /* the TMA loads whose round has come */
+        if (s.bulk_due[i] <= s.round) {
+            const std::function<void()> f = s.bulk[i];
+            s.bulk.erase(s.bulk.begin() + (long)i), s.bulk_due.erase(s.bulk_due.begin() + (long)i);
+            f();
+        } else {
+            i++;
+        }
+    }
+    moved |= !s.bulk.empty(); /* time passes while loads are in flight */
+    s.round++;
+    return moved;
 }
 
 /* thread i's stack, mapped once and kept for every later block */
@@ -493,12 +745,19 @@ static inline void run_block(size_t nthreads) {
             }
             for (int w : worder) moved |= collective(w);
         }
+        moved |= hopper_round(nthreads);
         size_t live = 0, at_bar = 0;
         for (size_t i = 0; i < nthreads; i++) {
             const Lane &l = s.lanes[i];
             live += !l.done, at_bar += !l.done && l.waiting && l.op == OP_SYNCTHREADS;
         }
-        if (live == 0) break;
+        if (live == 0) {
+            if (!s.bulk.empty())
+                error("%s: %ld TMA loads still in flight when the block ended", "cp.async.bulk.tensor",
+                      (long)s.bulk.size());
+            s.bulk.clear(), s.bulk_due.clear();
+            break;
+        }
         if (at_bar == live) { /* __syncthreads: every live thread is there */
             for (size_t i = 0; i < nthreads; i++) s.lanes[i].waiting = false;
             continue;
@@ -528,6 +787,8 @@ static inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::f
             for (unsigned x = 0; x < grid.x; x++) {
                 s.bidx = uint3{x, y, z};
                 memset(s.smem, 0xff, smem_bytes);
+                s.bars.clear(), s.bulk.clear(), s.bulk_due.clear();
+                s.round = 0;
                 run_block(nthreads);
             }
     s.smem = nullptr, s.body = nullptr;
