@@ -122,6 +122,23 @@ for spec in bf16:static fp16:static fp8:static fp8:batch; do
   check "gemm sm90, $prec ($scales scales): the forward passes left cuBLASLt ($calls calls against ${lt_calls:-?} without it)" \
     "[ -n '$calls' ] && [ -n '$lt_calls' ] && [ $((${lt_calls:-0} - ${calls:-0})) -ge 32 ]"
 done
+# the kernel itself, from its source, on the warp emulator's mbarriers, TMA and wgmma
+# (BS_EMU_GEMM_SM90=kernel), inside the engine: its start-up checks against cuBLASLt, CUDA graphs,
+# the E4M3 outputs and D scales of fp8 (static scales), the residual epilogue; both forms
+for spec in sm90:bf16 sm90:fp8 sm90-coop:fp8; do
+  IFS=: read -r form prec <<<"$spec"
+  BS_EMU_STATS=1 BS_EMU_GEMM_SM90=kernel BERTSTREAM_GEMM_KERNEL=$form score "$prec"
+  rc=$?
+  want=sm90
+  [ "$form" = sm90-coop ] && want='sm90-coop(ff1)'
+  check "the emulated kernel, $form, $prec: score exits 0, the description says gemm=$want" \
+    "[ $rc -eq 0 ] && grep -qF ' gemm=$want gemm-ln=off graphs=on ' '$TMP/err.txt' && ! grep -q 'level=warn msg=\"BERTSTREAM_GEMM_KERNEL: not used' '$TMP/err.txt'"
+  calls=$(sed -n 's/^cuda_emu: ran kernels=[0-9]* matmuls=\([0-9]*\)$/\1/p' "$TMP/err.txt")
+  golden_check "$TMP/out.jsonl" 5e-3
+  check "the emulated kernel, $form, $prec: probabilities within 5e-3 of the golden head, same labels" "[ $? -eq 0 ]"
+  [ "$form" = sm90 ] && check "the emulated kernel, $form, $prec: the forward passes left cuBLASLt ($calls calls against ${lt_calls:-?})" \
+    "[ -n '$calls' ] && [ -n '$lt_calls' ] && [ $((${lt_calls:-0} - ${calls:-0})) -ge 32 ]"
+done
 # the cooperative form takes 256-column tiles: of the golden model's GEMMs (N = 384, 128, 512, 128)
 # only the FFN-up one; the other three stay on cuBLASLt, each with a warning that says why
 for prec in bf16 fp8; do

@@ -39,7 +39,9 @@
  *    made from that) on the stream, so the engine's fused path runs; BS_EMU_GEMM_LN=wrong the same
  *    without the residual, a kernel bug the engine's start-up check must catch.
  *  - gemm_sm90_forward (kernels/gemm_sm90.h: our persistent Hopper GEMM, TMA and wgmma as well)
- *    likewise: cudaErrorNoKernelImageForDevice by default; BS_EMU_GEMM_SM90=cpu runs its CPU twin
+ *    likewise: cudaErrorNoKernelImageForDevice by default; BS_EMU_GEMM_SM90=kernel runs the kernel
+ *    itself, from its source, on the warp emulator's mbarriers, TMA and wgmma (tests/emu/simt.hpp;
+ *    the tensor maps from cudaGetDriverEntryPointByVersion's emulated encoder); =cpu its CPU twin
  *    (fp32 products summed in order, the epilogue in fp32, rounded once to the output type, E4M3
  *    through the D scale), so the engine's BERTSTREAM_GEMM_KERNEL=sm90 path runs;
  *    (both forms alike: the twin ignores the form and the CTA count but for the shapes they take);
@@ -71,7 +73,13 @@ template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum c
 #include "cuda_check.cu"
 #include "gelu.cu"
 #include "gemm_ln_sm90.cu" /* gemm_ln_sm90_shape_ok; gemm_ln_sm90_forward is emulated below */
-#include "gemm_sm90.cu"    /* gemm_sm90_shape_ok; gemm_sm90_forward is emulated below */
+/* gemm_sm90_shape_ok, and the kernel itself on the warp emulator's Hopper model, its launcher
+ * renamed: gemm_sm90_forward is the library call below, which runs it (BS_EMU_GEMM_SM90=kernel) or
+ * its CPU twin */
+#define BS_EMU_SM90 1
+#define gemm_sm90_forward gemm_sm90_forward_kernel
+#include "gemm_sm90.cu"
+#undef gemm_sm90_forward
 #include "layernorm.cu"
 #include "pooling.cu"
 
@@ -317,6 +325,14 @@ cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
     default:
         return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute(%d) is not emulated", (int)a);
     }
+}
+/* the driver entry point the Hopper kernels' launchers ask for: the emulator's tensor-map encoder */
+cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void **fn, unsigned int, unsigned long long,
+                                             cudaDriverEntryPointQueryResult *q) {
+    const bool ok = !strcmp(sym, "cuTensorMapEncodeTiled");
+    *fn = ok ? (void *)&bs_emu::encode_tiled : nullptr;
+    if (q) *q = ok ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
 }
 const char *cudaGetErrorString(cudaError_t e) {
     switch (e) {
@@ -946,6 +962,8 @@ extern "C" cudaError_t gemm_sm90_forward(void *Y, const void *X, const void *W, 
     LOCK;
     (void)ctas;
     const char *mode = getenv("BS_EMU_GEMM_SM90");
+    if (mode && !strcmp(mode, "kernel"))
+        return gemm_sm90_forward_kernel(Y, X, W, M, N, K, in, act, sa, sb, bias, epi, res, dscale, ctas, form, s);
     if (!mode || (strcmp(mode, "cpu") && strcmp(mode, "wrong"))) return cudaErrorNoKernelImageForDevice;
     const bool wrong = !strcmp(mode, "wrong");
     if (!gemm_sm90_shape_ok(N, K, in, act, dscale != NULL, epi, form) || M < 0) return cudaErrorInvalidValue;
