@@ -154,76 +154,54 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
     gl_setmaxnreg_inc<232>();
     const int c = wg - 1, tid = threadIdx.x & 127, wq = tid >> 5, lane = tid & 31;
     const float scale = sa ? *sa * *sb : 1.0f, ds = Q8 ? *dscale : 1.0f;
-    if constexpr (COOP) { /* consumer c: rows 64c.. of every tile of the CTA */
-        float acc[128];
-        for (int j = 0;; j++) {
-            const int t = blockIdx.x + j * gridDim.x;
-            if (t >= tiles) break;
-            const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
+    /* 128 accumulators either way: cooperative, one m64n256 (this consumer's 64 rows); ping-pong, two
+     * m64n128 (rows 0-63 in acc[0..63], rows 64-127 in acc[64..127]) */
+    float acc[128];
+    float(&lo)[64] = *reinterpret_cast<float(*)[64]>(acc);
+    float(&hi)[64] = *reinterpret_cast<float(*)[64]>(acc + 64);
+    /* cooperative: every tile of the CTA, rows 64c..; ping-pong: the CTA's tiles c, c + 2, ..., whole */
+    for (int j = COOP ? 0 : c;; j += COOP ? 1 : 2) {
+        const int t = blockIdx.x + j * gridDim.x;
+        if (t >= tiles) break;
+        const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
+        /* ping-pong: the other consumer's main loop of tile j - 1 is done, this consumer's ((j - 1) / 2)-th
+         * turn (an mbarrier, not a named barrier, so that a slip traps after 5 s instead of hanging) */
+        if (!COOP && j >= 1) gl_bar_wait(turn0 + 8 * c, (uint32_t)((j - 1) / 2) & 1u);
 #pragma unroll
-            for (int i = 0; i < 128; i++) acc[i] = 0.0f;
-            for (int kt = 0; kt < nk; kt++) {
-                const int g = j * nk + kt, s = g % cfg::STAGES;
-                gl_bar_wait(full0 + 8 * s, (uint32_t)(g / cfg::STAGES) & 1u);
-                const uint32_t a = a0 + s * cfg::A_BYTES, b = b0 + s * cfg::B_BYTES;
-                gl_fence_acc(acc);
-                gl_wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < 4; ks++) /* 32-byte k-steps of the 128-byte rows */
-                    gl_mma<TIn, 256>::run(acc, wg_desc_sw128(a + wg_operand_offset(64u * c, ks)),
-                                          wg_desc_sw128(b + wg_operand_offset(0, ks)), 1);
-                gl_wgmma_commit();
-                gl_fence_acc(acc);
-                gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
-                gl_fence_acc(acc);
-                if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
-            }
-            gl_wgmma_wait<0>();
+        for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+        for (int kt = 0; kt < nk; kt++) {
+            const int g = j * nk + kt, s = g % cfg::STAGES;
+            gl_bar_wait(full0 + 8 * s, (uint32_t)(g / cfg::STAGES) & 1u);
+            const uint32_t a = a0 + s * cfg::A_BYTES, b = b0 + s * cfg::B_BYTES;
             gl_fence_acc(acc);
-            if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
-            gs_store64<TAct, EPI, Q8, 128>(acc, Y, bias, res, M, N, m0 + 64 * c, n0, wq, lane, scale, ds);
-        }
-    } else { /* consumer c: the CTA's tiles c, c + 2, ..., whole */
-        float acc0[64], acc1[64];
-        for (int j = c;; j += 2) {
-            const int t = blockIdx.x + j * gridDim.x;
-            if (t >= tiles) break;
-            const int m0 = t / tiles_n * GS_BM, n0 = t % tiles_n * cfg::BN;
-            /* the other consumer's main loop of tile j - 1 is done: this consumer's ((j - 1) / 2)-th turn (an
-             * mbarrier, not a named barrier, so that a slip traps after 5 s instead of hanging) */
-            if (j >= 1) gl_bar_wait(turn0 + 8 * c, (uint32_t)((j - 1) / 2) & 1u);
+            gl_wgmma_fence();
 #pragma unroll
-            for (int i = 0; i < 64; i++) acc0[i] = acc1[i] = 0.0f;
-            for (int kt = 0; kt < nk; kt++) {
-                const int g = j * nk + kt, s = g % cfg::STAGES;
-                gl_bar_wait(full0 + 8 * s, (uint32_t)(g / cfg::STAGES) & 1u);
-                const uint32_t a = a0 + s * cfg::A_BYTES, b = b0 + s * cfg::B_BYTES;
-                gl_fence_acc(acc0);
-                gl_fence_acc(acc1);
-                gl_wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < 4; ks++) { /* 32-byte k-steps of the 128-byte rows */
-                    const uint64_t db = wg_desc_sw128(b + wg_operand_offset(0, ks));
-                    gl_mma<TIn, 128>::run(acc0, wg_desc_sw128(a + wg_operand_offset(0, ks)), db, 1);
-                    gl_mma<TIn, 128>::run(acc1, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
+            for (int ks = 0; ks < 4; ks++) { /* 32-byte k-steps of the 128-byte rows */
+                const uint64_t db = wg_desc_sw128(b + wg_operand_offset(0, ks));
+                if constexpr (COOP) {
+                    gl_mma<TIn, 256>::run(acc, wg_desc_sw128(a + wg_operand_offset(64u * c, ks)), db, 1);
+                } else {
+                    gl_mma<TIn, 128>::run(lo, wg_desc_sw128(a + wg_operand_offset(0, ks)), db, 1);
+                    gl_mma<TIn, 128>::run(hi, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
                 }
-                gl_wgmma_commit();
-                gl_fence_acc(acc0);
-                gl_fence_acc(acc1);
-                gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
-                gl_fence_acc(acc0);
-                gl_fence_acc(acc1);
-                if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
             }
-            gl_wgmma_wait<0>();
-            gl_fence_acc(acc0);
-            gl_fence_acc(acc1);
-            if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
-            /* hand the tensor cores over (only when the other consumer has a next tile: every hand-over
-             * is matched by one wait, and the next one on this barrier comes only after that wait) */
+            gl_wgmma_commit();
+            gl_fence_acc(acc);
+            gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
+            gl_fence_acc(acc);
+            if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
+        }
+        gl_wgmma_wait<0>();
+        gl_fence_acc(acc);
+        if (tid == 0) gl_bar_arrive(empty0 + 8 * ((j * nk + nk - 1) % cfg::STAGES));
+        if constexpr (COOP) {
+            gs_store64<TAct, EPI, Q8, 128>(acc, Y, bias, res, M, N, m0 + 64 * c, n0, wq, lane, scale, ds);
+        } else {
+            /* hand the tensor cores over (only when the other consumer has a next tile: every hand-over is
+             * matched by one wait, and the next one on this barrier comes only after that wait) */
             if (tid == 0 && (int)(blockIdx.x + (j + 1) * gridDim.x) < tiles) gl_bar_arrive(turn0 + 8 * (c ^ 1));
-            gs_store64<TAct, EPI, Q8, 64>(acc0, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
-            gs_store64<TAct, EPI, Q8, 64>(acc1, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
+            gs_store64<TAct, EPI, Q8, 64>(lo, Y, bias, res, M, N, m0, n0, wq, lane, scale, ds);
+            gs_store64<TAct, EPI, Q8, 64>(hi, Y, bias, res, M, N, m0 + 64, n0, wq, lane, scale, ds);
         }
     }
 #endif
