@@ -1037,15 +1037,18 @@ static cudaError_t download_f32(cuda_engine *e, float *dst, const void *src, bs_
  * E4M3 copy (fp8) must be exactly E4M3(y / q8 scale) of the stored y, and the 16 rows after n must
  * still hold what they held (the kernel writes no row past M). Returns 1 agree, 0 not (why says
  * how), BS_ERR. */
-#define GL_SC(stmt)                                                                                                    \
+/* SC(stmt): a CUDA call of a start-up self-check; its failure is an engine error named after the
+ * check (sc_what, a local of the function) and ends the function through its done: label */
+#define SC(stmt)                                                                                                       \
     do {                                                                                                               \
         const cudaError_t ce_ = (stmt);                                                                                \
         if (ce_ != cudaSuccess) {                                                                                      \
-            bs_err(err, "fused GEMM + LayerNorm self-check: %s", cudaGetErrorString(ce_));                             \
+            bs_err(err, "%s self-check: %s", sc_what, cudaGetErrorString(ce_));                                        \
             goto done;                                                                                                 \
         }                                                                                                              \
     } while (0)
 static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
+    const char *const sc_what = "fused GEMM + LayerNorm";
     const bs_bert_config *c = &e->base.model->cfg;
     const bs_layer_weights *hl = &e->base.model->layer[0];
     const dev_layer *w = &e->layer[0];
@@ -1080,19 +1083,19 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     }
     for (size_t i = 0; i < (size_t)n * C; i++) hr[i] = bs_round_dtype((float)(4 * bs_rng_uniform(&r) - 2), A);
     const size_t nt = (size_t)(n > C ? n : C) * (K > C ? K : C); /* at least n K, n C and C K */
-    GL_SC(cudaMalloc((void **)&tmpf, sizeof(float) * nt));
+    SC(cudaMalloc((void **)&tmpf, sizeof(float) * nt));
     if (fp8) {
-        GL_SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
+        SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
     } else if (upload(e, X, A, hx, (size_t)n * K, tmpf, NULL, err) != BS_OK) {
         goto done;
     }
     if (upload(e, R, A, hr, (size_t)n * C, tmpf, NULL, err) != BS_OK) goto done;
-    GL_SC(cudaMemsetAsync(e->a->tmp, 0x5a, (size_t)(n + tail) * C * as, e->a->stream)); /* rows n.. must stay */
-    GL_SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
-    GL_SC(cudaMemcpyAsync(sqd, &sq, 4, cudaMemcpyHostToDevice, e->a->stream));
+    SC(cudaMemsetAsync(e->a->tmp, 0x5a, (size_t)(n + tail) * C * as, e->a->stream)); /* rows n.. must stay */
+    SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
+    SC(cudaMemcpyAsync(sqd, &sq, 4, cudaMemcpyHostToDevice, e->a->stream));
     float sw = 1.0f;
-    if (fp8) GL_SC(cudaMemcpyAsync(&sw, SCALE_AT(w->scale, kind), 4, cudaMemcpyDeviceToHost, e->a->stream));
-    GL_SC(download_f32(e, wf, gemm_weight(e, kind, 0), G, (size_t)C * K, tmpf)); /* synchronises: sx, sq, sw */
+    if (fp8) SC(cudaMemcpyAsync(&sw, SCALE_AT(w->scale, kind), 4, cudaMemcpyDeviceToHost, e->a->stream));
+    SC(download_f32(e, wf, gemm_weight(e, kind, 0), G, (size_t)C * K, tmpf)); /* synchronises: sx, sq, sw */
     cudaError_t ce =
         gemm_ln_sm90_forward(e->a->tmp, fp8 ? e->a->q8 : NULL, fp8 ? sqd : NULL, X, gemm_weight(e, kind, 0), n, K, C, G,
                              A, fp8 ? SCALE_AT(w->scale, kind) : NULL, fp8 ? sxd : NULL, ao ? w->ao_b : w->ff2_b, R,
@@ -1104,10 +1107,10 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         rc = 0;
         goto done;
     }
-    GL_SC(cudaMemcpyAsync(bt, (uint8_t *)e->a->tmp + (size_t)n * C * as, (size_t)tail * C * as, cudaMemcpyDeviceToHost,
-                          e->a->stream));
-    if (fp8) GL_SC(cudaMemcpyAsync(bq, e->a->q8, (size_t)n * C, cudaMemcpyDeviceToHost, e->a->stream));
-    GL_SC(download_f32(e, of, e->a->tmp, A, (size_t)n * C, tmpf));
+    SC(cudaMemcpyAsync(bt, (uint8_t *)e->a->tmp + (size_t)n * C * as, (size_t)tail * C * as, cudaMemcpyDeviceToHost,
+                       e->a->stream));
+    if (fp8) SC(cudaMemcpyAsync(bq, e->a->q8, (size_t)n * C, cudaMemcpyDeviceToHost, e->a->stream));
+    SC(download_f32(e, of, e->a->tmp, A, (size_t)n * C, tmpf));
     for (size_t i = 0; i < (size_t)C * K; i++) wf[i] *= sw;
     const float *bias = ao ? hl->ao_b : hl->ff2_b, *gam = ao ? hl->ln1_w : hl->ln2_w, *bet = ao ? hl->ln1_b : hl->ln2_b;
     size_t bad = 0, badq = 0, checked = 0;
@@ -1149,7 +1152,6 @@ done:
     free(hx), free(hr), free(bx), free(bt), free(bq), free(wf), free(of), free(vd);
     return rc;
 }
-#undef GL_SC
 
 /* Our Hopper GEMM (BERTSTREAM_GEMM_KERNEL=sm90, gemm_sm90.h) at start, against the cuBLASLt plan it
  * replaces: layer 0's weights and bias as uploaded, n rows (a full 128-row tile and a partial one
@@ -1161,15 +1163,8 @@ done:
  * 16-bit, 2^-3 |y| for E4M3) plus 2^-8 (E4M3 inputs: 2^-5) of the outputs' RMS for the different
  * summation order, where a wrong layout, tile or stage is off by the size of the values; and the
  * 16 rows after n must still hold what they held. Returns 1 agree, 0 not (why says how), BS_ERR. */
-#define GS_SC(stmt)                                                                                                    \
-    do {                                                                                                               \
-        const cudaError_t ce_ = (stmt);                                                                                \
-        if (ce_ != cudaSuccess) {                                                                                      \
-            bs_err(err, "sm90 GEMM self-check: %s", cudaGetErrorString(ce_));                                          \
-            goto done;                                                                                                 \
-        }                                                                                                              \
-    } while (0)
 static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
+    const char *const sc_what = "sm90 GEMM";
     int m, K;
     gemm_dims(e, kind, &m, &K);
     const int tail = 16, n = e->Tcap - tail < 200 ? e->Tcap - tail : 200;
@@ -1210,11 +1205,11 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         bs_err(err, "out of memory");
         goto done;
     }
-    GS_SC(cudaMalloc((void **)&tmpf, sizeof(float) * (nm > (size_t)n * K ? nm : (size_t)n * K)));
+    SC(cudaMalloc((void **)&tmpf, sizeof(float) * (nm > (size_t)n * K ? nm : (size_t)n * K)));
     bs_rng r = {9090 + (uint64_t)kind};
     if (e->fp8) { /* sign, exponent field 0..9, mantissa: finite, |x| <= 7.5 */
         for (size_t i = 0; i < (size_t)n * K; i++) bx[i] = bs_e4m3_random_code(bs_rng_next(&r), 10);
-        GS_SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
+        SC(cudaMemcpyAsync(X, bx, (size_t)n * K, cudaMemcpyHostToDevice, e->a->stream));
     } else {
         for (size_t i = 0; i < (size_t)n * K; i++) hx[i] = (float)(2 * bs_rng_uniform(&r) - 1);
         if (upload(e, X, A, hx, (size_t)n * K, tmpf, NULL, err) != BS_OK) goto done;
@@ -1223,9 +1218,9 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         for (size_t i = 0; i < nm; i++) hx[i] = (float)(4 * bs_rng_uniform(&r) - 2);
         if (upload(e, (void *)R, A, hx, nm, tmpf, NULL, err) != BS_OK) goto done;
     }
-    GS_SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
-    GS_SC(cudaMemcpyAsync(sdd, &sd, 4, cudaMemcpyHostToDevice, e->a->stream));
-    GS_SC(cudaStreamSynchronize(e->a->stream)); /* sx, sd are on the stack */
+    SC(cudaMemcpyAsync(sxd, &sx, 4, cudaMemcpyHostToDevice, e->a->stream));
+    SC(cudaMemcpyAsync(sdd, &sd, 4, cudaMemcpyHostToDevice, e->a->stream));
+    SC(cudaStreamSynchronize(e->a->stream)); /* sx, sd are on the stack */
     /* cuBLASLt, as gemm() calls it */
     if (e->fp8) {
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
@@ -1241,9 +1236,9 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         rc = 0;
         goto done;
     }
-    GS_SC(download_f32(e, ref, Y, O, nm, tmpf));
+    SC(download_f32(e, ref, Y, O, nm, tmpf));
     /* ours, over a pattern that rows n.. must keep */
-    GS_SC(cudaMemsetAsync(Y, 0x5a, (size_t)(n + tail) * m * os, e->a->stream));
+    SC(cudaMemsetAsync(Y, 0x5a, (size_t)(n + tail) * m * os, e->a->stream));
     cudaError_t ce = gemm_sm90_forward(Y, X, W, n, m, K, G, A, sa, e->fp8 ? sxd : NULL, bias, epi, R,
                                        p->out_q8 ? sdd : NULL, 3, e->gemm_form, e->a->stream);
     if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
@@ -1253,8 +1248,8 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         rc = 0;
         goto done;
     }
-    GS_SC(cudaMemcpyAsync(bt, (uint8_t *)Y + nm * os, (size_t)tail * m * os, cudaMemcpyDeviceToHost, e->a->stream));
-    GS_SC(download_f32(e, got, Y, O, nm, tmpf));
+    SC(cudaMemcpyAsync(bt, (uint8_t *)Y + nm * os, (size_t)tail * m * os, cudaMemcpyDeviceToHost, e->a->stream));
+    SC(download_f32(e, got, Y, O, nm, tmpf));
     double ss = 0;
     for (size_t i = 0; i < nm; i++) ss += (double)ref[i] * ref[i];
     const double rms = sqrt(ss / (double)nm), step = O == BS_DT_E4M3 ? 1.0 / 8 : 1.0 / 128;
@@ -1279,7 +1274,7 @@ done:
     free(hx), free(ref), free(got), free(bx), free(bt);
     return rc;
 }
-#undef GS_SC
+#undef SC
 
 /* ---- attention ---- */
 
