@@ -6,7 +6,7 @@
 # and one that fails, no ncu. Checked: the test verdicts, the table rows, the targets block, the
 # variants against the default with their percentages (a setting of options and variables against
 # the options alone), the profile's slot and its budget extension, a failed bench point counted as
-# a failure, the time budget skipping points, and the exit status.
+# a failure, the time budget skipping points, our GEMM's failed test skipping its forms, and the exit status.
 # Usage: bash tests/cli/test_gpu_check.sh [BIN]   (BIN unused)
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -191,6 +191,42 @@ is "all passed: exit status 0" "$rc" 0
 has "skipped points are counted" "$tmp/r2.txt" "bench point(s) skipped for the time budget (GPU_CHECK_BUDGET_S=0)"
 has "a skipped target is not measured" "$tmp/r2.txt" "(target >= 28000 seq/s)  not measured"
 has "all passed" "$tmp/r2.txt" "gpu-check: all passed"
+
+# our GEMM's own test fails: its forms' parity reruns and bench points are skipped, not run (a
+# hanging kernel would spend each one's timeout); the test is the one failure
+printf '#!/bin/sh\necho "stub: gemm_sm90 wrong"\nexit 1\n' >"$B/tests/test_gemm_sm90"
+chmod +x "$B/tests/test_gemm_sm90"
+run "$tmp/r3.txt"
+rc=$?
+is "a failing test_gemm_sm90 makes the exit status 1" "$rc" 1
+has "the failing GEMM test reported" "$tmp/r3.txt" "FAIL test_gemm_sm90 (exit 1"
+has "its parity rerun skipped" "$tmp/r3.txt" "SKIP test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90: test_gemm_sm90 failed"
+has "the cooperative form's rerun skipped" "$tmp/r3.txt" \
+    "SKIP test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90-coop: test_gemm_sm90 failed"
+has "the fused GEMM + LayerNorm rerun still runs" "$tmp/r3.txt" "PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused"
+has "its bench points skipped with the reason" "$tmp/r3.txt" "[BERTSTREAM_GEMM_KERNEL=sm90-coop] skipped: test_gemm_sm90 failed"
+if grep -q "BERTSTREAM_GEMM_KERNEL=sm90.* vs " "$tmp/r3.txt"; then bad "no percentage for a skipped form"; else
+    ok "no percentage for a skipped form"
+fi
+has "the default's points still measured" "$tmp/r3.txt" "bf16     256   128 fixed             10000.0"
+has "failures: the test and the stub's two refused wmma points, no form point" "$tmp/r3.txt" "gpu-check: 3 failure(s)"
+
+# GPU_CHECK_FOCUS=gemm: our GEMM's test alone, its parity reruns, its points and cuBLASLt's beside them
+printf '#!/bin/sh\nexit 0\n' >"$B/tests/test_gemm_sm90"
+run "$tmp/r4.txt" GPU_CHECK_FOCUS=gemm
+rc=$?
+is "focus: exit status 0" "$rc" 0
+has "focus: our GEMM's test runs" "$tmp/r4.txt" "PASS test_gemm_sm90"
+if grep -q "test_good\|GEMM_LN=fused\|BERTSTREAM_SPLIT\|fp32 " "$tmp/r4.txt"; then bad "focus: nothing else runs"; else
+    ok "focus: nothing else runs"
+fi
+matches "focus: the parity rerun with the cooperative form" "$tmp/r4.txt" \
+    "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90-coop "
+matches "focus: our GEMMs alone against cuBLASLt's alone" "$tmp/r4.txt" \
+    "^fp8/256/128/fixed/--skip attention,layernorm,other +\[--skip attention,layernorm,other BERTSTREAM_GEMM_KERNEL=sm90\] +31200\.0 vs +26000\.0"
+matches "focus: 16 x 128 with our GEMM against cuBLASLt" "$tmp/r4.txt" "^bf16/16/128/fixed +\[BERTSTREAM_GEMM_KERNEL=sm90\] "
+is "focus: bench points run (10 cuBLASLt: the grid adds fp8 16 x 128; 14 ours)" "$(grep -c '^{' "$tmp/r4.txt")" 24
+has "focus: all passed" "$tmp/r4.txt" "gpu-check: all passed"
 
 echo "test_gpu_check: $passed passed, $failed failed"
 [ $failed -eq 0 ]
