@@ -495,6 +495,15 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
         drain_all(true);
     return sticky();
 }
+cudaError_t cudaStreamQuery(cudaStream_t s) { /* the emulator runs a stream's work when asked: done on return */
+    LOCK;
+    if (capturing(s, "cudaStreamQuery")) return cudaErrorStreamCaptureUnsupported;
+    if (s)
+        drain(s);
+    else
+        drain_all(true);
+    return sticky();
+}
 cudaError_t cudaDeviceSynchronize(void) {
     LOCK;
     for (CUstream_st *s : streams)
