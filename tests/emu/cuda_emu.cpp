@@ -486,23 +486,21 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     delete s;
     return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+/* the emulator runs a stream's work when it is waited for or queried: done on return either way */
+static cudaError_t finish_stream(cudaStream_t s, const char *who) {
     LOCK;
-    if (capturing(s, "cudaStreamSynchronize")) return cudaErrorStreamCaptureUnsupported;
+    if (capturing(s, who)) return cudaErrorStreamCaptureUnsupported;
     if (s)
         drain(s);
     else
         drain_all(true);
     return sticky();
 }
-cudaError_t cudaStreamQuery(cudaStream_t s) { /* the emulator runs a stream's work when asked: done on return */
-    LOCK;
-    if (capturing(s, "cudaStreamQuery")) return cudaErrorStreamCaptureUnsupported;
-    if (s)
-        drain(s);
-    else
-        drain_all(true);
-    return sticky();
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    return finish_stream(s, "cudaStreamSynchronize");
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    return finish_stream(s, "cudaStreamQuery");
 }
 cudaError_t cudaDeviceSynchronize(void) {
     LOCK;
