@@ -77,9 +77,9 @@ __device__ __forceinline__ float gs_gelu(float v) {
  * columns n0.. In chunks of GS_JC 8-column slices: the chunk's bias and residual loads are all
  * issued before any of its stores. Written load, store, load, store, each load would wait for the
  * store before it (Y and res may be one buffer, so the compiler cannot move a load above a store):
- * 64 round trips to L2 per thread and tile, which made the residual GEMMs 2.4 times slower than
- * cuBLASLt's on the H200 (2026-11-28). Reading them first is right even when Y is res: each element
- * is read and written by this thread alone, its read before its write. */
+ * 64 round trips to L2 per thread and tile; on the H200 (2026-11-28) the two residual GEMMs took
+ * 4.77 ms per bf16 forward at 256 x 128 that way, 3.92 ms this way. Reading them first is right
+ * even when Y is res: each element is read and written by this thread alone, its read first. */
 #define GS_JC 8
 template <typename TAct, int EPI, bool Q8, int NACC>
 __device__ __forceinline__ void gs_store64(float (&acc)[NACC], void *Y, const TAct *bias, const TAct *res, int M, int N,
