@@ -89,7 +89,7 @@ if [ "${BERTSTREAM_GEMM_LN:-}" = fused ]; then
 fi
 if [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90 ]; then
     for i in 1 2 3; do echo 'level=info msg="our Hopper GEMM runs in place of cuBLASLt" kernel=gemm_sm90 form=sm90 gemms=qkv'; done
-    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL: cuBLASLt runs this GEMM" kernel=sm90 gemm=qkv reason="stub"'
+    echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL: cuBLASLt runs this GEMM" kernel=sm90 gemm=qkv reason="no variant for the qkv GEMM (576 x 192, bf16 in)"'
     echo 'level=warn msg="BERTSTREAM_GEMM_KERNEL: not used, cuBLASLt runs the GEMMs" kernel=sm90 reason="stub"'
 fi
 if [ "${BERTSTREAM_GEMM_KERNEL:-}" = sm90-coop ]; then
@@ -148,6 +148,8 @@ matches "the parity test with the fused GEMM + LayerNorm, engines counted" "$tmp
     "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_LN=fused \([0-9]+s\): fused in 2 engines, refused in 1$"
 matches "the parity test with our GEMM, engines and refusals counted" "$tmp/r1.txt" \
     "^PASS test_engine_cuda_parity with BERTSTREAM_GEMM_KERNEL=sm90 \([0-9]+s\): sm90 in 3 engines, refused in 2$"
+matches "the refusals' reasons counted, shapes left out" "$tmp/r1.txt" '^ +1 reason="no variant for the qkv GEMM"$'
+matches "each reason once" "$tmp/r1.txt" '^ +1 reason="stub"$'
 matches "variants: bf16 with our GEMM at +20 %" "$tmp/r1.txt" \
     "^bf16/256/128/fixed +\[BERTSTREAM_GEMM_KERNEL=sm90\] +12000\.0 vs +10000\.0 +\(\+20\.0%\)$"
 matches "variants: our GEMMs alone against cuBLASLt's alone (a --skip with a variable: against the same --skip)" \
