@@ -204,11 +204,7 @@ __global__ void __launch_bounds__(GL_THREADS, 1)
         for (int j = 0; j < 4; j++)
             gl_mma<TIn, BN>::run(acc, wg_desc_sw128(a + wg_operand_offset(64u * g, j)),
                                  wg_desc_sw128(b + wg_operand_offset(0, j)), 1);
-        gl_wgmma_commit();
-        gl_fence_acc(acc);
-        gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
-        gl_fence_acc(acc);
-        if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((kt - 1) % cfg::STAGES));
+        gl_kstep_end(acc, kt > 0 && tid == 0, empty0 + 8 * ((kt + cfg::STAGES - 1) % cfg::STAGES));
     }
     gl_wgmma_wait<0>();
     gl_fence_acc(acc);

@@ -208,11 +208,7 @@ __global__ void __launch_bounds__(GS_THREADS, 1)
                     gl_mma<TIn, 128>::run(hi, wg_desc_sw128(a + wg_operand_offset(64, ks)), db, 1);
                 }
             }
-            gl_wgmma_commit();
-            gl_fence_acc(acc);
-            gl_wgmma_wait<1>(); /* the previous stage's MMAs are done: give it back */
-            gl_fence_acc(acc);
-            if (kt > 0 && tid == 0) gl_bar_arrive(empty0 + 8 * ((g - 1) % cfg::STAGES));
+            gl_kstep_end(acc, kt > 0 && tid == 0, empty0 + 8 * ((g + cfg::STAGES - 1) % cfg::STAGES));
         }
         gl_wgmma_wait<0>();
         gl_fence_acc(acc);

@@ -225,6 +225,20 @@ GL_MMA(__nv_fp8_e4m3, 128, 64, GL_REGS64, GL_ACC64, 64, 65, 66, "wgmma.mma_async
        ", 1, 1")
 #endif /* GL_DEVICE */
 
+#ifdef GL_DEVICE
+/* The end of a consumer warpgroup's k-step, its MMAs issued: commits them and waits until only they
+ * are in flight, so the previous k-step's MMAs have read their stage, which is then given back (one
+ * thread, `arrive`, on that stage's empty mbarrier `prev_empty`). The main loops of gemm_sm90.cu and
+ * gemm_ln_sm90.cu. */
+template <int N> __device__ __forceinline__ void gl_kstep_end(float (&acc)[N], bool arrive, uint32_t prev_empty) {
+    gl_wgmma_commit();
+    gl_fence_acc(acc);
+    gl_wgmma_wait<1>();
+    gl_fence_acc(acc);
+    if (arrive) gl_bar_arrive(prev_empty);
+}
+#endif
+
 /* cuTensorMapEncodeTiled from the driver, found through the runtime (no link against libcuda) */
 static PFN_cuTensorMapEncodeTiled_v12000 gl_encoder(void) {
     static PFN_cuTensorMapEncodeTiled_v12000 fn; /* a race here writes the same value twice */
