@@ -1037,6 +1037,16 @@ static cudaError_t download_f32(cuda_engine *e, float *dst, const void *src, bs_
  * E4M3 copy (fp8) must be exactly E4M3(y / q8 scale) of the stored y, and the 16 rows after n must
  * still hold what they held (the kernel writes no row past M). Returns 1 agree, 0 not (why says
  * how), BS_ERR. */
+/* A start-up self-check's launch of a kernel of ours (its error, ce) and the wait for it: 1 when it
+ * ran; 0 when it did not (no code for this GPU, a trap), with why saying so and the launch error
+ * cleared (a launch error is not sticky). */
+static int selfcheck_ran(cudaError_t ce, cudaStream_t s, const char *what, char *why) {
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(s);
+    if (ce == cudaSuccess) return 1;
+    snprintf(why, BS_ERRLEN, "the %s did not run: %s", what, cudaGetErrorString(ce));
+    cudaGetLastError();
+    return 0;
+}
 /* SC(stmt): a CUDA call of a start-up self-check; its failure is an engine error named after the
  * check (sc_what, a local of the function) and ends the function through its done: label */
 #define SC(stmt)                                                                                                       \
@@ -1100,10 +1110,7 @@ static int gemm_ln_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
         gemm_ln_sm90_forward(e->a->tmp, fp8 ? e->a->q8 : NULL, fp8 ? sqd : NULL, X, gemm_weight(e, kind, 0), n, K, C, G,
                              A, fp8 ? SCALE_AT(w->scale, kind) : NULL, fp8 ? sxd : NULL, ao ? w->ao_b : w->ff2_b, R,
                              ao ? w->ln1_w : w->ln2_w, ao ? w->ln1_b : w->ln2_b, c->ln_eps, e->a->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
-    if (ce != cudaSuccess) {
-        snprintf(why, BS_ERRLEN, "the fused GEMM + LayerNorm did not run: %s", cudaGetErrorString(ce));
-        cudaGetLastError(); /* a launch error is not sticky; clear it */
+    if (!selfcheck_ran(ce, e->a->stream, "fused GEMM + LayerNorm", why)) {
         rc = 0;
         goto done;
     }
@@ -1241,10 +1248,7 @@ static int own_gemm_selfcheck(cuda_engine *e, int kind, char *why, char *err) {
     SC(cudaMemsetAsync(Y, 0x5a, (size_t)(n + tail) * m * os, e->a->stream));
     cudaError_t ce = gemm_sm90_forward(Y, X, W, n, m, K, G, A, sa, e->fp8 ? sxd : NULL, bias, epi, R,
                                        p->out_q8 ? sdd : NULL, 3, e->gemm_form, e->a->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(e->a->stream);
-    if (ce != cudaSuccess) {
-        snprintf(why, BS_ERRLEN, "the sm90 GEMM did not run: %s", cudaGetErrorString(ce));
-        cudaGetLastError(); /* a launch error is not sticky; clear it */
+    if (!selfcheck_ran(ce, e->a->stream, "sm90 GEMM", why)) {
         rc = 0;
         goto done;
     }
